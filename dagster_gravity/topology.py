@@ -1,0 +1,371 @@
+"""Where things are: sites, their compute pools and storage, the links between them,
+and the residency zones that data may not leave.
+
+`Topology.from_yaml(path)` loads and validates a sites file. Every validation error names
+the file, the field (as a path such as ``sites[2].pools[0].slots``), the value found and
+what was expected. This module has no Dagster import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+SITE_KINDS = ("cloud", "colo", "onprem")
+STORAGE_KINDS = ("local", "s3")
+
+# Default link prices and speeds, from public list prices (AWS, 2024-2026):
+# about $0.01/GB each way between availability zones of one region, about $0.02/GB between
+# regions, $0.09/GB out to the internet. A link that is not between two sites of the same
+# cloud crosses the internet, so it is priced at the internet egress rate.
+SAME_REGION = dict(bandwidth_gbps=10.0, latency_ms=1.0, usd_per_gb=0.02)
+CROSS_REGION = dict(bandwidth_gbps=2.0, latency_ms=40.0, usd_per_gb=0.02)
+INTERNET = dict(bandwidth_gbps=1.0, latency_ms=30.0, usd_per_gb=0.09)
+
+
+class TopologyError(ValueError):
+    """A sites file (or dict) that does not describe a valid topology."""
+
+    def __init__(self, source: str, field_path: str, value: Any, expected: str):
+        self.source = source
+        self.field_path = field_path
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{source}: {field_path}: got {value!r}; expected {expected}")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """Where a site keeps its data: a local directory, or an S3 bucket and prefix."""
+
+    kind: str  # "local" or "s3"
+    path: str | None = None  # local: absolute directory
+    bucket: str | None = None  # s3
+    prefix: str = ""  # s3: key prefix inside the bucket
+    region: str | None = None  # s3
+    endpoint_url: str | None = None  # s3-compatible servers (SeaweedFS, MinIO, ...)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A group of interchangeable execution slots at one site."""
+
+    site: str
+    name: str
+    slots: int
+    gpus: int = 0  # GPUs available to one step in this pool
+    kind: str = "cpu"  # free-form pool kind matched by the `gravity/pool` op tag
+
+    @property
+    def id(self) -> str:
+        return f"{self.site}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    region: str
+    kind: str  # one of SITE_KINDS
+    storage: StorageSpec
+    pools: tuple[Pool, ...]
+
+
+@dataclass(frozen=True)
+class Link:
+    """The cost of moving bytes from `src` to `dst` (one direction)."""
+
+    src: str
+    dst: str
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    usd_per_gb: float
+
+    def seconds(self, nbytes: float) -> float:
+        if nbytes <= 0 or self.src == self.dst:
+            return 0.0
+        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+
+    def dollars(self, nbytes: float) -> float:
+        return 0.0 if nbytes <= 0 else nbytes / 1e9 * self.usd_per_gb
+
+
+def _same_site_link(name: str) -> Link:
+    return Link(name, name, math.inf, 0.0, 0.0)
+
+
+def default_link(src: Site, dst: Site) -> Link:
+    """The link between two sites when the sites file does not describe it."""
+    if src.name == dst.name:
+        return _same_site_link(src.name)
+    if src.region == dst.region:
+        spec = SAME_REGION
+    elif src.kind == "cloud" and dst.kind == "cloud":
+        spec = CROSS_REGION
+    else:
+        spec = INTERNET
+    return Link(
+        src.name,
+        dst.name,
+        bandwidth_bytes_per_s=spec["bandwidth_gbps"] * 1e9 / 8,
+        latency_s=spec["latency_ms"] / 1000,
+        usd_per_gb=spec["usd_per_gb"],
+    )
+
+
+@dataclass(frozen=True)
+class Topology:
+    sites: Mapping[str, Site]
+    links: Mapping[tuple[str, str], Link]  # every ordered pair of sites, defaults filled in
+    zones: Mapping[str, frozenset[str]]  # residency zone -> the sites inside it
+    source: str = "<dict>"
+    _pools: tuple[Pool, ...] = field(default=(), repr=False, compare=False)
+
+    # -- queries -----------------------------------------------------------------------
+
+    @property
+    def site_names(self) -> list[str]:
+        return list(self.sites)
+
+    @property
+    def pools(self) -> tuple[Pool, ...]:
+        return self._pools
+
+    def site(self, name: str) -> Site:
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise KeyError(
+                f"site {name!r} is not in the topology {self.source}; known sites: "
+                f"{', '.join(self.sites)}"
+            ) from None
+
+    def pool(self, pool_id: str) -> Pool:
+        for pool in self._pools:
+            if pool.id == pool_id:
+                return pool
+        raise KeyError(f"pool {pool_id!r} is not in the topology {self.source}")
+
+    def link(self, src: str, dst: str) -> Link:
+        try:
+            return self.links[(src, dst)]
+        except KeyError:
+            unknown = src if src not in self.sites else dst
+            self.site(unknown)  # raises with the list of known sites
+            raise
+
+    def zone_sites(self, zone: str) -> frozenset[str]:
+        try:
+            return self.zones[zone]
+        except KeyError:
+            raise KeyError(
+                f"residency zone {zone!r} is not defined in {self.source}; known zones: "
+                f"{', '.join(self.zones) or '(none)'}"
+            ) from None
+
+    def allows(self, zone: str | None, site: str) -> bool:
+        """May data of residency `zone` be stored and processed at `site`?"""
+        return zone is None or site in self.zone_sites(zone)
+
+    # -- loading -----------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Topology":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise TopologyError(str(path), "(file)", str(path), "an existing sites file") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TopologyError(str(path), "(file)", str(exc).splitlines()[0], "valid YAML") from None
+        return cls.from_dict(data, source=str(path), base_dir=path.resolve().parent)
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, source: str = "<dict>", base_dir: str | os.PathLike | None = None
+    ) -> "Topology":
+        return _Loader(source, Path(base_dir or os.getcwd())).load(data)
+
+
+def default_sites_path() -> Path:
+    """`$GRAVITY_SITES` if set, else `sites.yaml` in the working directory."""
+    return Path(os.environ.get("GRAVITY_SITES", "sites.yaml"))
+
+
+class _Loader:
+    """Turns the parsed YAML into a Topology, raising TopologyError at the first problem."""
+
+    def __init__(self, source: str, base_dir: Path):
+        self.source = source
+        self.base_dir = base_dir
+
+    def fail(self, field_path: str, value: Any, expected: str) -> TopologyError:
+        return TopologyError(self.source, field_path, value, expected)
+
+    def mapping(self, value: Any, field_path: str, allowed: Iterable[str]) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(field_path, value, "a mapping")
+        allowed = set(allowed)
+        for key in value:
+            if key not in allowed:
+                raise self.fail(f"{field_path}.{key}", value[key], f"one of the fields {sorted(allowed)}")
+        return value
+
+    def number(self, value: Any, field_path: str, *, minimum: float, strict: bool = False) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < minimum or (strict and value == minimum) or math.isnan(value):
+            bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise self.fail(field_path, value, f"a number {bound}")
+        return float(value)
+
+    def integer(self, value: Any, field_path: str, *, minimum: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.fail(field_path, value, f"an integer >= {minimum}")
+        return value
+
+    def name(self, value: Any, field_path: str) -> str:
+        if not isinstance(value, str) or not value or "/" in value or value.strip() != value:
+            raise self.fail(field_path, value, "a non-empty name without '/' or surrounding spaces")
+        return value
+
+    def site_ref(self, value: Any, field_path: str, sites: Mapping[str, Site]) -> str:
+        if value not in sites:
+            raise self.fail(field_path, value, f"a site defined under 'sites' ({', '.join(sites)})")
+        return value
+
+    def load(self, data: Any) -> Topology:
+        data = self.mapping(data, "(top level)", ["sites", "links", "residency", "storage_root"])
+        storage_root = data.get("storage_root", ".gravity/sites")
+        if not isinstance(storage_root, str) or not storage_root:
+            raise self.fail("storage_root", storage_root, "a directory path")
+        sites_data = data.get("sites")
+        if not isinstance(sites_data, list) or not sites_data:
+            raise self.fail("sites", sites_data, "a non-empty list of sites")
+
+        sites: dict[str, Site] = {}
+        for i, site_data in enumerate(sites_data):
+            site = self.load_site(site_data, f"sites[{i}]", storage_root)
+            if site.name in sites:
+                raise self.fail(f"sites[{i}].name", site.name, "a site name not used by another site")
+            sites[site.name] = site
+
+        links = {(a.name, b.name): default_link(a, b) for a in sites.values() for b in sites.values()}
+        for i, link_data in enumerate(data.get("links") or []):
+            for link in self.load_link(link_data, f"links[{i}]", sites):
+                links[(link.src, link.dst)] = link
+
+        zones: dict[str, frozenset[str]] = {}
+        residency = data.get("residency") or {}
+        if not isinstance(residency, dict):
+            raise self.fail("residency", residency, "a mapping of zone name -> list of sites")
+        for zone, members in residency.items():
+            self.name(zone, f"residency.{zone}")
+            if not isinstance(members, list) or not members:
+                raise self.fail(f"residency.{zone}", members, "a non-empty list of sites in the zone")
+            for j, member in enumerate(members):
+                self.site_ref(member, f"residency.{zone}[{j}]", sites)
+            zones[zone] = frozenset(members)
+
+        pools = tuple(pool for site in sites.values() for pool in site.pools)
+        return Topology(sites=sites, links=links, zones=zones, source=self.source, _pools=pools)
+
+    def load_site(self, data: Any, where: str, storage_root: str) -> Site:
+        data = self.mapping(data, where, ["name", "region", "kind", "storage", "pools"])
+        name = self.name(data.get("name"), f"{where}.name")
+        region = data.get("region")
+        if not isinstance(region, str) or not region:
+            raise self.fail(f"{where}.region", region, "a region name such as 'us-east-1'")
+        kind = data.get("kind")
+        if kind not in SITE_KINDS:
+            raise self.fail(f"{where}.kind", kind, f"one of {', '.join(SITE_KINDS)}")
+        storage = self.load_storage(data.get("storage"), f"{where}.storage", name, storage_root)
+
+        pools_data = data.get("pools")
+        if not isinstance(pools_data, list) or not pools_data:
+            raise self.fail(f"{where}.pools", pools_data, "a non-empty list of pools")
+        pools: list[Pool] = []
+        for j, pool_data in enumerate(pools_data):
+            pool = self.load_pool(pool_data, f"{where}.pools[{j}]", name)
+            if any(p.name == pool.name for p in pools):
+                raise self.fail(f"{where}.pools[{j}].name", pool.name, "a pool name unique within the site")
+            pools.append(pool)
+        return Site(name=name, region=region, kind=kind, storage=storage, pools=tuple(pools))
+
+    def load_storage(self, data: Any, where: str, site: str, storage_root: str) -> StorageSpec:
+        if data is None:
+            data = {"kind": "local"}
+        data = self.mapping(data, where, ["kind", "path", "bucket", "prefix", "region", "endpoint_url"])
+        kind = data.get("kind", "local")
+        if kind not in STORAGE_KINDS:
+            raise self.fail(f"{where}.kind", kind, f"one of {', '.join(STORAGE_KINDS)}")
+        if kind == "local":
+            path = data.get("path", os.path.join(storage_root, site))
+            if not isinstance(path, str) or not path:
+                raise self.fail(f"{where}.path", path, "a directory path")
+            return StorageSpec(kind="local", path=str((self.base_dir / path).resolve()))
+        bucket = data.get("bucket")
+        if not isinstance(bucket, str) or not bucket:
+            raise self.fail(f"{where}.bucket", bucket, "an S3 bucket name")
+        for key in ("prefix", "region", "endpoint_url"):
+            if key in data and not isinstance(data[key], str):
+                raise self.fail(f"{where}.{key}", data[key], "a string")
+        return StorageSpec(
+            kind="s3",
+            bucket=bucket,
+            prefix=data.get("prefix", "").strip("/"),
+            region=data.get("region"),
+            endpoint_url=data.get("endpoint_url"),
+        )
+
+    def load_pool(self, data: Any, where: str, site: str) -> Pool:
+        data = self.mapping(data, where, ["name", "slots", "gpus", "kind"])
+        name = self.name(data.get("name"), f"{where}.name")
+        slots = self.integer(data.get("slots"), f"{where}.slots", minimum=1)
+        gpus = self.integer(data.get("gpus", 0), f"{where}.gpus", minimum=0)
+        kind = data.get("kind", "gpu" if gpus else "cpu")
+        if not isinstance(kind, str) or not kind:
+            raise self.fail(f"{where}.kind", kind, "a pool kind such as 'cpu' or 'gpu'")
+        return Pool(site=site, name=name, slots=slots, gpus=gpus, kind=kind)
+
+    def load_link(self, data: Any, where: str, sites: Mapping[str, Site]) -> list[Link]:
+        data = self.mapping(
+            data,
+            where,
+            ["from", "to", "bandwidth_gbps", "latency_ms", "usd_per_gb", "reverse_usd_per_gb", "both_ways"],
+        )
+        src = self.site_ref(data.get("from"), f"{where}.from", sites)
+        dst = self.site_ref(data.get("to"), f"{where}.to", sites)
+        if src == dst:
+            raise self.fail(f"{where}.to", dst, "a site other than 'from' (a site's link to itself is free)")
+        default = default_link(sites[src], sites[dst])
+        gbps = data.get("bandwidth_gbps")
+        bandwidth = (
+            default.bandwidth_bytes_per_s
+            if gbps is None
+            else self.number(gbps, f"{where}.bandwidth_gbps", minimum=0, strict=True) * 1e9 / 8
+        )
+        latency_ms = data.get("latency_ms")
+        latency = (
+            default.latency_s
+            if latency_ms is None
+            else self.number(latency_ms, f"{where}.latency_ms", minimum=0) / 1000
+        )
+        price = data.get("usd_per_gb")
+        price = default.usd_per_gb if price is None else self.number(price, f"{where}.usd_per_gb", minimum=0)
+        links = [Link(src, dst, bandwidth, latency, price)]
+        both_ways = data.get("both_ways", True)
+        if not isinstance(both_ways, bool):
+            raise self.fail(f"{where}.both_ways", both_ways, "true or false")
+        if both_ways:
+            reverse = data.get("reverse_usd_per_gb")
+            reverse = price if reverse is None else self.number(reverse, f"{where}.reverse_usd_per_gb", minimum=0)
+            links.append(Link(dst, src, bandwidth, latency, reverse))
+        elif "reverse_usd_per_gb" in data:
+            raise self.fail(f"{where}.reverse_usd_per_gb", data["reverse_usd_per_gb"], "no reverse price when both_ways is false")
+        return links
