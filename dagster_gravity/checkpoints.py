@@ -1,0 +1,581 @@
+"""Versioned model checkpoints: save, load (verified), compare, promote, roll back, retain.
+
+Layout inside a site's storage (under an optional prefix, default ``checkpoints``)::
+
+    <name>/v<N>/weights.npz      the arrays (numpy .npz, loaded with allow_pickle=False)
+    <name>/v<N>/manifest.json    lineage, metrics, code version, sha256 of weights, created_at
+    <name>/promoted.json         the promoted version and the history of promotions
+    <name>/_intermediate/<key>/weights.npz + state.json    resumable training progress
+
+Every file is written atomically by the blob store (temporary name, then rename/complete),
+and the manifest is written after the weights, so a version without a manifest was never
+finished and is invisible. Weights are verified against the manifest's sha256 on every
+load; a mismatch raises `CorruptCheckpointError`, and `latest_good()` / `load_usable()`
+skip such versions with a warning that names the version and both checksums.
+
+One writer per checkpoint name is assumed (training steps of one model are serialised by
+the GPU pool's slot count); version numbers are allocated as highest existing + 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint operation that cannot be done as asked."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """Stored weights whose sha256 does not match the manifest (or cannot be read)."""
+
+    def __init__(self, name: str, version: int, expected: str, actual: str | None, detail: str = ""):
+        self.name, self.version, self.expected, self.actual = name, version, expected, actual
+        got = f"sha256 {actual}" if actual else "unreadable data"
+        super().__init__(
+            f"checkpoint {name!r} v{version} is corrupted: weights have {got}, manifest expects "
+            f"sha256 {expected}{'; ' + detail if detail else ''}"
+        )
+
+
+class CheckpointCorruptionWarning(UserWarning):
+    """Emitted when a corrupted checkpoint is skipped in favour of an earlier good one."""
+
+
+# -- the storage the store writes to -------------------------------------------------------
+
+
+class BlobStore(Protocol):
+    """The minimal storage a CheckpointStore needs (keys are '/'-separated relative paths)."""
+
+    def write_bytes(self, key: str, data: bytes) -> None: ...  # atomic: all or nothing
+    def read_bytes(self, key: str) -> bytes: ...  # FileNotFoundError if absent
+    def exists(self, key: str) -> bool: ...
+    def list_keys(self, prefix: str) -> list[str]: ...  # every key under prefix, recursively
+    def delete(self, key: str) -> None: ...
+
+
+class LocalBlobStore:
+    """A directory on local disk; writes go to a temporary file that is renamed in place."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"blob key {key!r} must be a relative path without '..'")
+        return self.root / key
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with _suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def delete(self, key: str) -> None:
+        with _suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+class _suppress:
+    def __init__(self, *exc):
+        self.exc = exc
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        return et is not None and issubclass(et, self.exc)
+
+
+class SiteStorageBlobStore:
+    """Adapts a `dagster_gravity.storage` site storage backend to the BlobStore protocol.
+
+    Accepts any object offering ``put_bytes/get_bytes`` (or ``write_bytes/read_bytes``),
+    ``exists``, ``list``/``list_keys`` and ``delete``; method names are resolved once.
+    """
+
+    def __init__(self, storage: Any):
+        self.storage = storage
+
+    def _call(self, names: Iterable[str], *args):
+        for name in names:
+            fn = getattr(self.storage, name, None)
+            if callable(fn):
+                return fn(*args)
+        raise TypeError(f"site storage {type(self.storage).__name__} has none of the methods {list(names)}")
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._call(("put_bytes", "write_bytes"), key, data)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._call(("get_bytes", "read_bytes"), key)
+
+    def exists(self, key: str) -> bool:
+        return bool(self._call(("exists",), key))
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return sorted(self._call(("list_keys", "list"), prefix))
+
+    def delete(self, key: str) -> None:
+        self._call(("delete",), key)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def arrays_to_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+    if not arrays:
+        raise CheckpointError("a checkpoint needs at least one array; got none")
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def npz_to_arrays(data: bytes) -> dict[str, np.ndarray]:
+    # allow_pickle=False: object arrays are refused, nothing executes on load.
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    """One saved checkpoint version, as its manifest records it."""
+
+    name: str
+    version: int
+    sha256: str
+    size_bytes: int
+    lineage: dict[str, Any]
+    metrics: dict[str, float]
+    code_version: str
+    created_at: str
+    parent: int | None = None  # the version it warm-started from, if any
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Version":
+        return cls(
+            name=data["name"],
+            version=int(data["version"]),
+            sha256=data["sha256"],
+            size_bytes=int(data["size_bytes"]),
+            lineage=dict(data.get("lineage") or {}),
+            metrics={k: float(v) for k, v in (data.get("metrics") or {}).items()},
+            code_version=str(data.get("code_version", "")),
+            created_at=data.get("created_at", ""),
+            parent=data.get("parent"),
+        )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    version: Version
+    arrays: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: Version
+    b: Version
+    metrics: dict[str, dict[str, float | None]]  # metric -> {a, b, delta (b - a)}
+    lineage_changes: dict[str, dict[str, Any]]  # key -> {a, b} for keys that differ
+    same_weights: bool
+    code_changed: bool
+
+    def better(self, metric: str, higher_is_better: bool = True) -> bool | None:
+        """Is b better than a on `metric`? None if either lacks it."""
+        row = self.metrics.get(metric)
+        if not row or row["a"] is None or row["b"] is None:
+            return None
+        return row["b"] > row["a"] if higher_is_better else row["b"] < row["a"]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What `load_usable` used, and which versions it refused on the way."""
+
+    checkpoint: Checkpoint | None
+    refused: list[CorruptCheckpointError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """An intermediate training checkpoint: the batch to resume from and the arrays."""
+
+    key: str
+    next_batch: int
+    arrays: dict[str, np.ndarray]
+    state: dict[str, Any]
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class CheckpointStore:
+    """Versioned checkpoints of named models over a BlobStore."""
+
+    def __init__(self, blobs: BlobStore, prefix: str = "checkpoints"):
+        self.blobs = blobs
+        self.prefix = prefix.strip("/")
+
+    @classmethod
+    def local(cls, root: str | os.PathLike, prefix: str = "checkpoints") -> "CheckpointStore":
+        return cls(LocalBlobStore(root), prefix)
+
+    @classmethod
+    def for_site(cls, topology: Any, site: str, prefix: str = "checkpoints") -> "CheckpointStore":
+        """The store at a site of the topology, through dagster_gravity.storage when present."""
+        try:
+            from dagster_gravity.storage import storage_for_site  # type: ignore[attr-defined]
+        except ImportError:
+            storage_for_site = None
+        if storage_for_site is not None:
+            return cls(SiteStorageBlobStore(storage_for_site(topology, site)), prefix)
+        spec = topology.site(site).storage
+        if spec.kind != "local":
+            raise CheckpointError(
+                f"site {site!r} keeps its data in {spec.kind} storage, which needs "
+                "dagster_gravity.storage; only local directories are supported without it"
+            )
+        return cls.local(spec.path, prefix)
+
+    # -- keys --
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    @staticmethod
+    def _check_name(name: str) -> str:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise CheckpointError(f"checkpoint name {name!r} must be letters, digits, '_', '.', '-'")
+        return name
+
+    # -- versions --
+
+    def versions(self, name: str) -> list[int]:
+        """Finished versions (those with a manifest), oldest first."""
+        self._check_name(name)
+        found = set()
+        for key in self.blobs.list_keys(self._key(name)):
+            parts = key.split("/")
+            if parts[-1] == "manifest.json" and len(parts) >= 2:
+                m = _VERSION_DIR.match(parts[-2])
+                if m:
+                    found.add(int(m.group(1)))
+        return sorted(found)
+
+    def manifest(self, name: str, version: int) -> Version:
+        key = self._key(name, f"v{version}", "manifest.json")
+        try:
+            raw = self.blobs.read_bytes(key)
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"checkpoint {name!r} has no version v{version}; versions: {self.versions(name)}"
+            ) from None
+        return Version.from_json(json.loads(raw))
+
+    def save(
+        self,
+        name: str,
+        arrays: Mapping[str, np.ndarray],
+        lineage: Mapping[str, Any],
+        metrics: Mapping[str, float] | None = None,
+        code_version: str = "",
+        parent: int | None = None,
+    ) -> Version:
+        self._check_name(name)
+        data = arrays_to_npz(arrays)
+        existing = self.versions(name)
+        number = (existing[-1] if existing else 0) + 1
+        version = Version(
+            name=name,
+            version=number,
+            sha256=sha256_bytes(data),
+            size_bytes=len(data),
+            lineage=json.loads(json.dumps(dict(lineage), default=str)),
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            code_version=code_version,
+            created_at=_now(),
+            parent=parent,
+        )
+        # Weights first, manifest last: the manifest is what makes the version exist.
+        self.blobs.write_bytes(self._key(name, f"v{number}", "weights.npz"), data)
+        self._write_json(self._key(name, f"v{number}", "manifest.json"), version.to_json())
+        return version
+
+    def update_metrics(self, name: str, version: int, metrics: Mapping[str, float]) -> Version:
+        """Record evaluation metrics on an existing version (the manifest is rewritten atomically)."""
+        old = self.manifest(name, version)
+        merged = {**old.metrics, **{k: float(v) for k, v in metrics.items()}}
+        new = Version(**{**asdict(old), "metrics": merged})
+        self._write_json(self._key(name, f"v{version}", "manifest.json"), new.to_json())
+        return new
+
+    def load(self, name: str, version: int) -> Checkpoint:
+        """The arrays of a version, after checking their sha256 against the manifest."""
+        meta = self.manifest(name, version)
+        try:
+            data = self.blobs.read_bytes(self._key(name, f"v{version}", "weights.npz"))
+        except FileNotFoundError:
+            raise CorruptCheckpointError(name, version, meta.sha256, None, "weights.npz is missing") from None
+        actual = sha256_bytes(data)
+        if actual != meta.sha256:
+            raise CorruptCheckpointError(name, version, meta.sha256, actual)
+        try:
+            arrays = npz_to_arrays(data)
+        except Exception as exc:  # checksum matched but the bytes are not a valid npz
+            raise CorruptCheckpointError(name, version, meta.sha256, actual, f"not a valid npz: {exc}") from None
+        return Checkpoint(meta, arrays)
+
+    def verify(self, name: str, version: int) -> bool:
+        try:
+            self.load(name, version)
+            return True
+        except CorruptCheckpointError:
+            return False
+
+    def latest_good(self, name: str, at_or_below: int | None = None) -> Checkpoint | None:
+        """The newest version (at or below a bound) whose weights verify; corrupted ones are
+        skipped with a CheckpointCorruptionWarning naming them."""
+        return self._newest_good(name, at_or_below).checkpoint
+
+    def _newest_good(self, name: str, at_or_below: int | None) -> Fallback:
+        refused: list[CorruptCheckpointError] = []
+        for number in reversed(self.versions(name)):
+            if at_or_below is not None and number > at_or_below:
+                continue
+            try:
+                return Fallback(self.load(name, number), refused)
+            except CorruptCheckpointError as exc:
+                refused.append(exc)
+                _warn_refused(exc)
+        return Fallback(None, refused)
+
+    def load_usable(self, name: str) -> Fallback:
+        """The promoted version if it verifies; otherwise the newest good version below it
+        (or below the newest version when nothing is promoted). Refusals are returned so the
+        caller can report them as events."""
+        current = self.promoted(name)
+        if current is None:
+            return self._newest_good(name, None)
+        return self._newest_good(name, current)
+
+    def compare(self, name: str, a: int, b: int) -> Comparison:
+        va, vb = self.manifest(name, a), self.manifest(name, b)
+        metrics = {}
+        for key in sorted(set(va.metrics) | set(vb.metrics)):
+            x, y = va.metrics.get(key), vb.metrics.get(key)
+            metrics[key] = {"a": x, "b": y, "delta": (y - x) if x is not None and y is not None else None}
+        lineage = {
+            key: {"a": va.lineage.get(key), "b": vb.lineage.get(key)}
+            for key in sorted(set(va.lineage) | set(vb.lineage))
+            if va.lineage.get(key) != vb.lineage.get(key)
+        }
+        return Comparison(va, vb, metrics, lineage, va.sha256 == vb.sha256, va.code_version != vb.code_version)
+
+    # -- promotion --
+
+    def _promotion_record(self, name: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.blobs.read_bytes(self._key(name, "promoted.json")))
+        except FileNotFoundError:
+            return {"name": name, "current": None, "history": []}
+
+    def promoted(self, name: str) -> int | None:
+        return self._promotion_record(name).get("current")
+
+    def promotion_history(self, name: str) -> list[dict[str, Any]]:
+        return list(self._promotion_record(name).get("history", []))
+
+    def predecessor(self, name: str) -> int | None:
+        """The version promoted before the current one (what a plain rollback returns to)."""
+        record = self._promotion_record(name)
+        current = record.get("current")
+        for entry in reversed(record.get("history", [])):
+            if entry["version"] != current:
+                return entry["version"]
+        return None
+
+    def promote(self, name: str, version: int, reason: str = "") -> Version:
+        """Make `version` the promoted one. Refuses a corrupted version."""
+        checkpoint = self.load(name, version)  # verifies
+        self._set_current(name, version, "promote", reason)
+        return checkpoint.version
+
+    def rollback(self, name: str, to: int | None = None, reason: str = "") -> Version:
+        """Promote an earlier version: `to`, or the one promoted before the current one."""
+        current = self.promoted(name)
+        if to is None:
+            to = self.predecessor(name)
+            if to is None:
+                raise CheckpointError(
+                    f"checkpoint {name!r} has no earlier promoted version to roll back to "
+                    f"(current: {current}, history: {[e['version'] for e in self.promotion_history(name)]})"
+                )
+        if to not in self.versions(name):
+            raise CheckpointError(f"cannot roll {name!r} back to v{to}: versions are {self.versions(name)}")
+        self.load(name, to)  # verifies: never roll back onto corrupted weights
+        self._set_current(name, to, "rollback", reason or f"rollback from v{current}")
+        return self.manifest(name, to)
+
+    def _set_current(self, name: str, version: int, action: str, reason: str) -> None:
+        record = self._promotion_record(name)
+        record["current"] = version
+        record.setdefault("history", []).append(
+            {"version": version, "action": action, "reason": reason, "at": _now()}
+        )
+        self._write_json(self._key(name, "promoted.json"), record)
+
+    # -- retention --
+
+    def apply_retention(self, name: str, keep: int) -> list[int]:
+        """Delete all but the `keep` newest versions, never the promoted version or its
+        predecessor. Returns the deleted version numbers."""
+        if keep < 1:
+            raise CheckpointError(f"retention keep={keep!r}; expected an integer >= 1")
+        versions = self.versions(name)
+        protected = {self.promoted(name), self.predecessor(name)} - {None}
+        kept = set(versions[-keep:]) | protected
+        deleted = [v for v in versions if v not in kept]
+        for number in deleted:
+            # Manifest first: the version disappears before its weights do.
+            self.blobs.delete(self._key(name, f"v{number}", "manifest.json"))
+            self.blobs.delete(self._key(name, f"v{number}", "weights.npz"))
+        return deleted
+
+    # -- intermediate progress (resumable training) --
+
+    def save_progress(
+        self, name: str, key: str, next_batch: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record that training under `key` finished every batch before `next_batch`."""
+        self._check_name(key)
+        data = arrays_to_npz(arrays)
+        # Weights under a name tied to the batch, then the state that points at them, so a
+        # kill between the two writes leaves the previous (consistent) progress in place.
+        weights_key = self._key(name, "_intermediate", key, f"weights-{next_batch:06d}.npz")
+        self.blobs.write_bytes(weights_key, data)
+        previous = self._progress_state(name, key)
+        self._write_json(
+            self._key(name, "_intermediate", key, "state.json"),
+            {"next_batch": next_batch, "weights": weights_key, "sha256": sha256_bytes(data),
+             "state": dict(state or {}), "at": _now()},
+        )
+        if previous and previous["weights"] != weights_key:
+            self.blobs.delete(previous["weights"])
+
+    def _progress_state(self, name: str, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.blobs.read_bytes(self._key(name, "_intermediate", key, "state.json")))
+        except FileNotFoundError:
+            return None
+
+    def load_progress(self, name: str, key: str) -> Progress | None:
+        """The latest intermediate checkpoint under `key`, or None (also when it fails its
+        checksum, which is warned about: training then starts over)."""
+        self._check_name(key)
+        state = self._progress_state(name, key)
+        if state is None:
+            return None
+        try:
+            data = self.blobs.read_bytes(state["weights"])
+        except FileNotFoundError:
+            return None
+        if sha256_bytes(data) != state["sha256"]:
+            warnings.warn(
+                f"intermediate checkpoint {name}/{key} at batch {state['next_batch']} fails its "
+                "checksum; starting that training from the beginning",
+                CheckpointCorruptionWarning,
+                stacklevel=2,
+            )
+            return None
+        return Progress(key, int(state["next_batch"]), npz_to_arrays(data), dict(state.get("state") or {}))
+
+    def clear_progress(self, name: str, key: str) -> None:
+        for blob in self.blobs.list_keys(self._key(name, "_intermediate", key)):
+            self.blobs.delete(blob)
+
+    def _write_json(self, key: str, value: Any) -> None:
+        self.blobs.write_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def _warn_refused(exc: CorruptCheckpointError) -> None:
+    message = f"refusing {exc}; falling back to an earlier good version"
+    log.warning(message)
+    warnings.warn(message, CheckpointCorruptionWarning, stacklevel=3)
+
+
+def checkpoint_metadata(version: Version, site: str | None = None) -> dict[str, Any]:
+    """Materialization metadata for a checkpoint asset: version, metrics, checksum, lineage."""
+    out: dict[str, Any] = {
+        "gravity/checkpoint": version.label,
+        "checkpoint/version": version.version,
+        "gravity/sha256": version.sha256,
+        "checkpoint/size_bytes": version.size_bytes,
+        "checkpoint/code_version": version.code_version,
+        "checkpoint/lineage": version.lineage,
+    }
+    if version.parent is not None:
+        out["checkpoint/parent"] = version.parent
+    for key, value in version.metrics.items():
+        out[f"metric/{key}"] = float(value)
+    if site is not None:
+        out["gravity/site"] = site
+    return out

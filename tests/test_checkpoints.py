@@ -1,0 +1,166 @@
+"""CheckpointStore: versions, verification, fallback, promotion, rollback, retention."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from dagster_gravity.checkpoints import (
+    CheckpointCorruptionWarning,
+    CheckpointError,
+    CheckpointStore,
+    CorruptCheckpointError,
+    checkpoint_metadata,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return CheckpointStore.local(tmp_path / "site")
+
+
+def arrays(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"coef": rng.normal(size=(1, 4)), "intercept": rng.normal(size=1)}
+
+
+def save(store, seed, **metrics):
+    return store.save(
+        "m", arrays(seed), lineage={"partitions": [f"2026-01-0{seed}"], "features": "f1"},
+        metrics=metrics or {"auc": 0.5 + seed / 100}, code_version="c1",
+    )
+
+
+def corrupt(store_root, version):
+    path = store_root / "checkpoints" / "m" / f"v{version}" / "weights.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_save_writes_the_documented_layout_and_loads_verified(store, tmp_path):
+    v = save(store, 1)
+    assert v.version == 1 and len(v.sha256) == 64
+    vdir = tmp_path / "site" / "checkpoints" / "m" / "v1"
+    assert sorted(p.name for p in vdir.iterdir()) == ["manifest.json", "weights.npz"]
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    assert manifest["sha256"] == v.sha256 and manifest["lineage"]["features"] == "f1"
+    assert manifest["code_version"] == "c1" and manifest["created_at"]
+    loaded = store.load("m", 1)
+    np.testing.assert_array_equal(loaded.arrays["coef"], arrays(1)["coef"])
+    assert save(store, 2).version == 2
+    assert store.versions("m") == [1, 2]
+
+
+def test_a_version_without_manifest_is_invisible(store, tmp_path):
+    save(store, 1)
+    half = tmp_path / "site" / "checkpoints" / "m" / "v2"
+    half.mkdir()
+    (half / "weights.npz").write_bytes(b"partial")
+    assert store.versions("m") == [1]
+    assert save(store, 2).version == 2  # the unfinished v2 is overwritten, not trusted
+
+
+def test_corrupted_checkpoint_is_refused_and_previous_good_one_used(store, tmp_path):
+    save(store, 1)
+    save(store, 2)
+    store.promote("m", 2)
+    corrupt(tmp_path / "site", 2)
+    with pytest.raises(CorruptCheckpointError, match=r"'m' v2 is corrupted.*manifest expects sha256"):
+        store.load("m", 2)
+    with pytest.warns(CheckpointCorruptionWarning, match="v2 is corrupted"):
+        fallback = store.load_usable("m")
+    assert fallback.checkpoint.version.version == 1
+    assert [e.version for e in fallback.refused] == [2]
+    with pytest.warns(CheckpointCorruptionWarning):
+        assert store.latest_good("m").version.version == 1
+    with pytest.raises(CorruptCheckpointError):
+        store.promote("m", 2)
+
+
+def test_npz_with_objects_is_refused_not_unpickled(store, tmp_path):
+    # A manifest whose checksum matches bytes that need pickle to load: still refused.
+    import hashlib, io
+    buf = io.BytesIO()
+    np.savez(buf, coef=np.array([{"x": 1}], dtype=object))
+    data = buf.getvalue()
+    v = save(store, 1)
+    vdir = tmp_path / "site" / "checkpoints" / "m" / "v1"
+    (vdir / "weights.npz").write_bytes(data)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    (vdir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptCheckpointError, match="not a valid npz"):
+        store.load("m", v.version)
+
+
+def test_promote_and_rollback_restore_earlier_versions(store):
+    for seed in (1, 2, 3):
+        save(store, seed)
+    assert store.promoted("m") is None
+    store.promote("m", 1)
+    store.promote("m", 3)
+    assert store.promoted("m") == 3 and store.predecessor("m") == 1
+    restored = store.rollback("m")
+    assert restored.version == 1 and store.promoted("m") == 1
+    np.testing.assert_array_equal(store.load("m", store.promoted("m")).arrays["coef"], arrays(1)["coef"])
+    store.rollback("m", to=2)
+    assert store.promoted("m") == 2
+    assert [e["action"] for e in store.promotion_history("m")] == ["promote", "promote", "rollback", "rollback"]
+    with pytest.raises(CheckpointError, match="versions are"):
+        store.rollback("m", to=9)
+
+
+def test_rollback_without_history_says_why(store):
+    save(store, 1)
+    store.promote("m", 1)
+    with pytest.raises(CheckpointError, match="no earlier promoted version"):
+        store.rollback("m")
+
+
+def test_retention_never_deletes_promoted_or_its_predecessor(store):
+    for seed in range(1, 8):
+        save(store, seed)
+    store.promote("m", 2)
+    store.promote("m", 3)
+    deleted = store.apply_retention("m", keep=2)
+    assert deleted == [1, 4, 5]
+    assert store.versions("m") == [2, 3, 6, 7]
+    assert store.rollback("m").version == 2  # the predecessor survived and still verifies
+    with pytest.raises(CheckpointError, match="keep=0"):
+        store.apply_retention("m", keep=0)
+
+
+def test_compare_reports_metric_deltas_and_lineage_changes(store):
+    save(store, 1, auc=0.7, loss=0.5)
+    save(store, 2, auc=0.8, loss=0.4)
+    cmp = store.compare("m", 1, 2)
+    assert cmp.metrics["auc"]["delta"] == pytest.approx(0.1)
+    assert cmp.better("auc") is True and cmp.better("loss", higher_is_better=False) is True
+    assert cmp.lineage_changes == {"partitions": {"a": ["2026-01-01"], "b": ["2026-01-02"]}}
+    assert not cmp.same_weights and not cmp.code_changed
+
+
+def test_progress_roundtrip_and_corrupt_progress_starts_over(store, tmp_path):
+    assert store.load_progress("m", "run-a") is None
+    store.save_progress("m", "run-a", 3, arrays(1), {"seen": 30})
+    store.save_progress("m", "run-a", 6, arrays(2), {"seen": 60})
+    progress = store.load_progress("m", "run-a")
+    assert progress.next_batch == 6 and progress.state == {"seen": 60}
+    inter = tmp_path / "site" / "checkpoints" / "m" / "_intermediate" / "run-a"
+    assert sorted(p.name for p in inter.iterdir()) == ["state.json", "weights-000006.npz"]
+    (inter / "weights-000006.npz").write_bytes(b"garbage")
+    with pytest.warns(CheckpointCorruptionWarning, match="starting that training from the beginning"):
+        assert store.load_progress("m", "run-a") is None
+    store.clear_progress("m", "run-a")
+    assert not any(inter.iterdir())
+
+
+def test_checkpoint_metadata_surfaces_version_metrics_and_checksum(store):
+    v = save(store, 1, auc=0.9)
+    meta = checkpoint_metadata(v, site="onprem-dc")
+    assert meta["checkpoint/version"] == 1 and meta["metric/auc"] == 0.9
+    assert meta["gravity/sha256"] == v.sha256 and meta["gravity/site"] == "onprem-dc"
