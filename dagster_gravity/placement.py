@@ -1,0 +1,1052 @@
+"""Where each step runs: the cost model and the solvers. Pure Python + numpy, no Dagster.
+
+Cost model (kept apart from the solvers, like SkyPilot's optimizer):
+
+* Moving ``n > 0`` bytes from site ``a`` to site ``b`` takes ``link.seconds(n)`` =
+  latency + n / bandwidth and costs ``link.dollars(n)`` = n / 1e9 * usd_per_gb. Data already
+  at the site costs nothing.
+* An input with several verified replicas is moved from its *cheapest* replica for the
+  objective.
+* A step's inputs are moved **one after another**: the step's transfer time is the *sum* of
+  its inputs' link seconds. (Sequential is what the IO manager does, and it keeps the
+  objective a sum of per-transfer terms, which is what makes the plan problem a pairwise
+  labelling that can be solved exactly.)
+* The objective (`Objective`) turns seconds and dollars into one score, in seconds:
+  ``(1 - weight) * seconds + weight * dollars * 3600 / usd_per_hour``.
+
+Per-step decision (`place_step`): every pool of the topology gets a `Candidate` row; pools
+that are unhealthy, excluded, fail the step's requirements (pin, pool kind, GPUs) or sit
+outside an input's residency zone are infeasible and say why. The feasible pool with the
+lowest score (transfer seconds + expected wait for a slot, and dollars) wins; ties go to
+fewer bytes moved, then to topology order, so the choice is deterministic.
+
+Whole-plan decision (`place_plan`): outputs land where their step runs, so choosing a site
+per step is a pairwise labelling problem: a unary cost per (step, site) from external
+inputs, plus for each upstream edge a cost ``bytes * per_byte[a, b] + latency[a, b]``
+between the two steps' sites. Plan cost counts transfers only, not waits for slots (those
+are a runtime matter: the executor re-decides each step with `place_step` as it runs), and
+counts each edge's transfer separately (two consumers at another site move the data twice).
+
+Solvers (measured by ``benchmarks/placement.py``):
+
+* ``"exact"`` – min-sum variable elimination (bucket elimination) with a min-fill
+  order. On forests (chains, in-trees, out-trees) this is the O(n·S²) dynamic programme; on
+  DAGs it is exact in O(n·S^(w+1)) for induced width w. ML-shaped DAGs (features -> join ->
+  train -> evaluation fan-out) have w = 2-3.
+* ``"heuristic"`` – exact DP on a maximum-bytes spanning forest, then iterated conditional
+  modes over all edges until no single step can improve. Used when elimination would build
+  a table bigger than `EXACT_TABLE_LIMIT` entries.
+* ``"milp"`` – the same problem as a MILP (local-polytope linearisation) solved by HiGHS
+  through `scipy.optimize.milp`; ``plan_lower_bound`` gives its LP relaxation. Used by the
+  benchmark to measure the heuristic's gap.
+* ``"auto"`` – exact when the elimination stays within the table limit, else heuristic.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Collection, Mapping, Sequence
+
+import numpy as np
+
+from dagster_gravity.topology import Topology
+
+# The exact solver builds tables of S^(k) entries for an induced width k-1; beyond this many
+# entries in one table `auto` switches to the heuristic.
+EXACT_TABLE_LIMIT = 2_000_000
+
+# What one hour of waiting is worth in dollars, so that seconds and dollars add up: about
+# the on-demand price of one cloud GPU instance-hour (an A100 40GB is $3-4/h in 2024-2026).
+DEFAULT_USD_PER_HOUR = 4.0
+
+
+# --------------------------------------------------------------------------------------
+# Inputs of the decision
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputData:
+    """One input of a step: data that already exists somewhere."""
+
+    name: str  # e.g. the asset key "raw/events" (for explanations)
+    size_bytes: int
+    sites: tuple[str, ...]  # sites holding a verified copy, primary first
+    residency: str | None = None  # zone the data may not leave (topology.zone_sites)
+
+
+@dataclass(frozen=True)
+class Requirements:
+    gpus: int = 0  # pool.gpus must be >= this
+    pin: str | None = None  # site name the step must run at
+    pool_kind: str | None = None  # pool.kind must equal this
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a placement minimises, as one score in seconds.
+
+    ``score = (1 - weight) * seconds + weight * dollars * 3600 / usd_per_hour``
+
+    ``weight`` 0 is time only, 1 is dollars only (scaled to seconds), in between a mix.
+    ``usd_per_hour`` is the exchange rate: what one hour of waiting is worth. The default,
+    $4/h, is roughly one cloud GPU instance-hour, the thing an ML pipeline waits with.
+    """
+
+    weight: float = 0.0
+    usd_per_hour: float = DEFAULT_USD_PER_HOUR
+
+    def __post_init__(self):
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"objective weight: got {self.weight!r}; expected a number between 0 and 1")
+        if (
+            isinstance(self.usd_per_hour, bool)
+            or not isinstance(self.usd_per_hour, (int, float))
+            or not self.usd_per_hour > 0
+            or math.isinf(self.usd_per_hour)
+        ):
+            raise ValueError(f"objective usd_per_hour: got {self.usd_per_hour!r}; expected a positive number")
+
+    @classmethod
+    def parse(cls, value) -> "Objective":
+        """``"time"``, ``"cost"``, a weight in [0, 1] (number or numeric string), or an Objective."""
+        if isinstance(value, Objective):
+            return value
+        expected = "'time', 'cost' or a weight between 0 and 1"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "time":
+                return cls(0.0)
+            if text in ("cost", "dollars"):
+                return cls(1.0)
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"objective: got {value!r}; expected {expected}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"objective: got {value!r}; expected {expected}")
+        return cls(float(value))
+
+    @property
+    def seconds_per_dollar(self) -> float:
+        return 3600.0 / self.usd_per_hour
+
+    def score(self, seconds: float, dollars: float) -> float:
+        return (1.0 - self.weight) * seconds + self.weight * dollars * self.seconds_per_dollar
+
+    def describe(self) -> str:
+        if self.weight == 0:
+            return "time"
+        if self.weight == 1:
+            return "cost"
+        return f"{self.weight:g} cost / {1 - self.weight:g} time at ${self.usd_per_hour:g}/h"
+
+
+# --------------------------------------------------------------------------------------
+# Cost model: per-topology link matrices
+# --------------------------------------------------------------------------------------
+
+
+class CostModel:
+    """The topology's links as numpy matrices indexed by site position.
+
+    ``sec_per_byte[a, b]``, ``latency[a, b]`` and ``usd_per_byte[a, b]`` reproduce
+    `Link.seconds` / `Link.dollars` exactly (0 on the diagonal).
+    """
+
+    def __init__(self, topology: Topology):
+        self.topology = topology
+        self.sites: list[str] = list(topology.sites)
+        self.index: dict[str, int] = {s: i for i, s in enumerate(self.sites)}
+        n = len(self.sites)
+        self.sec_per_byte = np.zeros((n, n))
+        self.latency = np.zeros((n, n))
+        self.usd_per_byte = np.zeros((n, n))
+        for a, src in enumerate(self.sites):
+            for b, dst in enumerate(self.sites):
+                link = topology.link(src, dst)
+                if a != b:
+                    self.sec_per_byte[a, b] = 1.0 / link.bandwidth_bytes_per_s
+                    self.latency[a, b] = link.latency_s
+                self.usd_per_byte[a, b] = link.usd_per_gb / 1e9
+        self.pools = list(topology.pools)
+        self.pool_site = np.array([self.index[p.site] for p in self.pools], dtype=np.int64)
+        self._by_objective: dict[Objective, tuple[np.ndarray, np.ndarray]] = {}
+
+    def matrices(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
+        """(per_byte, fixed): moving n > 0 bytes a->b scores ``n * per_byte[a,b] + fixed[a,b]``."""
+        got = self._by_objective.get(objective)
+        if got is None:
+            per_byte = (1 - objective.weight) * self.sec_per_byte + objective.weight * objective.seconds_per_dollar * self.usd_per_byte
+            fixed = (1 - objective.weight) * self.latency
+            got = self._by_objective[objective] = (per_byte, fixed)
+        return got
+
+    def site_index(self, site: str, what: str) -> int:
+        try:
+            return self.index[site]
+        except KeyError:
+            raise ValueError(
+                f"{what}: site {site!r} is not in the topology {self.topology.source}; known sites: {', '.join(self.sites)}"
+            ) from None
+
+
+_COST_MODELS: "OrderedDict[int, tuple[Topology, CostModel]]" = OrderedDict()
+
+
+def cost_model(topology: Topology) -> CostModel:
+    """The (cached) CostModel of a topology; topologies are immutable, so keyed by identity."""
+    key = id(topology)
+    hit = _COST_MODELS.get(key)
+    if hit is not None and hit[0] is topology:
+        _COST_MODELS.move_to_end(key)
+        return hit[1]
+    model = CostModel(topology)
+    _COST_MODELS[key] = (topology, model)
+    while len(_COST_MODELS) > 16:
+        _COST_MODELS.popitem(last=False)
+    return model
+
+
+# --------------------------------------------------------------------------------------
+# Per-step decision
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the explanation table."""
+
+    pool: str  # pool id "site/name"
+    site: str
+    bytes_moved: int
+    transfer_seconds: float
+    wait_seconds: float
+    dollars: float
+    score: float  # objective value (inf when infeasible)
+    feasible: bool
+    reason: str  # "" when feasible, else which constraint(s) failed
+
+
+@dataclass(frozen=True)
+class Placement:
+    pool: str
+    site: str
+    candidates: tuple[Candidate, ...]  # all pools, best first, infeasible last
+    reason: str  # one-line human explanation of the choice
+
+    def as_table(self) -> list[dict]:
+        """JSON-able rows (infinite scores become None)."""
+        rows = []
+        for c in self.candidates:
+            rows.append(
+                {
+                    "pool": c.pool,
+                    "site": c.site,
+                    "bytes_moved": int(c.bytes_moved),
+                    "transfer_seconds": round(float(c.transfer_seconds), 6),
+                    "wait_seconds": round(float(c.wait_seconds), 6),
+                    "dollars": round(float(c.dollars), 8),
+                    "score": None if math.isinf(c.score) else round(float(c.score), 6),
+                    "feasible": c.feasible,
+                    "reason": c.reason,
+                }
+            )
+        return rows
+
+
+class PlacementError(ValueError):
+    """No healthy pool/site meets a step's requirements and residency.
+
+    The message names the step and lists every pool (or site) with the constraint it fails.
+    """
+
+    def __init__(self, message: str, candidates: Sequence[Candidate] = (), step: str | None = None):
+        super().__init__(message)
+        self.candidates = tuple(candidates)
+        self.step = step
+
+
+def format_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def _zones_of(inputs: Sequence[InputData]) -> list[tuple[str, str]]:
+    """(zone, input name) for every input with a residency zone."""
+    return [(i.residency, i.name) for i in inputs if i.residency is not None]
+
+
+def _residency_failures(topology: Topology, zones: Sequence[tuple[str, str]], site: str, what: str = "input") -> list[str]:
+    out = []
+    for zone, name in zones:
+        if not topology.allows(zone, site):
+            out.append(f"residency: {what} {name!r} may not leave zone {zone!r}")
+    return out
+
+
+def _requirement_failures(pool, req: Requirements) -> list[str]:
+    out = []
+    if req.pin is not None and pool.site != req.pin:
+        out.append(f"pinned to {req.pin!r}")
+    if req.pool_kind is not None and pool.kind != req.pool_kind:
+        out.append(f"needs pool kind {req.pool_kind!r}, pool is {pool.kind!r}")
+    if pool.gpus < req.gpus:
+        out.append(f"needs {req.gpus} GPU{'s' if req.gpus != 1 else ''}, pool has {pool.gpus}")
+    return out
+
+
+def _check_requirements(topology: Topology, req: Requirements, what: str) -> None:
+    if req.pin is not None and req.pin not in topology.sites:
+        raise PlacementError(
+            f"{what} is pinned to site {req.pin!r}, which is not in the topology {topology.source}; "
+            f"known sites: {', '.join(topology.sites)}",
+            step=what,
+        )
+
+
+def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objective):
+    """Per candidate site: (bytes, seconds, dollars, score) of moving every input there.
+
+    Each input comes from its cheapest replica for the objective; inputs already at the
+    site cost nothing; transfers add up (sequential).
+    """
+    n_sites = len(cm.sites)
+    per_byte, fixed = cm.matrices(objective)
+    total_bytes = np.zeros(n_sites)
+    total_sec = np.zeros(n_sites)
+    total_usd = np.zeros(n_sites)
+    total_score = np.zeros(n_sites)
+    cols = np.arange(n_sites)
+    for item in inputs:
+        if not item.sites:
+            raise ValueError(f"input {item.name!r} has no site holding a copy; expected at least one site")
+        size = item.size_bytes
+        if size < 0:
+            raise ValueError(f"input {item.name!r}: size_bytes is {size}; expected >= 0")
+        if size == 0:
+            continue
+        rows = np.array([cm.site_index(s, f"input {item.name!r}") for s in item.sites], dtype=np.int64)
+        scores = size * per_byte[rows] + fixed[rows]  # (replicas, sites)
+        held = np.zeros(n_sites, dtype=bool)
+        held[rows] = True
+        best = rows[np.argmin(scores, axis=0)]
+        moved = ~held
+        total_bytes += np.where(moved, size, 0)
+        total_sec += np.where(moved, cm.latency[best, cols] + size * cm.sec_per_byte[best, cols], 0.0)
+        total_usd += np.where(moved, size * cm.usd_per_byte[best, cols], 0.0)
+        total_score += np.where(moved, scores.min(axis=0), 0.0)
+    return total_bytes, total_sec, total_usd, total_score
+
+
+def place_step(
+    topology: Topology,
+    inputs: Sequence[InputData],
+    requirements: Requirements = Requirements(),
+    *,
+    objective: Objective = Objective(),
+    healthy: Collection[str] | None = None,
+    expected_wait: Mapping[str, float] | None = None,
+    exclude: Collection[str] = (),
+    step: str | None = None,
+) -> Placement:
+    """Choose the pool for one step and explain why.
+
+    Scores every pool: the seconds and dollars to move each input that is not already at
+    the pool's site (from its cheapest replica; transfers one after another, so seconds
+    add up), plus ``expected_wait[pool]`` seconds until a slot frees. The score is
+    ``objective.score(transfer_seconds + wait_seconds, dollars)``; the lowest feasible
+    score wins, ties broken by fewer bytes moved, then topology order.
+
+    A pool is infeasible when it is not in ``healthy`` (None means all healthy), is in
+    ``exclude``, fails a requirement (pin, pool kind, GPU count), or its site is outside
+    the residency zone of any input. Raises `PlacementError` (with ``.candidates``) when no
+    pool is feasible; its message lists every pool and the constraint it fails.
+    """
+    what = f"step {step!r}" if step else "step"
+    objective = Objective.parse(objective)
+    _check_requirements(topology, requirements, what)
+    cm = cost_model(topology)
+    nbytes, seconds, dollars, transfer_score = _input_costs(cm, inputs, objective)
+    zones = _zones_of(inputs)
+    healthy_set = None if healthy is None else set(healthy)
+    exclude_set = set(exclude)
+    waits = expected_wait or {}
+    residency_cache: dict[str, list[str]] = {}
+    rows = []
+    for i, pool in enumerate(cm.pools):
+        s = cm.pool_site[i]
+        reasons = []
+        if healthy_set is not None and pool.id not in healthy_set:
+            reasons.append("unhealthy")
+        if pool.id in exclude_set:
+            reasons.append("excluded")
+        reasons += _requirement_failures(pool, requirements)
+        if zones:
+            if pool.site not in residency_cache:
+                residency_cache[pool.site] = _residency_failures(topology, zones, pool.site)
+            reasons += residency_cache[pool.site]
+        wait = float(waits.get(pool.id, 0.0))
+        if wait < 0 or math.isnan(wait):
+            raise ValueError(f"expected_wait[{pool.id!r}] is {wait}; expected seconds >= 0")
+        feasible = not reasons
+        score = float(transfer_score[s]) + objective.score(wait, 0.0) if feasible else math.inf
+        rows.append(
+            (
+                0 if feasible else 1,
+                score,
+                int(nbytes[s]),
+                i,
+                Candidate(
+                    pool=pool.id,
+                    site=pool.site,
+                    bytes_moved=int(nbytes[s]),
+                    transfer_seconds=float(seconds[s]),
+                    wait_seconds=wait,
+                    dollars=float(dollars[s]),
+                    score=score,
+                    feasible=feasible,
+                    reason="; ".join(reasons),
+                ),
+            )
+        )
+    rows.sort(key=lambda r: r[:4])
+    candidates = tuple(r[4] for r in rows)
+    best = candidates[0]
+    if not best.feasible:
+        lines = "\n".join(f"  {c.pool}: {c.reason}" for c in candidates)
+        raise PlacementError(f"no pool can run {what}:\n{lines}", candidates, step=step)
+    return Placement(pool=best.pool, site=best.site, candidates=candidates, reason=_explain(best, candidates, objective))
+
+
+def _explain(best: Candidate, candidates: Sequence[Candidate], objective: Objective) -> str:
+    if best.bytes_moved == 0:
+        what = "all inputs are already at " + best.site
+    else:
+        what = f"moves {format_bytes(best.bytes_moved)} ({best.transfer_seconds:.3g} s, ${best.dollars:.4g})"
+    if best.wait_seconds:
+        what += f", waits {best.wait_seconds:.3g} s for a slot"
+    runner_up = next((c for c in candidates[1:] if c.feasible and c.site != best.site), None)
+    if runner_up is None:
+        alt = "the only feasible site"
+    else:
+        alt = (
+            f"next best {runner_up.pool} would move {format_bytes(runner_up.bytes_moved)} "
+            f"(score {runner_up.score:.3g} vs {best.score:.3g})"
+        )
+    return f"{best.pool}: {what}; {alt}; objective {objective.describe()}"
+
+
+# --------------------------------------------------------------------------------------
+# Whole-plan decision
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    key: str
+    external_inputs: tuple[InputData, ...] = ()
+    upstream: tuple[tuple[str, int], ...] = ()  # (upstream step key, bytes it passes here)
+    requirements: Requirements = Requirements()
+    output_residency: str | None = None  # zone this step's outputs may not leave
+
+
+@dataclass(frozen=True)
+class PlanPlacement:
+    sites: dict[str, str]  # step key -> site
+    pools: dict[str, str]  # step key -> pool id
+    bytes_moved: int
+    seconds: float  # total transfer seconds, summed over every transfer (not a makespan)
+    dollars: float
+    score: float
+    method: str  # the solver that produced it: exact, heuristic, milp, brute-force
+    lower_bound: float | None = None  # a proven lower bound on the score, when computed
+    exact: bool = False  # True when `score` is proven optimal
+
+
+@dataclass
+class _Problem:
+    """A plan as arrays: unary costs (inf = infeasible) and weighted edges."""
+
+    keys: list[str]
+    unary: np.ndarray  # (n_steps, n_sites)
+    edge_u: np.ndarray  # upstream step index
+    edge_v: np.ndarray  # downstream step index
+    edge_bytes: np.ndarray  # float bytes, > 0
+    per_byte: np.ndarray  # (S, S)
+    fixed: np.ndarray  # (S, S)
+    pool_choice: list[list[str | None]]  # [step][site] -> pool id to use there
+    cm: CostModel = field(repr=False)
+
+    def edge_cost(self, e: int) -> np.ndarray:
+        """(S, S) cost of edge e, indexed [site of upstream, site of downstream]."""
+        return self.edge_bytes[e] * self.per_byte + self.fixed
+
+    def score(self, labels: np.ndarray) -> float:
+        total = float(self.unary[np.arange(len(labels)), labels].sum())
+        lu, lv = labels[self.edge_u], labels[self.edge_v]
+        moved = lu != lv
+        total += float((self.edge_bytes * self.per_byte[lu, lv] + self.fixed[lu, lv])[moved].sum())
+        return total
+
+
+def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Objective, healthy) -> _Problem:
+    cm = cost_model(topology)
+    per_byte, fixed = cm.matrices(objective)
+    keys = [s.key for s in steps]
+    index: dict[str, int] = {}
+    for i, s in enumerate(steps):
+        if s.key in index:
+            raise ValueError(f"plan: step key {s.key!r} appears more than once; expected unique keys")
+        index[s.key] = i
+    n, n_sites = len(steps), len(cm.sites)
+    unary = np.zeros((n, n_sites))
+    healthy_set = None if healthy is None else set(healthy)
+    eu, ev, eb = [], [], []
+    pool_choice: list[list[str | None]] = []
+    req_cache: dict[tuple, tuple[np.ndarray, list]] = {}
+    for i, step in enumerate(steps):
+        what = f"step {step.key!r}"
+        req = step.requirements
+        _check_requirements(topology, req, what)
+        # Which sites have a pool (healthy, meeting the requirements), and which one to use:
+        # the qualifying pool with the fewest GPUs (do not hold GPUs a step does not need).
+        got = req_cache.get(req)
+        if got is None:
+            chosen: list[str | None] = [None] * n_sites
+            why: list[list[str]] = [[] for _ in range(n_sites)]
+            best_gpus = [math.inf] * n_sites
+            for p_i, pool in enumerate(cm.pools):
+                s = cm.pool_site[p_i]
+                fails = (["unhealthy"] if healthy_set is not None and pool.id not in healthy_set else []) + _requirement_failures(pool, req)
+                if fails:
+                    why[s].append(f"{pool.id}: {', '.join(fails)}")
+                elif pool.gpus < best_gpus[s]:
+                    best_gpus[s], chosen[s] = pool.gpus, pool.id
+            got = req_cache[req] = (np.array([c is not None for c in chosen]), chosen, why)
+        has_pool, chosen, why = got
+        zones = _zones_of(step.external_inputs)
+        if step.output_residency is not None:
+            zones.append((step.output_residency, f"{step.key} (its own output)"))
+        for up_key, nbytes in step.upstream:
+            if up_key not in index:
+                raise ValueError(f"plan: {what} reads upstream step {up_key!r}, which is not in the plan")
+            if nbytes < 0:
+                raise ValueError(f"plan: {what} reads {nbytes} bytes from {up_key!r}; expected >= 0")
+            up = steps[index[up_key]]
+            if up.output_residency is not None:
+                zones.append((up.output_residency, f"{up_key} (upstream output)"))
+            if nbytes > 0 and index[up_key] != i:
+                eu.append(index[up_key])
+                ev.append(i)
+                eb.append(float(nbytes))
+        _, _, _, transfer = _input_costs(cm, step.external_inputs, objective)
+        row = transfer.copy()
+        failures = {}
+        for s, site in enumerate(cm.sites):
+            reasons = []
+            if not has_pool[s]:
+                reasons.append("no pool qualifies (" + "; ".join(why[s]) + ")")
+            reasons += _residency_failures(topology, zones, site, what="data")
+            if reasons:
+                row[s] = math.inf
+                failures[site] = reasons
+        if np.isinf(row).all():
+            lines = "\n".join(f"  {site}: {'; '.join(r)}" for site, r in failures.items())
+            raise PlacementError(f"no site can run {what}:\n{lines}", step=step.key)
+        unary[i] = row
+        pool_choice.append(chosen)
+    return _Problem(
+        keys=keys,
+        unary=unary,
+        edge_u=np.array(eu, dtype=np.int64),
+        edge_v=np.array(ev, dtype=np.int64),
+        edge_bytes=np.array(eb, dtype=float),
+        per_byte=per_byte,
+        fixed=fixed,
+        pool_choice=pool_choice,
+        cm=cm,
+    )
+
+
+# -- exact: min-sum variable elimination -------------------------------------------------
+
+
+def _adjacency(p: _Problem) -> list[dict[int, list[int]]]:
+    """node -> {neighbour: [edge ids]} (parallel edges kept)."""
+    adj: list[dict[int, list[int]]] = [dict() for _ in p.keys]
+    for e, (u, v) in enumerate(zip(p.edge_u.tolist(), p.edge_v.tolist())):
+        adj[u].setdefault(v, []).append(e)
+        adj[v].setdefault(u, []).append(e)
+    return adj
+
+
+def _elimination_order(adj: list[dict[int, list[int]]], n_sites: int, limit: float):
+    """Greedy min-degree order; returns (order, max table entries) or (None, entries) past limit."""
+    nbrs = [set(a) for a in adj]
+    heap = [(len(s), v) for v, s in enumerate(nbrs)]
+    heapq.heapify(heap)
+    done = [False] * len(nbrs)
+    order, worst = [], 1
+    while heap:
+        deg, v = heapq.heappop(heap)
+        if done[v] or deg != len(nbrs[v]):
+            continue
+        done[v] = True
+        order.append(v)
+        worst = max(worst, n_sites ** (deg + 1))
+        if worst > limit:
+            return None, worst
+        ns = nbrs[v]
+        for a in ns:
+            nbrs[a].discard(v)
+            nbrs[a] |= ns - {a}
+            heapq.heappush(heap, (len(nbrs[a]), a))
+        nbrs[v] = set()
+    return order, worst
+
+
+def _solve_forest(p: _Problem, adj) -> np.ndarray:
+    """Exact DP on a graph whose edges (merged per node pair) form a forest: O(n·S²)."""
+    n = len(p.keys)
+    unary = p.unary.copy()
+    parent = [-1] * n
+    order: list[int] = []
+    seen = [False] * n
+    for root in range(n):
+        if seen[root]:
+            continue
+        seen[root] = True
+        stack = [root]
+        while stack:
+            v = stack.pop()
+            order.append(v)
+            for w in adj[v]:
+                if not seen[w]:
+                    seen[w] = True
+                    parent[w] = v
+                    stack.append(w)
+    back = [None] * n
+    for v in reversed(order):  # leaves first
+        par = parent[v]
+        if par < 0:
+            continue
+        # cost[par_site, v_site]
+        cost = np.zeros_like(p.per_byte)
+        for e in adj[v][par]:
+            c = p.edge_cost(e)
+            np.fill_diagonal(c, 0.0)
+            cost += c if p.edge_u[e] == par else c.T
+        total = cost + unary[v][None, :]
+        arg = np.argmin(total, axis=1)
+        unary[par] += total[np.arange(len(arg)), arg]
+        back[v] = arg
+    labels = np.zeros(n, dtype=np.int64)
+    for v in order:  # roots first
+        par = parent[v]
+        labels[v] = int(np.argmin(unary[v])) if par < 0 else int(back[v][labels[par]])
+    return labels
+
+
+def _solve_elimination(p: _Problem, adj, order: list[int]) -> np.ndarray:
+    """Exact min-sum bucket elimination along `order` (tables of S^(width+1) entries)."""
+    n, S = len(p.keys), p.unary.shape[1]
+    factors: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
+    by_var: list[set[int]] = [set() for _ in range(n)]
+    fid = itertools.count()
+
+    def add(scope, table):
+        f = next(fid)
+        factors[f] = (scope, table)
+        for x in scope:
+            by_var[x].add(f)
+
+    for v in range(n):
+        add((v,), p.unary[v])
+    for v in range(n):
+        for w, edges in adj[v].items():
+            if v < w:
+                cost = np.zeros((S, S))
+                for e in edges:
+                    c = p.edge_cost(e)
+                    np.fill_diagonal(c, 0.0)
+                    cost += c if p.edge_u[e] == v else c.T
+                add((v, w), cost)
+    record = []
+    for v in order:
+        fs = []
+        for f in sorted(by_var[v]):
+            scope, table = factors.pop(f)
+            for x in scope:
+                by_var[x].discard(f)
+            fs.append((scope, table))
+        rest = sorted({x for scope, _ in fs for x in scope if x != v})
+        axes = [v] + rest
+        total = np.zeros((S,) * len(axes))
+        for scope, table in fs:
+            perm = sorted(range(len(scope)), key=lambda k: axes.index(scope[k]))
+            t = np.transpose(table, perm)
+            shape = [1] * len(axes)
+            for x in scope:
+                shape[axes.index(x)] = S
+            total = total + t.reshape(shape)
+        arg = np.argmin(total, axis=0)
+        record.append((v, rest, arg))
+        if rest:
+            add(tuple(rest), np.min(total, axis=0))
+    labels = np.zeros(n, dtype=np.int64)
+    for v, rest, arg in reversed(record):
+        labels[v] = int(arg[tuple(labels[x] for x in rest)]) if rest else int(arg)
+    return labels
+
+
+# -- heuristic: spanning-forest DP + iterated conditional modes ---------------------------
+
+
+def _spanning_forest(p: _Problem) -> _Problem:
+    """The problem restricted to a maximum-bytes spanning forest (Kruskal)."""
+    parent = list(range(len(p.keys)))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    keep = []
+    for e in np.argsort(-p.edge_bytes, kind="stable").tolist():
+        a, b = find(int(p.edge_u[e])), find(int(p.edge_v[e]))
+        if a != b:
+            parent[a] = b
+            keep.append(e)
+    keep = np.array(sorted(keep), dtype=np.int64)
+    return _Problem(
+        p.keys, p.unary, p.edge_u[keep], p.edge_v[keep], p.edge_bytes[keep], p.per_byte, p.fixed, p.pool_choice, p.cm
+    )
+
+
+def _local_search(p: _Problem, labels: np.ndarray, adj, max_sweeps: int = 50) -> np.ndarray:
+    """Iterated conditional modes: move one step at a time to its best site given the rest."""
+    labels = labels.copy()
+    per_byte, fixed = p.per_byte, p.fixed
+    incident = []
+    for v in range(len(p.keys)):
+        ins, outs = [], []
+        for w, edges in adj[v].items():
+            for e in edges:
+                (outs if p.edge_u[e] == v else ins).append((w, p.edge_bytes[e]))
+        incident.append((ins, outs))
+    dirty = [v for v in range(len(p.keys)) if adj[v]]
+    for _ in range(max_sweeps):
+        changed = set()
+        for v in dirty:
+            ins, outs = incident[v]
+            cost = p.unary[v].copy()
+            for w, nb in ins:  # data flows w -> v
+                a = labels[w]
+                row = nb * per_byte[a] + fixed[a]
+                row[a] = 0.0
+                cost += row
+            for w, nb in outs:  # data flows v -> w
+                b = labels[w]
+                col = nb * per_byte[:, b] + fixed[:, b]
+                col[b] = 0.0
+                cost += col
+            best = int(np.argmin(cost))
+            if cost[best] < cost[labels[v]] - 1e-12 * max(1.0, abs(cost[labels[v]])):
+                labels[v] = best
+                changed.add(v)
+                changed.update(adj[v])
+        if not changed:
+            break
+        dirty = sorted(changed)
+    return labels
+
+
+# -- MILP / LP on the local polytope ------------------------------------------------------
+
+
+def _local_polytope(p: _Problem):
+    """Variables x[v,s] (feasible pairs) and y[e,a,b]; returns (c, A_eq, b_eq, n_x, x_index)."""
+    from scipy import sparse
+
+    n, S = p.unary.shape
+    feasible = np.isfinite(p.unary)
+    x_index = -np.ones((n, S), dtype=np.int64)
+    x_index[feasible] = np.arange(int(feasible.sum()))
+    n_x = int(feasible.sum())
+    costs = [p.unary[feasible]]
+    rows, cols, vals = [], [], []
+    # one site per step
+    vv, ss = np.nonzero(feasible)
+    rows.append(vv)
+    cols.append(x_index[vv, ss])
+    vals.append(np.ones(len(vv)))
+    n_rows = n
+    n_var = n_x
+    for e in range(len(p.edge_u)):
+        u, v = int(p.edge_u[e]), int(p.edge_v[e])
+        a_idx, b_idx = np.nonzero(feasible[u])[0], np.nonzero(feasible[v])[0]
+        cost = p.edge_cost(e)[np.ix_(a_idx, b_idx)]
+        cost[a_idx[:, None] == b_idx[None, :]] = 0.0
+        na, nb = len(a_idx), len(b_idx)
+        y = n_var + np.arange(na * nb).reshape(na, nb)
+        n_var += na * nb
+        costs.append(cost.ravel())
+        # sum_b y[a, b] - x[u, a] = 0
+        rows.append(np.repeat(n_rows + np.arange(na), nb))
+        cols.append(y.ravel())
+        vals.append(np.ones(na * nb))
+        rows.append(n_rows + np.arange(na))
+        cols.append(x_index[u, a_idx])
+        vals.append(-np.ones(na))
+        n_rows += na
+        # sum_a y[a, b] - x[v, b] = 0
+        rows.append(n_rows + np.tile(np.arange(nb), na))
+        cols.append(y.ravel())
+        vals.append(np.ones(na * nb))
+        rows.append(n_rows + np.arange(nb))
+        cols.append(x_index[v, b_idx])
+        vals.append(-np.ones(nb))
+        n_rows += nb
+    A = sparse.csr_array(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, n_var)
+    )
+    b = np.zeros(n_rows)
+    b[:n] = 1.0
+    return np.concatenate(costs), A, b, n_x, x_index
+
+
+def _solve_milp(p: _Problem, time_limit: float | None = None) -> tuple[np.ndarray, float, bool]:
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    c, A, b, n_x, x_index = _local_polytope(p)
+    integrality = np.zeros(len(c))
+    integrality[:n_x] = 1
+    options = {"mip_rel_gap": 0.0}
+    if time_limit is not None:
+        options["time_limit"] = time_limit
+    res = milp(c, constraints=LinearConstraint(A, b, b), integrality=integrality, bounds=Bounds(0, 1), options=options)
+    if res.x is None:
+        raise RuntimeError(f"MILP solver failed: {res.message}")
+    x = res.x[:n_x]
+    labels = np.zeros(len(p.keys), dtype=np.int64)
+    for v in range(len(p.keys)):
+        idx = x_index[v]
+        ok = idx >= 0
+        labels[v] = int(np.nonzero(ok)[0][np.argmax(x[idx[ok]])])
+    bound = getattr(res, "mip_dual_bound", None)
+    return labels, (float(bound) if bound is not None else float(res.fun)), bool(res.status == 0)
+
+
+def plan_lower_bound(topology: Topology, steps: Sequence[PlanStep], *, objective=Objective(), healthy=None) -> float:
+    """LP relaxation (local polytope) of the plan problem: a lower bound on any plan's score."""
+    from scipy.optimize import linprog
+
+    p = _build_problem(topology, steps, Objective.parse(objective), healthy)
+    if len(p.edge_u) == 0:
+        return float(np.min(p.unary, axis=1).sum())
+    c, A, b, _, _ = _local_polytope(p)
+    res = linprog(c, A_eq=A, b_eq=b, bounds=(0, 1), method="highs")
+    if res.status != 0:
+        raise RuntimeError(f"LP solver failed: {res.message}")
+    return float(res.fun)
+
+
+# -- the entry points ----------------------------------------------------------------------
+
+
+def _result(topology, steps, p: _Problem, labels, objective, method, lower_bound=None, exact=False) -> PlanPlacement:
+    sites = {k: p.cm.sites[int(l)] for k, l in zip(p.keys, labels)}
+    pools = {k: p.pool_choice[i][int(l)] for i, (k, l) in enumerate(zip(p.keys, labels))}
+    nbytes, seconds, dollars, score = _plan_metrics(p, labels, steps, objective)
+    return PlanPlacement(sites, pools, nbytes, seconds, dollars, score, method, lower_bound, exact)
+
+
+def _plan_metrics(p: _Problem, labels: np.ndarray, steps, objective: Objective):
+    cm = p.cm
+    total_b = total_s = total_d = 0.0
+    for i, step in enumerate(steps):
+        if step.external_inputs:
+            b, s, d, _ = _input_costs(cm, step.external_inputs, objective)
+            total_b += b[labels[i]]
+            total_s += s[labels[i]]
+            total_d += d[labels[i]]
+    lu, lv = labels[p.edge_u], labels[p.edge_v]
+    moved = lu != lv
+    nb = p.edge_bytes[moved]
+    total_b += nb.sum()
+    total_s += (cm.latency[lu, lv][moved] + nb * cm.sec_per_byte[lu, lv][moved]).sum()
+    total_d += (nb * cm.usd_per_byte[lu, lv][moved]).sum()
+    return int(round(total_b)), float(total_s), float(total_d), objective.score(float(total_s), float(total_d))
+
+
+def place_plan(
+    topology: Topology,
+    steps: Sequence[PlanStep],
+    *,
+    objective=Objective(),
+    healthy: Collection[str] | None = None,
+    method: str = "auto",
+) -> PlanPlacement:
+    """Choose a site (and pool) for every step of a DAG, minimising the total objective.
+
+    ``method``: ``"auto"`` (exact variable elimination when its tables stay under
+    `EXACT_TABLE_LIMIT` entries, else ``"heuristic"``), ``"exact"``, ``"heuristic"``
+    (spanning-forest DP + local search), ``"milp"`` (HiGHS), ``"brute-force"``.
+    Raises `PlacementError` naming the step when a step has no feasible site.
+    """
+    objective = Objective.parse(objective)
+    if method == "brute-force":
+        return brute_force_plan(topology, steps, objective=objective, healthy=healthy)
+    if method not in ("auto", "exact", "heuristic", "milp"):
+        raise ValueError(f"place_plan method: got {method!r}; expected auto, exact, heuristic, milp or brute-force")
+    p = _build_problem(topology, steps, objective, healthy)
+    if not p.keys:
+        return PlanPlacement({}, {}, 0, 0.0, 0.0, 0.0, method, 0.0, True)
+    adj = _adjacency(p)
+    if method == "milp":
+        labels, bound, optimal = _solve_milp(p)
+        return _result(topology, steps, p, labels, objective, "milp", bound, optimal)
+    is_forest = len(p.edge_u) == 0 or _is_forest(adj)
+    if is_forest and method in ("auto", "exact"):
+        labels = _solve_forest(p, adj)
+        return _result(topology, steps, p, labels, objective, "exact", None, True)
+    if method in ("auto", "exact"):
+        limit = math.inf if method == "exact" else EXACT_TABLE_LIMIT
+        order, _ = _elimination_order(adj, p.unary.shape[1], limit)
+        if order is not None:
+            labels = _solve_elimination(p, adj, order)
+            return _result(topology, steps, p, labels, objective, "exact", None, True)
+    forest = _spanning_forest(p)
+    labels = _solve_forest(forest, _adjacency(forest))
+    labels = _local_search(p, labels, adj)
+    return _result(topology, steps, p, labels, objective, "heuristic")
+
+
+def _is_forest(adj) -> bool:
+    n = len(adj)
+    pairs = sum(len(a) for a in adj) // 2
+    if pairs >= n:
+        return False
+    seen = [False] * n
+    components = 0
+    for root in range(n):
+        if seen[root]:
+            continue
+        components += 1
+        seen[root] = True
+        stack = [root]
+        while stack:
+            v = stack.pop()
+            for w in adj[v]:
+                if not seen[w]:
+                    seen[w] = True
+                    stack.append(w)
+    return pairs == n - components
+
+
+def plan_cost(topology: Topology, steps: Sequence[PlanStep], sites: Mapping[str, str], objective=Objective()):
+    """(bytes moved, seconds, dollars, score) of running each step at ``sites[step.key]``.
+
+    A reference implementation straight from the `Link` objects (independent of the
+    solvers' matrices): external inputs move from their cheapest replica for the
+    objective; each upstream edge whose two steps run at different sites moves its bytes;
+    seconds add up over all transfers. Waits for slots are not counted. Does not check
+    feasibility (see `check_plan`).
+    """
+    objective = Objective.parse(objective)
+    where = {}
+    for step in steps:
+        if step.key not in sites:
+            raise ValueError(f"plan_cost: no site given for step {step.key!r}")
+        where[step.key] = sites[step.key]
+    total_b = 0
+    total_s = total_d = 0.0
+    for step in steps:
+        dst = where[step.key]
+        for item in step.external_inputs:
+            if item.size_bytes <= 0 or dst in item.sites:
+                continue
+            options = [topology.link(src, dst) for src in item.sites]
+            link = min(options, key=lambda l: objective.score(l.seconds(item.size_bytes), l.dollars(item.size_bytes)))
+            total_b += item.size_bytes
+            total_s += link.seconds(item.size_bytes)
+            total_d += link.dollars(item.size_bytes)
+        for up_key, nbytes in step.upstream:
+            src = where[up_key]
+            if nbytes <= 0 or src == dst or up_key == step.key:
+                continue
+            link = topology.link(src, dst)
+            total_b += nbytes
+            total_s += link.seconds(nbytes)
+            total_d += link.dollars(nbytes)
+    return total_b, total_s, total_d, objective.score(total_s, total_d)
+
+
+def check_plan(topology: Topology, steps: Sequence[PlanStep], sites: Mapping[str, str], healthy=None) -> list[str]:
+    """Every residency / requirement / health violation of an assignment (empty when valid)."""
+    by_key = {s.key: s for s in steps}
+    healthy_set = None if healthy is None else set(healthy)
+    problems = []
+    for step in steps:
+        site = sites[step.key]
+        zones = [(i.residency, i.name) for i in step.external_inputs if i.residency]
+        if step.output_residency:
+            zones.append((step.output_residency, step.key))
+        zones += [(by_key[u].output_residency, u) for u, _ in step.upstream if by_key[u].output_residency]
+        for zone, name in zones:
+            if not topology.allows(zone, site):
+                problems.append(f"{step.key}: at {site}, but {name!r} may not leave zone {zone!r}")
+        ok = [
+            p
+            for p in topology.site(site).pools
+            if not _requirement_failures(p, step.requirements) and (healthy_set is None or p.id in healthy_set)
+        ]
+        if not ok:
+            problems.append(f"{step.key}: no healthy pool at {site} meets {step.requirements}")
+    return problems
+
+
+def brute_force_plan(topology: Topology, steps: Sequence[PlanStep], *, objective=Objective(), healthy=None, max_plans: int = 5_000_000) -> PlanPlacement:
+    """The optimum by enumerating every assignment of feasible sites (vectorised, chunked).
+
+    Raises ValueError when there are more than ``max_plans`` assignments.
+    """
+    objective = Objective.parse(objective)
+    p = _build_problem(topology, steps, objective, healthy)
+    n = len(p.keys)
+    if n == 0:
+        return PlanPlacement({}, {}, 0, 0.0, 0.0, 0.0, "brute-force", 0.0, True)
+    options = [np.nonzero(np.isfinite(p.unary[v]))[0] for v in range(n)]
+    count = math.prod(len(o) for o in options)
+    if count > max_plans:
+        raise ValueError(f"brute_force_plan: {count} assignments; expected at most {max_plans}")
+    best_score, best_labels = math.inf, None
+    chunk_vars = 0
+    # enumerate the last variables inside numpy, the first ones in Python
+    inner = 1
+    while chunk_vars < n and inner * len(options[n - 1 - chunk_vars]) <= 200_000:
+        inner *= len(options[n - 1 - chunk_vars])
+        chunk_vars += 1
+    outer_vars = n - chunk_vars
+    grids = np.meshgrid(*options[outer_vars:], indexing="ij") if chunk_vars else []
+    inner_labels = np.stack([g.ravel() for g in grids], axis=1) if chunk_vars else np.zeros((1, 0), dtype=np.int64)
+    for prefix in itertools.product(*options[:outer_vars]):
+        labels = np.concatenate(
+            [np.broadcast_to(np.array(prefix, dtype=np.int64), (len(inner_labels), outer_vars)), inner_labels], axis=1
+        )
+        total = p.unary[np.arange(n)[None, :], labels].sum(axis=1)
+        for e in range(len(p.edge_u)):
+            a, b = labels[:, p.edge_u[e]], labels[:, p.edge_v[e]]
+            total = total + np.where(a != b, p.edge_bytes[e] * p.per_byte[a, b] + p.fixed[a, b], 0.0)
+        k = int(np.argmin(total))
+        if total[k] < best_score:
+            best_score, best_labels = float(total[k]), labels[k].copy()
+    return _result(topology, steps, p, best_labels, objective, "brute-force", best_score, True)

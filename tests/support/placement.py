@@ -1,0 +1,70 @@
+"""Random small topologies and plans for the placement tests (seeded, no Dagster)."""
+
+from __future__ import annotations
+
+import random
+
+from dagster_gravity.placement import InputData, PlanStep, Requirements
+from dagster_gravity.topology import Topology
+
+
+def random_topology(rng: random.Random, n_sites: int, *, zones: bool = True) -> Topology:
+    sites = []
+    for i in range(n_sites):
+        pools = [{"name": "cpu", "slots": rng.randint(1, 3)}]
+        if rng.random() < 0.5:
+            pools.append({"name": "gpu", "slots": 1, "gpus": rng.choice([1, 2, 4])})
+        sites.append(
+            {
+                "name": f"s{i}",
+                "region": rng.choice(["r1", "r2", "r3"]),
+                "kind": rng.choice(["cloud", "colo", "onprem"]),
+                "storage": {"kind": "local", "path": f"/tmp/gravity-test/s{i}"},
+                "pools": pools,
+            }
+        )
+    links = []
+    for _ in range(rng.randint(0, n_sites)):
+        a, b = rng.sample(range(n_sites), 2) if n_sites > 1 else (0, 0)
+        if a != b:
+            links.append(
+                {
+                    "from": f"s{a}",
+                    "to": f"s{b}",
+                    "bandwidth_gbps": rng.choice([0.1, 1, 10, 40]),
+                    "latency_ms": rng.choice([0, 1, 50, 200]),
+                    "usd_per_gb": rng.choice([0.0, 0.01, 0.05, 0.12]),
+                    "reverse_usd_per_gb": rng.choice([0.0, 0.02, 0.09]),
+                }
+            )
+    residency = {}
+    if zones and n_sites > 1:
+        residency["z1"] = [f"s{i}" for i in sorted(rng.sample(range(n_sites), rng.randint(1, n_sites - 1)))]
+        residency["z2"] = [f"s{i}" for i in sorted(rng.sample(range(n_sites), rng.randint(1, n_sites)))]
+    return Topology.from_dict({"sites": sites, "links": links, "residency": residency})
+
+
+def random_plan(rng: random.Random, topology: Topology, n_steps: int, *, p_zone: float = 0.15) -> list[PlanStep]:
+    """A random DAG (edges only go to earlier steps) with inputs, pins, GPU needs, zones."""
+    site_names = list(topology.sites)
+    zones = list(topology.zones)
+    steps = []
+    for i in range(n_steps):
+        inputs = []
+        for j in range(rng.choice([0, 0, 1, 1, 2])):
+            holders = tuple(rng.sample(site_names, rng.randint(1, min(2, len(site_names)))))
+            zone = rng.choice(zones) if zones and rng.random() < p_zone else None
+            if zone is not None:
+                holders = tuple(s for s in holders if topology.allows(zone, s)) or (sorted(topology.zone_sites(zone))[0],)
+            inputs.append(InputData(f"in{i}.{j}", int(10 ** rng.uniform(3, 11)), holders, zone))
+        upstream = []
+        if i:
+            for u in rng.sample(range(i), rng.randint(0, min(3, i))):
+                upstream.append((f"t{u}", int(10 ** rng.uniform(0, 11))))
+        req = Requirements(
+            gpus=rng.choice([0, 0, 0, 0, 0, 1, 2]),
+            pin=rng.choice(site_names) if rng.random() < 0.05 else None,
+        )
+        out_zone = rng.choice(zones) if zones and rng.random() < p_zone else None
+        steps.append(PlanStep(f"t{i}", tuple(inputs), tuple(upstream), req, out_zone))
+    return steps
