@@ -1,0 +1,178 @@
+"""Real `dask scheduler` and `dask worker` processes on loopback, for the Dask backend tests.
+
+Every process is started here and stopped here by its pid (SIGTERM, a grace period, then
+SIGKILL), so a test never leaves a scheduler or worker behind. Workers run without a nanny
+so that the pid we hold is the process that runs steps: killing it kills the step.
+
+Each worker declares its site the way the Dask backend expects: the resource
+``site-<name>=<slots>``, and a name ``<site>-<n>`` so events can say which worker ran a step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _dask_command(*args: str) -> list[str]:
+    # `dask scheduler` / `dask worker` from the same venv as the tests.
+    dask = Path(sys.executable).with_name("dask")
+    return [str(dask), *args]
+
+
+def _process_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Workers import the test jobs (tests.support...) and the library from the checkout.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # Quiet, and no port clashes between parallel test sessions.
+    env.setdefault("DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "warning")
+    env["DAGSTER_DISABLE_TELEMETRY"] = "1"
+    return env
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM, wait up to `grace_s`, then SIGKILL; always reaps the pid."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@dataclass
+class DaskCluster:
+    """One scheduler and any number of site-tagged workers, all children of the test."""
+
+    workdir: Path
+    scheduler: subprocess.Popen | None = None
+    address: str = ""
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _logs: list = field(default_factory=list)
+
+    def start_scheduler(self, timeout_s: float = 30.0) -> str:
+        scheduler_file = self.workdir / "scheduler.json"
+        log = open(self.workdir / "scheduler.log", "wb")
+        self._logs.append(log)
+        self.scheduler = subprocess.Popen(
+            _dask_command(
+                "scheduler",
+                "--host", "127.0.0.1",
+                "--port", "0",
+                "--no-dashboard",
+                "--scheduler-file", str(scheduler_file),
+            ),
+            cwd=self.workdir,
+            env=_process_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.scheduler.poll() is not None:
+                raise RuntimeError(f"dask scheduler exited with {self.scheduler.returncode}: {self.log('scheduler')}")
+            if scheduler_file.exists():
+                try:
+                    self.address = json.loads(scheduler_file.read_text())["address"]
+                    return self.address
+                except (ValueError, KeyError):
+                    pass  # written but not complete yet
+            time.sleep(0.1)
+        raise TimeoutError(f"dask scheduler did not write {scheduler_file} within {timeout_s}s")
+
+    def start_worker(self, name: str, site: str, slots: int = 1, wait: bool = True) -> subprocess.Popen:
+        """A worker of `site` named `name`, with `slots` threads and `site-<site>=<slots>`."""
+        if name in self.workers and self.workers[name].poll() is None:
+            raise ValueError(f"worker {name!r} is already running (pid {self.workers[name].pid})")
+        log = open(self.workdir / f"worker-{name}.log", "wb")
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            _dask_command(
+                "worker", self.address,
+                "--name", name,
+                "--resources", f"site-{site}={slots}",
+                "--nthreads", str(slots),
+                "--nworkers", "1",
+                "--no-nanny",
+                "--host", "127.0.0.1",
+                "--no-dashboard",
+                "--local-directory", str(self.workdir / f"worker-{name}"),
+                "--death-timeout", "30",
+            ),
+            cwd=self.workdir,
+            env=_process_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers[name] = proc
+        if wait:
+            self.wait_for_workers({name})
+        return proc
+
+    def worker_names(self) -> set[str]:
+        from distributed import Client
+
+        with Client(self.address, timeout=10) as client:
+            return {str(w["name"]) for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+
+    def wait_for_workers(self, names: set[str], timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for name in names:
+                proc = self.workers[name]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"dask worker {name} exited with {proc.returncode}: {self.log('worker-' + name)}")
+            if names <= self.worker_names():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"dask workers {sorted(names)} did not join {self.address} within {timeout_s}s")
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL: the worker gets no chance to say goodbye, as when a machine dies."""
+        proc = self.workers[name]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop_worker(self, name: str) -> None:
+        stop_process(self.workers[name])
+
+    def log(self, which: str) -> str:
+        path = self.workdir / f"{which}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+
+    def stop(self) -> None:
+        for proc in self.workers.values():
+            stop_process(proc)
+        if self.scheduler is not None:
+            stop_process(self.scheduler)
+        for log in self._logs:
+            log.close()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A running scheduler with no workers; tests add the workers they need."""
+    cluster = DaskCluster(workdir=tmp_path_factory.mktemp("dask"))
+    try:
+        cluster.start_scheduler()
+        yield cluster
+    finally:
+        cluster.stop()
