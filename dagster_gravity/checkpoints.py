@@ -131,36 +131,44 @@ class _suppress:
 
 
 class SiteStorageBlobStore:
-    """Adapts a `dagster_gravity.storage` site storage backend to the BlobStore protocol.
+    """Adapts a `dagster_gravity.storage` SiteStorage (local or S3) to the BlobStore protocol.
 
-    Accepts any object offering ``put_bytes/get_bytes`` (or ``write_bytes/read_bytes``),
-    ``exists``, ``list``/``list_keys`` and ``delete``; method names are resolved once.
+    Writes go through the backend's atomic `put_bytes`; reads are checksum-verified by the
+    backend too. Listing needs the backend's `list_keys(prefix)` (or `list`).
     """
 
     def __init__(self, storage: Any):
         self.storage = storage
 
-    def _call(self, names: Iterable[str], *args):
-        for name in names:
-            fn = getattr(self.storage, name, None)
-            if callable(fn):
-                return fn(*args)
-        raise TypeError(f"site storage {type(self.storage).__name__} has none of the methods {list(names)}")
-
     def write_bytes(self, key: str, data: bytes) -> None:
-        self._call(("put_bytes", "write_bytes"), key, data)
+        self.storage.put_bytes(key, data)
 
     def read_bytes(self, key: str) -> bytes:
-        return self._call(("get_bytes", "read_bytes"), key)
+        try:
+            from dagster_gravity.storage.base import ObjectNotFound
+        except ImportError:  # pragma: no cover - storage package without base module
+            ObjectNotFound = FileNotFoundError  # noqa: N806
+        try:
+            result = self.storage.read_bytes(key)
+        except ObjectNotFound:
+            raise FileNotFoundError(key) from None
+        return result[0] if isinstance(result, tuple) else result
 
     def exists(self, key: str) -> bool:
-        return bool(self._call(("exists",), key))
+        return self.storage.head(key) is not None
 
     def list_keys(self, prefix: str) -> list[str]:
-        return sorted(self._call(("list_keys", "list"), prefix))
+        for method in ("list_keys", "list"):
+            fn = getattr(self.storage, method, None)
+            if callable(fn):
+                return sorted(fn(prefix))
+        raise TypeError(
+            f"site storage {type(self.storage).__name__} cannot list keys (no list_keys/list "
+            "method); checkpoints need listing to find versions"
+        )
 
     def delete(self, key: str) -> None:
-        self._call(("delete",), key)
+        self.storage.delete(key)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -282,19 +290,18 @@ class CheckpointStore:
     @classmethod
     def for_site(cls, topology: Any, site: str, prefix: str = "checkpoints") -> "CheckpointStore":
         """The store at a site of the topology, through dagster_gravity.storage when present."""
+        spec = topology.site(site).storage
+        if spec.kind == "local":
+            # A plain directory: the same root the site's storage backend uses.
+            return cls.local(spec.path, prefix)
         try:
             from dagster_gravity.storage import storage_for_site  # type: ignore[attr-defined]
-        except ImportError:
-            storage_for_site = None
-        if storage_for_site is not None:
-            return cls(SiteStorageBlobStore(storage_for_site(topology, site)), prefix)
-        spec = topology.site(site).storage
-        if spec.kind != "local":
+        except ImportError as exc:
             raise CheckpointError(
                 f"site {site!r} keeps its data in {spec.kind} storage, which needs "
-                "dagster_gravity.storage; only local directories are supported without it"
-            )
-        return cls.local(spec.path, prefix)
+                f"dagster_gravity.storage.storage_for_site ({exc})"
+            ) from None
+        return cls(SiteStorageBlobStore(storage_for_site(topology, site)), prefix)
 
     # -- keys --
 
