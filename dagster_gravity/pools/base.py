@@ -1,0 +1,108 @@
+"""The pool-backend protocol: how the executor starts pools, runs steps on them and hears back.
+
+A backend owns one or more pools (from the topology) and runs steps in workers at each
+pool's site. The executor drives it from its single-threaded `ActiveExecution` loop:
+
+    backend.start(run, pools)           # once per run; may warm workers in the background
+    backend.free_slots(pool_id)         # a slot now? (delay scheduling waits for one)
+    backend.submit(pool_id, request)    # hand over a step; returns at once
+    backend.poll(timeout)               # the updates since the last poll (events, ends)
+    backend.health(pool_id)             # PoolHealth: unhealthy pools get no more steps
+    backend.interrupt()                 # the run is being stopped: interrupt running steps
+    backend.stop()                      # end of run: stop every worker, leave nothing behind
+
+Every submitted step ends with exactly one `StepEnded`, whatever happens to its worker:
+`outcome` says whether it ran to completion, crashed mid-step (the executor turns that into
+a retryable step failure), or never started (the executor places it again elsewhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    from dagster._core.events import DagsterEvent
+    from dagster._core.execution.plan.state import KnownExecutionState
+
+    from dagster_gravity.step_runner import RunPayload
+    from dagster_gravity.topology import Pool
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    step_key: str
+    known_state: "KnownExecutionState"
+    attempt: int = 0  # Dagster's previous attempt count for the step
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a backend tells the executor about where a submitted step went."""
+
+    pool_id: str
+    worker: str  # a human-readable worker id, e.g. "pid 1234" or a Dask worker address
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """A Dagster event the worker produced (already written to the instance)."""
+
+    step_key: str
+    event: "DagsterEvent"
+
+
+COMPLETED = "completed"  # the worker ran the step to its end (success or failure events sent)
+CRASHED = "crashed"  # the worker died or failed mid-step: a retryable failure
+NOT_STARTED = "not_started"  # the step never began (worker could not start): place it again
+
+
+@dataclass(frozen=True)
+class StepEnded:
+    step_key: str
+    outcome: str  # COMPLETED, CRASHED or NOT_STARTED
+    pool_id: str
+    message: str = ""
+    pid: int | None = None
+    exit_code: int | None = None
+    error: Any = None  # a SerializableErrorInfo when the worker reported one
+
+
+StepUpdate = Union[StepEvent, StepEnded]
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    healthy: bool
+    reason: str = ""
+    workers: int = 0
+    busy: int = 0
+    consecutive_failures: int = 0
+
+
+@dataclass
+class PoolOptions:
+    """Per-pool backend settings from the executor config (`pools:` section)."""
+
+    backend: str = "local"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class PoolBackend(Protocol):
+    name: str
+
+    def start(self, run: "RunPayload", pools: Sequence["Pool"]) -> None: ...
+
+    def free_slots(self, pool_id: str) -> int: ...
+
+    def submit(self, pool_id: str, request: StepRequest) -> Submission: ...
+
+    def poll(self, timeout: float) -> list[StepUpdate]: ...
+
+    def health(self, pool_id: str) -> PoolHealth: ...
+
+    def interrupt(self) -> None: ...
+
+    def stop(self) -> None: ...

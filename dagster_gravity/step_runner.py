@@ -1,0 +1,195 @@
+"""Run one step of a run inside a warm worker: the code every pool backend's worker shares.
+
+A worker (a forked process of the local backend, a Dask worker, ...) receives a `RunPayload`
+once per run and then a step key plus Dagster's `KnownExecutionState` per step. It runs the
+step the way Dagster's own multiprocess children do (`execute_plan_iterator` over a one-step
+plan, so each step gets its own step context, resources and retry handling), writes the
+events to the instance, and yields them so the backend can stream them to the executor.
+
+What a worker builds for a run (the instance, the job definition, the resolved run config,
+the full execution plan) is cached per run id, so the cost of a step does not grow with the
+size of the job: a step's one-step plan is cut out of the cached plan in O(1), not rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+from dagster import DagsterInstance, MetadataValue
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.events import DagsterEvent
+from dagster._core.execution.api import create_execution_plan, execute_plan_iterator
+from dagster._core.execution.context_creation_job import create_context_free_log_manager
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.state import KnownExecutionState
+from dagster._core.execution.plan.step import ExecutionStep
+from dagster._core.execution.retries import RetryMode
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.dagster_run import DagsterRun
+
+from dagster_gravity import runtime
+from dagster_gravity.metadata import ENV_SITE
+
+
+@dataclass
+class RunPayload:
+    """Everything a worker needs to run any step of one run. Picklable.
+
+    `execution_plan` is an optimisation for workers that share memory with the executor
+    (forked local workers): they start with the plan the run already built. Backends that
+    ship the payload across the network set it to None and the worker builds it once.
+    """
+
+    run_id: str
+    instance_ref: InstanceRef
+    dagster_run: DagsterRun
+    run_config: Mapping[str, Any]
+    recon_job: ReconstructableJob
+    retry_mode: RetryMode
+    repository_load_data: Any = None
+    execution_plan: ExecutionPlan | None = field(default=None, repr=False)
+
+    def without_plan(self) -> "RunPayload":
+        return RunPayload(
+            run_id=self.run_id,
+            instance_ref=self.instance_ref,
+            dagster_run=self.dagster_run,
+            run_config=self.run_config,
+            recon_job=self.recon_job,
+            retry_mode=self.retry_mode,
+            repository_load_data=self.repository_load_data,
+        )
+
+
+def _mapping_signature(known_state: KnownExecutionState | None) -> str:
+    if known_state is None or not known_state.dynamic_mappings:
+        return ""
+    return repr(sorted((k, sorted(v.items())) for k, v in known_state.dynamic_mappings.items()))
+
+
+class _RunCache:
+    """What a worker has built for one run: instance, job, full plan (per dynamic state)."""
+
+    def __init__(self, payload: RunPayload):
+        self.payload = payload
+        self.instance = DagsterInstance.from_ref(payload.instance_ref)
+        job = payload.recon_job
+        if payload.repository_load_data is not None:
+            job = job.with_repository_load_data(payload.repository_load_data)
+        self.job = job
+        self.plan: ExecutionPlan | None = payload.execution_plan
+        self.plan_signature = _mapping_signature(self.plan.known_state) if self.plan else None
+        self.log_manager = create_context_free_log_manager(self.instance, payload.dagster_run)
+
+    def plan_for(self, step_key: str, known_state: KnownExecutionState) -> ExecutionPlan:
+        """A one-step plan for `step_key`, cut out of the cached full plan.
+
+        The full plan is rebuilt only when dynamic outputs resolved since it was built (the
+        step is then not in it yet); everything else reuses it.
+        """
+        signature = _mapping_signature(known_state)
+        plan = self.plan
+        if plan is None or (
+            step_key not in plan.step_dict_by_key and signature != self.plan_signature
+        ):
+            plan = create_execution_plan(
+                job=self.job,
+                run_config=self.payload.run_config,
+                known_state=known_state,
+                repository_load_data=self.payload.repository_load_data,
+            )
+            self.plan, self.plan_signature = plan, signature
+        step = plan.step_dict_by_key.get(step_key)
+        if not isinstance(step, ExecutionStep):
+            # Fall back to Dagster's own subsetting (validates and raises a clear error).
+            return create_execution_plan(
+                job=self.job,
+                run_config=self.payload.run_config,
+                step_keys_to_execute=[step_key],
+                known_state=known_state,
+                repository_load_data=self.payload.repository_load_data,
+            )
+        return ExecutionPlan(
+            plan.step_dict,
+            {step_key: step.handle},
+            {},
+            [step.handle],
+            known_state,
+            artifacts_persisted=plan.artifacts_persisted,
+            step_dict_by_key=plan.step_dict_by_key,
+            executor_name=plan.executor_name,
+            repository_load_data=plan.repository_load_data,
+        )
+
+    def close(self) -> None:
+        self.instance.dispose()
+
+
+class StepRunner:
+    """Runs steps for a worker at one site, caching per-run state (a few runs at most)."""
+
+    MAX_CACHED_RUNS = 4
+
+    def __init__(self, site: str, pool_id: str | None = None):
+        self.site = site
+        self.pool_id = pool_id
+        self._runs: OrderedDict[str, _RunCache] = OrderedDict()
+        # Code that looks at the environment (subprocesses, libraries) sees the site too.
+        os.environ[ENV_SITE] = site
+
+    def _cache(self, payload: RunPayload) -> _RunCache:
+        cache = self._runs.get(payload.run_id)
+        if cache is None:
+            cache = _RunCache(payload)
+            self._runs[payload.run_id] = cache
+            while len(self._runs) > self.MAX_CACHED_RUNS:
+                _, old = self._runs.popitem(last=False)
+                old.close()
+        else:
+            self._runs.move_to_end(payload.run_id)
+        return cache
+
+    def warm(self, payload: RunPayload) -> None:
+        """Build the per-run cache ahead of the first step (overlaps with the executor's work)."""
+        self._cache(payload)
+
+    def run_step(
+        self,
+        payload: RunPayload,
+        step_key: str,
+        known_state: KnownExecutionState,
+        *,
+        announce: bool = True,
+    ) -> Iterator[DagsterEvent]:
+        """Execute one step; events are written to the instance and yielded."""
+        cache = self._cache(payload)
+        with runtime.running_at(self.site):
+            if announce:
+                yield DagsterEvent.step_worker_started(
+                    cache.log_manager,
+                    payload.dagster_run.job_name,
+                    message=f'Executing step "{step_key}" in a warm worker at site {self.site}.',
+                    metadata={
+                        "pid": MetadataValue.text(str(os.getpid())),
+                        "gravity/site": MetadataValue.text(self.site),
+                        "gravity/pool": MetadataValue.text(self.pool_id or ""),
+                    },
+                    step_key=step_key,
+                )
+            plan = cache.plan_for(step_key, known_state)
+            yield from execute_plan_iterator(
+                plan,
+                cache.job,
+                payload.dagster_run,
+                run_config=payload.run_config,
+                retry_mode=payload.retry_mode.for_inner_plan(),
+                instance=cache.instance,
+            )
+
+    def close(self) -> None:
+        while self._runs:
+            _, cache = self._runs.popitem()
+            cache.close()
