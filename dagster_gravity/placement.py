@@ -58,6 +58,9 @@ from dagster_gravity.topology import Topology
 # The exact solver builds tables of S^(k) entries for an induced width k-1; beyond this many
 # entries in one table `auto` switches to the heuristic.
 EXACT_TABLE_LIMIT = 2_000_000
+# `auto` keeps the exact solver while the whole plan's elimination builds at most this many
+# table entries (about 0.3 s of numpy work), so large plans stay within their time budget.
+EXACT_WORK_LIMIT = 30_000_000
 
 # What one hour of waiting is worth in dollars, so that seconds and dollars add up: about
 # the on-demand price of one cloud GPU instance-hour (an A100 40GB is $3-4/h in 2024-2026).
@@ -183,6 +186,8 @@ class CostModel:
         if got is None:
             per_byte = (1 - objective.weight) * self.sec_per_byte + objective.weight * objective.seconds_per_dollar * self.usd_per_byte
             fixed = (1 - objective.weight) * self.latency
+            np.fill_diagonal(per_byte, 0.0)  # data already at the site costs nothing
+            np.fill_diagonal(fixed, 0.0)
             got = self._by_objective[objective] = (per_byte, fixed)
         return got
 
@@ -478,7 +483,8 @@ class _Problem:
     unary: np.ndarray  # (n_steps, n_sites)
     edge_u: np.ndarray  # upstream step index
     edge_v: np.ndarray  # downstream step index
-    edge_bytes: np.ndarray  # float bytes, > 0
+    edge_bytes: np.ndarray  # float bytes, > 0 (parallel edges merged: bytes summed)
+    edge_count: np.ndarray  # transfers merged into the edge (each pays the link latency)
     per_byte: np.ndarray  # (S, S)
     fixed: np.ndarray  # (S, S)
     pool_choice: list[list[str | None]]  # [step][site] -> pool id to use there
@@ -486,13 +492,13 @@ class _Problem:
 
     def edge_cost(self, e: int) -> np.ndarray:
         """(S, S) cost of edge e, indexed [site of upstream, site of downstream]."""
-        return self.edge_bytes[e] * self.per_byte + self.fixed
+        return self.edge_bytes[e] * self.per_byte + self.edge_count[e] * self.fixed
 
     def score(self, labels: np.ndarray) -> float:
         total = float(self.unary[np.arange(len(labels)), labels].sum())
         lu, lv = labels[self.edge_u], labels[self.edge_v]
         moved = lu != lv
-        total += float((self.edge_bytes * self.per_byte[lu, lv] + self.fixed[lu, lv])[moved].sum())
+        total += float((self.edge_bytes * self.per_byte[lu, lv] + self.edge_count * self.fixed[lu, lv])[moved].sum())
         return total
 
 
@@ -508,7 +514,7 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
     n, n_sites = len(steps), len(cm.sites)
     unary = np.zeros((n, n_sites))
     healthy_set = None if healthy is None else set(healthy)
-    eu, ev, eb = [], [], []
+    merged: dict[tuple[int, int], list[float]] = {}  # (u, v) -> [bytes, transfers]
     pool_choice: list[list[str | None]] = []
     req_cache: dict[tuple, tuple[np.ndarray, list]] = {}
     for i, step in enumerate(steps):
@@ -543,9 +549,9 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
             if up.output_residency is not None:
                 zones.append((up.output_residency, f"{up_key} (upstream output)"))
             if nbytes > 0 and index[up_key] != i:
-                eu.append(index[up_key])
-                ev.append(i)
-                eb.append(float(nbytes))
+                acc = merged.setdefault((index[up_key], i), [0.0, 0])
+                acc[0] += float(nbytes)
+                acc[1] += 1
         _, _, _, transfer = _input_costs(cm, step.external_inputs, objective)
         row = transfer.copy()
         failures = {}
@@ -562,12 +568,14 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
             raise PlacementError(f"no site can run {what}:\n{lines}", step=step.key)
         unary[i] = row
         pool_choice.append(chosen)
+    pairs = list(merged)
     return _Problem(
         keys=keys,
         unary=unary,
-        edge_u=np.array(eu, dtype=np.int64),
-        edge_v=np.array(ev, dtype=np.int64),
-        edge_bytes=np.array(eb, dtype=float),
+        edge_u=np.array([u for u, _ in pairs], dtype=np.int64),
+        edge_v=np.array([v for _, v in pairs], dtype=np.int64),
+        edge_bytes=np.array([merged[k][0] for k in pairs], dtype=float),
+        edge_count=np.array([merged[k][1] for k in pairs], dtype=float),
         per_byte=per_byte,
         fixed=fixed,
         pool_choice=pool_choice,
@@ -575,11 +583,11 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
     )
 
 
-# -- exact: min-sum variable elimination -------------------------------------------------
+# -- graph helpers ----------------------------------------------------------------------
 
 
 def _adjacency(p: _Problem) -> list[dict[int, list[int]]]:
-    """node -> {neighbour: [edge ids]} (parallel edges kept)."""
+    """node -> {neighbour: [edge ids]}."""
     adj: list[dict[int, list[int]]] = [dict() for _ in p.keys]
     for e, (u, v) in enumerate(zip(p.edge_u.tolist(), p.edge_v.tolist())):
         adj[u].setdefault(v, []).append(e)
@@ -587,78 +595,133 @@ def _adjacency(p: _Problem) -> list[dict[int, list[int]]]:
     return adj
 
 
-def _elimination_order(adj: list[dict[int, list[int]]], n_sites: int, limit: float):
-    """Greedy min-degree order; returns (order, max table entries) or (None, entries) past limit."""
-    nbrs = [set(a) for a in adj]
-    heap = [(len(s), v) for v, s in enumerate(nbrs)]
+def _components(adj) -> list[list[int]]:
+    seen = [False] * len(adj)
+    out = []
+    for root in range(len(adj)):
+        if seen[root]:
+            continue
+        seen[root] = True
+        comp, stack = [], [root]
+        while stack:
+            v = stack.pop()
+            comp.append(v)
+            for w in adj[v]:
+                if not seen[w]:
+                    seen[w] = True
+                    stack.append(w)
+        out.append(comp)
+    return out
+
+
+def _elimination_order(adj, nodes: list[int], n_sites: int, table_limit: float):
+    """Greedy min-degree elimination order of `nodes`, and the work it implies.
+
+    Returns (order, entries): entries = total table entries built (sum of S^(deg+1)), or
+    (None, inf) as soon as one table would exceed `table_limit` entries.
+    """
+    nbrs = {v: set(adj[v]) for v in nodes}
+    heap = [(len(nbrs[v]), v) for v in nodes]
     heapq.heapify(heap)
-    done = [False] * len(nbrs)
-    order, worst = [], 1
+    done = set()
+    order, work = [], 0.0
     while heap:
         deg, v = heapq.heappop(heap)
-        if done[v] or deg != len(nbrs[v]):
+        if v in done or deg != len(nbrs[v]):
             continue
-        done[v] = True
+        done.add(v)
         order.append(v)
-        worst = max(worst, n_sites ** (deg + 1))
-        if worst > limit:
-            return None, worst
-        ns = nbrs[v]
+        entries = float(n_sites) ** (deg + 1)
+        if entries > table_limit:
+            return None, math.inf
+        work += entries
+        ns = nbrs.pop(v)
         for a in ns:
             nbrs[a].discard(v)
             nbrs[a] |= ns - {a}
             heapq.heappush(heap, (len(nbrs[a]), a))
-        nbrs[v] = set()
-    return order, worst
+    return order, work
 
 
-def _solve_forest(p: _Problem, adj) -> np.ndarray:
-    """Exact DP on a graph whose edges (merged per node pair) form a forest: O(n·S²)."""
-    n = len(p.keys)
-    unary = p.unary.copy()
-    parent = [-1] * n
-    order: list[int] = []
-    seen = [False] * n
-    for root in range(n):
-        if seen[root]:
+# -- exact on forests: batched dynamic programme ------------------------------------------
+
+
+def _forest_dp(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Exact labels of `nodes` when `edges` (among them) form a forest: O(n·S²), batched by depth.
+
+    `unary` holds the (possibly conditioned) unary costs of every node; returns labels for
+    all nodes (only `nodes` are meaningful).
+    """
+    n, S = unary.shape
+    unary = unary.copy()
+    nbr: dict[int, list[tuple[int, int]]] = {int(v): [] for v in nodes}
+    for e in edges.tolist():
+        u, v = int(p.edge_u[e]), int(p.edge_v[e])
+        nbr[u].append((v, e))
+        nbr[v].append((u, e))
+    parent = np.full(n, -1, dtype=np.int64)
+    pedge = np.full(n, -1, dtype=np.int64)
+    depth = np.zeros(n, dtype=np.int64)
+    seen = set()
+    roots = []
+    levels: list[list[int]] = [[]]
+    for root in nodes.tolist():
+        if root in seen:
             continue
-        seen[root] = True
-        stack = [root]
-        while stack:
-            v = stack.pop()
-            order.append(v)
-            for w in adj[v]:
-                if not seen[w]:
-                    seen[w] = True
-                    parent[w] = v
-                    stack.append(w)
-    back = [None] * n
-    for v in reversed(order):  # leaves first
-        par = parent[v]
-        if par < 0:
-            continue
-        # cost[par_site, v_site]
-        cost = np.zeros_like(p.per_byte)
-        for e in adj[v][par]:
-            c = p.edge_cost(e)
-            np.fill_diagonal(c, 0.0)
-            cost += c if p.edge_u[e] == par else c.T
-        total = cost + unary[v][None, :]
-        arg = np.argmin(total, axis=1)
-        unary[par] += total[np.arange(len(arg)), arg]
-        back[v] = arg
+        seen.add(root)
+        roots.append(root)
+        frontier = [root]
+        d = 0
+        while frontier:
+            nxt = []
+            for v in frontier:
+                for w, e in nbr[v]:
+                    if w not in seen:
+                        seen.add(w)
+                        parent[w], pedge[w], depth[w] = v, e, d + 1
+                        nxt.append(w)
+            d += 1
+            if nxt:
+                while len(levels) <= d:
+                    levels.append([])
+                levels[d].extend(nxt)
+            frontier = nxt
+    pb = np.stack([p.per_byte, p.per_byte.T])  # [0]: parent upstream, [1]: parent downstream
+    fx = np.stack([p.fixed, p.fixed.T])
+    chunk = max(1, 4_000_000 // (S * S))
+    back: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for d in range(len(levels) - 1, 0, -1):
+        level = np.array(levels[d], dtype=np.int64)
+        args = np.empty((len(level), S), dtype=np.int64)
+        for lo in range(0, len(level), chunk):
+            vs = level[lo : lo + chunk]
+            es = pedge[vs]
+            orient = (p.edge_u[es] != parent[vs]).astype(np.int64)
+            # total[k, parent site, child site]
+            total = p.edge_bytes[es][:, None, None] * pb[orient] + p.edge_count[es][:, None, None] * fx[orient]
+            total += unary[vs][:, None, :]
+            arg = np.argmin(total, axis=2)
+            best = np.take_along_axis(total, arg[:, :, None], axis=2)[:, :, 0]
+            np.add.at(unary, parent[vs], best)
+            args[lo : lo + chunk] = arg
+        back[d] = (level, args)
     labels = np.zeros(n, dtype=np.int64)
-    for v in order:  # roots first
-        par = parent[v]
-        labels[v] = int(np.argmin(unary[v])) if par < 0 else int(back[v][labels[par]])
+    r = np.array(roots, dtype=np.int64)
+    labels[r] = np.argmin(unary[r], axis=1)
+    for d in range(1, len(levels)):
+        level, args = back[d]
+        labels[level] = args[np.arange(len(level)), labels[parent[level]]]
     return labels
 
 
-def _solve_elimination(p: _Problem, adj, order: list[int]) -> np.ndarray:
-    """Exact min-sum bucket elimination along `order` (tables of S^(width+1) entries)."""
-    n, S = len(p.keys), p.unary.shape[1]
+# -- exact on low-width graphs: min-sum bucket elimination ---------------------------------
+
+
+def _solve_elimination(p: _Problem, adj, order: list[int], labels: np.ndarray) -> None:
+    """Exact min-sum variable elimination along `order`; writes the labels of its nodes."""
+    S = p.unary.shape[1]
     factors: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
-    by_var: list[set[int]] = [set() for _ in range(n)]
+    by_var: dict[int, set[int]] = {v: set() for v in order}
     fid = itertools.count()
 
     def add(scope, table):
@@ -667,15 +730,13 @@ def _solve_elimination(p: _Problem, adj, order: list[int]) -> np.ndarray:
         for x in scope:
             by_var[x].add(f)
 
-    for v in range(n):
+    for v in order:
         add((v,), p.unary[v])
-    for v in range(n):
         for w, edges in adj[v].items():
             if v < w:
                 cost = np.zeros((S, S))
                 for e in edges:
                     c = p.edge_cost(e)
-                    np.fill_diagonal(c, 0.0)
                     cost += c if p.edge_u[e] == v else c.T
                 add((v, w), cost)
     record = []
@@ -688,29 +749,29 @@ def _solve_elimination(p: _Problem, adj, order: list[int]) -> np.ndarray:
             fs.append((scope, table))
         rest = sorted({x for scope, _ in fs for x in scope if x != v})
         axes = [v] + rest
+        pos = {x: k for k, x in enumerate(axes)}
         total = np.zeros((S,) * len(axes))
         for scope, table in fs:
-            perm = sorted(range(len(scope)), key=lambda k: axes.index(scope[k]))
-            t = np.transpose(table, perm)
+            perm = sorted(range(len(scope)), key=lambda k: pos[scope[k]])
             shape = [1] * len(axes)
             for x in scope:
-                shape[axes.index(x)] = S
-            total = total + t.reshape(shape)
+                shape[pos[x]] = S
+            total = total + np.transpose(table, perm).reshape(shape)
         arg = np.argmin(total, axis=0)
         record.append((v, rest, arg))
         if rest:
             add(tuple(rest), np.min(total, axis=0))
-    labels = np.zeros(n, dtype=np.int64)
     for v, rest, arg in reversed(record):
         labels[v] = int(arg[tuple(labels[x] for x in rest)]) if rest else int(arg)
-    return labels
 
 
-# -- heuristic: spanning-forest DP + iterated conditional modes ---------------------------
+# -- heuristic: spanning-forest DP, then tree-block coordinate descent ----------------------
 
 
-def _spanning_forest(p: _Problem) -> _Problem:
-    """The problem restricted to a maximum-bytes spanning forest (Kruskal)."""
+def _spanning_forest(p: _Problem, nodes: np.ndarray) -> np.ndarray:
+    """Edge ids of a maximum-bytes spanning forest of the subgraph on `nodes` (Kruskal)."""
+    inside = np.zeros(len(p.keys), dtype=bool)
+    inside[nodes] = True
     parent = list(range(len(p.keys)))
 
     def find(x):
@@ -720,53 +781,120 @@ def _spanning_forest(p: _Problem) -> _Problem:
         return x
 
     keep = []
-    for e in np.argsort(-p.edge_bytes, kind="stable").tolist():
+    cand = np.nonzero(inside[p.edge_u] & inside[p.edge_v])[0]
+    for e in cand[np.argsort(-p.edge_bytes[cand], kind="stable")].tolist():
         a, b = find(int(p.edge_u[e])), find(int(p.edge_v[e]))
         if a != b:
             parent[a] = b
             keep.append(e)
-    keep = np.array(sorted(keep), dtype=np.int64)
-    return _Problem(
-        p.keys, p.unary, p.edge_u[keep], p.edge_v[keep], p.edge_bytes[keep], p.per_byte, p.fixed, p.pool_choice, p.cm
-    )
+    return np.array(sorted(keep), dtype=np.int64)
 
 
-def _local_search(p: _Problem, labels: np.ndarray, adj, max_sweeps: int = 50) -> np.ndarray:
-    """Iterated conditional modes: move one step at a time to its best site given the rest."""
+def _induced_forest(adj, nodes: list[int], rng: np.random.Generator):
+    """A random set of nodes whose induced subgraph is a forest, and its edges."""
+    comp: dict[int, int] = {}
+    parent: dict[int, int] = {}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    chosen, edges = [], []
+    for v in rng.permutation(nodes).tolist():
+        inside = [w for w in adj[v] if w in parent]
+        if any(len(adj[v][w]) > 1 for w in inside):
+            continue  # two edges to one node: a cycle
+        roots = [find(w) for w in inside]
+        if len(set(roots)) != len(roots):
+            continue  # two neighbours already connected: adding v closes a cycle
+        parent[v] = v
+        for r in roots:
+            parent[r] = v
+        chosen.append(v)
+        for w in inside:
+            edges.extend(adj[v][w])
+    del comp
+    return np.array(chosen, dtype=np.int64), np.array(edges, dtype=np.int64)
+
+
+def _block_descent(p: _Problem, adj, labels: np.ndarray, nodes: list[int], *, rounds: int = 40, patience: int = 4, seed: int = 0) -> np.ndarray:
+    """Tree-block coordinate descent: re-solve a random induced forest exactly, the rest fixed.
+
+    Each round can only lower the score (the current labels are one candidate of the
+    block's exact DP); stops after `patience` rounds without improvement.
+    """
+    rng = np.random.default_rng(seed)
     labels = labels.copy()
-    per_byte, fixed = p.per_byte, p.fixed
-    incident = []
-    for v in range(len(p.keys)):
-        ins, outs = [], []
-        for w, edges in adj[v].items():
-            for e in edges:
-                (outs if p.edge_u[e] == v else ins).append((w, p.edge_bytes[e]))
-        incident.append((ins, outs))
-    dirty = [v for v in range(len(p.keys)) if adj[v]]
-    for _ in range(max_sweeps):
-        changed = set()
-        for v in dirty:
-            ins, outs = incident[v]
-            cost = p.unary[v].copy()
-            for w, nb in ins:  # data flows w -> v
-                a = labels[w]
-                row = nb * per_byte[a] + fixed[a]
-                row[a] = 0.0
-                cost += row
-            for w, nb in outs:  # data flows v -> w
-                b = labels[w]
-                col = nb * per_byte[:, b] + fixed[:, b]
-                col[b] = 0.0
-                cost += col
-            best = int(np.argmin(cost))
-            if cost[best] < cost[labels[v]] - 1e-12 * max(1.0, abs(cost[labels[v]])):
-                labels[v] = best
-                changed.add(v)
-                changed.update(adj[v])
-        if not changed:
-            break
-        dirty = sorted(changed)
+    best = p.score(labels)
+    stale = 0
+    for _ in range(rounds):
+        block, block_edges = _induced_forest(adj, nodes, rng)
+        in_block = np.zeros(len(p.keys), dtype=bool)
+        in_block[block] = True
+        unary = p.unary.copy()
+        bu, bv = in_block[p.edge_u], in_block[p.edge_v]
+        e1 = np.nonzero(bu & ~bv)[0]  # upstream in the block, downstream fixed
+        if len(e1):
+            b = labels[p.edge_v[e1]]
+            np.add.at(unary, p.edge_u[e1], p.edge_bytes[e1][:, None] * p.per_byte[:, b].T + p.edge_count[e1][:, None] * p.fixed[:, b].T)
+        e2 = np.nonzero(~bu & bv)[0]  # downstream in the block, upstream fixed
+        if len(e2):
+            a = labels[p.edge_u[e2]]
+            np.add.at(unary, p.edge_v[e2], p.edge_bytes[e2][:, None] * p.per_byte[a] + p.edge_count[e2][:, None] * p.fixed[a])
+        new = _forest_dp(p, unary, block_edges, block)
+        trial = labels.copy()
+        trial[block] = new[block]
+        score = p.score(trial)
+        if score < best - 1e-12 * max(1.0, abs(best)):
+            labels, best, stale = trial, score, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
     return labels
+
+
+def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
+    """Labels for every step, and whether they are proven optimal.
+
+    Each connected component is solved on its own: by the forest DP when it is a tree, by
+    variable elimination when its tables stay within `EXACT_TABLE_LIMIT` (``auto``: and the
+    whole plan's elimination work within `EXACT_WORK_LIMIT`), else by the heuristic.
+    """
+    n, S = p.unary.shape
+    adj = _adjacency(p)
+    labels = np.argmin(p.unary, axis=1)
+    forest_nodes, hard = [], []
+    budget = EXACT_WORK_LIMIT if method == "auto" else math.inf
+    table_limit = EXACT_TABLE_LIMIT if method == "auto" else math.inf
+    for comp in _components(adj):
+        n_edges = sum(len(edges) for v in comp for edges in adj[v].values()) // 2
+        if n_edges == len(comp) - 1 and method != "heuristic":
+            forest_nodes.extend(comp)
+            continue
+        if method == "heuristic":
+            hard.extend(comp)
+            continue
+        order, work = _elimination_order(adj, comp, S, table_limit)
+        if order is not None and work <= budget:
+            budget -= work
+            _solve_elimination(p, adj, order, labels)
+        else:
+            hard.extend(comp)
+    if forest_nodes:
+        nodes = np.array(forest_nodes, dtype=np.int64)
+        inside = np.zeros(n, dtype=bool)
+        inside[nodes] = True
+        edges = np.nonzero(inside[p.edge_u])[0]
+        labels[nodes] = _forest_dp(p, p.unary, edges, nodes)[nodes]
+    if hard:
+        nodes = np.array(hard, dtype=np.int64)
+        start = _forest_dp(p, p.unary, _spanning_forest(p, nodes), nodes)
+        labels[nodes] = start[nodes]
+        labels = _block_descent(p, adj, labels, hard)
+    return labels, not hard
 
 
 # -- MILP / LP on the local polytope ------------------------------------------------------
@@ -794,7 +922,6 @@ def _local_polytope(p: _Problem):
         u, v = int(p.edge_u[e]), int(p.edge_v[e])
         a_idx, b_idx = np.nonzero(feasible[u])[0], np.nonzero(feasible[v])[0]
         cost = p.edge_cost(e)[np.ix_(a_idx, b_idx)]
-        cost[a_idx[:, None] == b_idx[None, :]] = 0.0
         na, nb = len(a_idx), len(b_idx)
         y = n_var + np.arange(na * nb).reshape(na, nb)
         n_var += na * nb
@@ -882,7 +1009,7 @@ def _plan_metrics(p: _Problem, labels: np.ndarray, steps, objective: Objective):
     moved = lu != lv
     nb = p.edge_bytes[moved]
     total_b += nb.sum()
-    total_s += (cm.latency[lu, lv][moved] + nb * cm.sec_per_byte[lu, lv][moved]).sum()
+    total_s += (p.edge_count[moved] * cm.latency[lu, lv][moved] + nb * cm.sec_per_byte[lu, lv][moved]).sum()
     total_d += (nb * cm.usd_per_byte[lu, lv][moved]).sum()
     return int(round(total_b)), float(total_s), float(total_d), objective.score(float(total_s), float(total_d))
 
@@ -897,9 +1024,12 @@ def place_plan(
 ) -> PlanPlacement:
     """Choose a site (and pool) for every step of a DAG, minimising the total objective.
 
-    ``method``: ``"auto"`` (exact variable elimination when its tables stay under
-    `EXACT_TABLE_LIMIT` entries, else ``"heuristic"``), ``"exact"``, ``"heuristic"``
-    (spanning-forest DP + local search), ``"milp"`` (HiGHS), ``"brute-force"``.
+    ``method``: ``"auto"`` (exact per connected component - forest DP, or variable
+    elimination while its tables stay under `EXACT_TABLE_LIMIT` entries and the plan's
+    total work under `EXACT_WORK_LIMIT` - else the heuristic for that component),
+    ``"exact"`` (always exact, however long it takes), ``"heuristic"`` (spanning-forest DP +
+    tree-block coordinate descent everywhere), ``"milp"`` (HiGHS), ``"brute-force"``.
+    The result's ``exact`` says whether its score is proven optimal.
     Raises `PlacementError` naming the step when a step has no feasible site.
     """
     objective = Objective.parse(objective)
@@ -910,46 +1040,11 @@ def place_plan(
     p = _build_problem(topology, steps, objective, healthy)
     if not p.keys:
         return PlanPlacement({}, {}, 0, 0.0, 0.0, 0.0, method, 0.0, True)
-    adj = _adjacency(p)
     if method == "milp":
         labels, bound, optimal = _solve_milp(p)
         return _result(topology, steps, p, labels, objective, "milp", bound, optimal)
-    is_forest = len(p.edge_u) == 0 or _is_forest(adj)
-    if is_forest and method in ("auto", "exact"):
-        labels = _solve_forest(p, adj)
-        return _result(topology, steps, p, labels, objective, "exact", None, True)
-    if method in ("auto", "exact"):
-        limit = math.inf if method == "exact" else EXACT_TABLE_LIMIT
-        order, _ = _elimination_order(adj, p.unary.shape[1], limit)
-        if order is not None:
-            labels = _solve_elimination(p, adj, order)
-            return _result(topology, steps, p, labels, objective, "exact", None, True)
-    forest = _spanning_forest(p)
-    labels = _solve_forest(forest, _adjacency(forest))
-    labels = _local_search(p, labels, adj)
-    return _result(topology, steps, p, labels, objective, "heuristic")
-
-
-def _is_forest(adj) -> bool:
-    n = len(adj)
-    pairs = sum(len(a) for a in adj) // 2
-    if pairs >= n:
-        return False
-    seen = [False] * n
-    components = 0
-    for root in range(n):
-        if seen[root]:
-            continue
-        components += 1
-        seen[root] = True
-        stack = [root]
-        while stack:
-            v = stack.pop()
-            for w in adj[v]:
-                if not seen[w]:
-                    seen[w] = True
-                    stack.append(w)
-    return pairs == n - components
+    labels, exact = _solve(p, method)
+    return _result(topology, steps, p, labels, objective, "exact" if exact else "heuristic", None, exact)
 
 
 def plan_cost(topology: Topology, steps: Sequence[PlanStep], sites: Mapping[str, str], objective=Objective()):
@@ -1045,7 +1140,7 @@ def brute_force_plan(topology: Topology, steps: Sequence[PlanStep], *, objective
         total = p.unary[np.arange(n)[None, :], labels].sum(axis=1)
         for e in range(len(p.edge_u)):
             a, b = labels[:, p.edge_u[e]], labels[:, p.edge_v[e]]
-            total = total + np.where(a != b, p.edge_bytes[e] * p.per_byte[a, b] + p.fixed[a, b], 0.0)
+            total = total + p.edge_bytes[e] * p.per_byte[a, b] + p.edge_count[e] * p.fixed[a, b]
         k = int(np.argmin(total))
         if total[k] < best_score:
             best_score, best_labels = float(total[k]), labels[k].copy()

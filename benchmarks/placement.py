@@ -1,0 +1,333 @@
+"""Placement benchmark: gravity vs location-blind, round-robin and the Dask rule.
+
+    .venv/bin/python benchmarks/placement.py           # full run (about 1-2 minutes)
+    .venv/bin/python benchmarks/placement.py --quick   # small sizes, a few seconds
+
+Generated workloads (seeded): random topologies of 3-50 sites (Topology.from_dict) and
+ML-shaped plans - raw datasets at their sites (lognormal sizes: many MB-scale, a few
+GB-scale; some under EU residency) -> per-dataset clean + feature builds -> a join (fan-in)
+-> GPU training -> evaluation fan-out (each evaluation reads the model and a holdout
+feature set) -> a report. Large plans are many such pipelines side by side. A second
+family, random DAGs (each step reads 1-3 random earlier steps), is the hard case for the
+solver's gap measurement.
+
+Baselines (all respect residency and requirements, falling back to the first feasible site
+in topology order when their rule picks an infeasible one):
+  blind        every step at one hub site (the site with the most GPUs)
+  round-robin  the i-th step at the i-th feasible site, cycling
+  dask         the site holding the most input bytes (distributed's decide_worker rule),
+               decided in topological order
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dagster_gravity.placement import (  # noqa: E402
+    InputData,
+    Objective,
+    PlanStep,
+    Requirements,
+    _build_problem,
+    brute_force_plan,
+    place_plan,
+    place_step,
+    plan_cost,
+    plan_lower_bound,
+)
+from dagster_gravity.topology import Topology  # noqa: E402
+
+MB, GB = 10**6, 10**9
+
+
+# -- workloads ----------------------------------------------------------------------------
+
+
+def make_topology(rng: random.Random, n_sites: int) -> Topology:
+    regions = [f"region-{i}" for i in range(max(2, n_sites // 3))]
+    sites = []
+    for i in range(n_sites):
+        kind = ["cloud", "colo", "onprem"][i % 3]
+        pools = [{"name": "cpu", "slots": rng.randint(1, 8)}]
+        if i == 0 or rng.random() < 0.25:
+            pools.append({"name": "gpu", "slots": rng.randint(1, 4), "gpus": rng.choice([1, 2, 8])})
+        sites.append(
+            {
+                "name": f"site{i:02d}",
+                "region": rng.choice(regions),
+                "kind": kind,
+                "storage": {"kind": "local", "path": f"/tmp/gravity-bench/site{i:02d}"},
+                "pools": pools,
+            }
+        )
+    links = []
+    for _ in range(n_sites):
+        a, b = rng.sample(range(n_sites), 2)
+        links.append(
+            {
+                "from": f"site{a:02d}",
+                "to": f"site{b:02d}",
+                "bandwidth_gbps": rng.choice([1, 10, 40]),
+                "latency_ms": rng.choice([1, 5, 20]),
+                "usd_per_gb": rng.choice([0.0, 0.01, 0.02]),
+            }
+        )
+    eu = [f"site{i:02d}" for i in range(1, n_sites, 4)] or ["site00"]
+    us = [f"site{i:02d}" for i in range(n_sites) if f"site{i:02d}" not in eu]
+    return Topology.from_dict({"sites": sites, "links": links, "residency": {"eu": eu, "us": us or eu}})
+
+
+def size(rng: random.Random, median: float) -> int:
+    """Skewed sizes: lognormal with sigma 1.5 (many MB-scale, a few GB-scale)."""
+    return max(1, int(rng.lognormvariate(math.log(median), 1.5)))
+
+
+def ml_pipeline(rng: random.Random, topo: Topology, prefix: str) -> list[PlanStep]:
+    sites = list(topo.sites)
+    eu = topo.zone_sites("eu")
+    steps: list[PlanStep] = []
+    features = []
+    for d in range(rng.randint(2, 5)):
+        home = rng.choice(sites)
+        raw_size = size(rng, 300 * MB)
+        zone = "eu" if home in eu and rng.random() < 0.5 else None
+        raw = InputData(f"{prefix}raw{d}", raw_size, (home,), zone)
+        clean = PlanStep(f"{prefix}clean{d}", (raw,), output_residency=zone)
+        cleaned = int(raw_size * rng.uniform(0.3, 0.8))
+        feat = PlanStep(f"{prefix}features{d}", upstream=((clean.key, cleaned),))
+        steps += [clean, feat]
+        features.append((feat.key, int(cleaned * rng.uniform(0.05, 0.3))))
+    join = PlanStep(f"{prefix}join", upstream=tuple(features))
+    joined = int(sum(b for _, b in features) * 0.6)
+    train = PlanStep(f"{prefix}train", upstream=((join.key, joined),), requirements=Requirements(gpus=1))
+    steps += [join, train]
+    model = size(rng, 200 * MB)
+    evals = []
+    for e in range(rng.randint(2, 4)):
+        holdout = rng.choice(features)
+        ev = PlanStep(f"{prefix}eval{e}", upstream=((train.key, model), (holdout[0], holdout[1] // 5)))
+        steps.append(ev)
+        evals.append((ev.key, size(rng, 1 * MB)))
+    steps.append(PlanStep(f"{prefix}report", upstream=tuple(evals)))
+    return steps
+
+
+def ml_workload(rng: random.Random, topo: Topology, n_steps: int) -> list[PlanStep]:
+    steps: list[PlanStep] = []
+    p = 0
+    while len(steps) < n_steps:
+        steps += ml_pipeline(rng, topo, f"p{p}/")
+        p += 1
+    # trim to n_steps without dangling upstream references
+    keep = steps[:n_steps]
+    keys = {s.key for s in keep}
+    return [
+        PlanStep(s.key, s.external_inputs, tuple(u for u in s.upstream if u[0] in keys), s.requirements, s.output_residency)
+        for s in keep
+    ]
+
+
+def random_dag(rng: random.Random, topo: Topology, n_steps: int) -> list[PlanStep]:
+    sites = list(topo.sites)
+    steps = []
+    for i in range(n_steps):
+        inputs = ()
+        if i < 3 or rng.random() < 0.3:
+            inputs = (InputData(f"raw{i}", size(rng, 100 * MB), (rng.choice(sites),)),)
+        upstream = tuple((f"s{u}", size(rng, 50 * MB)) for u in rng.sample(range(max(0, i - 30), i), min(i, rng.randint(1, 3))))
+        req = Requirements(gpus=1) if rng.random() < 0.05 else Requirements()
+        steps.append(PlanStep(f"s{i}", inputs, upstream, req))
+    return steps
+
+
+# -- baselines ----------------------------------------------------------------------------
+
+
+def feasible_sites(topo, steps, objective):
+    p = _build_problem(topo, steps, objective, None)
+    return [[p.cm.sites[s] for s in np.nonzero(np.isfinite(p.unary[v]))[0]] for v in range(len(steps))]
+
+
+def blind(topo, steps, feasible):
+    hub = max(topo.sites, key=lambda s: sum(p.gpus * p.slots for p in topo.sites[s].pools))
+    return {s.key: hub if hub in f else f[0] for s, f in zip(steps, feasible)}
+
+
+def round_robin(topo, steps, feasible):
+    out = {}
+    for i, (s, f) in enumerate(zip(steps, feasible)):
+        out[s.key] = f[i % len(f)]
+    return out
+
+
+def dask_rule(topo, steps, feasible):
+    out = {}
+    for s, f in zip(steps, feasible):
+        held: dict[str, int] = {}
+        for item in s.external_inputs:
+            for site in item.sites:
+                held[site] = held.get(site, 0) + item.size_bytes
+        for up, nbytes in s.upstream:
+            held[out[up]] = held.get(out[up], 0) + nbytes
+        ranked = sorted((site for site in held if site in f), key=lambda site: -held[site])
+        out[s.key] = ranked[0] if ranked else f[0]
+    return out
+
+
+BASELINES = {"blind": blind, "round-robin": round_robin, "dask": dask_rule}
+
+
+# -- runs -------------------------------------------------------------------------------
+
+
+def timed(fn, repeat=1):
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return result, statistics.median(times)
+
+
+def compare(rows, label, topo, steps, objective, brute=False, bound=False):
+    plan, secs = timed(lambda: place_plan(topo, steps, objective=objective))
+    feasible = feasible_sites(topo, steps, objective)
+    row = {"workload": label, "steps": len(steps), "sites": len(topo.sites), "method": plan.method, "solve_s": secs}
+    row["gravity"] = plan_cost(topo, steps, plan.sites, objective)
+    for name, rule in BASELINES.items():
+        row[name] = plan_cost(topo, steps, rule(topo, steps, feasible), objective)
+    if brute:
+        bf = brute_force_plan(topo, steps, objective=objective)
+        row["optimum"] = plan_cost(topo, steps, bf.sites, objective)
+    if bound:
+        row["bound"] = plan_lower_bound(topo, steps, objective=objective)
+    rows.append(row)
+    return row
+
+
+def fmt_b(n):
+    return f"{n / GB:9.2f}"
+
+
+def print_comparison(rows):
+    names = ["gravity", *BASELINES]
+    print("\n== Plan cost: gravity vs baselines (bytes in GB, transfer seconds summed, dollars) ==")
+    head = f"{'workload':<10}{'steps':>6}{'sites':>6}  {'method':<9}{'solve s':>8}"
+    for n in names:
+        head += f" | {n + ' GB':>12}{'s':>9}{'$':>8}"
+    head += " | blind/grav bytes | vs optimum"
+    print(head)
+    for r in rows:
+        line = f"{r['workload']:<10}{r['steps']:>6}{r['sites']:>6}  {r['method']:<9}{r['solve_s']:>8.3f}"
+        for n in names:
+            b, s, d, _ = r[n]
+            line += f" | {b / GB:12.2f}{s:9.1f}{d:8.2f}"
+        ratio = r["blind"][0] / max(r["gravity"][0], 1)
+        line += f" | {ratio:15.1f}x"
+        if "optimum" in r:
+            opt = r["optimum"][3]
+            line += f" | {'=' if abs(r['gravity'][3] - opt) <= 1e-9 * max(1, opt) else 'DIFF'} opt"
+        print(line)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes only (a few seconds)")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    objective = Objective.parse("time")
+    failures = []
+    print("Placement benchmark (objective: time; machine shared by other work, timings are medians)")
+
+    # 1. equal to brute force on every small instance
+    n_small = 20 if args.quick else 200
+    equal = 0
+    for i in range(n_small):
+        topo = make_topology(rng, rng.randint(3, 4))
+        steps = ml_workload(rng, topo, rng.randint(4, 10)) if i % 2 else random_dag(rng, topo, rng.randint(4, 10))
+        obj = Objective(rng.choice([0.0, 0.5, 1.0]))
+        plan = place_plan(topo, steps, objective=obj)
+        bf = brute_force_plan(topo, steps, objective=obj)
+        a, b = plan_cost(topo, steps, plan.sites, obj)[3], plan_cost(topo, steps, bf.sites, obj)[3]
+        equal += abs(a - b) <= 1e-9 * max(1.0, b)
+    print(f"\nExactness: gravity == brute-force optimum on {equal}/{n_small} instances (4-10 steps x 3-4 sites, mixed objectives)")
+    if equal != n_small:
+        failures.append("not equal to brute force")
+
+    # 2. side-by-side comparison on ML-shaped workloads
+    rows = []
+    sizes = [(10, 4), (50, 10), (200, 20)] if args.quick else [(10, 4), (50, 10), (200, 20), (1000, 50), (10000, 50)]
+    for n_steps, n_sites in sizes:
+        for rep in range(1 if n_steps >= 1000 else 3):
+            topo = make_topology(rng, n_sites)
+            steps = ml_workload(rng, topo, n_steps)
+            compare(rows, "ml", topo, steps, objective, brute=n_steps <= 10)
+    for n_steps, n_sites in ([(10, 4), (100, 8)] if args.quick else [(10, 4), (300, 8), (1000, 8)]):
+        topo = make_topology(rng, n_sites)
+        compare(rows, "random-dag", topo, random_dag(rng, topo, n_steps), objective, brute=n_steps <= 10)
+    print_comparison(rows)
+    ml = [r for r in rows if r["workload"] == "ml"]
+    ratios = [r["blind"][0] / max(r["gravity"][0], 1) for r in ml]
+    print(f"median blind/gravity bytes on ML-shaped workloads: {statistics.median(ratios):.1f}x (min {min(ratios):.1f}x)")
+    for name in BASELINES:
+        med = statistics.median(r[name][0] / max(r["gravity"][0], 1) for r in ml)
+        print(f"  {name:<12} moves {med:6.1f}x the bytes of gravity (median)")
+    if min(ratios) < 5:
+        failures.append("less than 5x fewer bytes than blind")
+
+    # 3. gap of the heuristic (and auto) to the best bound on 1,000-step plans
+    print("\n== Gap to the best bound (1,000-step plans; bound = MILP optimum when proven, else LP relaxation) ==")
+    gap_sizes = [(200, 6)] if args.quick else [(1000, 8), (1000, 8), (1000, 12)]
+    for kind, gen in (("ml", ml_workload), ("random-dag", random_dag)):
+        for n_steps, n_sites in gap_sizes:
+            topo = make_topology(rng, n_sites)
+            steps = gen(rng, topo, n_steps)
+            auto, t_auto = timed(lambda: place_plan(topo, steps, objective=objective))
+            heur, t_heur = timed(lambda: place_plan(topo, steps, objective=objective, method="heuristic"))
+            milp, t_milp = timed(lambda: place_plan(topo, steps, objective=objective, method="milp"))
+            bound = milp.score if milp.exact else milp.lower_bound
+            for name, res, t in (("auto/" + auto.method, auto, t_auto), ("heuristic", heur, t_heur), ("milp", milp, t_milp)):
+                gap = (res.score - bound) / max(bound, 1e-12)
+                print(f"  {kind:<10} {n_steps:>5} steps x {n_sites:>2} sites  {name:<16} score {res.score:12.2f}  gap {gap * 100:7.3f}%  {t:7.3f} s")
+                if name.startswith("auto") and gap > 0.01:
+                    failures.append(f"auto gap {gap:.3%} on {kind}")
+
+    # 4. speed
+    print("\n== Speed ==")
+    topo = make_topology(rng, 50)
+    inputs = [InputData(f"in{i}", size(rng, 300 * MB), tuple(rng.sample(list(topo.sites), 2)), "eu" if i == 0 else None) for i in range(4)]
+    waits = {p.id: rng.choice([0.0, 0.0, 30.0]) for p in topo.pools}
+    place_step(topo, inputs, expected_wait=waits)  # warm the cost-model cache
+    times = []
+    for _ in range(300 if not args.quick else 50):
+        t0 = time.perf_counter()
+        place_step(topo, inputs, Requirements(gpus=rng.choice([0, 1])), expected_wait=waits)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times) * 1000
+    print(f"  place_step, 4 inputs, 50 sites ({len(topo.pools)} pools): median {med:.3f} ms, p90 {sorted(times)[len(times) * 9 // 10] * 1000:.3f} ms")
+    if med >= 1:
+        failures.append("place_step median >= 1 ms")
+    n_big = 1000 if args.quick else 10000
+    steps = ml_workload(rng, topo, n_big)
+    for method in ("auto", "heuristic"):
+        plan, secs = timed(lambda: place_plan(topo, steps, objective=objective, method=method), repeat=3)
+        print(f"  place_plan {n_big} steps x 50 sites, {method:<9}: median {secs:.3f} s (method {plan.method})")
+        if method == "auto" and secs >= 1:
+            failures.append(f"place_plan {n_big} steps took {secs:.2f} s")
+    print("\nRESULT:", "all targets met" if not failures else "MISSED: " + "; ".join(failures))
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Unit tests of the placement engine: per-step decisions, their explanations and errors,
+the plan solvers against hand-computed optima, and the benchmark's quick mode."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from dagster_gravity.placement import (
+    Candidate,
+    InputData,
+    Objective,
+    PlacementError,
+    PlanStep,
+    Requirements,
+    brute_force_plan,
+    check_plan,
+    cost_model,
+    place_plan,
+    place_step,
+    plan_cost,
+    plan_lower_bound,
+)
+from dagster_gravity.topology import Topology
+
+GB = 10**9
+
+
+def topo():
+    return Topology.from_dict(
+        {
+            "sites": [
+                {"name": "dc", "region": "us-east", "kind": "onprem",
+                 "pools": [{"name": "gpu", "kind": "gpu", "slots": 1, "gpus": 2}, {"name": "cpu", "slots": 2}]},
+                {"name": "aws", "region": "us-east-1", "kind": "cloud", "pools": [{"name": "cpu", "slots": 2}]},
+                {"name": "eu", "region": "eu-central", "kind": "colo", "pools": [{"name": "cpu", "slots": 2}]},
+            ],
+            "links": [{"from": "dc", "to": "aws", "bandwidth_gbps": 10, "latency_ms": 2, "usd_per_gb": 0.0, "reverse_usd_per_gb": 0.02}],
+            "residency": {"eu": ["eu"], "us": ["dc", "aws"]},
+        }
+    )
+
+
+T = topo()
+
+
+def by_pool(placement):
+    return {c.pool: c for c in placement.candidates}
+
+
+def test_step_goes_to_the_data_and_explains_every_pool():
+    events = InputData("raw/events", 5 * GB, ("dc",))
+    placement = place_step(T, [events])
+    assert placement.site == "dc" and placement.pool in ("dc/gpu", "dc/cpu")
+    rows = by_pool(placement)
+    assert set(rows) == {"dc/gpu", "dc/cpu", "aws/cpu", "eu/cpu"}
+    assert rows["dc/cpu"].bytes_moved == 0 and rows["dc/cpu"].transfer_seconds == 0
+    link = T.link("dc", "eu")
+    assert rows["eu/cpu"].bytes_moved == 5 * GB
+    assert rows["eu/cpu"].transfer_seconds == pytest.approx(link.seconds(5 * GB))
+    assert rows["eu/cpu"].dollars == pytest.approx(link.dollars(5 * GB))
+    assert rows["aws/cpu"].dollars == 0.0  # ingress to the cloud is free on the interconnect
+    assert "dc" in placement.reason and "next best" in placement.reason
+    table = placement.as_table()
+    json.dumps(table)
+    assert [r["pool"] for r in table] == [c.pool for c in placement.candidates]
+
+
+def test_cheapest_replica_is_used_and_transfers_add_up():
+    a = InputData("a", 2 * GB, ("dc", "eu"))
+    b = InputData("b", 1 * GB, ("eu",))
+    rows = by_pool(place_step(T, [a, b]))
+    # at aws: 'a' comes over the fast dc->aws link, 'b' from eu over the internet
+    expected = T.link("dc", "aws").seconds(2 * GB) + T.link("eu", "aws").seconds(1 * GB)
+    assert rows["aws/cpu"].transfer_seconds == pytest.approx(expected)
+    assert rows["aws/cpu"].bytes_moved == 3 * GB
+    assert rows["eu/cpu"].bytes_moved == 0
+
+
+def test_residency_failure_names_the_input_and_zone():
+    customers = InputData("eu/customers", 10, ("eu",), residency="eu")
+    placement = place_step(T, [customers, InputData("big", 50 * GB, ("dc",))])
+    assert placement.site == "eu"  # the only site allowed, however big the other input
+    rows = by_pool(placement)
+    assert not rows["dc/cpu"].feasible and math.isinf(rows["dc/cpu"].score)
+    assert rows["dc/cpu"].reason == "residency: input 'eu/customers' may not leave zone 'eu'"
+    assert [c.feasible for c in placement.candidates] == [True, False, False, False]
+
+
+def test_gpu_pin_and_pool_kind_messages():
+    rows = by_pool(place_step(T, [], Requirements(gpus=2)))
+    assert rows["aws/cpu"].reason == "needs 2 GPUs, pool has 0"
+    assert rows["dc/gpu"].feasible
+    rows = by_pool(place_step(T, [], Requirements(pin="aws")))
+    assert rows["dc/cpu"].reason == "pinned to 'aws'" and rows["aws/cpu"].feasible
+    rows = by_pool(place_step(T, [], Requirements(pool_kind="gpu")))
+    assert rows["eu/cpu"].reason == "needs pool kind 'gpu', pool is 'cpu'"
+
+
+def test_infeasible_step_error_lists_every_pool():
+    customers = InputData("eu/customers", 10, ("eu",), residency="eu")
+    with pytest.raises(PlacementError) as info:
+        place_step(T, [customers], Requirements(gpus=1), step="train")
+    msg = str(info.value)
+    assert "no pool can run step 'train'" in msg
+    for pool in ("dc/gpu", "dc/cpu", "aws/cpu", "eu/cpu"):
+        assert pool in msg
+    assert "eu/cpu: needs 1 GPU, pool has 0" in msg
+    assert "dc/gpu: residency: input 'eu/customers' may not leave zone 'eu'" in msg
+    assert len(info.value.candidates) == 4 and all(isinstance(c, Candidate) for c in info.value.candidates)
+
+
+def test_unknown_pin_and_unknown_replica_site():
+    with pytest.raises(PlacementError, match="pinned to site 'mars'.*known sites: dc, aws, eu"):
+        place_step(T, [], Requirements(pin="mars"))
+    with pytest.raises(ValueError, match="input 'x': site 'mars' is not in the topology"):
+        place_step(T, [InputData("x", 10, ("mars",))])
+    with pytest.raises(ValueError, match="input 'x' has no site"):
+        place_step(T, [InputData("x", 10, ())])
+
+
+def test_unhealthy_excluded_and_wait():
+    data = InputData("d", 1 * GB, ("dc",))
+    placement = place_step(T, [data], healthy={"aws/cpu", "eu/cpu"})
+    assert placement.site == "aws"
+    assert by_pool(placement)["dc/cpu"].reason == "unhealthy"
+    placement = place_step(T, [data], exclude={"dc/cpu", "dc/gpu"})
+    assert placement.site == "aws" and by_pool(placement)["dc/gpu"].reason == "excluded"
+    # a long wait for the local slot makes moving the data cheaper (delay scheduling)
+    move = T.link("dc", "aws").seconds(1 * GB)
+    placement = place_step(T, [data], expected_wait={"dc/cpu": 60.0, "dc/gpu": 60.0})
+    assert placement.pool == "aws/cpu"
+    assert by_pool(placement)["dc/cpu"].score == pytest.approx(60.0)
+    assert by_pool(placement)["aws/cpu"].score == pytest.approx(move)
+    # a short wait does not
+    assert place_step(T, [data], expected_wait={"dc/cpu": move / 10, "dc/gpu": move / 10}).site == "dc"
+    with pytest.raises(ValueError, match="expected_wait"):
+        place_step(T, [data], expected_wait={"dc/cpu": -1})
+
+
+def test_ties_are_broken_deterministically_in_topology_order():
+    placement = place_step(T, [])
+    assert [c.pool for c in placement.candidates] == ["dc/gpu", "dc/cpu", "aws/cpu", "eu/cpu"]
+    assert placement.pool == "dc/gpu"
+    assert place_step(T, []) == placement
+
+
+def test_objective_parse_and_score():
+    assert Objective.parse("time") == Objective(0.0)
+    assert Objective.parse("cost").weight == 1.0
+    assert Objective.parse(0.25).weight == 0.25
+    assert Objective.parse("0.5").weight == 0.5
+    for bad in ("fast", 1.5, -0.1, True, None, "nan-ish"):
+        with pytest.raises(ValueError, match="objective: got .*expected 'time', 'cost' or a weight between 0 and 1"):
+            Objective.parse(bad)
+    with pytest.raises(ValueError, match="usd_per_hour"):
+        Objective(0.5, usd_per_hour=0)
+    o = Objective(0.5, usd_per_hour=3600.0)  # one dollar is worth one second
+    assert o.score(10.0, 2.0) == pytest.approx(6.0)
+
+
+def test_cost_objective_prefers_free_links():
+    # 1 GB at aws: time favours the fast interconnect either way, but going dc->eu costs
+    # internet egress while aws ingress from dc is free.
+    data = InputData("d", 1 * GB, ("dc",))
+    rows = by_pool(place_step(T, [data], Requirements(pin=None), objective="cost", exclude={"dc/cpu", "dc/gpu"}))
+    assert rows["aws/cpu"].score == 0.0 and rows["eu/cpu"].score > 0
+
+
+def test_cost_model_is_cached_per_topology():
+    assert cost_model(T) is cost_model(T)
+    assert cost_model(topo()) is not cost_model(T)
+
+
+# -- plans ---------------------------------------------------------------------------------
+
+
+def ml_plan():
+    return [
+        PlanStep("clean", (InputData("raw/events", 20 * GB, ("dc",)),)),
+        PlanStep("customers", (InputData("eu/customers", 5 * GB, ("eu",), residency="eu"),)),
+        PlanStep("features", upstream=(("clean", 2 * GB), ("customers", 100 * 10**6))),
+        PlanStep("train", upstream=(("features", 2 * GB),), requirements=Requirements(gpus=1)),
+        PlanStep("eval", upstream=(("train", 10**8), ("features", 10**8))),
+    ]
+
+
+def test_plan_keeps_compute_with_data_and_respects_residency():
+    plan = place_plan(T, ml_plan())
+    assert plan.sites == {"clean": "dc", "customers": "eu", "features": "dc", "train": "dc", "eval": "dc"}
+    assert plan.pools["train"] == "dc/gpu" and plan.pools["clean"] == "dc/cpu"
+    assert plan.exact and plan.method == "exact"
+    assert plan.bytes_moved == 100 * 10**6
+    assert (plan.bytes_moved, plan.seconds, plan.dollars, plan.score) == pytest.approx(plan_cost(T, ml_plan(), plan.sites))
+    best = brute_force_plan(T, ml_plan())
+    assert plan.score == pytest.approx(best.score)
+    assert not check_plan(T, ml_plan(), plan.sites)
+
+
+def test_plan_methods_agree_on_a_small_plan():
+    steps = ml_plan()
+    scores = {m: place_plan(T, steps, method=m).score for m in ("auto", "exact", "heuristic", "milp", "brute-force")}
+    assert scores["heuristic"] >= scores["exact"] - 1e-9
+    for m in ("auto", "milp", "brute-force"):
+        assert scores[m] == pytest.approx(scores["exact"], rel=1e-6)
+    assert plan_lower_bound(T, steps) <= scores["exact"] + 1e-6
+
+
+def test_plan_residency_of_upstream_output_and_own_output():
+    steps = [
+        PlanStep("a", (InputData("x", GB, ("dc",)),), output_residency="eu"),
+        PlanStep("b", upstream=(("a", GB),)),
+    ]
+    plan = place_plan(T, steps)
+    assert plan.sites == {"a": "eu", "b": "eu"}
+
+
+def test_plan_infeasible_step_is_named_with_each_site():
+    steps = [
+        PlanStep("load", (InputData("eu/customers", 10, ("eu",), residency="eu"),), output_residency="eu"),
+        PlanStep("train", upstream=(("load", 10),), requirements=Requirements(gpus=1)),
+    ]
+    with pytest.raises(PlacementError) as info:
+        place_plan(T, steps)
+    msg = str(info.value)
+    assert info.value.step == "train" and "no site can run step 'train'" in msg
+    assert "eu: no pool qualifies (eu/cpu: needs 1 GPU, pool has 0)" in msg
+    assert "dc: residency: data 'load (upstream output)' may not leave zone 'eu'" in msg
+
+
+def test_plan_input_errors():
+    with pytest.raises(ValueError, match="step key 'a' appears more than once"):
+        place_plan(T, [PlanStep("a"), PlanStep("a")])
+    with pytest.raises(ValueError, match="reads upstream step 'nope', which is not in the plan"):
+        place_plan(T, [PlanStep("a", upstream=(("nope", 1),))])
+    with pytest.raises(ValueError, match="method: got 'magic'"):
+        place_plan(T, [PlanStep("a")], method="magic")
+    assert place_plan(T, []).sites == {}
+
+
+def test_unhealthy_pools_move_the_plan():
+    plan = place_plan(T, ml_plan(), healthy={"dc/gpu", "aws/cpu", "eu/cpu"})
+    assert plan.sites["clean"] == "dc" and plan.pools["clean"] == "dc/gpu"  # the only pool left there
+    steps = [s for s in ml_plan() if s.key in ("clean", "customers", "features")]
+    plan = place_plan(T, steps, healthy={"aws/cpu", "eu/cpu"})
+    assert plan.sites["clean"] == "aws" and plan.pools["clean"] == "aws/cpu"
+
+
+def test_placement_does_not_import_dagster():
+    code = "import sys, dagster_gravity.placement; print('dagster' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_benchmark_quick_mode_runs():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/placement.py", "--quick"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode in (0, 1), out.stderr
+    assert "Exactness: gravity == brute-force optimum on 20/20" in out.stdout
+    assert "RESULT:" in out.stdout
