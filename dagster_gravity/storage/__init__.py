@@ -1,0 +1,74 @@
+"""Site storage: a local directory or an S3 bucket per site, checksums, replication.
+
+`storage_for_site(topology, "aws-us-east-1")` returns the site's `SiteStorage` as the
+topology's `StorageSpec` describes it; `replicate(src, dst, key, sha)` copies an object
+between two sites, verified.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from dagster_gravity.storage.base import (
+    ChecksumMismatch,
+    ObjectInfo,
+    ObjectNotFound,
+    ResidencyError,
+    SiteStorage,
+    StorageError,
+    UnknownSite,
+)
+from dagster_gravity.storage.local import LocalSiteStorage
+from dagster_gravity.storage.replication import Replication, bytes_moved, replicate
+from dagster_gravity.storage.s3 import S3Options, S3SiteStorage
+
+__all__ = [
+    "ChecksumMismatch",
+    "LocalSiteStorage",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "Replication",
+    "ResidencyError",
+    "S3Options",
+    "S3SiteStorage",
+    "SiteStorage",
+    "StorageError",
+    "UnknownSite",
+    "bytes_moved",
+    "replicate",
+    "storage_for_site",
+]
+
+_cache: dict[tuple, SiteStorage] = {}
+_cache_lock = threading.Lock()
+
+
+def storage_for_site(topology, site_name: str, s3_options: S3Options | None = None) -> SiteStorage:
+    """The storage of `site_name` in `topology` (cached: S3 clients are costly to build)."""
+    if site_name not in topology.sites:
+        raise UnknownSite(
+            f"site {site_name!r} is not in the topology {topology.source}; known sites: "
+            f"{', '.join(topology.sites)}",
+            site=site_name,
+        )
+    spec = topology.sites[site_name].storage
+    options = s3_options or S3Options()
+    cache_key = (site_name, spec, options)
+    with _cache_lock:
+        storage = _cache.get(cache_key)
+        if storage is None:
+            if spec.kind == "local":
+                storage = LocalSiteStorage(site_name, spec.path)
+            elif spec.kind == "s3":
+                storage = S3SiteStorage(
+                    site_name,
+                    bucket=spec.bucket,
+                    prefix=spec.prefix,
+                    region=spec.region,
+                    endpoint_url=spec.endpoint_url,
+                    options=options,
+                )
+            else:
+                raise StorageError(f"unknown storage kind {spec.kind!r}; expected 'local' or 's3'", site=site_name)
+            _cache[cache_key] = storage
+    return storage

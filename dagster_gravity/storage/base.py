@@ -1,0 +1,207 @@
+"""The site storage interface: one object store per site, every object with a sha256.
+
+A backend writes atomically (nothing is visible under the final name until every byte is
+written and its checksum recorded) and verifies the checksum on every read. Replication
+between two backends goes through `RangeSource`/`PartSink` (see `replication.py`) so any
+pair of backends copies in parallel chunks while hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+class StorageError(RuntimeError):
+    """A storage operation that failed; the message names the asset, site and URI."""
+
+    def __init__(self, message: str, *, site: str | None = None, uri: str | None = None, asset: str | None = None):
+        self.reason = message
+        self.site = site
+        self.uri = uri
+        self.asset = asset
+        where = ", ".join(
+            f"{name} {value!r}" for name, value in (("asset", asset), ("site", site), ("uri", uri)) if value
+        )
+        super().__init__(f"{message} ({where})" if where else message)
+
+    def for_asset(self, asset: str | None) -> "StorageError":
+        """The same error, re-raised with the asset it concerns named in the message."""
+        if asset is None or self.asset is not None:
+            return self
+        err = type(self)(self.reason, site=self.site, uri=self.uri, asset=asset)
+        err.__cause__ = self.__cause__ or self
+        return err
+
+
+class ObjectNotFound(StorageError):
+    """No object under the key at that site."""
+
+
+class ChecksumMismatch(StorageError):
+    """The stored bytes do not hash to the recorded sha256 (corrupted, truncated or stale)."""
+
+
+class ResidencyError(StorageError):
+    """Data would be written or copied to a site outside its residency zone."""
+
+
+class UnknownSite(StorageError):
+    """A site name that is not in the topology."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: where it is, how big, and the sha256 of its bytes."""
+
+    site: str
+    key: str
+    uri: str
+    size_bytes: int
+    sha256: str
+
+
+class HashingWriter:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    info: ObjectInfo | None = None  # set by the storage once the write is committed
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self._raw.write(view)
+        self._hash.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    # pyarrow and numpy probe these on file-like objects
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def close(self) -> None:  # the storage commits; callers' close() must not end the write
+        pass
+
+
+class PartSink(ABC):
+    """The receiving end of a replication: parts arrive in any order, then commit or abort."""
+
+    @abstractmethod
+    def write_part(self, number: int, offset: int, data: bytes) -> None: ...
+
+    @abstractmethod
+    def commit(self, sha256: str, size: int) -> ObjectInfo: ...
+
+    @abstractmethod
+    def abort(self) -> None: ...
+
+
+class SiteStorage(ABC):
+    """Where one site keeps its objects. Keys are '/'-separated relative paths."""
+
+    kind: str = "abstract"
+
+    def __init__(self, site: str):
+        self.site = site
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """The address of the key, e.g. file:///... or s3://bucket/prefix/key."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """The stored object's size and recorded sha256, or None when there is none."""
+
+    @abstractmethod
+    def open_write(self, key: str) -> "AtomicWrite":
+        """A context manager yielding a HashingWriter; the object appears only on clean exit."""
+
+    @abstractmethod
+    def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
+        """The object's bytes, verified against its recorded sha256 (and `expected_sha256`)."""
+
+    @abstractmethod
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """Raw bytes [offset, offset+length) of the object, unverified (replication hashes them)."""
+
+    @abstractmethod
+    def part_sink(self, key: str, size: int, sha256: str, part_size: int) -> PartSink:
+        """A sink that assembles a replica of `size` bytes; visible only after commit."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Keys of the committed objects under `prefix` (a '/'-separated key prefix)."""
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        with self.open_write(key) as writer:
+            writer.write(data)
+        return writer_info(writer)
+
+    def describe(self) -> str:
+        return f"{self.kind} storage of site {self.site!r} at {self.uri('')}"
+
+
+class AtomicWrite(ABC):
+    """Context manager protocol shared by the backends' writers."""
+
+    info: ObjectInfo | None = None
+
+    @abstractmethod
+    def __enter__(self) -> HashingWriter: ...
+
+    @abstractmethod
+    def __exit__(self, exc_type, exc, tb) -> bool | None: ...
+
+
+def writer_info(writer: HashingWriter) -> ObjectInfo:
+    info = getattr(writer, "info", None)
+    if info is None:
+        raise RuntimeError("the write has not been committed")
+    return info
+
+
+def verify(data: bytes, info: ObjectInfo, expected_sha256: str | None) -> None:
+    """Raise ChecksumMismatch unless `data` hashes to the recorded and the expected sha256."""
+    actual = hashlib.sha256(data).hexdigest()
+    if len(data) != info.size_bytes or actual != info.sha256:
+        raise ChecksumMismatch(
+            f"checksum mismatch: the stored object has {len(data)} bytes with sha256 {actual}, "
+            f"but {info.size_bytes} bytes with sha256 {info.sha256} were recorded when it was written "
+            "(corrupted or truncated copy)",
+            site=info.site,
+            uri=info.uri,
+        )
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise ChecksumMismatch(
+            f"checksum mismatch: the stored object has sha256 {actual}, but the latest "
+            f"materialization recorded sha256 {expected_sha256} (stale or foreign copy)",
+            site=info.site,
+            uri=info.uri,
+        )

