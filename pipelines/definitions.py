@@ -1,0 +1,59 @@
+"""The reference code location: `dagster dev -w workspace.yaml` loads `defs` from here.
+
+The sites file is $GRAVITY_SITES or ./sites.yaml (read when this module is imported, so
+worker processes that re-import it see the same topology through the environment).
+"""
+
+from __future__ import annotations
+
+from dagster import AssetKey, Definitions, in_process_executor
+
+from pipelines.datagen import EU_SITE, EVENTS_SITE, REFERENCE_SITE
+from pipelines.features import FEATURE_ASSETS, STATS_ASSETS
+from pipelines.jobs import ASSET_JOBS, daily_features_schedule, ingest_jobs, retrain_job
+from pipelines.model import MODEL_ASSETS, rollback_job
+from pipelines.raw import RAW_ASSETS
+from resources import project_resources, sites_file
+from sensors.drift import make_drift_sensor
+from sensors.landing import make_landing_sensor
+
+DRIFT_THRESHOLD = 0.5  # standard deviations
+
+
+def default_executor():
+    """The gravity executor when it exists, else Dagster's in-process executor."""
+    try:
+        from dagster_gravity.executor import gravity_executor
+    except ImportError:
+        return in_process_executor
+    return gravity_executor
+
+
+def build_sensors(sites: str) -> list:
+    landing = [
+        make_landing_sensor(REFERENCE_SITE, ["items"], ingest_jobs[REFERENCE_SITE], sites),
+        make_landing_sensor(EU_SITE, ["eu_customers"], ingest_jobs[EU_SITE], sites),
+        # Event features join the reference table point-in-time: wait for that day's items.
+        make_landing_sensor(EVENTS_SITE, ["events"], ingest_jobs[EVENTS_SITE], sites,
+                            requires={"events": [AssetKey("raw_items")]}),
+    ]
+    drift = make_drift_sensor(
+        [AssetKey(name) for name in STATS_ASSETS], retrain_job, threshold=DRIFT_THRESHOLD,
+        requires=[AssetKey("event_features"), AssetKey("eu_segment_features")],
+    )
+    return [*landing, drift]
+
+
+def build_defs(sites: str | None = None, executor=None) -> Definitions:
+    sites = sites or sites_file()
+    return Definitions(
+        assets=[*RAW_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS],
+        jobs=[*ASSET_JOBS, rollback_job],
+        schedules=[daily_features_schedule],
+        sensors=build_sensors(sites),
+        resources=project_resources(sites),
+        executor=executor or default_executor(),
+    )
+
+
+defs = build_defs()
