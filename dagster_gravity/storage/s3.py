@@ -168,7 +168,7 @@ class S3SiteStorage(SiteStorage):
         keys: list[str] = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.object_key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+                Bucket=self.bucket, Prefix=(self.prefix + "/" if self.prefix else "") + prefix.lstrip("/")
             ):
                 keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
         except (ClientError, BotoCoreError) as exc:

@@ -186,3 +186,31 @@ def s3_buckets(seaweedfs) -> tuple[str, str]:
     """Two fresh buckets on the session's server: one per S3 site."""
     suffix = uuid.uuid4().hex[:8]
     return seaweedfs.make_bucket(f"site-a-{suffix}"), seaweedfs.make_bucket(f"site-b-{suffix}")
+
+
+def write_sites_yaml(directory: Path, endpoint_url: str | None = None, buckets: tuple[str, str] | None = None) -> Path:
+    """A sites file with two local sites (us-local, eu-local) and, given a server and two
+    buckets, two S3 sites (s3-a, s3-b); zones eu=[eu-local], us=[us-local, s3-a, s3-b]."""
+    sites = [
+        {"name": "us-local", "region": "us-east", "kind": "onprem", "storage": {"kind": "local", "path": "store/us"}},
+        {"name": "eu-local", "region": "eu-central", "kind": "colo", "storage": {"kind": "local", "path": "store/eu"}},
+    ]
+    us = ["us-local"]
+    if endpoint_url and buckets:
+        for name, bucket in zip(("s3-a", "s3-b"), buckets):
+            sites.append(
+                {
+                    "name": name,
+                    "region": "us-east-1",
+                    "kind": "cloud",
+                    "storage": {"kind": "s3", "bucket": bucket, "prefix": "gravity", "endpoint_url": endpoint_url},
+                }
+            )
+            us.append(name)
+    for site in sites:
+        site["pools"] = [{"name": "cpu", "slots": 1}]
+    import yaml
+
+    path = Path(directory) / "sites.yaml"
+    path.write_text(yaml.safe_dump({"sites": sites, "residency": {"eu": ["eu-local"], "us": us}}))
+    return path

@@ -1,0 +1,416 @@
+"""The site-aware IO manager: outputs are stored where the step runs, inputs are read
+locally or replicated in first (verified), and residency zones are enforced.
+
+Formats (nothing is ever pickled): pandas DataFrames and pyarrow Tables as Parquet, numpy
+arrays as `.npy` (allow_pickle=False), other JSON-able values as `.json`. Each asset
+partition is one object: `<asset/key/path>/<partition>.<ext>` (unpartitioned:
+`<asset/key/path>.<ext>`); op outputs outside assets go to `ops/<run>/<step>/<output>`.
+
+Every materialization records `gravity/site`, `gravity/replicas` ([]), `dagster/uri`,
+`dagster/size_bytes`, `gravity/sha256`, `gravity/residency` (when the asset has one) and,
+for tables, `dagster/row_count` and `dagster/column_schema`.
+
+Reading an asset consults its latest materialization (the truth): a copy at the reading
+site is used only if its sha256 equals the materialization's; otherwise the object is
+replicated from the primary site, and an AssetObservation on the upstream asset records
+`gravity/replicas`, `gravity/sha256` and `gravity/bytes_moved`. The observation is
+attached with `InputContext.add_input_metadata`, which Dagster turns into an
+ASSET_OBSERVATION event of the step (so it reaches the event log through the executor's
+event stream, like every other step event); inputs spanning several partitions cannot use
+it (it needs a single partition key) and report through
+`instance.report_runless_asset_event` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    AssetRecordsFilter,
+    ConfigurableIOManager,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    TableColumn,
+    TableSchema,
+)
+
+from dagster_gravity import metadata as md
+from dagster_gravity.runtime import current_site
+from dagster_gravity.storage import (
+    ChecksumMismatch,
+    ObjectNotFound,
+    ResidencyError,
+    S3Options,
+    SiteStorage,
+    StorageError,
+    UnknownSite,
+    replicate,
+    storage_for_site,
+)
+from dagster_gravity.topology import Topology
+
+BYTES_MOVED = "gravity/bytes_moved"
+REPLICATED_FROM = "gravity/replicated_from"
+REPLICA_URI = "gravity/replica_uri"  # not dagster/uri: the UI would show it as the asset's address
+EXTENSIONS = (".parquet", ".json", ".npy")
+
+_topologies: dict[tuple[str, int], Topology] = {}
+_topologies_lock = threading.Lock()
+
+
+def load_topology(path: str | os.PathLike) -> Topology:
+    """The topology in `path`, parsed once per file version."""
+    resolved = Path(path).resolve()
+    try:
+        mtime = resolved.stat().st_mtime_ns
+    except FileNotFoundError:
+        return Topology.from_yaml(resolved)  # raises TopologyError naming the file
+    with _topologies_lock:
+        topology = _topologies.get((str(resolved), mtime))
+        if topology is None:
+            topology = _topologies[(str(resolved), mtime)] = Topology.from_yaml(resolved)
+    return topology
+
+
+def partition_segment(partition_key: str) -> str:
+    """A partition key as one path segment (':' and '/' escaped; readable otherwise)."""
+    return quote(partition_key, safe="-_.=+,@|")
+
+
+def asset_label(context) -> str:
+    if context.has_asset_key:
+        return context.asset_key.to_user_string()
+    return "/".join(context.get_identifier())
+
+
+# -- serialisation -------------------------------------------------------------------------
+
+
+def _encode(obj: Any, writer) -> tuple[str, dict[str, Any]]:
+    """Write `obj` to `writer`; returns the extension and table metadata (if a table)."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency
+        pd = None
+    table = None
+    if pd is not None and isinstance(obj, pd.DataFrame):
+        table = pa.Table.from_pandas(obj)
+    elif isinstance(obj, pa.Table):
+        table = obj
+    if table is not None:
+        pq.write_table(table, writer)
+        schema = TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in table.schema])
+        return ".parquet", {md.ROW_COUNT: table.num_rows, md.COLUMN_SCHEMA: MetadataValue.table_schema(schema)}
+    if isinstance(obj, np.ndarray):
+        buffer = io.BytesIO()
+        np.save(buffer, obj, allow_pickle=False)
+        writer.write(buffer.getbuffer())
+        return ".npy", {}
+    writer.write(json.dumps(obj).encode())
+    return ".json", {}
+
+
+def _check_encodable(obj: Any, label: str) -> None:
+    import pandas as pd
+
+    if isinstance(obj, (pd.DataFrame, pa.Table)):
+        return
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError(f"asset {label!r}: numpy arrays of Python objects cannot be stored without pickle")
+        return
+    try:
+        json.dumps(obj)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"asset {label!r}: GravityIOManager stores pandas DataFrames, pyarrow Tables, numpy "
+            f"arrays and JSON values (never pickles); got {type(obj).__name__}: {exc}"
+        ) from None
+
+
+def _decode(data: bytes, extension: str, wanted: Any) -> Any:
+    if extension == ".parquet":
+        table = pq.read_table(pa.BufferReader(data))
+        if wanted is pa.Table:
+            return table
+        if wanted is None or wanted is Any:
+            is_pandas = table.schema.metadata is not None and b"pandas" in table.schema.metadata
+            return table.to_pandas() if is_pandas else table
+        return table.to_pandas()
+    if extension == ".npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    return json.loads(data)
+
+
+def _wanted_type(context: InputContext) -> Any:
+    try:
+        return context.dagster_type.typing_type
+    except Exception:
+        return None
+
+
+# -- the IO manager ------------------------------------------------------------------------
+
+
+class GravityIOManager(ConfigurableIOManager):
+    """Stores outputs at the site where the step runs and brings inputs to it, verified.
+
+    The site is `dagster_gravity.runtime.current_site()` (set by the gravity executor's
+    workers, or $GRAVITY_SITE), else `default_site`. Storage locations come from the
+    topology's per-site `storage` entries; S3 credentials from the normal boto3 chain.
+    """
+
+    sites_file: str = "sites.yaml"
+    default_site: Optional[str] = None
+    s3_connect_timeout_s: float = 5.0
+    s3_read_timeout_s: float = 60.0
+    s3_max_attempts: int = 3
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def topology(self) -> Topology:
+        return load_topology(self.sites_file)
+
+    def storage(self, site: str, label: str | None = None) -> SiteStorage:
+        options = S3Options(
+            connect_timeout_s=self.s3_connect_timeout_s,
+            read_timeout_s=self.s3_read_timeout_s,
+            max_attempts=self.s3_max_attempts,
+        )
+        try:
+            return storage_for_site(self.topology(), site, options)
+        except StorageError as err:
+            raise err.for_asset(label) from err
+
+    def site_here(self, label: str) -> str:
+        site = current_site() or self.default_site
+        if not site:
+            raise StorageError(
+                "no site to store at: the step is not run by a gravity worker ($GRAVITY_SITE "
+                "unset) and GravityIOManager.default_site is not configured",
+                asset=label,
+            )
+        topology = self.topology()
+        if site not in topology.sites:
+            raise UnknownSite(
+                f"site {site!r} is not in the topology {topology.source}; known sites: {', '.join(topology.sites)}",
+                site=site,
+                asset=label,
+            )
+        return site
+
+    def check_residency(self, zone: str | None, site: str, label: str, uri: str | None, action: str) -> None:
+        if zone is None:
+            return
+        topology = self.topology()
+        try:
+            allowed = topology.allows(zone, site)
+        except KeyError as exc:
+            raise ResidencyError(str(exc.args[0]), site=site, uri=uri, asset=label) from None
+        if not allowed:
+            raise ResidencyError(
+                f"residency zone {zone!r} allows only sites {sorted(topology.zone_sites(zone))}; "
+                f"refusing to {action} site {site!r}",
+                site=site,
+                uri=uri,
+                asset=label,
+            )
+
+    @staticmethod
+    def _object_base(context) -> str:
+        if context.has_asset_key:
+            base = "/".join(context.asset_key.path)
+            if context.has_asset_partitions:
+                keys = context.asset_partition_keys
+                if len(keys) != 1:
+                    raise StorageError(
+                        f"GravityIOManager stores one object per partition; this output covers "
+                        f"{len(keys)} partitions ({keys[0]}..{keys[-1]}); run one partition per step",
+                        asset=context.asset_key.to_user_string(),
+                    )
+                base = f"{base}/{partition_segment(keys[0])}"
+            return base
+        return "ops/" + "/".join(context.get_identifier())
+
+    # -- output --------------------------------------------------------------------------
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        label = asset_label(context)
+        site = self.site_here(label)
+        zone = md.plain_value((context.definition_metadata or {}).get(md.RESIDENCY))
+        storage = self.storage(site, label)
+        base = self._object_base(context)
+        self.check_residency(zone, site, label, storage.uri(base), "write it at")
+        _check_encodable(obj, label)
+        out_meta: dict[str, Any] = {}
+
+        # The extension is known only after encoding; encode into memory first.
+        buffer = io.BytesIO()
+        extension, table_meta = _encode(obj, buffer)
+        key = base + extension
+        try:
+            info = storage.put_bytes(key, buffer.getbuffer())
+        except StorageError as err:
+            raise err.for_asset(label) from err
+        out_meta.update(
+            md.location_metadata(site, residency=zone, uri=info.uri, size_bytes=info.size_bytes, sha256=info.sha256)
+        )
+        out_meta.update(table_meta)
+        context.add_output_metadata(out_meta)
+
+    # -- input ---------------------------------------------------------------------------
+
+    def load_input(self, context: InputContext) -> Any:
+        if not context.has_asset_key:
+            upstream = context.upstream_output
+            if upstream is None:
+                raise StorageError("GravityIOManager cannot load an input without an upstream output", asset=context.name)
+            label = asset_label(upstream)
+            zone = md.plain_value((upstream.definition_metadata or {}).get(md.RESIDENCY))
+            return self._load_unrecorded(context, "ops/" + "/".join(upstream.get_identifier()), label, zone)
+
+        label = context.asset_key.to_user_string()
+        if context.has_asset_partitions:
+            keys = list(context.asset_partition_keys)
+            values = {pk: self._load_asset(context, label, pk, single=len(keys) == 1) for pk in keys}
+            return values[keys[0]] if len(keys) == 1 else values
+        return self._load_asset(context, label, None, single=True)
+
+    def _definition_residency(self, context: InputContext) -> str | None:
+        for source in (context.upstream_output, None):
+            meta = source.definition_metadata if source is not None else context.definition_metadata
+            zone = md.plain_value((meta or {}).get(md.RESIDENCY))
+            if zone:
+                return zone
+        return None
+
+    def _load_asset(self, context: InputContext, label: str, partition: str | None, single: bool) -> Any:
+        base = "/".join(context.asset_key.path)
+        if partition is not None:
+            base = f"{base}/{partition_segment(partition)}"
+        record = _latest_materialization(context.instance, context.asset_key, partition)
+        meta = record.asset_materialization.metadata if record is not None else {}
+        loc = md.read_location(meta)
+        zone = loc["residency"] or self._definition_residency(context)
+        if not loc["site"] or not loc["sha256"] or not loc["uri"]:
+            # never materialized through gravity (e.g. a direct load in a test): find it
+            return self._load_unrecorded(context, base, label, zone)
+
+        extension = next((e for e in EXTENSIONS if loc["uri"].endswith(e)), ".parquet")
+        key = base + extension
+        here = self.site_here(label)
+        primary, sha = loc["site"], loc["sha256"]
+        wanted = _wanted_type(context)
+        if primary == here:
+            return _decode(self._read(here, key, sha, label), extension, wanted)
+
+        local = self.storage(here, label)
+        self.check_residency(zone, here, label, loc["uri"], "copy it to")
+        existing = self._head(local, key, label)
+        if existing is not None and existing.sha256 == sha:
+            try:
+                return _decode(self._read(here, key, sha, label), extension, wanted)
+            except ChecksumMismatch as err:
+                context.log.warning(f"gravity: local replica is damaged, replicating again: {err}")
+        elif existing is not None:
+            context.log.info(
+                f"gravity: the copy of {label} at {here} is stale (sha256 {existing.sha256[:12]}, latest "
+                f"{sha[:12]}); replicating the latest from {primary}"
+            )
+        source = self.storage(primary, label)
+        try:
+            result = replicate(source, local, key, sha)
+        except StorageError as err:
+            raise err.for_asset(label) from err
+        data = self._read(here, key, sha, label)
+        replicas = sorted((set(_current_replicas(context.instance, context.asset_key, partition, record)) | {here}) - {primary})
+        observation = {
+            md.REPLICAS: replicas,
+            md.SHA256: sha,
+            BYTES_MOVED: result.bytes_moved,
+            REPLICATED_FROM: primary,
+            REPLICA_URI: result.replica.uri,
+        }
+        context.log.info(
+            f"gravity: replicated {label}{'' if partition is None else f' [{partition}]'} from {primary} to "
+            f"{here}: {result.bytes_moved} bytes in {result.seconds:.3f}s, sha256 verified"
+        )
+        if single:
+            context.add_input_metadata(observation, description=f"replicated from {primary} to {here}")
+        else:
+            context.instance.report_runless_asset_event(
+                AssetObservation(asset_key=context.asset_key, partition=partition, metadata=observation)
+            )
+        return _decode(data, extension, wanted)
+
+    def _load_unrecorded(self, context: InputContext, base: str, label: str, zone: str | None) -> Any:
+        """No materialization says where the object is: try here, then the other sites."""
+        here = self.site_here(label)
+        topology = self.topology()
+        wanted = _wanted_type(context)
+        problems: list[str] = []
+        for site in [here] + [s for s in topology.sites if s != here]:
+            storage = self.storage(site, label)
+            for extension in EXTENSIONS:
+                try:
+                    info = storage.head(base + extension)
+                except StorageError as err:
+                    problems.append(str(err))
+                    break
+                if info is None:
+                    continue
+                if site != here:
+                    self.check_residency(zone, here, label, info.uri, "copy it to")
+                    try:
+                        replicate(storage, self.storage(here, label), info.key, info.sha256)
+                    except StorageError as err:
+                        raise err.for_asset(label) from err
+                    context.log.info(f"gravity: replicated {label} from {site} to {here} ({info.size_bytes} bytes)")
+                return _decode(self._read(here, info.key, info.sha256, label), extension, wanted)
+        where = self.storage(here, label).uri(base + ".parquet")
+        raise ObjectNotFound(
+            f"no stored object for this input at any site ({', '.join(topology.sites)})"
+            + (f"; problems: {'; '.join(problems)}" if problems else ""),
+            site=here,
+            uri=where,
+            asset=label,
+        )
+
+    def _head(self, storage: SiteStorage, key: str, label: str):
+        try:
+            return storage.head(key)
+        except StorageError as err:
+            raise err.for_asset(label) from err
+
+    def _read(self, site: str, key: str, sha: str, label: str) -> bytes:
+        try:
+            data, _ = self.storage(site, label).read_bytes(key, sha)
+        except StorageError as err:
+            raise err.for_asset(label) from err
+        return data
+
+
+def _latest_materialization(instance, asset_key: AssetKey, partition: str | None):
+    result = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition is not None else None),
+        limit=1,
+    )
+    return result.records[0] if result.records else None
+
+
+def _current_replicas(instance, asset_key: AssetKey, partition: str | None, record) -> list[str]:
+    from dagster_gravity.locations import replicas_since
+
+    return replicas_since(instance, asset_key, partition, record)
