@@ -116,6 +116,8 @@ class DaskCluster:
                 "--no-dashboard",
                 "--local-directory", str(self.workdir / f"worker-{name}"),
                 "--death-timeout", "30",
+                # Import Dagster at start-up rather than in the first step.
+                "--preload", "dagster_gravity.pools.dask",
             ),
             cwd=self.workdir,
             env=_process_env(),

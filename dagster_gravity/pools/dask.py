@@ -1,0 +1,498 @@
+"""Scale-out pool backend: each step runs on a Dask distributed worker of the placed site.
+
+Site restriction. A worker declares its site with a Dask *resource*, ``site-<site>=<slots>``
+(`dask worker tcp://scheduler:8786 --resources "site-onprem-dc=1" --name onprem-dc-1`).
+A step placed at a site is submitted with ``resources={"site-<site>": 1}`` *and*
+``workers=[<one worker of that site>]``, ``allow_other_workers=False``. The resource keeps the
+step off every other site; the worker restriction means that when that worker dies, Dask has
+nowhere to re-run the task (it never runs it again silently, whatever the scheduler's
+``allowed-failures``): the backend cancels the task and reports the step as crashed, and
+Dagster's RetryPolicy decides about a retry, which the executor places again.
+
+Event streaming. The worker runs the step with `step_runner.StepRunner` (events are written to
+the Dagster instance from the worker, as with Dagster's own multiprocess children) and also
+publishes each event, serialized with Dagster's serdes, on the scheduler's event broker
+(`Worker.log_event` on one topic, `dagster-gravity/step-events`); the backend subscribes
+(`Client.subscribe_topic`), so events reach the executor while the step runs. Each message
+carries the task key and a sequence number; the task's return value holds the whole list,
+used only to fill a gap if a message was lost.
+
+Health. A pool is healthy while its scheduler is reachable and at least one worker declares
+``site-<site>``; the executor stops placing on an unhealthy pool and fails over. A step that
+was waiting for a worker of a site that lost all of them is reported NOT_STARTED, so the
+executor places it elsewhere.
+
+Configuration (executor config, per site or as the default):
+
+    pools:
+      per_site:
+        onprem-dc:     {backend: dask, scheduler: "tcp://dask-onprem:8786"}   # one scheduler per site
+        aws-us-east-1: {backend: dask, scheduler: "tcp://dask-aws:8786"}
+      # or one scheduler for all sites: the same address in each entry / in `default`.
+
+Workers run Dagster steps in threads of the worker process; Dagster is not thread safe, so
+start workers with ``--nthreads 1`` (scale with ``--nworkers N``) and ``site-<site>=1``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from dagster_gravity.pools.base import (
+    COMPLETED,
+    CRASHED,
+    NOT_STARTED,
+    PoolHealth,
+    StepEnded,
+    StepEvent,
+    StepRequest,
+    StepUpdate,
+    Submission,
+)
+
+EVENT_TOPIC = "dagster-gravity/step-events"
+SITE_RESOURCE_PREFIX = "site-"
+
+DASK_SETTINGS = {
+    "scheduler": "address of the Dask scheduler that serves this site's workers, e.g. tcp://10.0.0.5:8786 (required)",
+    "resources": "optional mapping of extra Dask resources each step needs, e.g. {GPU: 1}",
+    "connect_timeout_seconds": "seconds to wait for the scheduler when the run starts (default 10)",
+    "worker_refresh_seconds": "how often the list of workers is refreshed from the scheduler (default 1)",
+}
+
+
+def site_resource(site: str) -> str:
+    """The Dask resource a worker of `site` declares (and every step placed there needs)."""
+    return f"{SITE_RESOURCE_PREFIX}{site}"
+
+
+# ---------------------------------------------------------------------------------------
+# Worker side: runs inside a Dask worker process.
+# ---------------------------------------------------------------------------------------
+
+
+def dask_setup(worker) -> None:
+    """`dask worker --preload dagster_gravity.pools.dask`: import Dagster and the step runner
+    when the worker starts, so its first step does not pay for the import."""
+    import dagster_gravity.step_runner  # noqa: F401
+
+
+_RUNNERS: dict[tuple[str, str], Any] = {}
+_RUNNERS_LOCK = threading.Lock()
+
+
+def _runner_for(site: str, pool_id: str):
+    """One StepRunner per (site, pool) per worker process: Dagster, the code location and
+    each run's plan are loaded once and reused by every later step."""
+    with _RUNNERS_LOCK:
+        runner = _RUNNERS.get((site, pool_id))
+        if runner is None:
+            from dagster_gravity.step_runner import StepRunner
+
+            runner = StepRunner(site, pool_id)
+            _RUNNERS[(site, pool_id)] = runner
+        return runner
+
+
+def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key: str, known_state) -> list[str]:
+    """The Dask task: run one step, publish each event as it happens, return them all."""
+    from dagster import MetadataValue
+    from dagster._core.events import DagsterEvent
+    from dagster._serdes import serialize_value
+    from distributed import get_worker
+
+    worker = get_worker()
+    declared = worker.state.total_resources.get(site_resource(site), 0)
+    if declared <= 0:  # never happens through the backend; guards hand-made submissions
+        raise RuntimeError(
+            f"dask worker {worker.name} ({worker.address}) does not declare resource "
+            f"{site_resource(site)!r}; it may not run steps of site {site!r}"
+        )
+    worker.log_event(EVENT_TOPIC, {"key": task_key, "started": True, "worker_name": str(worker.name)})
+
+    runner = _runner_for(site, pool_id)
+    with _RUNNERS_LOCK:  # building a run's cache is not thread safe
+        runner.warm(payload)
+    cache = runner._runs[payload.run_id]  # for the log manager of the announcing event
+
+    def announce() -> DagsterEvent:
+        return DagsterEvent.step_worker_started(
+            cache.log_manager,
+            payload.dagster_run.job_name,
+            message=f'Executing step "{step_key}" on dask worker {worker.name} at site {site}.',
+            metadata={
+                "pid": MetadataValue.text(str(os.getpid())),
+                "gravity/site": MetadataValue.text(site),
+                "gravity/pool": MetadataValue.text(pool_id),
+                "gravity/worker": MetadataValue.text(str(worker.name)),
+                "dask/worker_address": MetadataValue.text(str(worker.address)),
+                "dask/task_key": MetadataValue.text(task_key),
+            },
+            step_key=step_key,
+        )
+
+    events: list[str] = []
+    for event in itertools.chain([announce()], runner.run_step(payload, step_key, known_state, announce=False)):
+        text = serialize_value(event)
+        worker.log_event(EVENT_TOPIC, {"key": task_key, "seq": len(events), "event": text})
+        events.append(text)
+    worker.log_event(EVENT_TOPIC, {"key": task_key, "end": len(events)})
+    return events
+
+
+# ---------------------------------------------------------------------------------------
+# Executor side.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    key: str  # the Dask task key
+    step_key: str
+    pool_id: str
+    worker_address: str
+    future: Any
+    started: bool = False
+    worker_name: str = ""
+    next_seq: int = 0
+    pending: dict[int, str] = field(default_factory=dict)  # seq -> event, arrived early
+    end: int | None = None  # number of events, once the worker said it is done
+    finished: bool = False
+
+
+@dataclass
+class _Scheduler:
+    """One Dask scheduler and what we know about its workers."""
+
+    address: str
+    client: Any = None
+    workers: dict[str, Mapping[str, float]] = field(default_factory=dict)  # address -> resources
+    names: dict[str, str] = field(default_factory=dict)  # address -> worker name
+    refreshed_at: float = 0.0
+    stale: bool = True
+    error: str = ""
+
+
+class DaskBackend:
+    """Runs steps on Dask workers restricted to the placed site (see the module docstring)."""
+
+    name = "dask"
+
+    def __init__(self, settings: Mapping[str, Any], *, worker_max_steps: int = 100, unhealthy_after: int = 3):
+        unknown = set(settings) - set(DASK_SETTINGS) - {"backend"}
+        if unknown:
+            raise ValueError(
+                f"dask pool backend: unknown setting(s) {sorted(unknown)}; expected some of {sorted(DASK_SETTINGS)}"
+            )
+        address = settings.get("scheduler")
+        if not isinstance(address, str) or not address:
+            raise ValueError(
+                f"dask pool backend: setting 'scheduler' is {address!r}; expected the address of a "
+                "Dask scheduler such as 'tcp://127.0.0.1:8786'"
+            )
+        extra = settings.get("resources") or {}
+        if not isinstance(extra, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in extra.items()
+        ):
+            raise ValueError(f"dask pool backend: setting 'resources' is {extra!r}; expected a mapping of name -> positive number")
+        self.settings = dict(settings)
+        self.address = address
+        self.extra_resources = dict(extra)
+        self.connect_timeout = float(settings.get("connect_timeout_seconds", 10))
+        self.refresh_seconds = float(settings.get("worker_refresh_seconds", 1))
+        self._scheduler = _Scheduler(address)
+        self._pools: dict[str, Any] = {}
+        self._payload = None
+        self._steps: dict[str, _Step] = {}  # task key -> step
+        self._inbox: queue.Queue = queue.Queue()  # from the client's thread to poll()
+        self._round_robin = itertools.count()
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def start(self, run, pools: Sequence[Any]) -> None:
+        from distributed import Client
+
+        # The worker builds the plan itself: the executor's in-memory plan is not shipped.
+        self._payload = run.without_plan() if hasattr(run, "without_plan") else run
+        self._pools = {pool.id: pool for pool in pools}
+        sched = self._scheduler
+        try:
+            sched.client = Client(sched.address, timeout=self.connect_timeout, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            sched.error = f"dask scheduler {sched.address} is unreachable: {exc}"
+            return
+        sched.client.subscribe_topic(EVENT_TOPIC, self._on_step_message)
+        sched.client.subscribe_topic("all", self._on_cluster_message)
+        self._refresh(force=True)
+
+    def free_slots(self, pool_id: str) -> int:
+        pool = self._pools[pool_id]
+        self._refresh()
+        capacity = sum(self._capacity(res, pool.site) for res in self._scheduler.workers.values())
+        busy = sum(1 for s in self._steps.values() if s.pool_id == pool_id and not s.finished)
+        return max(0, int(capacity) - busy)
+
+    def health(self, pool_id: str) -> PoolHealth:
+        pool = self._pools[pool_id]
+        self._refresh()
+        sched = self._scheduler
+        busy = sum(1 for s in self._steps.values() if s.pool_id == pool_id and not s.finished)
+        if sched.error:
+            return PoolHealth(False, sched.error, workers=0, busy=busy)
+        workers = self._site_workers(pool.site)
+        if not workers:
+            return PoolHealth(
+                False,
+                f"no Dask worker on scheduler {sched.address} declares resource {site_resource(pool.site)!r}",
+                workers=0,
+                busy=busy,
+            )
+        return PoolHealth(True, workers=len(workers), busy=busy)
+
+    def submit(self, pool_id: str, request: StepRequest) -> Submission:
+        pool = self._pools[pool_id]
+        sched = self._scheduler
+        if sched.client is None:
+            raise RuntimeError(f"pool {pool_id}: {sched.error or 'the Dask backend was not started'}")
+        self._refresh()
+        worker = self._choose_worker(pool)
+        if worker is None:
+            raise RuntimeError(
+                f"pool {pool_id} is unhealthy: no Dask worker on {sched.address} declares resource "
+                f"{site_resource(pool.site)!r}; it takes no steps"
+            )
+        key = f"gravity-{self._payload.run_id[:8]}-{request.step_key}-{request.attempt}-{uuid.uuid4().hex[:8]}"
+        resources = {site_resource(pool.site): 1, **self.extra_resources}
+        future = sched.client.submit(
+            run_step_on_worker,
+            key,
+            self._payload,
+            pool.site,
+            pool_id,
+            request.step_key,
+            request.known_state,
+            key=key,
+            resources=resources,
+            workers=[worker],
+            allow_other_workers=False,
+            retries=0,  # retries are Dagster's (RetryPolicy), never Dask's
+            pure=False,
+        )
+        step = _Step(key, request.step_key, pool_id, worker, future)
+        self._steps[key] = step
+        future.add_done_callback(lambda f, key=key: self._inbox.put(("done", key)))
+        name = sched.names.get(worker, worker)
+        return Submission(pool_id=pool_id, worker=f"dask worker {name} ({worker})")
+
+    def poll(self, timeout: float) -> list[StepUpdate]:
+        updates: list[StepUpdate] = []
+        try:  # wait for the first message, then take whatever else has arrived
+            item = self._inbox.get(timeout=max(0.0, timeout)) if timeout > 0 else self._inbox.get_nowait()
+            while True:
+                self._handle(item, updates)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+        self._check_orphans(updates)
+        return updates
+
+    def interrupt(self) -> None:
+        # Dask cannot interrupt a running thread: cancelling releases the tasks; a step that
+        # is already running finishes on its worker, and its events are no longer awaited.
+        live = [s.future for s in self._steps.values() if not s.finished]
+        if live and self._scheduler.client is not None:
+            self._scheduler.client.cancel(live, force=True)
+
+    def stop(self) -> None:
+        sched = self._scheduler
+        if sched.client is None:
+            return
+        live = [s.future for s in self._steps.values() if not s.finished]
+        try:
+            if live:
+                sched.client.cancel(live, force=True)
+            for topic in (EVENT_TOPIC, "all"):
+                try:
+                    sched.client.unsubscribe_topic(topic)
+                except ValueError:
+                    pass
+        finally:
+            sched.client.close()
+            sched.client = None
+            self._steps.clear()
+
+    # -- extras (tests, `gravity sites`) -------------------------------------------------
+
+    def site_workers(self, site: str) -> dict[str, str]:
+        """address -> name of the workers that declare `site`."""
+        self._refresh(force=True)
+        return {a: self._scheduler.names.get(a, a) for a in self._site_workers(site)}
+
+    # -- messages from the client's thread -----------------------------------------------
+
+    def _on_step_message(self, event) -> None:
+        _, message = event
+        if isinstance(message, dict) and message.get("key") in self._steps:
+            self._inbox.put(("step", message))
+
+    def _on_cluster_message(self, event) -> None:
+        _, message = event
+        if isinstance(message, dict) and message.get("action") in ("add-worker", "remove-worker"):
+            self._inbox.put(("cluster", message))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _handle(self, item, updates: list[StepUpdate]) -> None:
+        kind, body = item
+        if kind == "step":
+            step = self._steps.get(body["key"])
+            if step is None or step.finished:
+                return
+            if body.get("started"):
+                step.started = True
+                step.worker_name = body.get("worker_name", "")
+            elif "end" in body:
+                step.end = int(body["end"])
+            else:
+                step.pending[int(body["seq"])] = body["event"]
+            self._emit_in_order(step, updates)
+            if step.end is not None and step.next_seq >= step.end:
+                self._finish(step, StepEnded(step.step_key, COMPLETED, step.pool_id), updates)
+        elif kind == "done":
+            step = self._steps.get(body)
+            if step is not None and not step.finished:
+                self._on_future_done(step, updates)
+        elif kind == "cluster":
+            self._scheduler.stale = True
+            if body.get("action") == "remove-worker":
+                self._on_worker_removed(body.get("worker", ""), updates)
+
+    def _emit_in_order(self, step: _Step, updates: list[StepUpdate]) -> None:
+        from dagster._serdes import deserialize_value
+
+        while step.next_seq in step.pending:
+            text = step.pending.pop(step.next_seq)
+            step.next_seq += 1
+            event = deserialize_value(text)
+            updates.append(StepEvent(event.step_key or step.step_key, event))
+
+    def _on_future_done(self, step: _Step, updates: list[StepUpdate]) -> None:
+        future = step.future
+        if future.status == "finished":
+            if step.end is None or step.next_seq < step.end:
+                # A streamed message went missing: the return value holds every event.
+                events = future.result()
+                for seq in range(step.next_seq, len(events)):
+                    step.pending[seq] = events[seq]
+                step.end = len(events)
+                self._emit_in_order(step, updates)
+            self._finish(step, StepEnded(step.step_key, COMPLETED, step.pool_id), updates)
+        elif future.status == "error":
+            exc = future.exception()
+            error = _error_info(exc)
+            lost_worker = type(exc).__name__ == "KilledWorker"
+            where = f"dask worker {step.worker_name or step.worker_address} at site {self._pools[step.pool_id].site}"
+            if lost_worker:
+                outcome = CRASHED if step.started else NOT_STARTED
+                message = f"{where} died while running the step"
+            else:
+                outcome = COMPLETED
+                message = f"{where} raised: {error.message.strip()}"
+            self._finish(step, StepEnded(step.step_key, outcome, step.pool_id, message=message, error=error), updates)
+        # "cancelled": we cancelled it and already reported its end.
+
+    def _on_worker_removed(self, address: str, updates: list[StepUpdate]) -> None:
+        self._scheduler.workers.pop(address, None)
+        for step in list(self._steps.values()):
+            if step.finished or step.worker_address != address:
+                continue
+            # The task is restricted to that worker: Dask will not run it anywhere else.
+            site = self._pools[step.pool_id].site
+            name = step.worker_name or self._scheduler.names.get(address, address)
+            if step.started:
+                ended = StepEnded(
+                    step.step_key, CRASHED, step.pool_id,
+                    message=f"dask worker {name} ({address}) at site {site} left the cluster while running the step",
+                )
+            else:
+                ended = StepEnded(
+                    step.step_key, NOT_STARTED, step.pool_id,
+                    message=f"dask worker {name} ({address}) at site {site} left the cluster before the step started",
+                )
+            step.future.cancel()
+            self._finish(step, ended, updates)
+
+    def _check_orphans(self, updates: list[StepUpdate]) -> None:
+        """A step whose worker vanished without a remove-worker message reaching us."""
+        if not any(not s.finished for s in self._steps.values()):
+            return
+        self._refresh()
+        for step in list(self._steps.values()):
+            if not step.finished and step.worker_address not in self._scheduler.workers and not self._scheduler.stale:
+                self._on_worker_removed(step.worker_address, updates)
+
+    def _finish(self, step: _Step, ended: StepEnded, updates: list[StepUpdate]) -> None:
+        step.finished = True
+        updates.append(ended)
+        del self._steps[step.key]
+
+    def _refresh(self, force: bool = False) -> None:
+        sched = self._scheduler
+        if sched.client is None:
+            return
+        now = time.monotonic()
+        if not force and not sched.stale and now - sched.refreshed_at < self.refresh_seconds:
+            return
+        try:
+            info = sched.client.scheduler_info(n_workers=-1)
+        except (OSError, TimeoutError) as exc:
+            sched.error = f"dask scheduler {sched.address} is unreachable: {exc}"
+            sched.workers, sched.names = {}, {}
+            return
+        sched.error = ""
+        sched.workers = {
+            addr: dict(w.get("resources") or {})
+            for addr, w in info["workers"].items()
+            if w.get("status", "running") == "running"
+        }
+        sched.names = {addr: str(w.get("name", addr)) for addr, w in info["workers"].items()}
+        sched.refreshed_at = now
+        sched.stale = False
+
+    def _capacity(self, resources: Mapping[str, float], site: str) -> float:
+        """How many steps of `site` a worker with these resources can run at once."""
+        need = {site_resource(site): 1, **self.extra_resources}
+        return min(resources.get(name, 0) // amount for name, amount in need.items())
+
+    def _site_workers(self, site: str) -> list[str]:
+        return [a for a, res in self._scheduler.workers.items() if self._capacity(res, site) >= 1]
+
+    def _choose_worker(self, pool) -> str | None:
+        """The site's worker with the most free capacity (round robin among equals)."""
+        candidates = self._site_workers(pool.site)
+        if not candidates:
+            return None
+        busy: dict[str, int] = {}
+        for step in self._steps.values():
+            if not step.finished:
+                busy[step.worker_address] = busy.get(step.worker_address, 0) + 1
+        turn = next(self._round_robin)
+        ordered = candidates[turn % len(candidates):] + candidates[: turn % len(candidates)]
+        return max(
+            ordered,
+            key=lambda a: self._capacity(self._scheduler.workers[a], pool.site) - busy.get(a, 0),
+        )
+
+
+def _error_info(exc: BaseException):
+    from dagster._utils.error import serializable_error_info_from_exc_info
+
+    return serializable_error_info_from_exc_info((type(exc), exc, exc.__traceback__))

@@ -1,0 +1,79 @@
+"""Jobs the Dask backend tests run with the gravity executor.
+
+They live in an importable module because Dask workers rebuild them from a
+`ReconstructableJob` (module + name), exactly as in a real deployment.
+"""
+
+
+import json
+import os
+import time
+from pathlib import Path
+
+from dagster import Config, OpExecutionContext, RetryPolicy, job, op
+
+from dagster_gravity import gravity_executor
+from dagster_gravity.metadata import TAG_PIN
+from dagster_gravity.runtime import current_site
+
+# A test writes a sites file with these two sites, in this order (see tests/test_dask_backend.py).
+ONPREM = "onprem-dc"
+AWS = "aws-us-east-1"
+
+
+def _worker_name() -> str:
+    from distributed import get_worker
+
+    return str(get_worker().name)
+
+
+@op(tags={TAG_PIN: ONPREM})
+def at_onprem() -> dict:
+    return {"site": current_site(), "worker": _worker_name()}
+
+
+@op(tags={TAG_PIN: AWS})
+def at_aws(upstream: dict) -> dict:
+    return {"site": current_site(), "worker": _worker_name(), "upstream": upstream}
+
+
+@op
+def anywhere(upstream: dict) -> dict:
+    return {"site": current_site(), "worker": _worker_name(), "upstream": upstream}
+
+
+@job(executor_def=gravity_executor)
+def two_sites_job():
+    anywhere(at_aws(at_onprem()))
+
+
+class SlowConfig(Config):
+    marker_dir: str  # the test watches this directory to know the step is running
+    sleep_seconds: float = 60.0
+
+
+@op(tags={TAG_PIN: ONPREM}, retry_policy=RetryPolicy(max_retries=2))
+def slow_first_attempt(context: OpExecutionContext, config: SlowConfig) -> dict:
+    """The first attempt announces where it runs and sleeps (the test kills its worker)."""
+    info = {"worker": _worker_name(), "pid": os.getpid(), "attempt": context.retry_number, "site": current_site()}
+    marker = Path(config.marker_dir) / f"attempt-{context.retry_number}.json"
+    marker.write_text(json.dumps(info))
+    if context.retry_number == 0:
+        time.sleep(config.sleep_seconds)
+    return info
+
+
+@job(executor_def=gravity_executor)
+def killed_worker_job():
+    slow_first_attempt()
+
+
+@op
+def first_choice() -> dict:
+    """No inputs and no pin: placement picks the first pool of the topology."""
+    return {"site": current_site(), "worker": _worker_name()}
+
+
+@job(executor_def=gravity_executor)
+def failover_job():
+    first_choice()

@@ -1,0 +1,233 @@
+"""The Dask pool backend against a real `dask scheduler` and real `dask worker` processes.
+
+Workers declare their site with the resource ``site-<name>``; the gravity executor runs the
+jobs of tests/support/dask_jobs.py with every pool on the Dask backend.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterEventType, execute_job, reconstructable
+
+from dagster_gravity.pools.dask import DaskBackend, site_resource
+from tests.support import dask_jobs
+from tests.support.dask_cluster import dask_cluster  # noqa: F401  (fixture)
+from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
+
+
+def write_sites(path: Path, site_names: list[str]) -> Path:
+    """A topology of cpu pools with one slot, in this order, all in one residency zone."""
+    sites = [
+        {
+            "name": name,
+            "region": f"region-{i}",
+            "kind": "onprem" if name == dask_jobs.ONPREM else "cloud",
+            "storage": {"kind": "local", "path": str(path.parent / "storage" / name)},
+            "pools": [{"name": "cpu", "kind": "cpu", "slots": 1}],
+        }
+        for i, name in enumerate(site_names)
+    ]
+    path.write_text(yaml.safe_dump({"sites": sites, "residency": {"us": list(site_names)}}))
+    return path
+
+
+def run_config(sites_file: Path, scheduler: str, **extra) -> dict:
+    return {
+        "execution": {
+            "config": {
+                "sites_file": str(sites_file),
+                "locality_wait": 0.0,
+                "pools": {"default": {"backend": "dask", "scheduler": scheduler}},
+            }
+        },
+        **extra,
+    }
+
+
+def ensure_workers(cluster, wanted: dict[str, str]) -> None:
+    """Exactly the workers `wanted` (name -> site) are running; start them in parallel."""
+    for name, proc in list(cluster.workers.items()):
+        if name not in wanted and proc.poll() is None:
+            cluster.stop_worker(name)
+    missing = {n: s for n, s in wanted.items() if n not in cluster.workers or cluster.workers[n].poll() is not None}
+    for name, site in missing.items():
+        cluster.start_worker(name, site, wait=False)
+    cluster.wait_for_workers(set(wanted))
+    deadline = time.monotonic() + 30
+    while cluster.worker_names() != set(wanted):  # stopped ones have left the scheduler
+        assert time.monotonic() < deadline, f"workers {cluster.worker_names()} != {set(wanted)}"
+        time.sleep(0.1)
+
+
+def step_events(instance, run_id: str):
+    return [e.dagster_event for e in instance.all_logs(run_id) if e.dagster_event is not None]
+
+
+def placements(events) -> dict[str, list[str]]:
+    """step key -> the sites the executor placed it at, in order (one per attempt)."""
+    out: dict[str, list[str]] = {}
+    for ev in events:
+        if ev.event_type == DagsterEventType.ENGINE_EVENT and ev.step_key:
+            meta = ev.engine_event_data.metadata
+            if "gravity/site" in meta and "gravity/candidates" in meta:
+                out.setdefault(ev.step_key, []).append(meta["gravity/site"].value)
+    return out
+
+
+def workers_started(events) -> dict[str, list[dict]]:
+    """step key -> the Dask workers that announced the step, in order (one per attempt)."""
+    out: dict[str, list[dict]] = {}
+    for ev in events:
+        if ev.event_type == DagsterEventType.STEP_WORKER_STARTED:
+            meta = ev.engine_event_data.metadata
+            out.setdefault(ev.step_key, []).append(
+                {k: meta[k].value for k in ("gravity/site", "gravity/worker", "dask/worker_address")}
+            )
+    return out
+
+
+def test_each_step_runs_on_a_worker_of_its_placed_site(dask_cluster, instance, tmp_path):
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM, "aws-us-east-1-1": dask_jobs.AWS})
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM, dask_jobs.AWS])
+
+    with execute_job(
+        reconstructable(dask_jobs.two_sites_job), instance, run_config=run_config(sites, dask_cluster.address)
+    ) as result:
+        assert result.success
+        outputs = {key: result.output_for_node(key) for key in ("at_onprem", "at_aws", "anywhere")}
+        events = step_events(instance, result.run_id)
+
+    placed = placements(events)
+    started = workers_started(events)
+    assert placed["at_onprem"] == [dask_jobs.ONPREM]
+    assert placed["at_aws"] == [dask_jobs.AWS]
+    for step_key in ("at_onprem", "at_aws", "anywhere"):
+        (site,) = placed[step_key]
+        (worker,) = started[step_key]
+        # The event the worker wrote names a worker of the site the executor chose ...
+        assert worker["gravity/site"] == site
+        assert worker["gravity/worker"] == f"{site}-1"
+        # ... and the step itself saw that site and that worker.
+        assert outputs[step_key]["site"] == site
+        assert outputs[step_key]["worker"] == f"{site}-1"
+
+
+def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, instance, tmp_path):
+    ensure_workers(
+        dask_cluster,
+        {"onprem-dc-1": dask_jobs.ONPREM, "onprem-dc-2": dask_jobs.ONPREM, "aws-us-east-1-1": dask_jobs.AWS},
+    )
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM, dask_jobs.AWS])
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    config = run_config(
+        sites,
+        dask_cluster.address,
+        ops={"slow_first_attempt": {"config": {"marker_dir": str(markers), "sleep_seconds": 120}}},
+    )
+    outcome: dict = {}
+
+    def run() -> None:
+        with execute_job(reconstructable(dask_jobs.killed_worker_job), instance, run_config=config) as result:
+            outcome["success"] = result.success
+            outcome["run_id"] = result.run_id
+            outcome["output"] = result.output_for_node("slow_first_attempt") if result.success else None
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    first = markers / "attempt-0.json"
+    deadline = time.monotonic() + 60
+    while not first.exists():
+        assert thread.is_alive(), f"the run ended before its first attempt started: {outcome}"
+        assert time.monotonic() < deadline, "the first attempt did not start within 60 s"
+        time.sleep(0.05)
+    victim = json.loads(first.read_text())
+    assert victim["site"] == dask_jobs.ONPREM
+    dask_cluster.kill_worker(victim["worker"])  # SIGKILL mid-step
+
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the run did not finish within 60 s of the worker being killed"
+    assert outcome["success"], outcome
+    retry = json.loads((markers / "attempt-1.json").read_text())
+    survivor = ({"onprem-dc-1", "onprem-dc-2"} - {victim["worker"]}).pop()
+    assert retry["worker"] == survivor and retry["site"] == dask_jobs.ONPREM
+    assert outcome["output"]["attempt"] == 1
+
+    events = step_events(instance, outcome["run_id"])
+    types = [e.event_type for e in events if e.step_key == "slow_first_attempt"]
+    assert DagsterEventType.STEP_UP_FOR_RETRY in types
+    # One start and one restart: Dask never ran the step again on its own.
+    assert types.count(DagsterEventType.STEP_START) == 1
+    assert types.count(DagsterEventType.STEP_RESTARTED) == 1
+    retry_event = next(e for e in events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY)
+    assert victim["worker"] in retry_event.event_specific_data.error.message
+    assert [w["gravity/worker"] for w in workers_started(events)["slow_first_attempt"]] == [
+        victim["worker"],
+        survivor,
+    ]
+
+
+def test_site_without_workers_is_unhealthy_and_its_steps_fail_over(dask_cluster, instance, tmp_path):
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    # The step has no inputs, so placement would pick the first pool: aws, which has no worker.
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.AWS, dask_jobs.ONPREM])
+
+    with execute_job(
+        reconstructable(dask_jobs.failover_job), instance, run_config=run_config(sites, dask_cluster.address)
+    ) as result:
+        assert result.success
+        output = result.output_for_node("first_choice")
+        events = step_events(instance, result.run_id)
+
+    assert output == {"site": dask_jobs.ONPREM, "worker": "onprem-dc-1"}
+    unhealthy = [
+        e.message for e in events
+        if e.event_type == DagsterEventType.ENGINE_EVENT and "marked unhealthy" in (e.message or "")
+    ]
+    assert any(f"{dask_jobs.AWS}/cpu" in m and site_resource(dask_jobs.AWS) in m for m in unhealthy), unhealthy
+    placed = next(
+        e for e in events
+        if e.event_type == DagsterEventType.ENGINE_EVENT and e.step_key == "first_choice"
+        and "gravity/failover" in e.engine_event_data.metadata
+    )
+    assert placed.engine_event_data.metadata["gravity/site"].value == dask_jobs.ONPREM
+    assert f"{dask_jobs.AWS}/cpu unhealthy" in placed.engine_event_data.metadata["gravity/failover"].value
+
+
+def test_backend_reports_an_unreachable_scheduler_as_unhealthy():
+    from dagster_gravity.topology import Pool
+
+    backend = DaskBackend({"scheduler": "tcp://127.0.0.1:9", "connect_timeout_seconds": 0.5})
+    pool = Pool(site="onprem-dc", name="cpu", slots=1)
+
+    class _Run:
+        run_id = "r" * 36
+
+    backend.start(_Run(), [pool])
+    try:
+        health = backend.health(pool.id)
+        assert not health.healthy
+        assert "tcp://127.0.0.1:9" in health.reason and "unreachable" in health.reason
+        assert backend.free_slots(pool.id) == 0
+    finally:
+        backend.stop()
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({}, "setting 'scheduler' is None"),
+        ({"scheduler": "tcp://x:1", "schedular": "typo"}, "unknown setting(s) ['schedular']"),
+        ({"scheduler": "tcp://x:1", "resources": {"GPU": 0}}, "setting 'resources' is {'GPU': 0}"),
+    ],
+)
+def test_backend_settings_errors_name_the_setting(settings, expected):
+    with pytest.raises(ValueError) as err:
+        DaskBackend(settings)
+    assert expected in str(err.value)
