@@ -574,7 +574,7 @@ def checkpoint_metadata(version: Version, site: str | None = None) -> dict[str, 
     out: dict[str, Any] = {
         "gravity/checkpoint": version.label,
         "checkpoint/version": version.version,
-        "gravity/sha256": version.sha256,
+        "checkpoint/sha256": version.sha256,
         "checkpoint/size_bytes": version.size_bytes,
         "checkpoint/code_version": version.code_version,
         "checkpoint/lineage": version.lineage,

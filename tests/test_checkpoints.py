@@ -163,4 +163,4 @@ def test_checkpoint_metadata_surfaces_version_metrics_and_checksum(store):
     v = save(store, 1, auc=0.9)
     meta = checkpoint_metadata(v, site="onprem-dc")
     assert meta["checkpoint/version"] == 1 and meta["metric/auc"] == 0.9
-    assert meta["gravity/sha256"] == v.sha256 and meta["gravity/site"] == "onprem-dc"
+    assert meta["checkpoint/sha256"] == v.sha256 and meta["gravity/site"] == "onprem-dc"
