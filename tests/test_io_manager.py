@@ -1,0 +1,320 @@
+"""GravityIOManager end to end: real Dagster instance on disk, real SeaweedFS S3 sites and
+local sites; the site a step runs at is set with `running_at` as the executor's workers do."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DailyPartitionsDefinition,
+    In,
+    Out,
+    asset,
+    job,
+    materialize,
+    op,
+)
+
+from dagster_gravity import GravityIOManager
+from dagster_gravity.io_manager import load_topology
+from dagster_gravity.locations import latest_location
+from dagster_gravity.runtime import running_at
+from dagster_gravity.storage import (
+    ChecksumMismatch,
+    ObjectNotFound,
+    ResidencyError,
+    StorageError,
+    UnknownSite,
+    storage_for_site,
+)
+from tests.support.instance import dagster_home, instance  # noqa: F401
+from tests.support.s3 import s3_buckets, seaweedfs, write_sites_yaml  # noqa: F401
+from tests.test_storage import flip_byte_s3, visible_files
+
+VERSION = {"n": 1}
+
+
+@asset
+def up() -> pd.DataFrame:
+    n = VERSION["n"]
+    return pd.DataFrame({"a": [n, n + 1, n + 2], "b": ["x", "y", "z"]})
+
+
+@asset
+def down(up: pd.DataFrame) -> pd.DataFrame:
+    return up.assign(c=up["a"] * 2)
+
+
+@asset(metadata={"gravity/residency": "eu"})
+def eu_customers() -> pd.DataFrame:
+    return pd.DataFrame({"customer": ["anna", "bernd"], "spend": [10.5, 3.25]})
+
+
+@asset
+def eu_report(eu_customers: pd.DataFrame) -> dict:
+    return {"total": float(eu_customers["spend"].sum())}
+
+
+@pytest.fixture
+def sites(tmp_path, seaweedfs, s3_buckets):  # noqa: F811
+    return write_sites_yaml(tmp_path, seaweedfs.endpoint_url, s3_buckets)
+
+
+@pytest.fixture
+def io(sites):
+    return GravityIOManager(sites_file=str(sites), s3_connect_timeout_s=2, s3_read_timeout_s=10, s3_max_attempts=2)
+
+
+def store(io: GravityIOManager, site: str):
+    return storage_for_site(load_topology(io.sites_file), site)
+
+
+def run(assets, site, io, instance, selection=None, partition_key=None):  # noqa: F811
+    with running_at(site):
+        return materialize(
+            assets, selection=selection, resources={"io_manager": io}, instance=instance, partition_key=partition_key
+        )
+
+
+def run_failure(assets, site, io, instance, selection=None) -> BaseException:  # noqa: F811
+    """Run and return the StorageError (or TypeError) that failed the step."""
+    with pytest.raises(Exception) as err:
+        run(assets, site, io, instance, selection)
+    exc: BaseException | None = err.value
+    while exc is not None and not isinstance(exc, (StorageError, TypeError)):
+        exc = exc.__cause__
+    assert exc is not None, f"no StorageError in the cause chain of {err.value!r}"
+    return exc
+
+
+def observations(instance, key: str):  # noqa: F811
+    return instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey(key)), limit=100).records
+
+
+def meta_value(metadata, key):
+    return getattr(metadata[key], "value", metadata[key])
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def test_output_is_parquet_at_the_step_site_with_location_and_table_metadata(io, instance):  # noqa: F811
+    result = run([up], "s3-a", io, instance)
+    meta = result.asset_materializations_for_node("up")[0].metadata
+    bucket = store(io, "s3-a").bucket
+    assert meta_value(meta, "gravity/site") == "s3-a"
+    assert meta_value(meta, "gravity/replicas") == []
+    assert meta_value(meta, "dagster/uri") == f"s3://{bucket}/gravity/up.parquet"
+    assert meta_value(meta, "dagster/row_count") == 3
+    assert [c.name for c in meta["dagster/column_schema"].schema.columns] == ["a", "b"]
+    data, info = store(io, "s3-a").read_bytes("up.parquet")
+    assert meta_value(meta, "gravity/sha256") == hashlib.sha256(data).hexdigest() == info.sha256
+    assert meta_value(meta, "dagster/size_bytes") == len(data)
+    assert data[:4] == b"PAR1"
+
+
+@pytest.mark.parametrize("src,dst", [("s3-a", "us-local"), ("us-local", "s3-b"), ("s3-a", "s3-b")])
+def test_input_at_another_site_is_replicated_verified_and_recorded(io, instance, src, dst):  # noqa: F811
+    run([up], src, io, instance)
+    primary = latest_location(instance, "up")
+    assert store(io, dst).head("up.parquet") is None
+
+    result = run([up, down], dst, io, instance, selection=[down])
+    assert result.output_for_node("down")["c"].tolist() == [2, 4, 6]
+    replica = store(io, dst).head("up.parquet")
+    assert replica is not None and replica.sha256 == primary.sha256
+
+    [obs] = observations(instance, "up")
+    obs_meta = obs.asset_observation.metadata
+    assert meta_value(obs_meta, "gravity/replicas") == [dst]
+    assert meta_value(obs_meta, "gravity/sha256") == primary.sha256
+    assert meta_value(obs_meta, "gravity/bytes_moved") == primary.size_bytes > 0
+    location = latest_location(instance, "up")
+    assert location.site == src and location.replicas == (dst,)
+
+    # the next read at dst uses the verified local copy: nothing moves, nothing is recorded
+    run([up, down], dst, io, instance, selection=[down])
+    assert len(observations(instance, "up")) == 1
+
+
+def test_partitioned_asset_stores_one_object_per_partition(io, instance):  # noqa: F811
+    daily = DailyPartitionsDefinition(start_date="2024-01-01")
+
+    @asset(partitions_def=daily)
+    def events(context) -> pd.DataFrame:
+        return pd.DataFrame({"day": [context.partition_key] * 2})
+
+    @asset(partitions_def=daily)
+    def daily_count(events: pd.DataFrame) -> dict:
+        return {"rows": len(events), "day": events["day"].iloc[0]}
+
+    for day in ("2024-01-01", "2024-01-02"):
+        result = run([events], "us-local", io, instance, partition_key=day)
+        meta = result.asset_materializations_for_node("events")[0].metadata
+        assert meta_value(meta, "dagster/uri").endswith(f"/events/{day}.parquet")
+    assert store(io, "us-local").list_keys("events/") == ["events/2024-01-01.parquet", "events/2024-01-02.parquet"]
+
+    result = run([events, daily_count], "s3-a", io, instance, selection=[daily_count], partition_key="2024-01-02")
+    assert result.output_for_node("daily_count") == {"rows": 2, "day": "2024-01-02"}
+    assert store(io, "s3-a").list_keys("events/") == ["events/2024-01-02.parquet"]
+    assert latest_location(instance, "events", "2024-01-02").replicas == ("s3-a",)
+    assert latest_location(instance, "events", "2024-01-01").replicas == ()
+
+
+def test_arrow_numpy_and_json_outputs_round_trip_without_pickle(io, instance):  # noqa: F811
+    @asset
+    def table() -> pa.Table:
+        return pa.table({"x": [1.5, 2.5]})
+
+    @asset
+    def weights() -> np.ndarray:
+        return np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    @asset
+    def summary(table: pa.Table, weights: np.ndarray) -> dict:
+        assert isinstance(table, pa.Table)
+        return {"x": table.column("x").to_pylist(), "w": float(weights.sum())}
+
+    result = run([table, weights, summary], "us-local", io, instance)
+    assert result.output_for_node("summary") == {"x": [1.5, 2.5], "w": 15.0}
+    assert store(io, "us-local").list_keys() == ["summary.json", "table.parquet", "weights.npy"]
+
+    @asset
+    def unpicklable() -> object:
+        return object()
+
+    err = run_failure([unpicklable], "us-local", io, instance)
+    assert isinstance(err, TypeError) and "never pickles" in str(err)
+
+
+def test_op_outputs_outside_assets_are_stored_at_the_site(io, instance):  # noqa: F811
+    @op(out=Out(io_manager_key="io_manager"))
+    def make() -> dict:
+        return {"k": 1}
+
+    @op(ins={"value": In()})
+    def use(value: dict) -> int:
+        return value["k"] + 1
+
+    @job(resource_defs={"io_manager": io})
+    def ops_job():
+        use(make())
+
+    with running_at("eu-local"):
+        result = ops_job.execute_in_process(instance=instance)
+    assert result.output_for_node("use") == 2
+    assert any(k.startswith(f"ops/{result.run_id}/make/") for k in store(io, "eu-local").list_keys())
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_corrupted_object_fails_the_load_and_is_never_copied(io, instance):  # noqa: F811
+    run([up], "s3-a", io, instance)
+    flip_byte_s3(store(io, "s3-a"), "up.parquet", 10)
+    uri = latest_location(instance, "up")
+    bucket = store(io, "s3-a").bucket
+
+    err = run_failure([up, down], "s3-a", io, instance, selection=[down])
+    assert isinstance(err, ChecksumMismatch)
+    assert "'up'" in str(err) and "'s3-a'" in str(err) and f"s3://{bucket}/gravity/up.parquet" in str(err)
+
+    err = run_failure([up, down], "us-local", io, instance, selection=[down])
+    assert isinstance(err, ChecksumMismatch) and "'up'" in str(err)
+    assert store(io, "us-local").head("up.parquet") is None
+    assert uri.replicas == ()
+
+
+def test_missing_object_fails_with_asset_site_and_uri(io, instance, tmp_path):  # noqa: F811
+    run([up], "us-local", io, instance)
+    store(io, "us-local").delete("up.parquet")
+    err = run_failure([up, down], "us-local", io, instance, selection=[down])
+    assert isinstance(err, ObjectNotFound)
+    assert "'up'" in str(err) and "'us-local'" in str(err)
+    assert (tmp_path / "store/us/up.parquet").as_uri() in str(err)
+
+
+def test_residency_refuses_copy_out_of_the_zone(io, instance, tmp_path):  # noqa: F811
+    run([eu_customers], "eu-local", io, instance)
+    assert latest_location(instance, "eu_customers").residency == "eu"
+
+    err = run_failure([eu_customers, eu_report], "us-local", io, instance, selection=[eu_report])
+    assert isinstance(err, ResidencyError)
+    assert "'eu_customers'" in str(err) and "'us-local'" in str(err) and "'eu'" in str(err)
+    assert visible_files(tmp_path / "store" / "us") == []
+
+    # inside the zone the downstream step works
+    result = run([eu_customers, eu_report], "eu-local", io, instance, selection=[eu_report])
+    assert result.output_for_node("eu_report") == {"total": 13.75}
+
+
+def test_residency_refuses_writing_outside_the_zone(io, instance, tmp_path):  # noqa: F811
+    err = run_failure([eu_customers], "s3-b", io, instance)
+    assert isinstance(err, ResidencyError) and "'s3-b'" in str(err) and "'eu_customers'" in str(err)
+    assert store(io, "s3-b").list_keys() == []
+
+
+def test_stale_replica_is_never_read(io, instance):  # noqa: F811
+    VERSION["n"] = 1
+    try:
+        run([up], "s3-a", io, instance)
+        run([up, down], "us-local", io, instance, selection=[down])  # replica of v1 at us-local
+        assert latest_location(instance, "up").replicas == ("us-local",)
+
+        VERSION["n"] = 10
+        run([up], "s3-a", io, instance)  # v2 at the primary: the us-local copy is now stale
+        v2 = latest_location(instance, "up")
+        assert v2.replicas == ()
+        assert store(io, "us-local").head("up.parquet").sha256 != v2.sha256
+
+        # with the primary's object gone, the stale local copy must not be read instead
+        store(io, "s3-a").delete("up.parquet")
+        err = run_failure([up, down], "us-local", io, instance, selection=[down])
+        assert isinstance(err, ObjectNotFound) and "'s3-a'" in str(err) and "'up'" in str(err)
+
+        VERSION["n"] = 20
+        run([up], "s3-a", io, instance)
+        result = run([up, down], "us-local", io, instance, selection=[down])
+        assert result.output_for_node("down")["a"].tolist() == [20, 21, 22]
+        v3 = latest_location(instance, "up")
+        assert v3.replicas == ("us-local",)
+        assert store(io, "us-local").head("up.parquet").sha256 == v3.sha256
+    finally:
+        VERSION["n"] = 1
+
+
+def test_site_must_be_known(sites, instance, monkeypatch):  # noqa: F811
+    monkeypatch.delenv("GRAVITY_SITE", raising=False)
+    no_site = GravityIOManager(sites_file=str(sites))
+    with pytest.raises(Exception) as err:
+        materialize([up], resources={"io_manager": no_site}, instance=instance)
+    assert "default_site is not configured" in str(err.value.__cause__ or err.value)
+
+    unknown = GravityIOManager(sites_file=str(sites), default_site="mars")
+    with pytest.raises(Exception) as err:
+        materialize([up], resources={"io_manager": unknown}, instance=instance)
+    cause = err.value.__cause__ or err.value
+    assert isinstance(cause, UnknownSite) and "'mars'" in str(cause) and "known sites" in str(cause)
+
+    good = GravityIOManager(sites_file=str(sites), default_site="eu-local")
+    result = materialize([up], resources={"io_manager": good}, instance=instance)
+    assert meta_value(result.asset_materializations_for_node("up")[0].metadata, "gravity/site") == "eu-local"
+
+
+def test_s3_site_that_refuses_fails_with_a_clear_error(tmp_path, instance):  # noqa: F811
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sites = write_sites_yaml(tmp_path, f"http://127.0.0.1:{port}", ("dead-a", "dead-b"))
+    io = GravityIOManager(sites_file=str(sites), s3_connect_timeout_s=1, s3_read_timeout_s=1, s3_max_attempts=1)
+    err = run_failure([up], "s3-a", io, instance)
+    assert "refused the connection or timed out" in str(err)
+    assert "'up'" in str(err) and "'s3-a'" in str(err) and "s3://dead-a/gravity/up.parquet" in str(err)
