@@ -17,7 +17,7 @@ from dagster import DagsterEventType, execute_job, reconstructable
 
 from dagster_gravity.pools.dask import DaskBackend, site_resource
 from tests.support import dask_jobs
-from tests.support.dask_cluster import dask_cluster  # noqa: F401  (fixture)
+from tests.support.dask_cluster import DaskCluster, dask_cluster  # noqa: F401  (fixture)
 from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
 
@@ -198,6 +198,72 @@ def test_site_without_workers_is_unhealthy_and_its_steps_fail_over(dask_cluster,
     )
     assert placed.engine_event_data.metadata["gravity/site"].value == dask_jobs.ONPREM
     assert f"{dask_jobs.AWS}/cpu unhealthy" in placed.engine_event_data.metadata["gravity/failover"].value
+
+
+def test_events_reach_the_executor_while_the_step_runs(dask_cluster, instance):
+    from dagster._core.execution.plan.state import KnownExecutionState
+    from dagster._core.execution.retries import RetryMode
+
+    from dagster_gravity.pools.base import StepEnded, StepEvent, StepRequest
+    from dagster_gravity.step_runner import RunPayload
+    from dagster_gravity.topology import Pool
+
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    job_def = dask_jobs.streaming_job
+    dagster_run = instance.create_run_for_job(job_def, run_config={})
+    payload = RunPayload(
+        run_id=dagster_run.run_id,
+        instance_ref=instance.get_ref(),
+        dagster_run=dagster_run,
+        run_config={},
+        recon_job=reconstructable(job_def),
+        retry_mode=RetryMode.ENABLED,
+    )
+    pool = Pool(site=dask_jobs.ONPREM, name="cpu", slots=1)
+    backend = DaskBackend({"scheduler": dask_cluster.address})
+    backend.start(payload, [pool])
+    try:
+        submission = backend.submit(pool.id, StepRequest("logs_then_sleeps", KnownExecutionState()))
+        assert "onprem-dc-1" in submission.worker
+        arrived: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while "end" not in arrived:
+            assert time.monotonic() < deadline, f"step did not end within 60 s; saw {arrived}"
+            for update in backend.poll(0.1):
+                if isinstance(update, StepEvent):
+                    arrived.setdefault(update.event.event_type_value, time.monotonic())
+                else:
+                    assert isinstance(update, StepEnded) and update.outcome == "completed", update
+                    arrived["end"] = time.monotonic()
+    finally:
+        backend.stop()
+    # The step sleeps 3 s after it starts: its first events came while it was running.
+    assert arrived["end"] - arrived["STEP_START"] > 2.0, arrived
+    assert arrived["end"] - arrived["STEP_WORKER_STARTED"] > 2.0, arrived
+    assert "STEP_SUCCESS" in arrived
+
+
+def test_one_scheduler_per_site(dask_cluster, instance, tmp_path):
+    """onprem-dc's workers on the shared scheduler, aws-us-east-1's on a scheduler of its own."""
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    aws = DaskCluster(workdir=tmp_path / "aws-scheduler")
+    aws.workdir.mkdir()
+    try:
+        aws.start_scheduler()
+        aws.start_worker("aws-us-east-1-1", dask_jobs.AWS)
+        sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM, dask_jobs.AWS])
+        config = run_config(sites, dask_cluster.address)
+        config["execution"]["config"]["pools"]["per_site"] = {
+            dask_jobs.AWS: {"backend": "dask", "scheduler": aws.address}
+        }
+        with execute_job(reconstructable(dask_jobs.two_sites_job), instance, run_config=config) as result:
+            assert result.success
+            outputs = {key: result.output_for_node(key) for key in ("at_onprem", "at_aws")}
+    finally:
+        aws.stop()
+    assert outputs["at_onprem"]["worker"] == "onprem-dc-1"
+    assert outputs["at_aws"]["worker"] == "aws-us-east-1-1"
+    assert all(proc.poll() is not None for proc in [aws.scheduler, *aws.workers.values()])
 
 
 def test_backend_reports_an_unreachable_scheduler_as_unhealthy():

@@ -214,6 +214,9 @@ class DaskBackend:
         self._steps: dict[str, _Step] = {}  # task key -> step
         self._inbox: queue.Queue = queue.Queue()  # from the client's thread to poll()
         self._round_robin = itertools.count()
+        self.unhealthy_after = max(1, int(unhealthy_after))
+        self._failures: dict[str, int] = {}  # pool id -> consecutive lost workers
+        self._ended: list[StepUpdate] = []  # ends decided outside poll(), reported by it
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -245,8 +248,17 @@ class DaskBackend:
         self._refresh()
         sched = self._scheduler
         busy = sum(1 for s in self._steps.values() if s.pool_id == pool_id and not s.finished)
+        failures = self._failures.get(pool_id, 0)
         if sched.error:
-            return PoolHealth(False, sched.error, workers=0, busy=busy)
+            return PoolHealth(False, sched.error, workers=0, busy=busy, consecutive_failures=failures)
+        if failures >= self.unhealthy_after:
+            return PoolHealth(
+                False,
+                f"{failures} consecutive steps lost their Dask worker at site {pool.site}",
+                workers=len(self._site_workers(pool.site)),
+                busy=busy,
+                consecutive_failures=failures,
+            )
         workers = self._site_workers(pool.site)
         if not workers:
             return PoolHealth(
@@ -255,7 +267,7 @@ class DaskBackend:
                 workers=0,
                 busy=busy,
             )
-        return PoolHealth(True, workers=len(workers), busy=busy)
+        return PoolHealth(True, workers=len(workers), busy=busy, consecutive_failures=failures)
 
     def submit(self, pool_id: str, request: StepRequest) -> Submission:
         pool = self._pools[pool_id]
@@ -293,7 +305,9 @@ class DaskBackend:
         return Submission(pool_id=pool_id, worker=f"dask worker {name} ({worker})")
 
     def poll(self, timeout: float) -> list[StepUpdate]:
-        updates: list[StepUpdate] = []
+        updates, self._ended = self._ended, []
+        if updates:
+            timeout = 0.0
         try:  # wait for the first message, then take whatever else has arrived
             item = self._inbox.get(timeout=max(0.0, timeout)) if timeout > 0 else self._inbox.get_nowait()
             while True:
@@ -305,11 +319,25 @@ class DaskBackend:
         return updates
 
     def interrupt(self) -> None:
-        # Dask cannot interrupt a running thread: cancelling releases the tasks; a step that
-        # is already running finishes on its worker, and its events are no longer awaited.
-        live = [s.future for s in self._steps.values() if not s.finished]
-        if live and self._scheduler.client is not None:
-            self._scheduler.client.cancel(live, force=True)
+        # Dask cannot interrupt a thread that runs a step: the task is cancelled and the step
+        # reported as ended now; a step already running finishes on its worker in the background.
+        live = [s for s in self._steps.values() if not s.finished]
+        if not live or self._scheduler.client is None:
+            return
+        self._scheduler.client.cancel([s.future for s in live], force=True)
+        for step in live:
+            where = f"dask worker {step.worker_name or step.worker_address}"
+            self._finish(
+                step,
+                StepEnded(
+                    step.step_key,
+                    CRASHED if step.started else NOT_STARTED,
+                    step.pool_id,
+                    message=f"run interrupted: the Dask task on {where} was cancelled",
+                ),
+                self._ended,
+                count_failure=False,
+            )
 
     def stop(self) -> None:
         sched = self._scheduler
@@ -407,7 +435,19 @@ class DaskBackend:
                 outcome = COMPLETED
                 message = f"{where} raised: {error.message.strip()}"
             self._finish(step, StepEnded(step.step_key, outcome, step.pool_id, message=message, error=error), updates)
-        # "cancelled": we cancelled it and already reported its end.
+        else:  # "cancelled" by someone else: we drop the steps we cancel before this runs
+            where = f"dask worker {step.worker_name or step.worker_address}"
+            self._finish(
+                step,
+                StepEnded(
+                    step.step_key,
+                    CRASHED if step.started else NOT_STARTED,
+                    step.pool_id,
+                    message=f"the Dask task on {where} was cancelled (scheduler {self.address} "
+                    "connection lost or task cancelled outside this run)",
+                ),
+                updates,
+            )
 
     def _on_worker_removed(self, address: str, updates: list[StepUpdate]) -> None:
         self._scheduler.workers.pop(address, None)
@@ -439,10 +479,14 @@ class DaskBackend:
             if not step.finished and step.worker_address not in self._scheduler.workers and not self._scheduler.stale:
                 self._on_worker_removed(step.worker_address, updates)
 
-    def _finish(self, step: _Step, ended: StepEnded, updates: list[StepUpdate]) -> None:
+    def _finish(self, step: _Step, ended: StepEnded, updates: list[StepUpdate], count_failure: bool = True) -> None:
         step.finished = True
         updates.append(ended)
         del self._steps[step.key]
+        if ended.outcome == COMPLETED:
+            self._failures[step.pool_id] = 0
+        elif count_failure:
+            self._failures[step.pool_id] = self._failures.get(step.pool_id, 0) + 1
 
     def _refresh(self, force: bool = False) -> None:
         sched = self._scheduler

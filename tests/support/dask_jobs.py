@@ -77,3 +77,15 @@ def first_choice() -> dict:
 @job(executor_def=gravity_executor)
 def failover_job():
     first_choice()
+
+
+@op(tags={TAG_PIN: ONPREM})
+def logs_then_sleeps(context: OpExecutionContext) -> int:
+    context.log.info("started; now sleeping")
+    time.sleep(3)
+    return 1
+
+
+@job(executor_def=gravity_executor)
+def streaming_job():
+    logs_then_sleeps()
