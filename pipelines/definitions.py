@@ -1,7 +1,7 @@
 """The reference code location: `dagster dev -w workspace.yaml` loads `defs` from here.
 
-The sites file is $GRAVITY_SITES or ./sites.yaml (read when this module is imported, so
-worker processes that re-import it see the same topology through the environment).
+The sites file is $GRAVITY_SITES or ./sites.yaml, resolved when a resource, sensor or the
+executor runs (not at import), so one imported code location can serve another topology.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pipelines.features import FEATURE_ASSETS, STATS_ASSETS
 from pipelines.jobs import ASSET_JOBS, daily_features_schedule, ingest_jobs, retrain_job
 from pipelines.model import MODEL_ASSETS, rollback_job
 from pipelines.raw import RAW_ASSETS
-from resources import project_resources, sites_file
+from resources import ensure_sites_env, project_resources
 from sensors.drift import make_drift_sensor
 from sensors.landing import make_landing_sensor
 
@@ -29,7 +29,7 @@ def default_executor():
     return gravity_executor
 
 
-def build_sensors(sites: str) -> list:
+def build_sensors(sites: str | None = None) -> list:
     landing = [
         make_landing_sensor(REFERENCE_SITE, ["items"], ingest_jobs[REFERENCE_SITE], sites),
         make_landing_sensor(EU_SITE, ["eu_customers"], ingest_jobs[EU_SITE], sites),
@@ -45,7 +45,8 @@ def build_sensors(sites: str) -> list:
 
 
 def build_defs(sites: str | None = None, executor=None) -> Definitions:
-    sites = sites or sites_file()
+    """`sites` None: every part reads $GRAVITY_SITES when it runs (see ensure_sites_env)."""
+    ensure_sites_env()
     return Definitions(
         assets=[*RAW_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS],
         jobs=[*ASSET_JOBS, rollback_job],

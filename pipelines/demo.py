@@ -110,9 +110,8 @@ def main(argv=None) -> int:
             sensor = sensors[name]
             with build_sensor_context(instance=instance, definitions=defs) as ctx:
                 requests = sensor.evaluate_tick(ctx).run_requests or []
-            new = [r for r in requests if r.partition_key == NEW_DAY]
-            say(f"sensor {name}: {len(requests)} run request(s); launching those for {NEW_DAY}")
-            for r in new:
+            say(f"sensor {name}: {len(requests)} run request(s) {[r.run_key for r in requests]}")
+            for r in requests:
                 launch(sensor.job_name, r.partition_key, {**r.tags, "dagster/run_key": r.run_key, "dagster/sensor_name": name})
 
         drift = sensors["feature_drift_sensor"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 
 from dagster_gravity.checkpoints import CheckpointStore
 from dagster_gravity.topology import Topology, default_sites_path
@@ -18,9 +18,20 @@ from resources.landing import LandingArea
 CHECKPOINT_SITE = "onprem-dc"  # the models train on the on-prem GPUs; keep them there
 
 
+SITES_ENV = "GRAVITY_SITES"
+
+
 def sites_file() -> str:
     """$GRAVITY_SITES or sites.yaml, as an absolute path (worker processes may chdir)."""
     return os.path.abspath(default_sites_path())
+
+
+def ensure_sites_env() -> str:
+    """Export $GRAVITY_SITES (default: ./sites.yaml, absolute) so that resources, sensors
+    and the executor all resolve the topology from the environment when they run, not when
+    the code location was imported: a test or the demo can point them at another topology."""
+    os.environ.setdefault(SITES_ENV, sites_file())
+    return os.environ[SITES_ENV]
 
 
 class SitesResource(ConfigurableResource):
@@ -42,7 +53,7 @@ class CheckpointsResource(ConfigurableResource):
         return CheckpointStore.for_site(Topology.from_yaml(self.sites_file), self.site, self.prefix)
 
 
-def site_io_manager(sites_file: str, default_site: str = CHECKPOINT_SITE):
+def site_io_manager(sites_file, default_site: str = CHECKPOINT_SITE):
     """The site-aware IO manager (GravityIOManager once it exists, else the interim one)."""
     try:
         from dagster_gravity.io_manager import GravityIOManager
@@ -54,9 +65,11 @@ def site_io_manager(sites_file: str, default_site: str = CHECKPOINT_SITE):
 
 
 def project_resources(sites: str | None = None) -> dict:
-    sites = sites or sites_file()
+    """The resources, reading the sites file from $GRAVITY_SITES at run time unless given."""
+    ensure_sites_env()
+    sites_value = sites if sites else EnvVar(SITES_ENV)
     return {
-        "io_manager": site_io_manager(sites),
-        "sites": SitesResource(sites_file=sites),
-        "checkpoints": CheckpointsResource(sites_file=sites),
+        "io_manager": site_io_manager(sites_value),
+        "sites": SitesResource(sites_file=sites_value),
+        "checkpoints": CheckpointsResource(sites_file=sites_value),
     }

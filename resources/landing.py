@@ -35,6 +35,7 @@ class LandingFile:
     key: str  # path relative to the site's storage root (or bucket prefix)
     size_bytes: int
     version: str  # what changes when the file is rewritten: S3 ETag, or local mtime_ns
+    modified: float = 0.0  # seconds since the epoch
 
 
 def s3_client(spec: StorageSpec):
@@ -128,7 +129,8 @@ class LandingArea:
             if m and entry.is_file():
                 st = entry.stat()
                 files.append(
-                    LandingFile(self.site, dataset, m["date"], self.key(dataset, m["date"]), st.st_size, f"mtime{st.st_mtime_ns}")
+                    LandingFile(self.site, dataset, m["date"], self.key(dataset, m["date"]), st.st_size,
+                                f"mtime{st.st_mtime_ns}", st.st_mtime)
                 )
         return files
 
@@ -138,8 +140,12 @@ class LandingArea:
             name = obj["Key"].rsplit("/", 1)[-1]
             m = _FILE.match(name)
             if m:
-                etag = str(obj.get("ETag", "")).strip('"') or _ts(obj.get("LastModified"))
-                files.append(LandingFile(self.site, dataset, m["date"], self.key(dataset, m["date"]), int(obj.get("Size", 0)), f"etag{etag}"))
+                modified = obj.get("LastModified")
+                etag = str(obj.get("ETag", "")).strip('"') or _ts(modified)
+                files.append(LandingFile(
+                    self.site, dataset, m["date"], self.key(dataset, m["date"]), int(obj.get("Size", 0)),
+                    f"etag{etag}", modified.timestamp() if isinstance(modified, datetime) else 0.0,
+                ))
         return sorted(files, key=lambda f: f.partition)
 
 

@@ -3,7 +3,9 @@ site's ingest job (raw -> features -> stats) for that day.
 
 The run key is ``site:dataset:partition:version`` (version: the S3 ETag, or the local
 file's mtime), so the same file can never be ingested twice, while a rewritten file is.
-A day whose inputs from other sites are not materialized yet is left for a later tick.
+A day whose inputs from other sites are not materialized yet is left for a later tick; a
+file that was already ingested after it landed (its raw asset partition materialized later
+than the file's modification time, e.g. by a backfill or the schedule) is not requested again.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import json
 from typing import Mapping, Sequence
 
-from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+from dagster import AssetKey, AssetRecordsFilter, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 from dagster_aws.s3.sensor import get_objects
 
-from dagster_gravity.topology import Topology
+from dagster_gravity.topology import Topology, default_sites_path
 from resources.landing import LandingArea, LandingFile, s3_client
 
 
@@ -26,6 +28,13 @@ def list_landing(area: LandingArea, dataset: str) -> list[LandingFile]:
     return area.list(dataset)
 
 
+def ingested_after_landing(instance, asset_key: AssetKey, f: LandingFile) -> bool:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[f.partition]), limit=1
+    ).records
+    return bool(records) and records[0].timestamp > f.modified
+
+
 def run_key(f: LandingFile) -> str:
     return f"{f.site}:{f.dataset}:{f.partition}:{f.version}"
 
@@ -34,11 +43,13 @@ def make_landing_sensor(
     site: str,
     datasets: Sequence[str],
     job,
-    sites_file: str,
+    sites_file: str | None = None,
     requires: Mapping[str, Sequence[AssetKey]] | None = None,
     minimum_interval_seconds: int = 30,
 ):
-    """`requires`: dataset -> assets from other sites that must hold the same partition
+    """The site's raw asset for a dataset is `raw_<dataset>`.
+    `sites_file` None: $GRAVITY_SITES (else ./sites.yaml) at each evaluation.
+    `requires`: dataset -> assets from other sites that must hold the same partition
     before the job can run (e.g. the reference table a point-in-time join needs)."""
     requires = dict(requires or {})
 
@@ -50,13 +61,16 @@ def make_landing_sensor(
         description=f"New files in the landing area of {site} ({', '.join(datasets)}) -> {job.name}",
     )
     def _landing(context: SensorEvaluationContext):
-        area = LandingArea(Topology.from_yaml(sites_file), site)
+        area = LandingArea(Topology.from_yaml(sites_file or default_sites_path()), site)
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         waiting = []
         requests = []
         for dataset in datasets:
             for f in list_landing(area, dataset):
                 if seen.get(f.key) == f.version:
+                    continue
+                if ingested_after_landing(context.instance, AssetKey(f"raw_{dataset}"), f):
+                    seen[f.key] = f.version
                     continue
                 missing = [
                     key.to_user_string()
