@@ -9,19 +9,19 @@ from pipelines.common import DAILY, GROUPS, TRAINING_GROUP
 SITE_GROUPS = AssetSelection.groups(*GROUPS.values())
 
 # Everything for one day: raw -> features -> stats -> train -> evaluate -> gate.
-everything_job = define_asset_job("everything_job", selection=AssetSelection.all(), partitions_def=DAILY)
+everything_job = define_asset_job("everything_job", selection=AssetSelection.all())
 
 # The day's features at every site (what the schedule runs).
-daily_features_job = define_asset_job("daily_features_job", selection=SITE_GROUPS, partitions_def=DAILY)
+daily_features_job = define_asset_job("daily_features_job", selection=SITE_GROUPS, partitions_def=DAILY)  # the schedule needs it
 
 # One per site: that site's raw data, features and stats (what its landing sensor requests).
 ingest_jobs = {
-    site: define_asset_job(f"ingest_{group}_job", selection=AssetSelection.groups(group), partitions_def=DAILY)
+    site: define_asset_job(f"ingest_{group}_job", selection=AssetSelection.groups(group))
     for site, group in GROUPS.items()
 }
 
 # Train, evaluate, gate (what the drift sensor requests).
-retrain_job = define_asset_job("retrain_job", selection=AssetSelection.groups(TRAINING_GROUP), partitions_def=DAILY)
+retrain_job = define_asset_job("retrain_job", selection=AssetSelection.groups(TRAINING_GROUP))
 
 # Runs after each day ends, for that day's partition, at 00:30 UTC.
 daily_features_schedule = build_schedule_from_partitioned_job(daily_features_job, minute_of_hour=30)
