@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -127,6 +128,9 @@ def main(argv=None) -> int:
     from dagster import DagsterInstance
 
     from tests.support.dask_cluster import DaskCluster
+
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the Dask processes are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="gravity-dask-bench-") as tmp:
         home = Path(tmp, "dagster_home")

@@ -475,8 +475,10 @@ class DaskBackend:
         if not any(not s.finished for s in self._steps.values()):
             return
         self._refresh()
+        if self._scheduler.error or self._scheduler.stale:
+            return  # no reliable worker list: a lost connection cancels the futures instead
         for step in list(self._steps.values()):
-            if not step.finished and step.worker_address not in self._scheduler.workers and not self._scheduler.stale:
+            if not step.finished and step.worker_address not in self._scheduler.workers:
                 self._on_worker_removed(step.worker_address, updates)
 
     def _finish(self, step: _Step, ended: StepEnded, updates: list[StepUpdate], count_failure: bool = True) -> None:
