@@ -1,0 +1,150 @@
+"""The reference pipeline end to end with the gravity executor on a real on-disk instance:
+every asset at its site, kill-and-resume training, corrupted-checkpoint fallback, rollback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType
+
+from dagster_gravity.checkpoints import CheckpointStore
+from dagster_gravity.metadata import plain_value
+from dagster_gravity.topology import Topology
+from pipelines.definitions import defs
+from pipelines.training import MODEL_NAME
+from tests.support.instance import dagster_home, instance  # noqa: F401
+from tests.support.pipeline import generate_days, pipeline_sites, run_job, training_run_config  # noqa: F401
+
+DAY1, DAY2 = "2026-01-01", "2026-01-02"
+
+
+def latest_metadata(instance, asset: str, partition: str) -> dict:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    assert records, f"{asset} [{partition}] was never materialized"
+    return {k: plain_value(v) for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def run_events(instance, run_id, event_type):
+    return [e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type == event_type]
+
+
+def store_for(sites) -> CheckpointStore:
+    return CheckpointStore.for_site(Topology.from_yaml(sites), "onprem-dc")
+
+
+def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site(pipeline_sites, instance):
+    generate_days(pipeline_sites, [DAY1])
+    run_id, ok, failures = run_job(instance, "everything_job", DAY1)
+    assert ok, failures
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        expected = plain_value(graph.get(key).metadata["gravity/site"])
+        meta = latest_metadata(instance, key.to_user_string(), DAY1)
+        assert meta["gravity/site"] == expected, f"{key.to_user_string()} at {meta['gravity/site']}, expected {expected}"
+        assert meta["dagster/size_bytes"] > 0 and len(meta["gravity/sha256"]) == 64
+    # EU personal data is stored only in the EU and never replicated out of it.
+    for asset in ("raw_eu_customers", "eu_customer_features"):
+        meta = latest_metadata(instance, asset, DAY1)
+        assert meta["gravity/residency"] == "eu" and meta["gravity/replicas"] == []
+    assert "gravity/residency" not in latest_metadata(instance, "eu_segment_features", DAY1)
+
+    # The executor placed every step and said where; training went to the GPU pool.
+    placements = {
+        e.step_key: plain_value(e.dagster_event.engine_event_data.metadata["gravity/pool"])
+        for e in run_events(instance, run_id, DagsterEventType.ENGINE_EVENT)
+        if "gravity/pool" in (e.dagster_event.engine_event_data.metadata or {}) and e.step_key
+    }
+    assert len(placements) == len(graph.get_all_asset_keys())
+    assert placements["model_checkpoint"] == "onprem-dc/gpu"
+    assert placements["eu_customer_features"].startswith("eu-colo/")
+
+    ckpt = latest_metadata(instance, "model_checkpoint", DAY1)
+    assert ckpt["checkpoint/version"] == 1 and len(ckpt["checkpoint/sha256"]) == 64
+    assert ckpt["train/start_batch"] == 0 and "metric/train_log_loss" in ckpt
+    gate = latest_metadata(instance, "promoted_model", DAY1)
+    assert gate["gate/decision"] == "promoted" and gate["checkpoint/version"] == 1
+    assert store_for(pipeline_sites).promoted(MODEL_NAME) == 1
+
+
+def test_killed_training_step_resumes_from_its_intermediate_checkpoint(pipeline_sites, instance, dagster_home):
+    generate_days(pipeline_sites, [DAY1])
+    assert run_job(instance, "everything_job", DAY1)[1]
+    progress_root = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "_intermediate"
+
+    # Retrain in another process, slowly, and SIGKILL it once it has saved progress.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.pipeline", "retrain_job", DAY1, "128", "0.15"],
+        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not list(progress_root.glob("*/state.json")):
+            assert proc.poll() is None, f"training run ended before saving progress: {proc.stdout.read()!r}"
+            assert time.monotonic() < deadline, "no intermediate checkpoint within 90 s"
+            time.sleep(0.1)
+        time.sleep(0.4)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run process and its forked workers
+        proc.wait(timeout=30)
+    [state] = list(progress_root.glob("*/state.json"))
+    import json
+
+    saved_at = json.loads(state.read_text())["next_batch"]
+    assert saved_at >= 4
+    assert store_for(pipeline_sites).versions(MODEL_NAME) == [1]  # the killed run saved no version
+
+    run_id, ok, failures = run_job(instance, "retrain_job", DAY1, training_run_config(batch_rows=128))
+    assert ok, failures
+    meta = latest_metadata(instance, "model_checkpoint", DAY1)
+    assert meta["train/resumed"] is True
+    assert meta["train/start_batch"] >= saved_at
+    assert meta["train/start_batch"] < meta["train/total_batches"]
+    assert meta["checkpoint/version"] == 2 and meta["train/warm_start_from"] == 1
+    assert not list(progress_root.glob("*/state.json"))  # progress is cleared once the version exists
+
+
+def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores(pipeline_sites, instance):
+    generate_days(pipeline_sites, [DAY1, DAY2])
+    for day in (DAY1, DAY2):
+        assert run_job(instance, "everything_job", day)[1]
+    store = store_for(pipeline_sites)
+    assert store.promoted(MODEL_NAME) == 2
+
+    weights = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "v2" / "weights.npz"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    run_id, ok, failures = run_job(instance, "retrain_job", DAY2)
+    assert ok, failures
+    refusals = [
+        e.dagster_event.asset_observation_data.asset_observation.metadata
+        for e in run_events(instance, run_id, DagsterEventType.ASSET_OBSERVATION)
+        if "checkpoint/refused_version" in e.dagster_event.asset_observation_data.asset_observation.metadata
+    ]
+    assert refusals, "no event reported the corrupted checkpoint"
+    assert plain_value(refusals[0]["checkpoint/refused_version"]) == 2
+    assert plain_value(refusals[0]["checkpoint/used_version"]) == 1
+    assert "corrupted" in plain_value(refusals[0]["checkpoint/refused_reason"])
+    warnings = [e.message for e in instance.all_logs(run_id) if "refused checkpoint conversion@v2" in (e.user_message or "")]
+    assert warnings
+    meta = latest_metadata(instance, "model_checkpoint", DAY2)
+    assert meta["train/warm_start_from"] == 1 and meta["checkpoint/version"] == 3
+
+    promoted_before = store.promoted(MODEL_NAME)
+    run_id, ok, failures = run_job(
+        instance, "rollback_job", run_config={"ops": {"rollback_model": {"config": {"to_version": 1}}}}
+    )
+    assert ok, failures
+    assert store.promoted(MODEL_NAME) == 1
+    history = store.promotion_history(MODEL_NAME)
+    assert history[-1]["action"] == "rollback" and history[-2]["version"] == promoted_before
+    assert store.load(MODEL_NAME, 1).version.version == 1
