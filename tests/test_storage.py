@@ -344,3 +344,13 @@ def test_replicate_missing_source_names_site_and_uri(tmp_path):
     with pytest.raises(ObjectNotFound) as err:
         replicate(src, dst, "none.bin")
     assert "'src'" in str(err.value) and src.uri("none.bin") in str(err.value)
+
+
+def test_replicate_corrupted_local_source_leaves_no_copy(tmp_path):
+    src = LocalSiteStorage("src", tmp_path / "src")
+    dst = LocalSiteStorage("dst", tmp_path / "dst")
+    info = src.put_bytes("c.bin", os.urandom(3 * MiB))
+    flip_byte_local(src, "c.bin", 2 * MiB)
+    with pytest.raises(ChecksumMismatch, match="corrupted or truncated source"):
+        replicate(src, dst, "c.bin", info.sha256)
+    assert visible_files(tmp_path / "dst") == []
