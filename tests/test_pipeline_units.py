@@ -1,0 +1,109 @@
+"""Unit tests of single pieces of the reference pipeline: point-in-time joins, the quality
+gate, the data generator, drift scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import build_asset_context
+
+from dagster_gravity.checkpoints import CheckpointStore
+from dagster_gravity.topology import Topology
+from pipelines import datagen
+from pipelines.features import eu_segment_features, event_features, training_set
+from pipelines.model import promoted_model
+from pipelines.training import MODEL_NAME
+from resources import CheckpointsResource
+from sensors.drift import drift_scores
+from tests.support.pipeline import write_sites
+
+T = pd.Timestamp("2026-01-01")
+
+
+def events(**cols):
+    base = {"event_id": [1, 2], "user_id": [7, 7], "item_id": [3, 3], "ts": [T + pd.Timedelta(hours=1), T + pd.Timedelta(hours=5)],
+            "country": ["US", "DE"], "dwell_s": [10.0, 10.0], "clicks": [1, 1], "converted": [0, 1]}
+    base.update(cols)
+    return pd.DataFrame(base)
+
+
+def test_event_features_use_the_price_valid_at_the_event_time():
+    items = pd.DataFrame({
+        "item_id": [3, 3, 3], "valid_from": [T, T + pd.Timedelta(hours=2), T + pd.Timedelta(hours=6)],
+        "price": [10.0, 20.0, 999.0], "category": [1, 1, 1],
+    })
+    out = event_features(build_asset_context(partition_key="2026-01-01"), raw_events=events(), raw_items=items)
+    # The 01:00 event sees the 00:00 price, the 05:00 event the 02:00 one; the 06:00 change never leaks back.
+    assert np.exp(out["log_price"]).round(6).tolist() == [10.0, 20.0]
+    assert out["is_eu"].tolist() == [0.0, 1.0]
+    assert "user_id" not in out.columns
+
+
+def test_training_set_joins_eu_aggregates_known_at_event_time_only():
+    feats = pd.DataFrame({"event_id": [1, 2, 3], "ts": [T + pd.Timedelta(minutes=30), T + pd.Timedelta(hours=3, minutes=5), T + pd.Timedelta(hours=3)],
+                          "country": ["DE", "DE", "US"], "log_dwell": 1.0, "clicks": 1.0, "log_price": 1.0, "is_eu": [1.0, 1.0, 0.0], "converted": 1})
+    segments = pd.DataFrame({"as_of": [T + pd.Timedelta(hours=1), T + pd.Timedelta(hours=3)], "country": ["DE", "DE"],
+                             "customers": [5, 9], "eu_mean_spend": [11.0, 33.0], "eu_mean_sessions": [1.0, 3.0]})
+    out = training_set(event_features=feats, eu_segment_features=segments).set_index("event_id")
+    assert out.loc[1, "eu_mean_spend"] == 0.0  # before the first aggregate existed
+    assert out.loc[2, "eu_mean_spend"] == 33.0
+    assert out.loc[3, "eu_mean_spend"] == 0.0  # not an EU country
+
+
+def test_eu_segment_features_are_aggregates_without_identifiers_or_small_groups():
+    rng = np.random.default_rng(0)
+    raw = pd.DataFrame({
+        "customer_id": np.r_[np.arange(10), [99]], "email": [f"c{i}@x.eu" for i in range(11)],
+        "country": ["DE"] * 10 + ["FR"], "age": 30, "ts": T + pd.to_timedelta(rng.integers(0, 3600, 11), unit="s"),
+        "spend": 10.0, "sessions": 2,
+    })
+    out = eu_segment_features(raw_eu_customers=raw)
+    assert set(out.columns) == {"as_of", "country", "customers", "eu_mean_spend", "eu_mean_sessions"}
+    assert set(out["country"]) == {"DE"}  # FR has one customer: below k-anonymity, never leaves the EU
+    assert out["customers"].min() >= 5
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    sites = write_sites(tmp_path / "topo")
+    return CheckpointsResource(sites_file=str(sites)), CheckpointStore.for_site(Topology.from_yaml(sites), "onprem-dc")
+
+
+def evaluation(candidate_loss, promoted_loss):
+    return pd.DataFrame([
+        {"role": "candidate", "version": 2, "log_loss": candidate_loss, "auc": 0.7, "accuracy": 0.7, "rows": 100.0},
+        {"role": "promoted", "version": 1, "log_loss": promoted_loss, "auc": 0.7, "accuracy": 0.7, "rows": 100.0},
+    ])
+
+
+def test_quality_gate_keeps_the_promoted_model_when_the_candidate_is_worse(checkpoints):
+    resource, store = checkpoints
+    for seed in (1, 2):
+        store.save(MODEL_NAME, {"coef": np.full(3, seed)}, lineage={})
+    store.promote(MODEL_NAME, 1)
+    out = promoted_model(build_asset_context(partition_key="2026-01-02"), checkpoints=resource, model_evaluation=evaluation(0.70, 0.60))
+    assert out["decision"].iloc[0] == "kept" and out["version"].iloc[0] == 1
+    assert store.promoted(MODEL_NAME) == 1
+
+    out = promoted_model(build_asset_context(partition_key="2026-01-02"), checkpoints=resource, model_evaluation=evaluation(0.55, 0.60))
+    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 2
+
+
+def test_datagen_is_deterministic_and_sized(tmp_path):
+    sites = Topology.from_yaml(write_sites(tmp_path / "topo"))
+    a = datagen.generate(sites, "2026-01-01", "200KB")
+    first = {f.dataset: (tmp_path / "topo" / "sites" / f.site / f.key).read_bytes() for f in a}
+    b = datagen.generate(sites, "2026-01-01", "200KB")
+    assert {f.dataset: (tmp_path / "topo" / "sites" / f.site / f.key).read_bytes() for f in b} == first
+    events = next(f for f in a if f.dataset == "events")
+    assert 100_000 < events.size_bytes < 400_000
+    assert datagen.parse_size("1.5GB") == 1_500_000_000 and datagen.parse_size("20kb") == 20_000
+    with pytest.raises(ValueError, match="expected a number of bytes"):
+        datagen.parse_size("lots")
+
+
+def test_drift_scores_compare_the_partition_with_the_earlier_ones():
+    history = {"2026-01-01": {"x": (1.0, 1.0)}, "2026-01-02": {"x": (1.2, 1.0)}, "2026-01-03": {"x": (3.1, 1.0)}}
+    assert drift_scores(history, "2026-01-03")["x"] == pytest.approx(2.0)
+    assert drift_scores(history, "2026-01-01") == {}
