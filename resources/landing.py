@@ -79,9 +79,12 @@ class LandingArea:
         """Write the day's file from DataFrame chunks (so gigabyte files stream)."""
         key = self.key(dataset, partition)
         if self.spec.kind == "s3":
-            buf = io.BytesIO()
-            _write_chunks(buf, chunks)
-            s3_client(self.spec).put_object(Bucket=self.spec.bucket, Key=self._s3_key(key), Body=buf.getvalue())
+            # Spool to a local temporary file, then upload (multipart for big files): the
+            # object appears under its key only when the upload completes.
+            with tempfile.TemporaryFile() as fh:
+                _write_chunks(fh, chunks)
+                fh.seek(0)
+                s3_client(self.spec).upload_fileobj(fh, self.spec.bucket, self._s3_key(key))
         else:
             path = self.path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
