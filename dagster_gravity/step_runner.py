@@ -6,29 +6,50 @@ step the way Dagster's own multiprocess children do (`execute_plan_iterator` ove
 plan, so each step gets its own step context, resources and retry handling), writes the
 events to the instance, and yields them so the backend can stream them to the executor.
 
-What a worker builds for a run (the instance, the job definition, the resolved run config,
-the full execution plan) is cached per run id, so the cost of a step does not grow with the
-size of the job: a step's one-step plan is cut out of the cached plan in O(1), not rebuilt.
+What a worker builds for a run is kept per run id, so the cost of a step does not grow with
+the size of the job and is close to an in-process step:
+
+* the instance, the job definition and the full execution plan are built once;
+* a *session* holds one Dagster `PlanExecutionContext` for the run in this worker, the way
+  `in_process_executor` holds one for the whole run: resources are initialised and stdout/
+  stderr capture is set up once per worker, not per step. Each step still gets its own
+  `StepExecutionContext` (`job_context.for_step(step, known_state)`), runs through Dagster's
+  own `dagster_event_sequence_for_step` (retries, `RetryRequested`, `Failure`, interrupts)
+  and its hooks, and is announced with a LOGS_CAPTURED event so the UI shows its logs;
+* a step the session cannot run (a dynamic step resolved after the plan was built, or a
+  session whose resources failed to initialise) falls back to Dagster's multiprocess-child
+  path: a one-step plan through `execute_plan_iterator`.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from dagster import DagsterInstance, MetadataValue
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.events import DagsterEvent
-from dagster._core.execution.api import create_execution_plan, execute_plan_iterator
-from dagster._core.execution.context_creation_job import create_context_free_log_manager
+from dagster._core.execution.api import (
+    ExecuteRunWithPlanIterable,
+    create_execution_plan,
+    execute_plan_iterator,
+)
+from dagster._core.execution.compute_logs import create_compute_log_file_key
+from dagster._core.execution.context_creation_job import (
+    PlanExecutionContextManager,
+    create_context_free_log_manager,
+)
+from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.plan.state import KnownExecutionState
 from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._utils.interrupts import pop_captured_interrupt
 
 from dagster_gravity import runtime
 from dagster_gravity.metadata import ENV_SITE
@@ -70,6 +91,79 @@ def _mapping_signature(known_state: KnownExecutionState | None) -> str:
     return repr(sorted((k, sorted(v.items())) for k, v in known_state.dynamic_mappings.items()))
 
 
+_STEP_END = object()  # marks the end of one step's events inside a session
+
+
+class _Session:
+    """One long-lived Dagster execution context for a run inside this worker.
+
+    Wraps Dagster's own `ExecuteRunWithPlanIterable` (context + resources set-up and
+    teardown, interrupt capture) around `_serve`, which runs one requested step at a time
+    and then yields `_STEP_END`; between steps the generator stays suspended, keeping the
+    context and resources alive.
+    """
+
+    def __init__(self, cache: "_RunCache", plan: ExecutionPlan):
+        self.cache = cache
+        self.plan = plan
+        self._request: tuple[str, KnownExecutionState] | None = None
+        payload = cache.payload
+        self._events = iter(
+            ExecuteRunWithPlanIterable(
+                execution_plan=plan,
+                iterator=self._serve,
+                execution_context_manager=PlanExecutionContextManager(
+                    job=cache.job,
+                    execution_plan=plan,
+                    run_config=payload.run_config,
+                    dagster_run=payload.dagster_run,
+                    instance=cache.instance,
+                    retry_mode=payload.retry_mode.for_inner_plan(),
+                ),
+            )
+        )
+        self.alive = True
+
+    def _serve(self, execution_plan: ExecutionPlan, job_context) -> Iterator[Any]:
+        manager = job_context.instance.compute_log_manager
+        log_key = manager.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
+        with ExitStack() as capture:
+            try:
+                log_context = capture.enter_context(manager.capture_logs(log_key))
+            except Exception:
+                log_context = None
+            while self._request is not None:
+                step_key, known_state = self._request
+                self._request = None
+                pop_captured_interrupt()  # an interrupt that arrived while idle is stale
+                step = execution_plan.get_step_by_key(step_key)
+                if log_context is not None:
+                    yield DagsterEvent.capture_logs(job_context, [step_key], log_key, log_context)
+                step_context = job_context.for_step(step, known_state)
+                events = []
+                for event in dagster_event_sequence_for_step(step_context):
+                    events.append(event)
+                    yield event
+                yield from _trigger_hook(step_context, events)
+                yield _STEP_END
+
+    def run(self, step_key: str, known_state: KnownExecutionState) -> Iterator[DagsterEvent]:
+        """The step's events; sets `alive` False if the session ended instead (set-up failed)."""
+        self._request = (step_key, known_state)
+        for item in self._events:
+            if item is _STEP_END:
+                return
+            yield item
+        self.alive = False
+
+    def close(self) -> None:
+        self._request = None
+        try:
+            self._events.close()  # type: ignore[attr-defined]
+        except Exception:
+            pass
+
+
 class _RunCache:
     """What a worker has built for one run: instance, job, full plan (per dynamic state)."""
 
@@ -83,6 +177,32 @@ class _RunCache:
         self.plan: ExecutionPlan | None = payload.execution_plan
         self.plan_signature = _mapping_signature(self.plan.known_state) if self.plan else None
         self.log_manager = create_context_free_log_manager(self.instance, payload.dagster_run)
+        self.session: _Session | None = None
+        self.session_failed = False
+
+    def full_plan(self, known_state: KnownExecutionState | None) -> ExecutionPlan:
+        if self.plan is None:
+            self.plan = create_execution_plan(
+                job=self.job,
+                run_config=self.payload.run_config,
+                known_state=known_state,
+                repository_load_data=self.payload.repository_load_data,
+            )
+            self.plan_signature = _mapping_signature(known_state)
+        return self.plan
+
+    def session_for(self, step_key: str, known_state: KnownExecutionState) -> _Session | None:
+        """The run's session if it can run this step (the step is in its plan)."""
+        if self.session_failed:
+            return None
+        if self.session is None:
+            plan = self.full_plan(known_state)
+            if not isinstance(plan.step_dict_by_key.get(step_key), ExecutionStep):
+                return None
+            self.session = _Session(self, plan)
+        if not isinstance(self.session.plan.step_dict_by_key.get(step_key), ExecutionStep):
+            return None
+        return self.session
 
     def plan_for(self, step_key: str, known_state: KnownExecutionState) -> ExecutionPlan:
         """A one-step plan for `step_key`, cut out of the cached full plan.
@@ -125,6 +245,9 @@ class _RunCache:
         )
 
     def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
         self.instance.dispose()
 
 
@@ -162,7 +285,7 @@ class StepRunner:
         step_key: str,
         known_state: KnownExecutionState,
         *,
-        announce: bool = True,
+        announce: bool = False,
     ) -> Iterator[DagsterEvent]:
         """Execute one step; events are written to the instance and yielded."""
         cache = self._cache(payload)
@@ -179,6 +302,14 @@ class StepRunner:
                     },
                     step_key=step_key,
                 )
+            session = cache.session_for(step_key, known_state)
+            if session is not None:
+                yield from session.run(step_key, known_state)
+                if session.alive:
+                    return
+                # The session could not start (e.g. a resource failed to initialise): run the
+                # step the classic way, which reports the failure on the step itself.
+                cache.session, cache.session_failed = None, True
             plan = cache.plan_for(step_key, known_state)
             yield from execute_plan_iterator(
                 plan,
