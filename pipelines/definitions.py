@@ -6,8 +6,9 @@ executor runs (not at import), so one imported code location can serve another t
 
 from __future__ import annotations
 
-from dagster import AssetKey, Definitions, in_process_executor
+from dagster import AssetKey, Definitions
 
+from dagster_gravity import gravity_executor
 from pipelines.datagen import EU_SITE, EVENTS_SITE, REFERENCE_SITE
 from pipelines.features import FEATURE_ASSETS, STATS_ASSETS
 from pipelines.jobs import ASSET_JOBS, daily_features_schedule, ingest_jobs, retrain_job
@@ -18,15 +19,6 @@ from sensors.drift import make_drift_sensor
 from sensors.landing import make_landing_sensor
 
 DRIFT_THRESHOLD = 0.5  # standard deviations
-
-
-def default_executor():
-    """The gravity executor when it exists, else Dagster's in-process executor."""
-    try:
-        from dagster_gravity.executor import gravity_executor
-    except ImportError:
-        return in_process_executor
-    return gravity_executor
 
 
 def build_sensors(sites: str | None = None) -> list:
@@ -53,7 +45,7 @@ def build_defs(sites: str | None = None, executor=None) -> Definitions:
         schedules=[daily_features_schedule],
         sensors=build_sensors(sites),
         resources=project_resources(sites),
-        executor=executor or default_executor(),
+        executor=executor or gravity_executor,
     )
 
 

@@ -147,7 +147,7 @@ def render(topology: Topology, instance, run_ids: list[str], asset_graph, landin
         counts[s.step] += 1
     for step, pools in per_step.items():
         asset_site = {s.materialized.get(step, {}).get("site") for s in steps if s.step == step} - {None}
-        lines.append(f"  {step:22} {', '.join(sorted(pools)):22} x{counts[step]}   data at {', '.join(sorted(asset_site)) or '-'}")
+        lines.append(f"  {step:22} {', '.join(sorted(pools)):30} x{counts[step]}  data at {', '.join(sorted(asset_site)) or '-'}")
     lines += ["", "Bytes moved across sites:"]
     for asset, to, n in moves:
         lines.append(f"  {asset:22} -> {to:15} {format_bytes(n):>10}")

@@ -12,6 +12,7 @@ import os
 from dagster import ConfigurableResource, EnvVar
 
 from dagster_gravity.checkpoints import CheckpointStore
+from dagster_gravity.io_manager import GravityIOManager
 from dagster_gravity.topology import Topology, default_sites_path
 from resources.landing import LandingArea
 
@@ -53,14 +54,8 @@ class CheckpointsResource(ConfigurableResource):
         return CheckpointStore.for_site(Topology.from_yaml(self.sites_file), self.site, self.prefix)
 
 
-def site_io_manager(sites_file, default_site: str = CHECKPOINT_SITE):
-    """The site-aware IO manager (GravityIOManager once it exists, else the interim one)."""
-    try:
-        from dagster_gravity.io_manager import GravityIOManager
-    except ImportError:
-        from resources.interim_io import InterimSiteIOManager
-
-        return InterimSiteIOManager(sites_file=sites_file, default_site=default_site)
+def site_io_manager(sites_file, default_site: str = CHECKPOINT_SITE) -> GravityIOManager:
+    """Each asset is written where its step runs (the gravity executor says where)."""
     return GravityIOManager(sites_file=sites_file, default_site=default_site)
 
 
