@@ -81,7 +81,7 @@ class SeaweedFS:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
         """SIGTERM, wait up to `timeout` s, then SIGKILL; always reaps the process.
 
         weed's filer waits on open gRPC streams for a long time after SIGTERM, and test data
@@ -172,13 +172,26 @@ def _wait_until_writable(server: SeaweedFS, timeout: float) -> None:
     raise RuntimeError(f"SeaweedFS S3 at {server.endpoint_url} not writable after {timeout}s: {last}\n{server.log_tail()}")
 
 
+_shared: dict[str, object] = {"server": None, "users": 0}
+
+
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    """One SeaweedFS server for the whole session.
+
+    Each test module that imports this fixture gets its own session-scoped fixture
+    definition, so the server itself is shared through a reference count: the first user
+    starts it, and the last finalizer (all run at session end) stops it by its pid."""
+    if _shared["server"] is None:
+        _shared["server"] = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    _shared["users"] += 1
     try:
-        yield server
+        yield _shared["server"]
     finally:
-        server.stop()
+        _shared["users"] -= 1
+        if _shared["users"] == 0:
+            server, _shared["server"] = _shared["server"], None
+            server.stop()
 
 
 @pytest.fixture
