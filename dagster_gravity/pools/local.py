@@ -157,6 +157,7 @@ class _Worker:
     queue: list[str] = field(default_factory=list)
     head_finished: bool = False  # the oldest queued step sent its terminal event
     steps_run: int = 0
+    max_steps: int = 100  # recycled after this many steps
     started_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -169,7 +170,9 @@ class _Worker:
 
     @property
     def free(self) -> bool:
-        return self.state != "stopping" and (not self.queue or (len(self.queue) == 1 and self.head_finished))
+        if self.state == "stopping" or self.steps_run + len(self.queue) >= self.max_steps:
+            return False
+        return not self.queue or (len(self.queue) == 1 and self.head_finished)
 
 
 @dataclass
@@ -308,7 +311,7 @@ class LocalBackend:
         process.start()
         child_end.close()
         _PARENT_ENDS.add(parent_end)
-        worker = _Worker(state.pool.id, process, parent_end)
+        worker = _Worker(state.pool.id, process, parent_end, max_steps=self.worker_max_steps)
         state.workers.append(worker)
         return worker
 

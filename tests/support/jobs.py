@@ -90,7 +90,8 @@ class SiteRecordingIOManager(IOManager):
         return store_dir() / ("__".join(key_path) + ".json")
 
     def handle_output(self, context: OutputContext, obj) -> None:
-        key_path = context.asset_key.path if context.has_asset_key else [context.step_key, context.name]
+        # Op outputs: step, output name and mapping key (each dynamic output has its own file).
+        key_path = context.asset_key.path if context.has_asset_key else context.get_identifier()[1:]
         path = self._path(key_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -109,7 +110,7 @@ class SiteRecordingIOManager(IOManager):
         elif context.has_asset_key:
             key_path = context.asset_key.path
         else:
-            key_path = [upstream.step_key, upstream.name]
+            key_path = upstream.get_identifier()[1:]
         path = self._path(key_path)
         return json.loads(path.read_text()) if path.exists() else None
 

@@ -1,0 +1,219 @@
+"""gravity_executor end to end: real on-disk instance, real forked worker processes.
+
+Where a step ran is read twice: from the executor's placement event and from the IO manager
+inside the worker (`runtime.current_site()`), so a test fails if either is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterEventType, DagsterRunStatus
+
+from tests.support.executor_runs import (
+    dagster_home,  # noqa: F401  (fixture)
+    engine_messages,
+    gravity,  # noqa: F401  (fixture)
+    instance,  # noqa: F401  (fixture)
+    pid_alive,
+    placements,
+    worker_pids,
+)
+from tests.support.jobs import ran_at
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_steps_land_where_their_inputs_are(gravity):
+    result = gravity.run("locality_job")
+    assert result.success
+    placed = placements(result)
+    # Pinned to beta; its consumer follows the data produced in this run; the asset whose
+    # data already sits at gamma (definition metadata, 5 GB) pulls its consumer there.
+    assert placed["made_at_beta"]["gravity/site"] == "beta"
+    assert placed["follows_beta"]["gravity/site"] == "beta"
+    assert placed["reads_landed"]["gravity/site"] == "gamma"
+    for key, site in [("made_at_beta", "beta"), ("follows_beta", "beta"), ("reads_landed", "gamma")]:
+        where = ran_at(key)
+        assert where["site"] == site, (key, where)
+        assert where["env_site"] == site
+    # Every decision carries every pool's cost, and says what moved.
+    rows = placed["follows_beta"]["gravity/candidates"]
+    assert {r["pool"] for r in rows} == {"alpha/cpu", "alpha/gpu", "beta/cpu", "gamma/cpu"}
+    assert rows[0]["pool"] == "beta/cpu" and rows[0]["bytes_moved"] == 0
+    assert all(r["bytes_moved"] == 10_000_000 for r in rows[1:])
+    assert placed["follows_beta"]["gravity/bytes_moved"] == 0
+    assert "pool | site" in placed["follows_beta"]["gravity/candidates_table"]
+    assert placed["follows_beta"]["gravity/reason"]
+
+
+def test_input_location_comes_from_latest_materialization(gravity):
+    assert gravity.run("locality_job").success
+    # follows_beta alone: its input is not produced in this run, so the executor reads the
+    # latest materialization of made_at_beta (written at beta by the IO manager).
+    result = gravity.run("follows_only_job")
+    assert result.success
+    assert placements(result)["follows_beta"]["gravity/site"] == "beta"
+    assert ran_at("follows_beta")["site"] == "beta"
+
+
+def test_pins_and_gpu_requirements(gravity):
+    result = gravity.run("requirements_job")
+    assert result.success
+    placed = placements(result)
+    assert placed["needs_gpu"]["gravity/pool"] == "alpha/gpu"
+    assert placed["pinned_gamma"]["gravity/pool"] == "gamma/cpu"
+    assert ran_at("needs_gpu")["site"] == "alpha"
+    assert ran_at("pinned_gamma")["site"] == "gamma"
+    gpu_rows = {r["pool"]: r for r in placed["needs_gpu"]["gravity/candidates"]}
+    assert not gpu_rows["beta/cpu"]["feasible"] and "GPU" in gpu_rows["beta/cpu"]["reason"]
+
+
+def test_residency_bound_input_stays_in_its_zone(gravity):
+    result = gravity.run("residency_job")
+    assert result.success
+    assert placements(result)["eu_report"]["gravity/site"] == "gamma"
+    assert ran_at("eu_report")["site"] == "gamma"
+
+
+def test_residency_fails_clearly_instead_of_moving_data_out(gravity):
+    # The only site of zone eu is out of service: the step must fail, not run in the US.
+    result = gravity.run("residency_job", disabled_pools=["gamma"])
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failures] == ["eu_report"]
+    message = failures[0].step_failure_data.error.message
+    assert "eu_customers" in message and "'eu'" in message and "residency" in message
+    assert not (gravity.store / "eu_report.where.json").exists()
+    assert not any(e.event_type == DagsterEventType.STEP_START for e in result.all_events)
+
+
+def test_delay_scheduling_waits_then_spills(gravity):
+    # Both steps read 100 GB at alpha; alpha has one usable slot (its GPU pool is drained).
+    result = gravity.run("delay_job", disabled_pools=["alpha/gpu"], locality_wait=1.0)
+    assert result.success
+    placed = placements(result)
+    sites = sorted(p["gravity/site"] for p in placed.values())
+    assert sites[0] == "alpha" and sites[1] != "alpha"
+    spilled = next(p for p in placed.values() if p["gravity/site"] != "alpha")
+    assert spilled["gravity/spilled_from"] == "alpha/cpu"
+    assert 0.9 <= spilled["gravity/waited_seconds"] < 2.0
+    assert "spilled to" in spilled["message"] and "waited" in spilled["message"]
+
+
+def test_delay_scheduling_waits_for_the_local_slot_when_it_frees_in_time(gravity):
+    result = gravity.run("delay_job", disabled_pools=["alpha/gpu"], locality_wait=10.0)
+    assert result.success
+    placed = placements(result)
+    assert [p["gravity/site"] for p in placed.values()] == ["alpha", "alpha"]
+    assert not any("gravity/spilled_from" in p for p in placed.values())
+
+
+def test_worker_killed_mid_step_is_retried_and_the_run_succeeds(gravity):
+    result = gravity.run("killed_job")
+    assert result.success
+    types = [e.event_type for e in result.all_events if e.step_key == "killed_once"]
+    assert DagsterEventType.STEP_UP_FOR_RETRY in types
+    assert types[-1] == DagsterEventType.STEP_SUCCESS
+    assert any("died (signal 9)" in m for m in engine_messages(result))
+    assert json.loads((gravity.store / "killed_once.json").read_text()) == 1
+
+
+def test_pool_whose_workers_die_is_marked_unhealthy_and_fails_over(gravity):
+    result = gravity.run("failover_job", unhealthy_after=1)
+    assert result.success
+    messages = engine_messages(result)
+    assert any("pool alpha/cpu marked unhealthy" in m for m in messages)
+    final = placements(result)["dies_at_alpha"]
+    assert final["gravity/site"] != "alpha"
+    assert "alpha/cpu unhealthy" in final["gravity/failover"]
+    assert ran_at("dies_at_alpha")["site"] == final["gravity/site"]
+
+
+def test_pool_that_cannot_start_fails_over(gravity):
+    result = gravity.run(
+        "chain_job",
+        unhealthy_after=1,
+        pools={"per_site": {"alpha": {"startup_check": "tests.support.jobs:failing_startup_check"}}},
+    )
+    assert result.success
+    messages = engine_messages(result)
+    assert any("alpha/cpu marked unhealthy" in m and "storage mount" in m for m in messages)
+    for i in range(5):
+        assert ran_at(f"chain_{i}")["site"] != "alpha"
+    assert not any(e.event_type == DagsterEventType.STEP_FAILURE for e in result.all_events)
+
+
+def test_requirements_no_healthy_pool_can_meet_fail_clearly(gravity):
+    result = gravity.run("requirements_job", disabled_pools=["alpha/gpu"])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "needs_gpu"
+    assert "needs 1 GPU" in failure.step_failure_data.error.message
+
+
+def test_workers_are_recycled_and_dynamic_outputs_work(gravity):
+    result = gravity.run("chain_job", worker_max_steps=2)
+    assert result.success
+    pids = [ran_at(f"chain_{i}")["pid"] for i in range(5)]
+    assert len(set(pids)) >= 3  # a worker runs at most two steps
+    assert os.getpid() not in pids
+    assert json.loads((gravity.store / "chain_4.json").read_text()) == 4
+
+    dynamic = gravity.run("dynamic_job_factory")
+    assert dynamic.success
+    assert json.loads((gravity.store / "total__result.json").read_text()) == 0 + 1 + 4
+    squares = {e.step_key for e in dynamic.all_events if e.event_type == DagsterEventType.STEP_SUCCESS}
+    assert {"square[0]", "square[1]", "square[2]"} <= squares
+
+
+RUN_SCRIPT = """
+import sys
+from dagster import DagsterInstance, execute_job, reconstructable
+from tests.support import jobs
+with DagsterInstance.get() as instance:
+    execute_job(reconstructable(jobs.sleep_job), instance=instance,
+                run_config={"execution": {"config": {"sites_file": sys.argv[1]}}})
+"""
+
+
+def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):  # noqa: F811
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file)], cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        started = []
+        while time.monotonic() < deadline and not started:
+            time.sleep(0.3)
+            runs = gravity.instance.get_runs()
+            if runs:
+                records = gravity.instance.get_records_for_run(
+                    runs[0].run_id, of_type=DagsterEventType.STEP_START
+                ).records
+                started = [r.event_log_entry for r in records]
+        assert started, "the step never started"
+        run_id = runs[0].run_id
+        worker = started[0].dagster_event.pid
+        assert worker != proc.pid and pid_alive(worker)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=45)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs = gravity.instance.all_logs(run_id)
+    pids = {e.dagster_event.pid for e in logs if e.dagster_event and e.dagster_event.pid not in (None, proc.pid)}
+    assert worker in pids
+    assert not [p for p in pids if pid_alive(p)], "worker processes outlived the run"
+    assert gravity.instance.get_run_by_id(run_id).status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+    step_events = [e.dagster_event.event_type for e in logs if e.dagster_event and e.step_key == "sleeps_long"]
+    assert DagsterEventType.STEP_FAILURE in step_events
+    assert not (gravity.store / "sleeps_long.json").exists()
