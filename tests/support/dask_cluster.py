@@ -156,6 +156,9 @@ class DaskCluster:
     def stop_worker(self, name: str) -> None:
         stop_process(self.workers[name])
 
+    def processes(self) -> list[subprocess.Popen]:
+        return [p for p in [self.scheduler, *self.workers.values()] if p is not None]
+
     def log(self, which: str) -> str:
         path = self.workdir / f"{which}.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
@@ -178,3 +181,5 @@ def dask_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+    left = [p.pid for p in cluster.processes() if p.poll() is None]
+    assert not left, f"dask processes still running after the tests: {left}"
