@@ -27,6 +27,7 @@ DEMO_HOME = ROOT / ".gravity" / "demo_home"
 DEMO_SITES_DIR = ROOT / ".gravity" / "demo_sites"
 DAYS = ["2026-01-01", "2026-01-02"]
 NEW_DAY = "2026-01-03"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def prepare(sites_src: Path) -> Path:
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
         with execute_job(
             repo.get_reconstructable_job(job_name), instance=instance,
             tags={**(tags or {}), "dagster/partition": partition},
+            run_config=QUIET,  # the event log keeps everything; the console only warnings
         ) as result:
             run_ids.append(result.run_id)
             status = "ok" if result.success else "FAILED"

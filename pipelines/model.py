@@ -151,12 +151,18 @@ def promoted_model(
         store.promote(MODEL_NAME, int(cand["version"]), reason=reason)
     else:
         context.log.warning(f"quality gate kept the promoted model: {reason}")
+    comparison = {}
+    if current is not None:
+        diff = store.compare(MODEL_NAME, int(current["version"]), int(cand["version"]))
+        comparison = {"gate/metric_deltas": {k: v["delta"] for k, v in diff.metrics.items() if v["delta"] is not None},
+                      "gate/lineage_changes": sorted(diff.lineage_changes)}
     deleted = store.apply_retention(MODEL_NAME, keep=RETAIN_VERSIONS)
     version = store.manifest(MODEL_NAME, store.promoted(MODEL_NAME))
     context.add_output_metadata({
         **checkpoint_metadata(version),
         "gate/decision": decision, "gate/reason": reason, "gate/candidate": int(cand["version"]),
         "retention/deleted": [int(v) for v in deleted],
+        **comparison,
     })
     return pd.DataFrame([{"model": MODEL_NAME, "version": version.version, "decision": decision, "sha256": version.sha256,
                           **{k: v for k, v in version.metrics.items()}}])
