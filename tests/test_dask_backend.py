@@ -200,16 +200,13 @@ def test_site_without_workers_is_unhealthy_and_its_steps_fail_over(dask_cluster,
     assert f"{dask_jobs.AWS}/cpu unhealthy" in placed.engine_event_data.metadata["gravity/failover"].value
 
 
-def test_events_reach_the_executor_while_the_step_runs(dask_cluster, instance):
-    from dagster._core.execution.plan.state import KnownExecutionState
+def start_backend(cluster, instance, job_def, site=dask_jobs.ONPREM):
+    """A Dask backend started for a fresh run of `job_def`, outside the executor."""
     from dagster._core.execution.retries import RetryMode
 
-    from dagster_gravity.pools.base import StepEnded, StepEvent, StepRequest
     from dagster_gravity.step_runner import RunPayload
     from dagster_gravity.topology import Pool
 
-    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
-    job_def = dask_jobs.streaming_job
     dagster_run = instance.create_run_for_job(job_def, run_config={})
     payload = RunPayload(
         run_id=dagster_run.run_id,
@@ -219,9 +216,19 @@ def test_events_reach_the_executor_while_the_step_runs(dask_cluster, instance):
         recon_job=reconstructable(job_def),
         retry_mode=RetryMode.ENABLED,
     )
-    pool = Pool(site=dask_jobs.ONPREM, name="cpu", slots=1)
-    backend = DaskBackend({"scheduler": dask_cluster.address})
+    pool = Pool(site=site, name="cpu", slots=1)
+    backend = DaskBackend({"scheduler": cluster.address})
     backend.start(payload, [pool])
+    return backend, pool
+
+
+def test_events_reach_the_executor_while_the_step_runs(dask_cluster, instance):
+    from dagster._core.execution.plan.state import KnownExecutionState
+
+    from dagster_gravity.pools.base import StepEnded, StepEvent, StepRequest
+
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    backend, pool = start_backend(dask_cluster, instance, dask_jobs.streaming_job)
     try:
         submission = backend.submit(pool.id, StepRequest("logs_then_sleeps", KnownExecutionState()))
         assert "onprem-dc-1" in submission.worker
@@ -241,6 +248,38 @@ def test_events_reach_the_executor_while_the_step_runs(dask_cluster, instance):
     assert arrived["end"] - arrived["STEP_START"] > 2.0, arrived
     assert arrived["end"] - arrived["STEP_WORKER_STARTED"] > 2.0, arrived
     assert "STEP_SUCCESS" in arrived
+
+
+def test_lost_worker_ends_its_running_step_as_crashed_and_its_queued_step_as_not_started(dask_cluster, instance):
+    from dagster._core.execution.plan.state import KnownExecutionState
+
+    from dagster_gravity.pools.base import CRASHED, NOT_STARTED, StepEnded, StepEvent, StepRequest
+
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    backend, pool = start_backend(dask_cluster, instance, dask_jobs.two_sleepers_job)
+    try:
+        backend.submit(pool.id, StepRequest("sleeper_a", KnownExecutionState()))
+        deadline = time.monotonic() + 60
+        seen: list[str] = []
+        while "STEP_START" not in seen:
+            assert time.monotonic() < deadline, f"sleeper_a did not start; saw {seen}"
+            seen += [u.event.event_type_value for u in backend.poll(0.1) if isinstance(u, StepEvent)]
+        # The only worker of the site is busy: sleeper_b waits in its queue.
+        assert backend.free_slots(pool.id) == 0
+        backend.submit(pool.id, StepRequest("sleeper_b", KnownExecutionState()))
+        dask_cluster.kill_worker("onprem-dc-1")
+
+        ended: dict[str, StepEnded] = {}
+        while len(ended) < 2:
+            assert time.monotonic() < deadline + 30, f"steps not ended after the kill: {ended}"
+            ended.update({u.step_key: u for u in backend.poll(0.1) if isinstance(u, StepEnded)})
+        assert ended["sleeper_a"].outcome == CRASHED
+        assert "onprem-dc-1" in ended["sleeper_a"].message and "while running" in ended["sleeper_a"].message
+        assert ended["sleeper_b"].outcome == NOT_STARTED  # the executor places it again
+        health = backend.health(pool.id)
+        assert not health.healthy and "site-onprem-dc" in health.reason
+    finally:
+        backend.stop()
 
 
 def test_one_scheduler_per_site(dask_cluster, instance, tmp_path):

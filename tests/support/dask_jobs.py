@@ -89,3 +89,21 @@ def logs_then_sleeps(context: OpExecutionContext) -> int:
 @job(executor_def=gravity_executor)
 def streaming_job():
     logs_then_sleeps()
+
+
+@op(tags={TAG_PIN: ONPREM})
+def sleeper_a() -> int:
+    time.sleep(60)
+    return 1
+
+
+@op(tags={TAG_PIN: ONPREM})
+def sleeper_b() -> int:
+    time.sleep(60)
+    return 2
+
+
+@job(executor_def=gravity_executor)
+def two_sleepers_job():
+    sleeper_a()
+    sleeper_b()
