@@ -87,14 +87,16 @@ class SeaweedFS:
         weed's filer waits on open gRPC streams for a long time after SIGTERM, and test data
         need not survive, so the grace period is short.
         """
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        # weed puts its gRPC unix sockets under /tmp whatever $TMPDIR says
+        for name in ("master", "volume", "s3"):
+            Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[name + '_grpc']}.sock").unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -137,7 +139,14 @@ def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0) -> Seawee
     ]
     log_path = workdir / "weed.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env={**os.environ, "TMPDIR": str(workdir)},  # weed puts its gRPC socket there
+        )
     server = SeaweedFS(process, f"http://127.0.0.1:{ports['s3']}", workdir, log_path, ports)
     ensure_test_credentials()
     try:
