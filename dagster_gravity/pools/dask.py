@@ -211,6 +211,7 @@ class DaskBackend:
         self._scheduler = _Scheduler(address)
         self._pools: dict[str, Any] = {}
         self._payload = None
+        self._key_prefix = "gravity-"
         self._steps: dict[str, _Step] = {}  # task key -> step
         self._inbox: queue.Queue = queue.Queue()  # from the client's thread to poll()
         self._round_robin = itertools.count()
@@ -226,6 +227,7 @@ class DaskBackend:
         # The worker builds the plan itself: the executor's in-memory plan is not shipped.
         self._payload = run.without_plan() if hasattr(run, "without_plan") else run
         self._pools = {pool.id: pool for pool in pools}
+        self._key_prefix = f"gravity-{run.run_id}-"
         sched = self._scheduler
         try:
             sched.client = Client(sched.address, timeout=self.connect_timeout, set_as_default=False)
@@ -281,7 +283,7 @@ class DaskBackend:
                 f"pool {pool_id} is unhealthy: no Dask worker on {sched.address} declares resource "
                 f"{site_resource(pool.site)!r}; it takes no steps"
             )
-        key = f"gravity-{self._payload.run_id[:8]}-{request.step_key}-{request.attempt}-{uuid.uuid4().hex[:8]}"
+        key = f"{self._key_prefix}{request.step_key}-{request.attempt}-{uuid.uuid4().hex[:8]}"
         resources = {site_resource(pool.site): 1, **self.extra_resources}
         future = sched.client.submit(
             run_step_on_worker,
@@ -368,7 +370,8 @@ class DaskBackend:
 
     def _on_step_message(self, event) -> None:
         _, message = event
-        if isinstance(message, dict) and message.get("key") in self._steps:
+        # By run, not by `self._steps`: a message may overtake the bookkeeping of submit().
+        if isinstance(message, dict) and str(message.get("key", "")).startswith(self._key_prefix):
             self._inbox.put(("step", message))
 
     def _on_cluster_message(self, event) -> None:
