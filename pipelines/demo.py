@@ -137,7 +137,9 @@ def main(argv=None) -> int:
             **{k: f"{v:.4f}" for k, v in sorted(version.metrics.items()) if k.startswith("eval_") and k != "eval_rows"},
         }
         print(report.render(topology, instance, run_ids, defs.resolve_asset_graph(), landing_sizes, promoted))
-    say(f"done in {time.time() - started:.0f}s; Dagster home {DEMO_HOME} (DAGSTER_HOME=... dagster dev -w workspace.yaml to browse)")
+    say(f"done in {time.time() - started:.0f}s. Browse it with:")
+    print(f"  DAGSTER_HOME={DEMO_HOME.relative_to(ROOT)} GRAVITY_SITES={sites.relative_to(ROOT)} "
+          ".venv/bin/dagster dev -w workspace.yaml")
     return 0
 
 
