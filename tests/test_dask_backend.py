@@ -118,6 +118,25 @@ def test_each_step_runs_on_a_worker_of_its_placed_site(dask_cluster, instance, t
         assert outputs[step_key]["worker"] == f"{site}-1"
 
 
+def test_dynamic_outputs_map_and_collect_on_dask_workers(dask_cluster, instance, tmp_path):
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM, "aws-us-east-1-1": dask_jobs.AWS})
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM, dask_jobs.AWS])
+
+    with execute_job(
+        reconstructable(dask_jobs.dynamic_job), instance, run_config=run_config(sites, dask_cluster.address)
+    ) as result:
+        assert result.success
+        assert result.output_for_node("total") == 0 + 1 + 4
+        events = step_events(instance, result.run_id)
+
+    placed = placements(events)
+    started = workers_started(events)
+    mapped = [key for key in placed if key.startswith("square[")]
+    assert sorted(mapped) == ["square[part0]", "square[part1]", "square[part2]"]
+    for step_key, sites_placed in placed.items():
+        assert [w["gravity/site"] for w in started[step_key]] == sites_placed
+
+
 def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, instance, tmp_path):
     ensure_workers(
         dask_cluster,

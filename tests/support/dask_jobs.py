@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from dagster import Config, OpExecutionContext, RetryPolicy, job, op
+from dagster import Config, DynamicOut, DynamicOutput, OpExecutionContext, RetryPolicy, job, op
 
 from dagster_gravity import gravity_executor
 from dagster_gravity.metadata import TAG_PIN
@@ -107,3 +107,24 @@ def sleeper_b() -> int:
 def two_sleepers_job():
     sleeper_a()
     sleeper_b()
+
+
+@op(tags={TAG_PIN: AWS}, out=DynamicOut(int))
+def fan_out():
+    for i in range(3):
+        yield DynamicOutput(i, mapping_key=f"part{i}")
+
+
+@op
+def square(x: int) -> dict:
+    return {"value": x * x, "site": current_site(), "worker": _worker_name()}
+
+
+@op
+def total(parts: list) -> int:
+    return sum(p["value"] for p in parts)
+
+
+@job(executor_def=gravity_executor)
+def dynamic_job():
+    total(fan_out().map(square).collect())
