@@ -27,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def _dask_command(*args: str) -> list[str]:
     # `dask scheduler` / `dask worker` from the same venv as the tests.
     dask = Path(sys.executable).with_name("dask")
+    if not dask.exists():
+        raise FileNotFoundError(f"{dask} not found: the Dask CLI comes with 'distributed' (pip install distributed)")
     return [str(dask), *args]
 
 
