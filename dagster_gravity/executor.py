@@ -276,8 +276,9 @@ def _location_from_metadata(meta: Mapping[str, Any], default_site: str) -> _Outp
 class _Locator:
     """Where each input of a step is: this run's outputs first, then the instance."""
 
-    def __init__(self, instance, job_def, dagster_run):
+    def __init__(self, instance, job_def, dagster_run, topology: Topology):
         self.instance = instance
+        self.topology = topology
         self.job_def = job_def
         self.asset_layer = job_def.asset_layer
         self.partition = dagster_run.tags.get("dagster/partition")
@@ -309,7 +310,10 @@ class _Locator:
             asset_key = self._asset_key(step, step_input.name)
             handles = list(step_input.get_step_output_handle_dependencies())
             if asset_key is not None and asset_key in self.assets:
-                inputs.append(self._input(asset_key.to_user_string(), self.assets[asset_key]))
+                loc = self.assets[asset_key]
+                if loc.residency is None:
+                    loc = _OutputLocation(loc.site, loc.replicas, loc.size_bytes, self._definition_residency(asset_key))
+                inputs.append(self._input(asset_key.to_user_string(), loc))
                 continue
             in_run = [self.outputs.get((h.step_key, h.output_name)) for h in handles]
             if handles and all(in_run):
@@ -338,6 +342,11 @@ class _Locator:
         except Exception:
             return None
 
+    def _definition_residency(self, asset_key) -> str | None:
+        if not self.asset_layer.has(asset_key):
+            return None
+        return md.read_location(self.asset_layer.get(asset_key).metadata or {})["residency"]
+
     @staticmethod
     def _input(name: str, loc: _OutputLocation) -> InputData:
         return InputData(name, int(loc.size_bytes or 0), (loc.site, *loc.replicas), loc.residency)
@@ -356,11 +365,15 @@ class _Locator:
                 partition = self.partition
         loc = latest_location(self.instance, asset_key, partition=partition, definition_metadata=definition_metadata)
         found = None
+        name = asset_key.to_user_string()
         if loc is not None and loc.site:
             replicas = tuple(r for r in (loc.replicas or ()) if r != loc.site)
-            found = InputData(
-                asset_key.to_user_string(), int(loc.size_bytes or 0), (loc.site, *replicas), loc.residency
-            )
+            found = InputData(name, int(loc.size_bytes or 0), (loc.site, *replicas), loc.residency)
+        elif loc is not None and loc.residency:
+            # Where it is is unknown but its zone is not: it may be anywhere in the zone, and
+            # the step may not run outside it.
+            zone_sites = tuple(s for s in self.topology.sites if self.topology.allows(loc.residency, s))
+            found = InputData(name, 0, zone_sites, loc.residency)
         self._instance_cache[asset_key] = found
         return found
 
@@ -508,7 +521,9 @@ class _Loop:
         self.backends = list({id(b): b for b in by_pool.values()}.values())
         self.disabled = disabled
         self.limit = limit
-        self.locator = _Locator(plan_context.instance, plan_context.job.get_definition(), plan_context.dagster_run)
+        self.locator = _Locator(
+            plan_context.instance, plan_context.job.get_definition(), plan_context.dagster_run, topology
+        )
         self.waiting: dict[str, _Waiting] = {}
         self.running: dict[str, _Running] = {}
         self.reported_unhealthy: set[str] = set()
@@ -684,6 +699,18 @@ class _Loop:
             event = update.event
             running = self.running.get(update.step_key)
             yield event
+            if event.step_key is None:
+                # A worker's run-level event (its session's resource set-up): only a failure
+                # matters, and it is the failure of the step that was waiting for it.
+                if event.is_resource_init_failure and running is not None and not running.finished:
+                    step_context = self.plan_context.for_step(running.step)
+                    failure = self.ex.log_failure_or_retry_event_after_error(
+                        step_context, event.engine_event_data.error, self.active.get_known_state()
+                    )
+                    yield failure
+                    self.active.handle_event(failure)
+                    running.finished = True
+                return
             self.locator.record(event)
             self.active.handle_event(event)
             if running is not None and (event.is_step_success or event.is_step_failure or event.is_step_up_for_retry):

@@ -16,9 +16,9 @@ the size of the job and is close to an in-process step:
   `StepExecutionContext` (`job_context.for_step(step, known_state)`), runs through Dagster's
   own `dagster_event_sequence_for_step` (retries, `RetryRequested`, `Failure`, interrupts)
   and its hooks, and is announced with a LOGS_CAPTURED event so the UI shows its logs;
-* a step the session cannot run (a dynamic step resolved after the plan was built, or a
-  session whose resources failed to initialise) falls back to Dagster's multiprocess-child
-  path: a one-step plan through `execute_plan_iterator`.
+* a step the session's plan does not hold (a dynamic step resolved after the plan was
+  built) runs the way Dagster's multiprocess children run it: a one-step plan through
+  `execute_plan_iterator`.
 """
 
 from __future__ import annotations
@@ -178,7 +178,6 @@ class _RunCache:
         self.plan_signature = _mapping_signature(self.plan.known_state) if self.plan else None
         self.log_manager = create_context_free_log_manager(self.instance, payload.dagster_run)
         self.session: _Session | None = None
-        self.session_failed = False
 
     def full_plan(self, known_state: KnownExecutionState | None) -> ExecutionPlan:
         if self.plan is None:
@@ -193,8 +192,6 @@ class _RunCache:
 
     def session_for(self, step_key: str, known_state: KnownExecutionState) -> _Session | None:
         """The run's session if it can run this step (the step is in its plan)."""
-        if self.session_failed:
-            return None
         if self.session is None:
             plan = self.full_plan(known_state)
             if not isinstance(plan.step_dict_by_key.get(step_key), ExecutionStep):
@@ -305,11 +302,11 @@ class StepRunner:
             session = cache.session_for(step_key, known_state)
             if session is not None:
                 yield from session.run(step_key, known_state)
-                if session.alive:
-                    return
-                # The session could not start (e.g. a resource failed to initialise): run the
-                # step the classic way, which reports the failure on the step itself.
-                cache.session, cache.session_failed = None, True
+                if not session.alive:
+                    # It could not set up (a resource failed to initialise; the failure event
+                    # was just yielded and fails this step). The next step tries a new one.
+                    cache.session = None
+                return
             plan = cache.plan_for(step_key, known_state)
             yield from execute_plan_iterator(
                 plan,

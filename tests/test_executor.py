@@ -175,6 +175,14 @@ def test_workers_are_recycled_and_dynamic_outputs_work(gravity):
     assert {"square[0]", "square[1]", "square[2]"} <= squares
 
 
+def test_resource_that_fails_to_initialise_fails_the_step_not_the_executor(gravity):
+    result = gravity.run("broken_resource_job")
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failures] == ["needs_broken_resource"]
+    assert "credentials are missing" in failures[0].step_failure_data.error.to_string()
+
+
 RUN_SCRIPT = """
 import sys
 from dagster import DagsterInstance, execute_job, reconstructable
@@ -217,3 +225,36 @@ def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):  # noqa: F
     step_events = [e.dagster_event.event_type for e in logs if e.dagster_event and e.step_key == "sleeps_long"]
     assert DagsterEventType.STEP_FAILURE in step_events
     assert not (gravity.store / "sleeps_long.json").exists()
+
+
+def _start_sleep_run(gravity):
+    proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file)], cwd=REPO)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        runs = gravity.instance.get_runs()
+        if runs:
+            records = gravity.instance.get_records_for_run(
+                runs[0].run_id, of_type=DagsterEventType.STEP_START
+            ).records
+            if records:
+                return proc, runs[0].run_id, records[0].event_log_entry.dagster_event.pid
+    proc.kill()
+    proc.wait()
+    raise AssertionError("the step never started")
+
+
+def test_killing_the_run_process_takes_its_workers_with_it(gravity):
+    proc, _, worker = _start_sleep_run(gravity)
+    try:
+        assert worker != proc.pid and pid_alive(worker)
+        proc.kill()  # SIGKILL: no chance to clean up; the workers must follow their parent
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while pid_alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(worker), "worker outlived its SIGKILLed run process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -35,6 +35,7 @@ from dagster import (
     in_process_executor,
     job,
     op,
+    resource,
 )
 
 from dagster_gravity import gravity_executor, runtime
@@ -204,6 +205,16 @@ def sleeps_long():
     return "never"
 
 
+@resource
+def broken_resource(_):
+    raise RuntimeError("the feature store credentials are missing (test)")
+
+
+@asset(required_resource_keys={"broken"})
+def needs_broken_resource():
+    return "never"
+
+
 def failing_startup_check(site: str, pool_id: str) -> None:
     raise RuntimeError(f"storage mount for {site} is not available (test)")
 
@@ -264,7 +275,7 @@ def dynamic_job():
 all_assets = [
     made_at_beta, follows_beta, needs_gpu, pinned_gamma, landed_at_gamma, eu_customers,
     reads_landed, eu_report, big_at_alpha, slow_left, slow_right, killed_once, dies_at_alpha,
-    sleeps_long, *chain5,
+    sleeps_long, needs_broken_resource, *chain5,
 ]
 
 defs = Definitions(
@@ -279,9 +290,10 @@ defs = Definitions(
         define_asset_job("sleep_job", selection=["sleeps_long"]),
         define_asset_job("chain_job", selection=[a.key for a in chain5]),
         define_asset_job("follows_only_job", selection=["follows_beta"]),
+        define_asset_job("broken_resource_job", selection=["needs_broken_resource"]),
         dynamic_job,
     ],
-    resources=resources,
+    resources={**resources, "broken": broken_resource},
     executor=gravity_executor,
 )
 
@@ -325,6 +337,10 @@ def chain_job():
 
 def follows_only_job():
     return get_job("follows_only_job")
+
+
+def broken_resource_job():
+    return get_job("broken_resource_job")
 
 
 def dynamic_job_factory():
