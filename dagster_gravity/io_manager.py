@@ -98,28 +98,34 @@ def asset_label(context) -> str:
 # -- serialisation -------------------------------------------------------------------------
 
 
-def _encode(obj: Any, writer) -> tuple[str, dict[str, Any]]:
-    """Write `obj` to `writer`; returns the extension and table metadata (if a table)."""
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pd = None
+def _extension(obj: Any) -> str:
+    import pandas as pd
+
+    if isinstance(obj, (pd.DataFrame, pa.Table)):
+        return ".parquet"
+    return ".npy" if isinstance(obj, np.ndarray) else ".json"
+
+
+def _encode(obj: Any, writer) -> dict[str, Any]:
+    """Write `obj` to `writer`; returns the table metadata (if a table)."""
+    import pandas as pd
+
     table = None
-    if pd is not None and isinstance(obj, pd.DataFrame):
+    if isinstance(obj, pd.DataFrame):
         table = pa.Table.from_pandas(obj)
     elif isinstance(obj, pa.Table):
         table = obj
     if table is not None:
         pq.write_table(table, writer)
         schema = TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in table.schema])
-        return ".parquet", {md.ROW_COUNT: table.num_rows, md.COLUMN_SCHEMA: MetadataValue.table_schema(schema)}
+        return {md.ROW_COUNT: table.num_rows, md.COLUMN_SCHEMA: MetadataValue.table_schema(schema)}
     if isinstance(obj, np.ndarray):
         buffer = io.BytesIO()
         np.save(buffer, obj, allow_pickle=False)
         writer.write(buffer.getbuffer())
-        return ".npy", {}
+        return {}
     writer.write(json.dumps(obj).encode())
-    return ".json", {}
+    return {}
 
 
 def _check_encodable(obj: Any, label: str) -> None:
@@ -255,15 +261,13 @@ class GravityIOManager(ConfigurableIOManager):
         self.check_residency(zone, site, label, storage.uri(base), "write it at")
         _check_encodable(obj, label)
         out_meta: dict[str, Any] = {}
-
-        # The extension is known only after encoding; encode into memory first.
-        buffer = io.BytesIO()
-        extension, table_meta = _encode(obj, buffer)
-        key = base + extension
+        key = base + _extension(obj)
         try:
-            info = storage.put_bytes(key, buffer.getbuffer())
+            with storage.open_write(key) as writer:
+                table_meta = _encode(obj, writer)
         except StorageError as err:
             raise err.for_asset(label) from err
+        info = writer.info
         out_meta.update(
             md.location_metadata(site, residency=zone, uri=info.uri, size_bytes=info.size_bytes, sha256=info.sha256)
         )
