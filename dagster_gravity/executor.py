@@ -78,6 +78,9 @@ DEFAULT_LOCALITY_WAIT = 3.0
 DEFAULT_WORKER_MAX_STEPS = 100
 DEFAULT_UNHEALTHY_AFTER = 3
 POLL_SECONDS = 0.1  # longest the loop blocks waiting for workers (interrupt latency)
+# An input whose site is known but size is not counts as one byte: moving it costs a link's
+# latency, so among otherwise equal pools the step goes to the data.
+UNKNOWN_SIZE = 1
 
 GRAVITY_CONFIG = {
     "sites_file": Field(
@@ -328,7 +331,7 @@ class _Locator:
                 for h in handles:
                     site = self.step_sites.get(h.step_key)
                     if site:
-                        inputs.append(InputData(f"{h.step_key}.{h.output_name}", 0, (site,), None))
+                        inputs.append(InputData(f"{h.step_key}.{h.output_name}", UNKNOWN_SIZE, (site,), None))
                 continue
             if asset_key is not None:
                 found = self._from_instance(asset_key)
@@ -349,7 +352,7 @@ class _Locator:
 
     @staticmethod
     def _input(name: str, loc: _OutputLocation) -> InputData:
-        return InputData(name, int(loc.size_bytes or 0), (loc.site, *loc.replicas), loc.residency)
+        return InputData(name, int(loc.size_bytes or UNKNOWN_SIZE), (loc.site, *loc.replicas), loc.residency)
 
     def _from_instance(self, asset_key) -> InputData | None:
         if asset_key in self._instance_cache:
@@ -368,7 +371,7 @@ class _Locator:
         name = asset_key.to_user_string()
         if loc is not None and loc.site:
             replicas = tuple(r for r in (loc.replicas or ()) if r != loc.site)
-            found = InputData(name, int(loc.size_bytes or 0), (loc.site, *replicas), loc.residency)
+            found = InputData(name, int(loc.size_bytes or UNKNOWN_SIZE), (loc.site, *replicas), loc.residency)
         elif loc is not None and loc.residency:
             # Where it is is unknown but its zone is not: it may be anywhere in the zone, and
             # the step may not run outside it.

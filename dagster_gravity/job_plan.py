@@ -1,0 +1,155 @@
+"""`gravity plan`: where each step of a job would run and what would move, without running it.
+
+It replays the executor's own per-step decision (`executor._Locator` + `place_step`) over
+the job's execution plan in topological order, with every pool free: inputs produced
+earlier in the job are assumed at the site their step was placed at, with the size of that
+asset's latest materialization (or its definition's `dagster/size_bytes`, else 0); other
+inputs are where the instance says they are now. Delay scheduling and failures are runtime
+matters and are not simulated.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from dagster_gravity import metadata as md
+from dagster_gravity.placement import Objective, PlacementError, format_bytes, place_step
+from dagster_gravity.topology import Topology
+
+
+RUN_TIME = "(at run time)"
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step_key: str
+    pool: str | None  # None when no pool may run it
+    site: str | None
+    bytes_moved: int
+    transfer_seconds: float
+    dollars: float
+    moves: tuple[str, ...]  # "input (size) from site" for each input that would move
+    reason: str  # the placement's explanation, or the PlacementError message
+
+
+def load_job(module: str, job_name: str, attribute: str | None = None):
+    """A job definition from `module` (its Definitions object, or a job/`defs` attribute)."""
+    from dagster import Definitions, JobDefinition
+
+    mod = importlib.import_module(module)
+    if attribute:
+        target = getattr(mod, attribute, None)
+        if target is None:
+            raise ValueError(f"module {module!r} has no attribute {attribute!r}")
+        candidates = [target]
+    else:
+        candidates = [v for v in vars(mod).values() if isinstance(v, (Definitions, JobDefinition))]
+    for target in candidates:
+        if isinstance(target, JobDefinition) and target.name == job_name:
+            return target
+        if isinstance(target, Definitions):
+            try:
+                return target.resolve_job_def(job_name)
+            except Exception:
+                continue
+    raise ValueError(f"no job named {job_name!r} in module {module!r}; expected a Definitions object or a job there")
+
+
+def plan_job(
+    job_def,
+    instance,
+    topology: Topology,
+    *,
+    objective: Any = "time",
+    run_config: Mapping[str, Any] | None = None,
+    disabled_pools: Sequence[str] = (),
+) -> list[PlannedStep]:
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.execution.plan.step import ExecutionStep
+
+    from dagster_gravity.executor import _Locator, _OutputLocation, requirements_for
+
+    objective = Objective.parse(objective)
+    plan = create_execution_plan(job_def, run_config=run_config or {})
+    run = _FakeRun()
+    locator = _Locator(instance, job_def, run, topology)
+    healthy = {p.id for p in topology.pools if p.id not in disabled_pools and p.site not in disabled_pools}
+    asset_layer = job_def.asset_layer
+    out: list[PlannedStep] = []
+    for step in plan.get_all_steps_in_topo_order():
+        if not isinstance(step, ExecutionStep):
+            out.append(
+                PlannedStep(step.key, RUN_TIME, None, 0, 0.0, 0.0, (), "a dynamic step: placed when its upstream's outputs resolve")
+            )
+            continue
+        inputs = locator.inputs_for(step)
+        try:
+            placement = place_step(
+                topology, inputs, requirements_for(step), objective=objective, healthy=healthy, step=step.key
+            )
+        except PlacementError as exc:
+            out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), str(exc)))
+            continue
+        chosen = next(c for c in placement.candidates if c.pool == placement.pool)
+        moves = tuple(
+            f"{i.name} ({format_bytes(i.size_bytes)}) from {i.sites[0]}"
+            for i in inputs
+            if i.size_bytes > 0 and placement.site not in i.sites
+        )
+        out.append(
+            PlannedStep(
+                step.key, placement.pool, placement.site, int(chosen.bytes_moved),
+                float(chosen.transfer_seconds), float(chosen.dollars), moves, placement.reason,
+            )
+        )
+        # Its outputs land where it runs, with the size of the asset's latest version.
+        locator.step_sites[step.key] = placement.site
+        for output in step.step_outputs:
+            asset_key = None
+            try:
+                asset_key = asset_layer.get_asset_key_for_node_output(step.node_handle, output.name)
+            except Exception:
+                pass
+            size, residency = 0, None
+            if asset_key is not None:
+                found = locator._from_instance(asset_key)
+                if found is not None:
+                    size, residency = found.size_bytes, found.residency
+                if residency is None and asset_layer.has(asset_key):
+                    residency = md.read_location(asset_layer.get(asset_key).metadata or {})["residency"]
+            loc = _OutputLocation(placement.site, (), size, residency)
+            locator.outputs[(step.key, output.name)] = loc
+            if asset_key is not None:
+                locator.assets[asset_key] = loc
+    return out
+
+
+class _FakeRun:
+    """The run-shaped object `_Locator` reads (no partition: the latest of any)."""
+
+    tags: Mapping[str, str] = {}
+
+
+def format_plan(steps: Sequence[PlannedStep]) -> str:
+    rows = [("step", "pool", "moves", "transfer s", "$", "why")]
+    for s in steps:
+        rows.append(
+            (
+                s.step_key,
+                s.pool or "CANNOT RUN",
+                "; ".join(s.moves) if s.moves else "nothing",
+                f"{s.transfer_seconds:.3g}",
+                f"{s.dollars:.4g}",
+                s.reason.splitlines()[0] if s.pool else s.reason.replace("\n", " ").replace("  ", " "),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for r in rows:
+        lines.append("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
+    total = sum(s.bytes_moved for s in steps)
+    dollars = sum(s.dollars for s in steps)
+    lines.append(f"\n{len(steps)} steps; {format_bytes(total)} would move; ${dollars:.4g} egress")
+    return "\n".join(lines)

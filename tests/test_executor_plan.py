@@ -1,0 +1,41 @@
+"""`gravity plan` logic: the executor's decisions replayed over a job without running it."""
+
+from __future__ import annotations
+
+from dagster import DagsterInstance
+
+from dagster_gravity.job_plan import RUN_TIME, format_plan, load_job, plan_job
+from dagster_gravity.topology import Topology
+from tests.support import jobs
+
+
+def _plan(tmp_path, job_name, **kwargs):
+    topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
+    with DagsterInstance.ephemeral() as instance:
+        return {s.step_key: s for s in plan_job(load_job("tests.support.jobs", job_name), instance, topology, **kwargs)}
+
+
+def test_plan_follows_data_pins_and_residency(tmp_path):
+    steps = _plan(tmp_path, "locality_job")
+    assert steps["made_at_beta"].site == "beta"
+    assert steps["follows_beta"].site == "beta"  # follows where its upstream would run
+    assert steps["reads_landed"].site == "gamma"  # its 5 GB input is at gamma
+    assert all(s.bytes_moved == 0 for s in steps.values())
+    assert _plan(tmp_path, "requirements_job")["needs_gpu"].pool == "alpha/gpu"
+
+
+def test_plan_says_what_cannot_run_and_what_would_move(tmp_path):
+    blocked = _plan(tmp_path, "residency_job", disabled_pools=["gamma"])["eu_report"]
+    assert blocked.pool is None and "may not leave zone 'eu'" in blocked.reason
+    # With alpha out of service the 100 GB input at alpha has to move.
+    moved = _plan(tmp_path, "delay_job", disabled_pools=["alpha"])["slow_left"]
+    assert moved.site == "beta" and moved.bytes_moved == 100 * jobs.GB
+    assert moved.moves == ("big_at_alpha (100 GB) from alpha",)
+    text = format_plan([moved, blocked])
+    assert "CANNOT RUN" in text and "100 GB" in text
+
+
+def test_plan_leaves_dynamic_steps_to_run_time(tmp_path):
+    steps = _plan(tmp_path, "dynamic_job")
+    assert steps["fan_out"].site == "alpha"
+    assert steps["square[?]"].pool == RUN_TIME
