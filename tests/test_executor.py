@@ -126,6 +126,13 @@ def test_worker_killed_mid_step_is_retried_and_the_run_succeeds(gravity):
     assert any("died (signal 9)" in m for m in engine_messages(result))
     assert json.loads((gravity.store / "killed_once.json").read_text()) == 1
 
+    # Without retries the same crash is a plain step failure: the run fails, it does not hang.
+    no_retry = gravity.run("killed_job", retries={"disabled": {}})
+    assert not no_retry.success
+    failure = next(e for e in no_retry.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "killed_once"
+    assert "WorkerCrashedError" in failure.step_failure_data.error.to_string()
+
 
 def test_pool_whose_workers_die_is_marked_unhealthy_and_fails_over(gravity):
     result = gravity.run("failover_job", unhealthy_after=1)
