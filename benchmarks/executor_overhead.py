@@ -121,7 +121,7 @@ def time_one(instance, shape: str, size: int, executor: str) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per (job, executor); the median is reported")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 3- and 6-step chains, 2x2 fan-out, one repeat")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 3- and 6-step chains, one repeat")
     parser.add_argument("--skip-slow", action="store_true", help="skip multiprocess/spawn on the 100-step jobs")
     parser.add_argument("--executors", default=",".join(EXECUTORS), help="comma-separated subset of " + ",".join(EXECUTORS))
     args = parser.parse_args(argv)
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         if e not in EXECUTORS:
             parser.error(f"--executors: got {e!r}; expected some of {', '.join(EXECUTORS)}")
     if args.quick:
-        jobs = [("chain", 3, "chain3"), ("chain", 6, "chain6"), ("fanout", 2, "fanout2x2")]
+        jobs = [("chain", 3, "chain3"), ("chain", 6, "chain6")]
         small, large = "chain3", "chain6"
         repeat = 1
     else:
