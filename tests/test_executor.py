@@ -96,6 +96,21 @@ def test_residency_fails_clearly_instead_of_moving_data_out(gravity):
     assert not any(e.event_type == DagsterEventType.STEP_START for e in result.all_events)
 
 
+def test_unhealthy_zone_fails_the_step_instead_of_moving_data_out(gravity):
+    # gamma's pool cannot start workers, so it turns unhealthy; no other site is in zone eu.
+    result = gravity.run(
+        "residency_job",
+        unhealthy_after=1,
+        pools={"per_site": {"gamma": {"startup_check": "tests.support.jobs:failing_startup_check"}}},
+    )
+    assert not result.success
+    assert any("gamma/cpu marked unhealthy" in m for m in engine_messages(result))
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    message = failure.step_failure_data.error.message
+    assert failure.step_key == "eu_report" and "gamma/cpu: unhealthy" in message and "zone 'eu'" in message
+    assert not (gravity.store / "eu_report.where.json").exists()
+
+
 def test_delay_scheduling_waits_then_spills(gravity):
     # Both steps read 100 GB at alpha; alpha has one usable slot (its GPU pool is drained).
     result = gravity.run("delay_job", disabled_pools=["alpha/gpu"], locality_wait=1.0)
