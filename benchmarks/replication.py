@@ -101,7 +101,9 @@ def main(argv=None) -> int:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"replication throughput, {args.size_mb:g} MB objects, median of {args.runs} runs (raw and gravity alternate)")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} at the end (S3 server on the same machine)")
     print(f"{'path':<16}{'raw MB/s':>12}{'gravity MB/s':>15}{'gravity/raw':>13}")
     for r in results:
         print(f"{r['path']:<16}{r['raw_mb_s']:>12.1f}{r['gravity_mb_s']:>15.1f}{r['ratio']:>12.0%}")
