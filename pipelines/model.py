@@ -11,7 +11,7 @@
 import hashlib
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, AssetObservation, Config, OpExecutionContext, asset, job, op
+from dagster import AssetExecutionContext, AssetKey, AssetObservation, Config, OpExecutionContext, RetryPolicy, asset, job, op
 
 from dagster_gravity import metadata as gm
 from dagster_gravity.checkpoints import CheckpointStore, checkpoint_metadata
@@ -58,6 +58,9 @@ def load_parent(context, store: CheckpointStore):
 @asset(
     partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version=CODE_VERSION,
     op_tags={gm.TAG_POOL: "gpu", gm.TAG_GPU: "1"}, kinds={"numpy"},
+    # A killed or crashed training step is retried, and resumes from its last intermediate
+    # checkpoint (same partition, parent and data -> same progress key).
+    retry_policy=RetryPolicy(max_retries=2, delay=1),
 )
 def model_checkpoint(
     context: AssetExecutionContext, config: TrainingConfig, checkpoints: CheckpointsResource, training_set: pd.DataFrame

@@ -10,6 +10,7 @@ recorded batch instead of starting over.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -129,7 +130,7 @@ def train_incremental(
             time.sleep(config.batch_delay_s)
         done = batch + 1
         if done % config.checkpoint_every == 0 and done < total:
-            store.save_progress(MODEL_NAME, key, done, arrays, {"total_batches": total})
+            store.save_progress(MODEL_NAME, key, done, arrays, {"total_batches": total, "pid": os.getpid()})
             saves += 1
     loss = log_loss(y, predict_proba(arrays, x))
     return TrainResult(arrays, start, total, key, saves, loss, dict(progress.state) if progress else {})

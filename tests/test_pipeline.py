@@ -3,6 +3,7 @@ every asset at its site, kill-and-resume training, corrupted-checkpoint fallback
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -82,41 +83,79 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
     assert numbers["blind"] > 2 * numbers["aware"]  # ~3.6x at this tiny size, ~120x at the demo size
 
 
+def start_slow_retrain(partition):
+    """A retrain run in its own process (and process group), slowed down so it can be killed."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.pipeline", "retrain_job", partition, "128", "0.1"],
+        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def wait_for_progress(proc, progress_root: Path, timeout: float = 90) -> int:
+    """Wait until training saved an intermediate checkpoint; its next batch."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = list(progress_root.glob("*/state.json"))
+        if states:
+            try:
+                return json.loads(states[0].read_text())["next_batch"]
+            except (FileNotFoundError, ValueError):
+                pass
+        assert proc.poll() is None, f"training run ended before saving progress: {proc.stdout.read()!r}"
+        assert time.monotonic() < deadline, f"no intermediate checkpoint within {timeout} s"
+        time.sleep(0.1)
+
+
+def training_worker_pid(progress_root: Path) -> int:
+    """The process that wrote the training progress: the worker running the step."""
+    [state] = list(progress_root.glob("*/state.json"))
+    return int(json.loads(state.read_text())["state"]["pid"])
+
+
 def test_killed_training_step_resumes_from_its_intermediate_checkpoint(pipeline_sites, instance, dagster_home):
     generate_days(pipeline_sites, [DAY1])
     assert run_job(instance, "everything_job", DAY1)[1]
     progress_root = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "_intermediate"
+    store = store_for(pipeline_sites)
 
-    # Retrain in another process, slowly, and SIGKILL it once it has saved progress.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.pipeline", "retrain_job", DAY1, "128", "0.15"],
-        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    # 1. SIGKILL the worker running the training step: the executor retries the step (its
+    #    RetryPolicy) in the same run, and the retry resumes from the intermediate checkpoint.
+    proc = start_slow_retrain(DAY1)
     try:
-        deadline = time.monotonic() + 90
-        while not list(progress_root.glob("*/state.json")):
-            assert proc.poll() is None, f"training run ended before saving progress: {proc.stdout.read()!r}"
-            assert time.monotonic() < deadline, "no intermediate checkpoint within 90 s"
-            time.sleep(0.1)
+        saved_at = wait_for_progress(proc, progress_root)
+        pid = training_worker_pid(progress_root)
+        assert pid != proc.pid  # a worker of the run, not the run process itself
+        os.kill(pid, signal.SIGKILL)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, output
+    meta = latest_metadata(instance, "model_checkpoint", DAY1)
+    assert meta["train/resumed"] is True and meta["train/start_batch"] >= saved_at >= 4
+    assert meta["checkpoint/version"] == 2 and meta["train/warm_start_from"] == 1
+    assert not list(progress_root.glob("*/state.json"))  # progress is cleared once the version exists
+
+    # 2. SIGKILL the whole run (run process and its workers): a new run of the same
+    #    partition, parent and data resumes from where the killed one got to.
+    parent = store.promoted(MODEL_NAME)
+    proc = start_slow_retrain(DAY1)
+    try:
+        saved_at = wait_for_progress(proc, progress_root)
         time.sleep(0.4)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the run process and its forked workers
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    [state] = list(progress_root.glob("*/state.json"))
-    import json
-
-    saved_at = json.loads(state.read_text())["next_batch"]
-    assert saved_at >= 4
-    assert store_for(pipeline_sites).versions(MODEL_NAME) == [1]  # the killed run saved no version
+    saved_at = json.loads(next(progress_root.glob("*/state.json")).read_text())["next_batch"]
+    assert store.versions(MODEL_NAME) == [1, 2]  # the killed run saved no version
 
     run_id, ok, failures = run_job(instance, "retrain_job", DAY1, training_run_config(batch_rows=128))
     assert ok, failures
     meta = latest_metadata(instance, "model_checkpoint", DAY1)
     assert meta["train/resumed"] is True
-    assert meta["train/start_batch"] >= saved_at
-    assert meta["train/start_batch"] < meta["train/total_batches"]
-    assert meta["checkpoint/version"] == 2 and meta["train/warm_start_from"] == 1
-    assert not list(progress_root.glob("*/state.json"))  # progress is cleared once the version exists
+    assert saved_at <= meta["train/start_batch"] < meta["train/total_batches"]
+    assert meta["checkpoint/version"] == 3 and meta["train/warm_start_from"] == parent
 
 
 def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores(pipeline_sites, instance):
