@@ -506,7 +506,23 @@ class GravityExecutor(Executor):
 
             stack.callback(stop_all)
             for backend, pools in groups:
-                backend.start(payload if backend.name == "local" else payload.without_plan(), pools)
+                try:
+                    backend.start(payload if backend.name == "local" else payload.without_plan(), pools)
+                except Exception as exc:  # a backend that cannot start: its pools are unhealthy
+                    error = serializable_error_info_from_exc_info(sys.exc_info())
+                    for pool in pools:
+                        loop.start_failures[pool.id] = f"{backend.name} backend failed to start: {exc}"
+                    yield DagsterEvent.engine_event(
+                        plan_context,
+                        f"gravity: the {backend.name} backend for {', '.join(p.id for p in pools)} "
+                        f"failed to start; those pools are unhealthy: {exc}",
+                        EngineEventData.engine_error(error),
+                    )
+                    try:
+                        backend.stop()
+                    except Exception:
+                        pass
+                    continue
                 started.append(backend)
             yield from loop.run(stack)
 
@@ -530,17 +546,31 @@ class _Loop:
         self.waiting: dict[str, _Waiting] = {}
         self.running: dict[str, _Running] = {}
         self.reported_unhealthy: set[str] = set()
+        self.start_failures: dict[str, str] = {}  # pool id -> why its backend did not start
 
     # -- pool state ------------------------------------------------------------------
 
+    def is_healthy(self, pool_id: str) -> bool:
+        if pool_id in self.disabled or pool_id in self.start_failures:
+            return False
+        return self.by_pool[pool_id].health(pool_id).healthy
+
+    def unhealthy_reason(self, pool_id: str) -> str:
+        if pool_id in self.start_failures:
+            return self.start_failures[pool_id]
+        return self.by_pool[pool_id].health(pool_id).reason
+
     def healthy_pools(self) -> set[str]:
-        return {pid for pid, b in self.by_pool.items() if pid not in self.disabled and b.health(pid).healthy}
+        return {pid for pid in self.by_pool if self.is_healthy(pid)}
+
+    def free_slots(self, pool_id: str) -> int:
+        return self.by_pool[pool_id].free_slots(pool_id) if self.is_healthy(pool_id) else 0
 
     def unhealthy_events(self) -> Iterator[DagsterEvent]:
-        for pid, backend in self.by_pool.items():
-            if pid in self.reported_unhealthy or pid in self.disabled:
+        for pid in self.by_pool:
+            if pid in self.reported_unhealthy or pid in self.disabled or pid in self.start_failures:
                 continue
-            health = backend.health(pid)
+            health = self.by_pool[pid].health(pid)
             if not health.healthy:
                 self.reported_unhealthy.add(pid)
                 yield DagsterEvent.engine_event(
@@ -558,7 +588,7 @@ class _Loop:
 
     def _waits(self, healthy: set[str]) -> dict[str, float]:
         """A full pool's expected wait: at most the locality wait, then we spill anyway."""
-        return {pid: self.config.locality_wait for pid in healthy if self.by_pool[pid].free_slots(pid) <= 0}
+        return {pid: self.config.locality_wait for pid in healthy if self.free_slots(pid) <= 0}
 
     def _place(self, w: _Waiting, *, spill_from: set[str] = frozenset()) -> Placement:
         healthy = self.healthy_pools()
@@ -585,7 +615,7 @@ class _Loop:
             except PlacementError:
                 ideal = None
             if ideal is not None and ideal.pool in unhealthy:
-                reason = self.by_pool[ideal.pool].health(ideal.pool).reason
+                reason = self.unhealthy_reason(ideal.pool)
                 w.notes.append(f"pool {ideal.pool} unhealthy ({reason}), failed over to {placement.pool}")
         return placement
 
@@ -595,17 +625,17 @@ class _Loop:
         for key in list(self.waiting):
             w = self.waiting[key]
             try:
-                if w.placement is None or not self.by_pool[w.placement.pool].health(w.placement.pool).healthy:
+                if w.placement is None or not self.is_healthy(w.placement.pool):
                     w.placement = self._place(w)
                     w.decided_at = now
                 pool_id = w.placement.pool
-                if self.by_pool[pool_id].free_slots(pool_id) > 0:
+                if self.free_slots(pool_id) > 0:
                     yield from self._submit(w, w.placement)
                     continue
                 waited = now - w.decided_at
                 if waited < self.config.locality_wait:
                     continue
-                full = {pid for pid, b in self.by_pool.items() if b.free_slots(pid) <= 0}
+                full = {pid for pid in self.by_pool if self.free_slots(pid) <= 0}
                 try:
                     spill = self._place(w, spill_from=full)
                 except PlacementError:

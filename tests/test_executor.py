@@ -174,6 +174,19 @@ def test_pool_that_cannot_start_fails_over(gravity):
     assert not any(e.event_type == DagsterEventType.STEP_FAILURE for e in result.all_events)
 
 
+def test_backend_that_cannot_start_makes_its_pools_unhealthy(gravity):
+    from dagster_gravity.pools import register_backend
+    from tests.support.jobs import UnreachableBackend
+
+    register_backend("unreachable", UnreachableBackend)
+    result = gravity.run("locality_job", pools={"per_site": {"beta": {"backend": "unreachable"}}})
+    assert not result.success  # made_at_beta is pinned to beta
+    assert any("failed to start" in m and "tcp://127.0.0.1:9" in m for m in engine_messages(result))
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "made_at_beta" and "beta/cpu: unhealthy" in failure.step_failure_data.error.message
+    assert placements(result)["reads_landed"]["gravity/site"] == "gamma"  # the rest still runs
+
+
 def test_requirements_no_healthy_pool_can_meet_fail_clearly(gravity):
     result = gravity.run("requirements_job", disabled_pools=["alpha/gpu"])
     assert not result.success

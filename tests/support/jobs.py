@@ -223,6 +223,21 @@ def ok_startup_check(site: str, pool_id: str) -> None:
     return None
 
 
+class UnreachableBackend:
+    """A pool backend whose cluster cannot be reached (register it under a name to use it)."""
+
+    name = "unreachable"
+
+    def __init__(self, settings, *, worker_max_steps, unhealthy_after):
+        self.address = settings.get("address", "tcp://127.0.0.1:9")
+
+    def start(self, run, pools):
+        raise ConnectionError(f"cannot reach the cluster at {self.address}")
+
+    def stop(self):
+        pass
+
+
 # -- chains (per-step cost, recycling) -------------------------------------------------
 
 def make_chain(n: int, prefix: str = "chain"):
