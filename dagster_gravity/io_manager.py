@@ -12,8 +12,10 @@ for tables, `dagster/row_count` and `dagster/column_schema`.
 
 Reading an asset consults its latest materialization (the truth): a copy at the reading
 site is used only if its sha256 equals the materialization's; otherwise the object is
-replicated from the primary site, and an AssetObservation on the upstream asset records
-`gravity/replicas`, `gravity/sha256` and `gravity/bytes_moved`. The observation is
+replicated from the primary site (or, when the primary has lost it or cannot be reached,
+from a site holding a current replica), and an AssetObservation on the upstream asset
+records `gravity/replicas`, `gravity/sha256`, `gravity/bytes_moved` and
+`gravity/replicated_from`. The observation is
 attached with `InputContext.add_input_metadata`, which Dagster turns into an
 ASSET_OBSERVATION event of the step (so it reaches the event log through the executor's
 event stream, like every other step event); inputs spanning several partitions cannot use
@@ -317,42 +319,64 @@ class GravityIOManager(ConfigurableIOManager):
         here = self.site_here(label)
         primary, sha = loc["site"], loc["sha256"]
         wanted = _wanted_type(context)
-        if primary == here:
-            return _decode(self._read(here, key, sha, label), extension, wanted)
-
         local = self.storage(here, label)
-        self.check_residency(zone, here, label, loc["uri"], "copy it to")
-        existing = self._head(local, key, label)
-        if existing is not None and existing.sha256 == sha:
+        if primary == here:
             try:
                 return _decode(self._read(here, key, sha, label), extension, wanted)
-            except ChecksumMismatch as err:
-                context.log.warning(f"gravity: local replica is damaged, replicating again: {err}")
-        elif existing is not None:
-            context.log.info(
-                f"gravity: the copy of {label} at {here} is stale (sha256 {existing.sha256[:12]}, latest "
-                f"{sha[:12]}); replicating the latest from {primary}"
-            )
-        source = self.storage(primary, label)
-        try:
-            result = replicate(source, local, key, sha)
-        except StorageError as err:
-            raise err.for_asset(label) from err
+            except StorageError as err:
+                primary_error: StorageError | None = err  # lost or damaged: restore from a replica
+        else:
+            primary_error = None
+            self.check_residency(zone, here, label, loc["uri"], "copy it to")
+            existing = self._head(local, key, label)
+            if existing is not None and existing.sha256 == sha:
+                try:
+                    return _decode(self._read(here, key, sha, label), extension, wanted)
+                except ChecksumMismatch as err:
+                    context.log.warning(f"gravity: local replica is damaged, replicating again: {err}")
+            elif existing is not None:
+                context.log.info(
+                    f"gravity: the copy of {label} at {here} is stale (sha256 {existing.sha256[:12]}, latest "
+                    f"{sha[:12]}); replicating the latest from {primary}"
+                )
+        current_replicas = _current_replicas(context.instance, context.asset_key, partition, record)
+        sources = ([] if primary == here else [primary]) + [s for s in current_replicas if s != here]
+        errors: list[StorageError] = [primary_error] if primary_error is not None else []
+        result = None
+        for source_site in sources:
+            try:
+                result = replicate(self.storage(source_site, label), local, key, sha)
+                break
+            except StorageError as err:
+                errors.append(err.for_asset(label))
+                if source_site == primary and len(sources) > 1:
+                    context.log.warning(f"gravity: cannot copy {label} from its primary site: {err}; trying replicas")
+        if result is None:
+            first = errors[0] if errors else ObjectNotFound("no site holds a current copy", site=here, asset=label)
+            if len(errors) > 1:
+                raise type(first)(
+                    f"{first.reason}; the current replicas failed too: " + "; ".join(str(e) for e in errors[1:]),
+                    site=first.site,
+                    uri=first.uri,
+                    asset=label,
+                ) from first
+            raise first
+        source_site = result.source.site
         data = self._read(here, key, sha, label)
-        replicas = sorted((set(_current_replicas(context.instance, context.asset_key, partition, record)) | {here}) - {primary})
+        replicas = sorted((set(current_replicas) | {here}) - {primary})
         observation = {
             md.REPLICAS: replicas,
             md.SHA256: sha,
             BYTES_MOVED: result.bytes_moved,
-            REPLICATED_FROM: primary,
+            REPLICATED_FROM: source_site,
             REPLICA_URI: result.replica.uri,
         }
         context.log.info(
-            f"gravity: replicated {label}{'' if partition is None else f' [{partition}]'} from {primary} to "
+            f"gravity: replicated {label}{'' if partition is None else f' [{partition}]'} from {source_site} to "
             f"{here}: {result.bytes_moved} bytes in {result.seconds:.3f}s, sha256 verified"
         )
         if single:
-            context.add_input_metadata(observation, description=f"replicated from {primary} to {here}")
+            context.add_input_metadata(observation, description=f"replicated from {source_site} to {here}")
         else:
             context.instance.report_runless_asset_event(
                 AssetObservation(asset_key=context.asset_key, partition=partition, metadata=observation)

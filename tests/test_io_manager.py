@@ -318,3 +318,19 @@ def test_s3_site_that_refuses_fails_with_a_clear_error(tmp_path, instance):  # n
     err = run_failure([up], "s3-a", io, instance)
     assert "refused the connection or timed out" in str(err)
     assert "'up'" in str(err) and "'s3-a'" in str(err) and "s3://dead-a/gravity/up.parquet" in str(err)
+
+
+def test_lost_primary_is_served_from_a_current_replica(io, instance):  # noqa: F811
+    run([up], "s3-a", io, instance)
+    run([up, down], "us-local", io, instance, selection=[down])  # verified replica at us-local
+    store(io, "s3-a").delete("up.parquet")  # the primary site lost its copy
+
+    result = run([up, down], "s3-b", io, instance, selection=[down])
+    assert result.output_for_node("down")["c"].tolist() == [2, 4, 6]
+    latest = observations(instance, "up")[0].asset_observation.metadata
+    assert meta_value(latest, "gravity/replicated_from") == "us-local"
+    assert latest_location(instance, "up").replicas == ("s3-b", "us-local")
+
+    # at the primary site itself, the lost object is restored from a replica
+    run([up, down], "s3-a", io, instance, selection=[down])
+    assert store(io, "s3-a").head("up.parquet").sha256 == latest_location(instance, "up").sha256
