@@ -153,3 +153,50 @@ def format_plan(steps: Sequence[PlannedStep]) -> str:
     dollars = sum(s.dollars for s in steps)
     lines.append(f"\n{len(steps)} steps; {format_bytes(total)} would move; ${dollars:.4g} egress")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# The `gravity plan` subcommand (cli.py registers it with `add_plan_command`)
+# --------------------------------------------------------------------------------------
+
+
+def add_plan_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="where each step of a job would run and what would move, without running it",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("-m", "--module", required=True, help="module holding the Definitions (e.g. pipelines.definitions)")
+    parser.add_argument("-j", "--job", required=True, help="job name")
+    parser.add_argument("-a", "--attribute", default=None, help="attribute of the module: a Definitions object or a job")
+    parser.add_argument("--sites", default=None, help="sites file (default: $GRAVITY_SITES, else sites.yaml)")
+    parser.add_argument("--objective", default="time", help="'time', 'cost' or a weight in [0, 1]")
+    parser.add_argument("--disable", action="append", default=[], help="a pool id or site to treat as out of service (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.set_defaults(func=run_plan_command)
+
+
+def run_plan_command(args) -> int:
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from dagster import DagsterInstance
+
+    from dagster_gravity.topology import default_sites_path
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `-m pipelines.definitions` from the project root
+    topology = Topology.from_yaml(Path(args.sites) if args.sites else default_sites_path())
+    job_def = load_job(args.module, args.job, args.attribute)
+    # Locations come from the instance when there is one ($DAGSTER_HOME), else definitions only.
+    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    with instance:
+        steps = plan_job(job_def, instance, topology, objective=args.objective, disabled_pools=args.disable)
+    if args.json:
+        print(json.dumps([s.__dict__ for s in steps], indent=2))
+    else:
+        print(f"job {job_def.name} on {topology.source} (objective {Objective.parse(args.objective).describe()})\n")
+        print(format_plan(steps))
+    return 1 if any(s.pool is None for s in steps) else 0

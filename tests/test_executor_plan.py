@@ -39,3 +39,18 @@ def test_plan_leaves_dynamic_steps_to_run_time(tmp_path):
     steps = _plan(tmp_path, "dynamic_job")
     assert steps["fan_out"].site == "alpha"
     assert steps["square[?]"].pool == RUN_TIME
+
+
+def test_plan_command_prints_the_table(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from dagster_gravity.job_plan import add_plan_command
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    sites = jobs.write_test_sites(tmp_path)
+    parser = argparse.ArgumentParser(prog="gravity")
+    add_plan_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plan", "-m", "tests.support.jobs", "-j", "residency_job", "--sites", str(sites), "--disable", "gamma"])
+    assert args.func(args) == 1  # a step that cannot run anywhere makes the command fail
+    out = capsys.readouterr().out
+    assert "eu_report" in out and "CANNOT RUN" in out and "zone 'eu'" in out
