@@ -61,6 +61,11 @@ EXACT_TABLE_LIMIT = 2_000_000
 # `auto` keeps the exact solver while the whole plan's elimination builds at most this many
 # table entries (about 0.3 s of numpy work), so large plans stay within their time budget.
 EXACT_WORK_LIMIT = 30_000_000
+# The heuristic uses alpha-expansion (one minimum cut per site per sweep) while
+# steps x sites stays under this; larger plans get only tree-block descent, in a bounded
+# number of rounds, to keep 10,000 steps x 50 sites under a second.
+EXPANSION_LIMIT = 100_000
+LARGE_PLAN_BLOCK_ROUNDS = 4
 
 # What one hour of waiting is worth in dollars, so that seconds and dollars add up: about
 # the on-demand price of one cloud GPU instance-hour (an A100 40GB is $3-4/h in 2024-2026).
@@ -517,6 +522,11 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
     merged: dict[tuple[int, int], list[float]] = {}  # (u, v) -> [bytes, transfers]
     pool_choice: list[list[str | None]] = []
     req_cache: dict[tuple, tuple[np.ndarray, list]] = {}
+    zone_masks: dict[str, np.ndarray] = {}
+    allowed = np.zeros((n, n_sites), dtype=bool)
+    one_step: list[int] = []
+    one_site: list[int] = []
+    one_size: list[float] = []
     for i, step in enumerate(steps):
         what = f"step {step.key!r}"
         req = step.requirements
@@ -552,22 +562,43 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
                 acc = merged.setdefault((index[up_key], i), [0.0, 0])
                 acc[0] += float(nbytes)
                 acc[1] += 1
-        _, _, _, transfer = _input_costs(cm, step.external_inputs, objective)
-        row = transfer.copy()
-        failures = {}
-        for s, site in enumerate(cm.sites):
-            reasons = []
-            if not has_pool[s]:
-                reasons.append("no pool qualifies (" + "; ".join(why[s]) + ")")
-            reasons += _residency_failures(topology, zones, site, what="data")
-            if reasons:
-                row[s] = math.inf
+        for item in step.external_inputs:
+            if not item.sites:
+                raise ValueError(f"input {item.name!r} has no site holding a copy; expected at least one site")
+            if item.size_bytes < 0:
+                raise ValueError(f"input {item.name!r}: size_bytes is {item.size_bytes}; expected >= 0")
+            if item.size_bytes == 0:
+                continue
+            if len(item.sites) == 1:
+                one_step.append(i)
+                one_site.append(cm.site_index(item.sites[0], f"input {item.name!r}"))
+                one_size.append(float(item.size_bytes))
+            else:
+                _, _, _, transfer = _input_costs(cm, (item,), objective)
+                unary[i] += transfer
+        mask = has_pool
+        for zone, _ in zones:
+            zmask = zone_masks.get(zone)
+            if zmask is None:
+                members = topology.zone_sites(zone)
+                zmask = zone_masks[zone] = np.array([site in members for site in cm.sites])
+            mask = mask & zmask
+        if not mask.any():
+            failures = {}
+            for s, site in enumerate(cm.sites):
+                reasons = [] if has_pool[s] else ["no pool qualifies (" + "; ".join(why[s]) + ")"]
+                reasons += _residency_failures(topology, zones, site, what="data")
                 failures[site] = reasons
-        if np.isinf(row).all():
             lines = "\n".join(f"  {site}: {'; '.join(r)}" for site, r in failures.items())
             raise PlacementError(f"no site can run {what}:\n{lines}", step=step.key)
-        unary[i] = row
+        allowed[i] = mask
         pool_choice.append(chosen)
+    if one_step:
+        # inputs with one replica, all at once: moving from site r costs size*per_byte[r] + fixed[r]
+        # (zero at r itself, the diagonal being zero)
+        r = np.array(one_site, dtype=np.int64)
+        np.add.at(unary, np.array(one_step, dtype=np.int64), np.array(one_size)[:, None] * per_byte[r] + fixed[r])
+    unary[~allowed] = math.inf
     pairs = list(merged)
     return _Problem(
         keys=keys,
@@ -645,6 +676,105 @@ def _elimination_order(adj, nodes: list[int], n_sites: int, table_limit: float):
 
 # -- exact on forests: batched dynamic programme ------------------------------------------
 
+class _Orientation:
+    """Min-sum messages across edges whose cost matrix is ``bytes * per_byte + count * fixed``,
+    indexed [parent site, child site], with a zero diagonal.
+
+    Exact, but pruned: for each edge it tries the child's K cheapest sites and the parent's
+    own site; a parent site whose best value could still be beaten by a site outside those
+    (checked with a lower bound from the row minima) is recomputed over all sites.
+    """
+
+    K = 8
+
+    def __init__(self, per_byte: np.ndarray, fixed: np.ndarray):
+        S = per_byte.shape[0]
+        self.per_byte, self.fixed = per_byte, fixed
+        self.per_byte_t = np.ascontiguousarray(per_byte.T)  # [child site, parent site]
+        self.fixed_t = np.ascontiguousarray(fixed.T)
+        off = ~np.eye(S, dtype=bool)
+        self.per_byte_min = np.where(off, per_byte, np.inf).min(axis=1) if S > 1 else np.zeros(S)
+        self.fixed_min = np.where(off, fixed, np.inf).min(axis=1) if S > 1 else np.zeros(S)
+
+    def messages(self, child: np.ndarray, nbytes: np.ndarray, count: np.ndarray):
+        """For k edges: best[k, a] = min_b child[k, b] + cost_k[a, b], and its argmin."""
+        k, S = child.shape
+        rows = np.arange(k)[:, None]
+        if S <= self.K + 1:
+            total = nbytes[:, None, None] * self.per_byte + count[:, None, None] * self.fixed + child[:, None, :]
+            arg = np.argmin(total, axis=2)
+            return np.take_along_axis(total, arg[:, :, None], axis=2)[:, :, 0], arg
+        order = np.argpartition(child, self.K, axis=1)
+        top = order[:, : self.K]  # (k, K) the child's cheapest sites
+        outside = child[rows[:, 0], order[:, self.K]]  # lowest value among the others
+        cand = self.per_byte_t[top]  # (k, K child sites, S parent sites): row gathers
+        cand *= nbytes[:, None, None]
+        extra = self.fixed_t[top]
+        extra *= count[:, None, None]
+        cand += extra
+        cand += np.take_along_axis(child, top, axis=1)[:, :, None]
+        j = np.argmin(cand, axis=1)  # (k, S)
+        best = np.take_along_axis(cand, j[:, None, :], axis=1)[:, 0, :]
+        arg = top[rows, j]
+        stay = child < best  # the child at the parent's own site: no transfer
+        best = np.where(stay, child, best)
+        arg = np.where(stay, np.arange(S)[None, :], arg)
+        bound = outside[:, None] + nbytes[:, None] * self.per_byte_min[None, :] + count[:, None] * self.fixed_min[None, :]
+        ek, ea = np.nonzero(best > bound)
+        if len(ek):
+            full = nbytes[ek, None] * self.per_byte[ea] + count[ek, None] * self.fixed[ea] + child[ek]
+            fa = np.argmin(full, axis=1)
+            fv = full[np.arange(len(ek)), fa]
+            better = fv < best[ek, ea]
+            best[ek[better], ea[better]] = fv[better]
+            arg[ek[better], ea[better]] = fa[better]
+        return best, arg
+
+
+
+def _root_forest(p: _Problem, edges: np.ndarray, nodes: np.ndarray):
+    """Root every tree of the forest (`edges` over `nodes`) at its lowest-numbered node.
+
+    Returns (parent, parent edge, nodes grouped by depth, roots); uses scipy's BFS from a
+    virtual node joined to every root, so the work stays in C.
+    """
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import breadth_first_order, connected_components
+
+    n = len(p.keys)
+    eu, ev = p.edge_u[edges], p.edge_v[edges]
+    graph = csr_array((np.ones(2 * len(edges)), (np.concatenate([eu, ev]), np.concatenate([ev, eu]))), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    sorted_nodes = np.sort(nodes)
+    _, first = np.unique(comp[sorted_nodes], return_index=True)
+    roots = sorted_nodes[first]
+    rows = np.concatenate([eu, ev, np.full(len(roots), n)])
+    cols = np.concatenate([ev, eu, roots])
+    rooted = csr_array((np.ones(len(rows)), (rows, cols)), shape=(n + 1, n + 1))
+    order, pred = breadth_first_order(rooted, n, directed=True, return_predecessors=True)
+    parent = np.full(n, -1, dtype=np.int64)
+    inner = order[1:]
+    parent[inner] = pred[inner]
+    parent[roots] = -1
+    depth = np.zeros(n + 1, dtype=np.int64)
+    depth_list = depth.tolist()
+    pred_list = pred.tolist()
+    for v in inner.tolist():
+        depth_list[v] = depth_list[pred_list[v]] + 1
+    depth = np.array(depth_list[:n], dtype=np.int64) - 1  # roots at depth 0
+    # the edge joining each node to its parent
+    key = np.minimum(eu, ev) * n + np.maximum(eu, ev)
+    by_key = np.argsort(key)
+    pedge = np.full(n, -1, dtype=np.int64)
+    child = inner[parent[inner] >= 0]
+    ck = np.minimum(child, parent[child]) * n + np.maximum(child, parent[child])
+    pedge[child] = edges[by_key[np.searchsorted(key[by_key], ck)]]
+    by_depth = child[np.argsort(depth[child], kind="stable")]
+    cuts = np.searchsorted(depth[by_depth], np.arange(1, int(depth[child].max(initial=0)) + 2))
+    levels = [np.empty(0, dtype=np.int64)] + [by_depth[cuts[i] : cuts[i + 1]] for i in range(len(cuts) - 1)]
+    return parent, pedge, levels, roots
+
+
 
 def _forest_dp(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     """Exact labels of `nodes` when `edges` (among them) form a forest: O(n·S²), batched by depth.
@@ -654,59 +784,24 @@ def _forest_dp(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndar
     """
     n, S = unary.shape
     unary = unary.copy()
-    nbr: dict[int, list[tuple[int, int]]] = {int(v): [] for v in nodes}
-    for e in edges.tolist():
-        u, v = int(p.edge_u[e]), int(p.edge_v[e])
-        nbr[u].append((v, e))
-        nbr[v].append((u, e))
-    parent = np.full(n, -1, dtype=np.int64)
-    pedge = np.full(n, -1, dtype=np.int64)
-    depth = np.zeros(n, dtype=np.int64)
-    seen = set()
-    roots = []
-    levels: list[list[int]] = [[]]
-    for root in nodes.tolist():
-        if root in seen:
-            continue
-        seen.add(root)
-        roots.append(root)
-        frontier = [root]
-        d = 0
-        while frontier:
-            nxt = []
-            for v in frontier:
-                for w, e in nbr[v]:
-                    if w not in seen:
-                        seen.add(w)
-                        parent[w], pedge[w], depth[w] = v, e, d + 1
-                        nxt.append(w)
-            d += 1
-            if nxt:
-                while len(levels) <= d:
-                    levels.append([])
-                levels[d].extend(nxt)
-            frontier = nxt
-    pb = np.stack([p.per_byte, p.per_byte.T])  # [0]: parent upstream, [1]: parent downstream
-    fx = np.stack([p.fixed, p.fixed.T])
-    chunk = max(1, 4_000_000 // (S * S))
+    parent, pedge, levels, roots = _root_forest(p, edges, nodes)
+    orientations = (_Orientation(p.per_byte, p.fixed), _Orientation(p.per_byte.T, p.fixed.T))
     back: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for d in range(len(levels) - 1, 0, -1):
-        level = np.array(levels[d], dtype=np.int64)
+        level = levels[d]
         args = np.empty((len(level), S), dtype=np.int64)
-        for lo in range(0, len(level), chunk):
-            vs = level[lo : lo + chunk]
-            es = pedge[vs]
-            orient = (p.edge_u[es] != parent[vs]).astype(np.int64)
-            # total[k, parent site, child site]
-            total = p.edge_bytes[es][:, None, None] * pb[orient] + p.edge_count[es][:, None, None] * fx[orient]
-            total += unary[vs][:, None, :]
-            arg = np.argmin(total, axis=2)
-            best = np.take_along_axis(total, arg[:, :, None], axis=2)[:, :, 0]
-            np.add.at(unary, parent[vs], best)
-            args[lo : lo + chunk] = arg
+        es = pedge[level]
+        flipped = p.edge_u[es] != parent[level]  # the child is upstream of its parent
+        for o, sel in ((orientations[0], np.nonzero(~flipped)[0]), (orientations[1], np.nonzero(flipped)[0])):
+            for lo in range(0, len(sel), 4096):
+                part = sel[lo : lo + 4096]
+                vs = level[part]
+                best, arg = o.messages(unary[vs], p.edge_bytes[es[part]], p.edge_count[es[part]])
+                np.add.at(unary, parent[vs], best)
+                args[part] = arg
         back[d] = (level, args)
     labels = np.zeros(n, dtype=np.int64)
-    r = np.array(roots, dtype=np.int64)
+    r = roots
     labels[r] = np.argmin(unary[r], axis=1)
     for d in range(1, len(levels)):
         level, args = back[d]
@@ -790,33 +885,38 @@ def _spanning_forest(p: _Problem, nodes: np.ndarray) -> np.ndarray:
     return np.array(sorted(keep), dtype=np.int64)
 
 
-def _induced_forest(adj, nodes: list[int], rng: np.random.Generator):
-    """A random set of nodes whose induced subgraph is a forest, and its edges."""
-    comp: dict[int, int] = {}
-    parent: dict[int, int] = {}
+def _induced_forest(p: _Problem, nbrs: list[list[int]], multi: list[set], nodes: list[int], rng: np.random.Generator):
+    """A random set of nodes whose induced subgraph is a forest, and the edges among them.
 
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    chosen, edges = [], []
+    Greedy in random order: a node joins when its neighbours already in the set lie in
+    different trees (and it has only one edge to each), so joining closes no cycle.
+    """
+    n = len(nbrs)
+    parent = list(range(n))
+    inside = [False] * n
     for v in rng.permutation(nodes).tolist():
-        inside = [w for w in adj[v] if w in parent]
-        if any(len(adj[v][w]) > 1 for w in inside):
-            continue  # two edges to one node: a cycle
-        roots = [find(w) for w in inside]
-        if len(set(roots)) != len(roots):
-            continue  # two neighbours already connected: adding v closes a cycle
-        parent[v] = v
-        for r in roots:
-            parent[r] = v
-        chosen.append(v)
-        for w in inside:
-            edges.extend(adj[v][w])
-    del comp
-    return np.array(chosen, dtype=np.int64), np.array(edges, dtype=np.int64)
+        roots = []
+        ok = True
+        for w in nbrs[v]:
+            if inside[w]:
+                if multi[v] and w in multi[v]:
+                    ok = False
+                    break
+                r = w
+                while parent[r] != r:
+                    parent[r] = parent[parent[r]]
+                    r = parent[r]
+                if r in roots:
+                    ok = False
+                    break
+                roots.append(r)
+        if ok:
+            inside[v] = True
+            for r in roots:
+                parent[r] = v
+    mask = np.array(inside)
+    chosen = np.nonzero(mask)[0]
+    return chosen, np.nonzero(mask[p.edge_u] & mask[p.edge_v])[0]
 
 
 def _block_descent(p: _Problem, adj, labels: np.ndarray, nodes: list[int], *, rounds: int = 40, patience: int = 4, seed: int = 0) -> np.ndarray:
@@ -827,10 +927,12 @@ def _block_descent(p: _Problem, adj, labels: np.ndarray, nodes: list[int], *, ro
     """
     rng = np.random.default_rng(seed)
     labels = labels.copy()
+    nbrs = [list(a) for a in adj]
+    multi = [{w for w, es in a.items() if len(es) > 1} for a in adj]
     best = p.score(labels)
     stale = 0
     for _ in range(rounds):
-        block, block_edges = _induced_forest(adj, nodes, rng)
+        block, block_edges = _induced_forest(p, nbrs, multi, nodes, rng)
         in_block = np.zeros(len(p.keys), dtype=bool)
         in_block[block] = True
         unary = p.unary.copy()
@@ -855,6 +957,104 @@ def _block_descent(p: _Problem, adj, labels: np.ndarray, nodes: list[int], *, ro
                 break
     return labels
 
+
+def _expansion(p: _Problem, labels: np.ndarray, nodes: np.ndarray, *, sweeps: int = 6) -> np.ndarray:
+    """Alpha-expansion moves: for each site a, the best set of steps to move to a at once.
+
+    Each move is a binary problem ("keep my site or switch to a") solved by a minimum cut
+    (scipy's maximum_flow). Pairwise terms that break submodularity (a detour through a
+    that is cheaper than the direct link) are truncated, so a move is only kept when the
+    true score goes down; the score never increases.
+    """
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+    n, S = p.unary.shape
+    labels = labels.copy()
+    inside = np.zeros(n, dtype=bool)
+    inside[nodes] = True
+    emask = inside[p.edge_u] & inside[p.edge_v]
+    eu, ev, eb, ec = p.edge_u[emask], p.edge_v[emask], p.edge_bytes[emask], p.edge_count[emask]
+    # edges to steps outside `nodes` are fixed: they fold into the unary terms
+    out1 = np.nonzero(inside[p.edge_u] & ~inside[p.edge_v])[0]
+    out2 = np.nonzero(~inside[p.edge_u] & inside[p.edge_v])[0]
+    best = p.score(labels)
+    idx = np.full(n, -1, dtype=np.int64)
+    idx[nodes] = np.arange(len(nodes))
+    m = len(nodes)
+    src, snk = m, m + 1
+    for _ in range(sweeps):
+        improved = False
+        for alpha in range(S):
+            lab = labels[nodes]
+            cur_u = p.unary[nodes, lab].copy()
+            new_u = p.unary[nodes, alpha].copy()
+            for es, fixed_end, moving_is_up in ((out1, p.edge_v, True), (out2, p.edge_u, False)):
+                if len(es):
+                    other = labels[fixed_end[es]]
+                    mv = idx[(p.edge_u if moving_is_up else p.edge_v)[es]]
+                    mine = labels[nodes][mv]
+                    if moving_is_up:
+                        c0 = p.edge_bytes[es] * p.per_byte[mine, other] + p.edge_count[es] * p.fixed[mine, other]
+                        c1 = p.edge_bytes[es] * p.per_byte[alpha, other] + p.edge_count[es] * p.fixed[alpha, other]
+                    else:
+                        c0 = p.edge_bytes[es] * p.per_byte[other, mine] + p.edge_count[es] * p.fixed[other, mine]
+                        c1 = p.edge_bytes[es] * p.per_byte[other, alpha] + p.edge_count[es] * p.fixed[other, alpha]
+                    np.add.at(cur_u, mv, c0)
+                    np.add.at(new_u, mv, c1)
+            lu, lv = labels[eu], labels[ev]
+            A = eb * p.per_byte[lu, lv] + ec * p.fixed[lu, lv]
+            B = eb * p.per_byte[lu, alpha] + ec * p.fixed[lu, alpha]  # u keeps, v moves
+            C = eb * p.per_byte[alpha, lv] + ec * p.fixed[alpha, lv]  # u moves, v keeps
+            A = np.minimum(A, B + C)  # truncation keeps the move submodular
+            # E(xu, xv) = A + (C - A) xu + (B - C... ) : decomposition with D = 0
+            # E = A + (C - A) xu + (0 - C) xv + (B + C - A)(1 - xu) xv
+            lin_u = C - A
+            lin_v = -C
+            w = B + C - A
+            a_u, a_v = idx[eu], idx[ev]
+            # unary: E_i(0) = cur, E_i(1) = new (infinite where alpha is infeasible)
+            e1 = new_u.copy()
+            e0 = cur_u.copy()
+            stay = lab == alpha
+            e1[stay] = e0[stay]  # already at alpha: moving changes nothing
+            np.add.at(e1, a_u, lin_u)
+            np.add.at(e1, a_v, lin_v)
+            finite = np.isfinite(e1)
+            base = np.minimum(e0, np.where(finite, e1, e0))
+            e0, e1 = e0 - base, np.where(finite, e1 - base, 0.0)
+            scale_src = np.concatenate([e0, e1[finite], w])
+            top = float(scale_src.max()) if len(scale_src) else 0.0
+            if top <= 0:
+                continue
+            scale = 2.0**27 / (top * max(1, m + len(w)) ** 0.5)
+            big = 2**29
+            cap_t = np.round(e0 * scale).astype(np.int64)  # v -> sink: paid when v keeps
+            cap_s = np.where(finite, np.round(e1 * scale), big).astype(np.int64)  # source -> v: paid when v moves
+            cap_w = np.round(w * scale).astype(np.int64)
+            rows = np.concatenate([np.full(m, src), np.arange(m), a_u])
+            cols = np.concatenate([np.arange(m), np.full(m, snk), a_v])
+            caps = np.concatenate([cap_s, cap_t, cap_w])
+            keep = caps > 0
+            graph = csr_array((caps[keep].astype(np.int32), (rows[keep], cols[keep])), shape=(m + 2, m + 2))
+            graph.sum_duplicates()
+            flow = maximum_flow(graph, src, snk, method="dinic").flow
+            residual = (graph - flow).tocsr()
+            residual.data = np.where(residual.data > 0, residual.data, 0)
+            residual.eliminate_zeros()
+            source_side = np.zeros(m + 2, dtype=bool)
+            source_side[breadth_first_order(residual, src, directed=True, return_predecessors=False)] = True
+            move = ~source_side[:m] & ~stay & np.isfinite(new_u)
+            if not move.any():
+                continue
+            trial = labels.copy()
+            trial[nodes[move]] = alpha
+            score = p.score(trial)
+            if score < best - 1e-12 * max(1.0, abs(best)):
+                labels, best, improved = trial, score, True
+        if not improved:
+            break
+    return labels
 
 def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
     """Labels for every step, and whether they are proven optimal.
@@ -891,9 +1091,20 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
         labels[nodes] = _forest_dp(p, p.unary, edges, nodes)[nodes]
     if hard:
         nodes = np.array(hard, dtype=np.int64)
-        start = _forest_dp(p, p.unary, _spanning_forest(p, nodes), nodes)
-        labels[nodes] = start[nodes]
-        labels = _block_descent(p, adj, labels, hard)
+        labels[nodes] = _forest_dp(p, p.unary, _spanning_forest(p, nodes), nodes)[nodes]
+        if len(nodes) * S <= EXPANSION_LIMIT:
+            # alternate the two kinds of move until neither improves (measured: expansion
+            # first, then blocks, converges within 1% of the MILP optimum on 1,000-step DAGs)
+            score = p.score(labels)
+            for round_ in range(4):
+                labels = _expansion(p, labels, nodes)
+                labels = _block_descent(p, adj, labels, hard, seed=round_)
+                new = p.score(labels)
+                if new >= score - 1e-12 * max(1.0, abs(score)):
+                    break
+                score = new
+        else:
+            labels = _block_descent(p, adj, labels, hard, rounds=LARGE_PLAN_BLOCK_ROUNDS, patience=2)
     return labels, not hard
 
 
@@ -999,12 +1210,20 @@ def _result(topology, steps, p: _Problem, labels, objective, method, lower_bound
 def _plan_metrics(p: _Problem, labels: np.ndarray, steps, objective: Objective):
     cm = p.cm
     total_b = total_s = total_d = 0.0
+    per_byte, fixed = cm.matrices(objective)
     for i, step in enumerate(steps):
-        if step.external_inputs:
-            b, s, d, _ = _input_costs(cm, step.external_inputs, objective)
-            total_b += b[labels[i]]
-            total_s += s[labels[i]]
-            total_d += d[labels[i]]
+        dst = int(labels[i])
+        for item in step.external_inputs:
+            size = item.size_bytes
+            if size <= 0:
+                continue
+            srcs = [cm.index[site] for site in item.sites]
+            if dst in srcs:
+                continue
+            src = min(srcs, key=lambda r: size * per_byte[r, dst] + fixed[r, dst])
+            total_b += size
+            total_s += cm.latency[src, dst] + size * cm.sec_per_byte[src, dst]
+            total_d += size * cm.usd_per_byte[src, dst]
     lu, lv = labels[p.edge_u], labels[p.edge_v]
     moved = lu != lv
     nb = p.edge_bytes[moved]
