@@ -145,6 +145,10 @@ class SiteStorage(ABC):
         """The object's bytes, verified against its recorded sha256 (and `expected_sha256`)."""
 
     @abstractmethod
+    def open_stream(self, key: str):
+        """A readable binary stream of the object's raw bytes (unverified; the reader hashes)."""
+
+    @abstractmethod
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """Raw bytes [offset, offset+length) of the object, unverified (replication hashes them)."""
 

@@ -87,6 +87,12 @@ class LocalSiteStorage(SiteStorage):
         verify(data, info, expected_sha256)
         return data, info
 
+    def open_stream(self, key: str):
+        try:
+            return open(self.path(key), "rb", buffering=0)
+        except FileNotFoundError:
+            raise ObjectNotFound("no stored object under this key", site=self.site, uri=self.uri(key)) from None
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         try:
             fd = os.open(self.path(key), os.O_RDONLY)

@@ -146,6 +146,13 @@ class S3SiteStorage(SiteStorage):
         verify(data, info, expected_sha256)
         return data, info
 
+    def open_stream(self, key: str):
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "GET", key) from exc
+        return _S3Stream(self, key, response["Body"])
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         try:
             response = self.client.get_object(
@@ -182,6 +189,24 @@ class S3SiteStorage(SiteStorage):
             err = self._error(exc, "DELETE", key)
             if not isinstance(err, ObjectNotFound):
                 raise err from exc
+
+
+class _S3Stream:
+    """The body of a GET; a read that fails mid-stream raises a StorageError naming the URI."""
+
+    def __init__(self, storage: S3SiteStorage, key: str, body):
+        self.storage = storage
+        self.key = key
+        self.body = body
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.body.read(None if size < 0 else size)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.storage._error(exc, "GET", self.key) from exc
+
+    def close(self) -> None:
+        self.body.close()
 
 
 class _S3Write(AtomicWrite):
