@@ -1,0 +1,142 @@
+"""The `gravity` command line.
+
+    gravity sites [--sites sites.yaml] [--json]   the topology: sites, pools, zones, links
+    gravity plan -m MODULE -j JOB [...]           where each step would run (job_plan.py)
+
+Subcommands register themselves on the argparse subparsers (`add_*_command`) and set
+``func``; `main` dispatches to it and returns its exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from dagster_gravity.topology import Topology, TopologyError, default_sites_path
+
+
+def _storage_text(storage) -> str:
+    if storage.kind == "local":
+        return f"local {storage.path}"
+    where = f"s3://{storage.bucket}/{storage.prefix}".rstrip("/")
+    if storage.endpoint_url:
+        where += f" @ {storage.endpoint_url}"
+    return where
+
+
+def _link_cell(link) -> str:
+    if link.src == link.dst:
+        return "-"
+    gbps = link.bandwidth_bytes_per_s * 8 / 1e9
+    return f"{gbps:g}G {link.latency_s * 1000:g}ms ${link.usd_per_gb:g}"
+
+
+def topology_as_dict(topology: Topology) -> dict:
+    """A JSON-able view of the topology (what `gravity sites --json` prints)."""
+    return {
+        "source": topology.source,
+        "sites": [
+            {
+                "name": site.name,
+                "kind": site.kind,
+                "region": site.region,
+                "storage": _storage_text(site.storage),
+                "pools": [{"id": p.id, "kind": p.kind, "slots": p.slots, "gpus": p.gpus} for p in site.pools],
+                "zones": sorted(z for z, members in topology.zones.items() if site.name in members),
+            }
+            for site in topology.sites.values()
+        ],
+        "zones": {zone: sorted(members) for zone, members in topology.zones.items()},
+        "links": [
+            {
+                "from": src,
+                "to": dst,
+                "bandwidth_gbps": link.bandwidth_bytes_per_s * 8 / 1e9,
+                "latency_ms": link.latency_s * 1000,
+                "usd_per_gb": link.usd_per_gb,
+            }
+            for (src, dst), link in topology.links.items()
+            if src != dst
+        ],
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_topology(topology: Topology) -> str:
+    names = list(topology.sites)
+    site_rows = []
+    for site in topology.sites.values():
+        zones = ",".join(sorted(z for z, m in topology.zones.items() if site.name in m)) or "-"
+        pools = ", ".join(f"{p.id} ({p.kind}, {p.slots} slot{'s' if p.slots != 1 else ''}, {p.gpus} GPU{'s' if p.gpus != 1 else ''})" for p in site.pools)
+        site_rows.append([site.name, site.kind, site.region, zones, _storage_text(site.storage), pools])
+    parts = [
+        f"topology {topology.source}: {len(names)} sites, {len(topology.pools)} pools",
+        "",
+        _table(["site", "kind", "region", "zones", "storage", "pools"], site_rows),
+        "",
+        "residency zones (data of a zone may not leave its sites):",
+    ]
+    if topology.zones:
+        parts += [f"  {zone}: {', '.join(sorted(members))}" for zone, members in topology.zones.items()]
+    else:
+        parts.append("  (none)")
+    parts += ["", "links, row = from, column = to (bandwidth, latency, $/GB):"]
+    parts.append(_table(["from \\ to", *names], [[src, *(_link_cell(topology.link(src, dst)) for dst in names)] for src in names]))
+    return "\n".join(parts)
+
+
+def add_sites_command(subparsers) -> None:
+    parser = subparsers.add_parser("sites", help="print the topology: sites, pools, residency zones and links")
+    parser.add_argument("--sites", default=None, help="sites file (default: $GRAVITY_SITES, else sites.yaml)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(func=run_sites_command)
+
+
+def run_sites_command(args) -> int:
+    path = Path(args.sites) if args.sites else default_sites_path()
+    try:
+        topology = Topology.from_yaml(path)
+    except TopologyError as exc:
+        print(f"gravity sites: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(topology_as_dict(topology), indent=2))
+    else:
+        print(format_topology(topology))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gravity", description="dagster-gravity: compute goes to the data")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_sites_command(subparsers)
+    try:
+        from dagster_gravity.job_plan import add_plan_command
+    except ImportError:  # pragma: no cover - job_plan is part of the package
+        pass
+    else:
+        add_plan_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
