@@ -55,6 +55,10 @@ class CorruptCheckpointError(CheckpointError):
         )
 
 
+class BlobIntegrityError(IOError):
+    """A blob store could not return intact bytes (e.g. the backend's own checksum failed)."""
+
+
 class CheckpointCorruptionWarning(UserWarning):
     """Emitted when a corrupted checkpoint is skipped in favour of an earlier good one."""
 
@@ -144,14 +148,14 @@ class SiteStorageBlobStore:
         self.storage.put_bytes(key, data)
 
     def read_bytes(self, key: str) -> bytes:
-        try:
-            from dagster_gravity.storage.base import ObjectNotFound
-        except ImportError:  # pragma: no cover - storage package without base module
-            ObjectNotFound = FileNotFoundError  # noqa: N806
+        from dagster_gravity.storage.base import ObjectNotFound, StorageError
+
         try:
             result = self.storage.read_bytes(key)
         except ObjectNotFound:
             raise FileNotFoundError(key) from None
+        except StorageError as exc:  # checksum mismatch, missing checksum metadata, ...
+            raise BlobIntegrityError(str(exc)) from exc
         return result[0] if isinstance(result, tuple) else result
 
     def exists(self, key: str) -> bool:
@@ -336,7 +340,12 @@ class CheckpointStore:
             raise CheckpointError(
                 f"checkpoint {name!r} has no version v{version}; versions: {self.versions(name)}"
             ) from None
-        return Version.from_json(json.loads(raw))
+        except BlobIntegrityError as exc:
+            raise CorruptCheckpointError(name, version, "(unknown)", None, f"manifest.json unreadable: {exc}") from None
+        try:
+            return Version.from_json(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptCheckpointError(name, version, "(unknown)", None, f"manifest.json invalid: {exc!r}") from None
 
     def save(
         self,
@@ -382,6 +391,8 @@ class CheckpointStore:
             data = self.blobs.read_bytes(self._key(name, f"v{version}", "weights.npz"))
         except FileNotFoundError:
             raise CorruptCheckpointError(name, version, meta.sha256, None, "weights.npz is missing") from None
+        except BlobIntegrityError as exc:
+            raise CorruptCheckpointError(name, version, meta.sha256, None, str(exc)) from None
         actual = sha256_bytes(data)
         if actual != meta.sha256:
             raise CorruptCheckpointError(name, version, meta.sha256, actual)
@@ -545,6 +556,8 @@ class CheckpointStore:
             data = self.blobs.read_bytes(state["weights"])
         except FileNotFoundError:
             return None
+        except BlobIntegrityError:
+            data = b""
         if sha256_bytes(data) != state["sha256"]:
             warnings.warn(
                 f"intermediate checkpoint {name}/{key} at batch {state['next_batch']} fails its "

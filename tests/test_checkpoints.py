@@ -15,6 +15,7 @@ from dagster_gravity.checkpoints import (
     CorruptCheckpointError,
     checkpoint_metadata,
 )
+from tests.support.s3 import s3_buckets, seaweedfs  # noqa: F401
 
 
 @pytest.fixture
@@ -164,3 +165,29 @@ def test_checkpoint_metadata_surfaces_version_metrics_and_checksum(store):
     meta = checkpoint_metadata(v, site="onprem-dc")
     assert meta["checkpoint/version"] == 1 and meta["metric/auc"] == 0.9
     assert meta["checkpoint/sha256"] == v.sha256 and meta["gravity/site"] == "onprem-dc"
+
+
+def test_checkpoints_on_an_s3_site_verify_and_fall_back(tmp_path, seaweedfs, s3_buckets):
+    from dagster_gravity.topology import Topology
+
+    topology = Topology.from_dict({
+        "sites": [{"name": "cloud", "region": "r", "kind": "cloud",
+                   "storage": {"kind": "s3", "bucket": s3_buckets[0], "prefix": "site", "endpoint_url": seaweedfs.endpoint_url},
+                   "pools": [{"name": "cpu", "slots": 1}]}],
+    })
+    store = CheckpointStore.for_site(topology, "cloud")
+    save(store, 1)
+    save(store, 2)
+    store.promote("m", 2)
+    assert store.versions("m") == [1, 2] and store.promoted("m") == 2
+    np.testing.assert_array_equal(store.load("m", 2).arrays["coef"], arrays(2)["coef"])
+    # Overwrite v2's weights behind the store's back, keeping the recorded checksum.
+    client = seaweedfs.client()
+    key = "site/checkpoints/m/v2/weights.npz"
+    head = client.head_object(Bucket=s3_buckets[0], Key=key)
+    client.put_object(Bucket=s3_buckets[0], Key=key, Body=b"not the weights", Metadata=head["Metadata"])
+    with pytest.warns(CheckpointCorruptionWarning, match="v2 is corrupted"):
+        fallback = store.load_usable("m")
+    assert fallback.checkpoint.version.version == 1 and [e.version for e in fallback.refused] == [2]
+    assert store.apply_retention("m", keep=1) == [1]  # nothing protects v1: v2 is promoted, no predecessor
+    assert store.versions("m") == [2]
