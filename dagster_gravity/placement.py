@@ -39,7 +39,16 @@ Solvers (measured by ``benchmarks/placement.py``):
 * ``"milp"`` – the same problem as a MILP (local-polytope linearisation) solved by HiGHS
   through `scipy.optimize.milp`; ``plan_lower_bound`` gives its LP relaxation. Used by the
   benchmark to measure the heuristic's gap.
-* ``"auto"`` – exact when the elimination stays within the table limit, else heuristic.
+* ``"auto"`` – per connected component: exact when the elimination stays within the
+  limits, else the heuristic (alpha-expansion by minimum cut + tree-block descent while
+  steps x sites <= `EXPANSION_LIMIT`, tree-block descent alone above).
+
+Measured by ``benchmarks/placement.py`` (2-core machine shared with other work, so times
+are inflated): equal to brute force on 100/100 plans of 4-10 steps x 3-4 sites; on
+1,000-step plans, exact on ML-shaped DAGs (8-12 sites, 0.2-0.5 s) and within 0.04-0.3% of
+the HiGHS MILP optimum on random DAGs (1-1.3 s vs 9-12 s for the MILP); spanning-forest DP
+plus ICM alone was 4-25% off, which is why the expansion moves are there. 10,000 steps x 50
+sites: about 0.9 s; `place_step` with 50 sites: about 0.4 ms.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Collection, Mapping, Sequence
@@ -206,19 +216,22 @@ class CostModel:
 
 
 _COST_MODELS: "OrderedDict[int, tuple[Topology, CostModel]]" = OrderedDict()
+_COST_MODELS_LOCK = threading.Lock()  # the executor may place steps from several threads
 
 
 def cost_model(topology: Topology) -> CostModel:
     """The (cached) CostModel of a topology; topologies are immutable, so keyed by identity."""
     key = id(topology)
-    hit = _COST_MODELS.get(key)
-    if hit is not None and hit[0] is topology:
-        _COST_MODELS.move_to_end(key)
-        return hit[1]
+    with _COST_MODELS_LOCK:
+        hit = _COST_MODELS.get(key)
+        if hit is not None and hit[0] is topology:
+            _COST_MODELS.move_to_end(key)
+            return hit[1]
     model = CostModel(topology)
-    _COST_MODELS[key] = (topology, model)
-    while len(_COST_MODELS) > 16:
-        _COST_MODELS.popitem(last=False)
+    with _COST_MODELS_LOCK:
+        _COST_MODELS[key] = (topology, model)
+        while len(_COST_MODELS) > 16:
+            _COST_MODELS.popitem(last=False)
     return model
 
 
