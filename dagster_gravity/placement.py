@@ -1036,12 +1036,14 @@ def _expansion(p: _Problem, labels: np.ndarray, nodes: np.ndarray, *, sweeps: in
             finite = np.isfinite(e1)
             base = np.minimum(e0, np.where(finite, e1, e0))
             e0, e1 = e0 - base, np.where(finite, e1 - base, 0.0)
-            scale_src = np.concatenate([e0, e1[finite], w])
-            top = float(scale_src.max()) if len(scale_src) else 0.0
-            if top <= 0:
+            total = float(e0.sum() + e1[finite].sum() + w.sum())
+            if total <= 0:
                 continue
-            scale = 2.0**27 / (top * max(1, m + len(w)) ** 0.5)
-            big = 2**29
+            # integer capacities (scipy's max flow): scaled so that any cut - and so the
+            # flow - stays below 2**30; keeping everyone (cut all sink edges) costs less
+            # than an infinite edge, so a minimum cut never takes one
+            scale = 2.0**30 / total
+            big = 2**30
             cap_t = np.round(e0 * scale).astype(np.int64)  # v -> sink: paid when v keeps
             cap_s = np.where(finite, np.round(e1 * scale), big).astype(np.int64)  # source -> v: paid when v moves
             cap_w = np.round(w * scale).astype(np.int64)
