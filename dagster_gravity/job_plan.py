@@ -69,7 +69,7 @@ def plan_job(
     from dagster._core.execution.api import create_execution_plan
     from dagster._core.execution.plan.step import ExecutionStep
 
-    from dagster_gravity.executor import _Locator, _OutputLocation, requirements_for
+    from dagster_gravity.executor import _Locator, _OutputLocation, requirements_for, spare_gpus
 
     objective = Objective.parse(objective)
     plan = create_execution_plan(job_def, run_config=run_config or {})
@@ -86,15 +86,16 @@ def plan_job(
             continue
         inputs = locator.inputs_for(step)
         try:
-            placement = place_step(
-                topology, inputs, requirements_for(step), objective=objective, healthy=healthy, step=step.key
+            req = requirements_for(step)
+            placement = spare_gpus(
+                place_step(topology, inputs, req, objective=objective, healthy=healthy, step=step.key), topology, req
             )
         except PlacementError as exc:
             out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), str(exc)))
             continue
         chosen = next(c for c in placement.candidates if c.pool == placement.pool)
         moves = tuple(
-            f"{i.name} ({format_bytes(i.size_bytes)}) from {i.sites[0]}"
+            f"{i.name} ({format_bytes(i.size_bytes) if i.size_bytes > 1 else 'size unknown'}) from {i.sites[0]}"
             for i in inputs
             if i.size_bytes > 0 and placement.site not in i.sites
         )
