@@ -233,8 +233,10 @@ def print_comparison(rows):
         for n in names:
             b, s, d, _ = r[n]
             line += f" | {b / GB:12.2f}{s:9.1f}{d:8.2f}"
-        ratio = r["blind"][0] / max(r["gravity"][0], 1)
-        line += f" | {ratio:15.1f}x"
+        if r["gravity"][0] == 0:
+            line += f" | {'inf' if r['blind'][0] else 'n/a (0 = 0)':>16}"
+        else:
+            line += f" | {r['blind'][0] / r['gravity'][0]:15.1f}x"
         if "optimum" in r:
             opt = r["optimum"][3]
             line += f" | {'=' if abs(r['gravity'][3] - opt) <= 1e-9 * max(1, opt) else 'DIFF'} opt"
@@ -279,8 +281,6 @@ def main(argv=None):
         compare(rows, "random-dag", topo, random_dag(rng, topo, n_steps), objective, brute=n_steps <= 10)
     print_comparison(rows)
     ml = [r for r in rows if r["workload"] == "ml"]
-    ratios = [r["blind"][0] / max(r["gravity"][0], 1) for r in ml]
-    print(f"median blind/gravity bytes on ML-shaped workloads: {statistics.median(ratios):.1f}x (min {min(ratios):.1f}x)")
     for name in BASELINES:
         med = statistics.median(r[name][0] / max(r["gravity"][0], 1) for r in ml)
         print(f"  {name:<12} moves {med:6.1f}x the bytes of gravity (median)")
