@@ -150,11 +150,19 @@ class _Session:
     def run(self, step_key: str, known_state: KnownExecutionState) -> Iterator[DagsterEvent]:
         """The step's events; sets `alive` False if the session ended instead (set-up failed)."""
         self._request = (step_key, known_state)
-        for item in self._events:
-            if item is _STEP_END:
-                return
-            yield item
-        self.alive = False
+        ended = False
+        try:
+            for item in self._events:
+                if item is _STEP_END:
+                    ended = True
+                    return
+                yield item
+            ended = True
+            self.alive = False
+        finally:
+            if not ended:  # abandoned mid-step: the context is in an unknown state
+                self.alive = False
+                self.close()
 
     def close(self) -> None:
         self._request = None
@@ -192,6 +200,8 @@ class _RunCache:
 
     def session_for(self, step_key: str, known_state: KnownExecutionState) -> _Session | None:
         """The run's session if it can run this step (the step is in its plan)."""
+        if self.session is not None and not self.session.alive:
+            self.session = None
         if self.session is None:
             plan = self.full_plan(known_state)
             if not isinstance(plan.step_dict_by_key.get(step_key), ExecutionStep):
