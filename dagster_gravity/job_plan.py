@@ -65,6 +65,7 @@ def plan_job(
     objective: Any = "time",
     run_config: Mapping[str, Any] | None = None,
     disabled_pools: Sequence[str] = (),
+    partition: str | None = None,
 ) -> list[PlannedStep]:
     from dagster._core.execution.api import create_execution_plan
     from dagster._core.execution.plan.step import ExecutionStep
@@ -73,7 +74,7 @@ def plan_job(
 
     objective = Objective.parse(objective)
     plan = create_execution_plan(job_def, run_config=run_config or {})
-    run = _FakeRun()
+    run = _RunTags({"dagster/partition": partition} if partition else {})
     locator = _Locator(instance, job_def, run, topology)
     healthy = {p.id for p in topology.pools if p.id not in disabled_pools and p.site not in disabled_pools}
     asset_layer = job_def.asset_layer
@@ -127,10 +128,11 @@ def plan_job(
     return out
 
 
-class _FakeRun:
-    """The run-shaped object `_Locator` reads (no partition: the latest of any)."""
+@dataclass(frozen=True)
+class _RunTags:
+    """The run-shaped object `_Locator` reads: its tags (the partition, if any)."""
 
-    tags: Mapping[str, str] = {}
+    tags: Mapping[str, str]
 
 
 def format_plan(steps: Sequence[PlannedStep]) -> str:
@@ -172,6 +174,7 @@ def add_plan_command(subparsers) -> None:
     parser.add_argument("-a", "--attribute", default=None, help="attribute of the module: a Definitions object or a job")
     parser.add_argument("--sites", default=None, help="sites file (default: $GRAVITY_SITES, else sites.yaml)")
     parser.add_argument("--objective", default="time", help="'time', 'cost' or a weight in [0, 1]")
+    parser.add_argument("--partition", default=None, help="partition key of the run to plan (default: latest of any)")
     parser.add_argument("--disable", action="append", default=[], help="a pool id or site to treat as out of service (repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.set_defaults(func=run_plan_command)
@@ -194,7 +197,9 @@ def run_plan_command(args) -> int:
     # Locations come from the instance when there is one ($DAGSTER_HOME), else definitions only.
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     with instance:
-        steps = plan_job(job_def, instance, topology, objective=args.objective, disabled_pools=args.disable)
+        steps = plan_job(
+            job_def, instance, topology, objective=args.objective, disabled_pools=args.disable, partition=args.partition
+        )
     if args.json:
         print(json.dumps([s.__dict__ for s in steps], indent=2))
     else:
