@@ -11,8 +11,10 @@ ready step run" part differs:
    (`dagster_gravity.locations.latest_location`), else the definition's metadata.
 3. `placement.place_step` scores every healthy pool; the decision, its reason and every
    candidate's cost are an engine event on the step.
-4. Delay scheduling: if the best pool has no free slot the step waits up to
-   `locality_wait` seconds for one, then spills to the next-best pool with a free slot.
+4. Delay scheduling: a pool with no free slot is scored with an expected wait of
+   `locality_wait` seconds (the longest the step will wait for it). If it still wins
+   (moving the data elsewhere would cost more), the step waits up to `locality_wait`
+   for a slot there, then spills to the next-best pool that has one, and says so.
 5. The pool's backend (`pools/`) runs the step in a warm worker at that site and streams
    its events back; they are fed to `ActiveExecution` exactly like multiprocess children's.
    A worker that dies mid-step becomes a retryable step failure; a pool whose workers keep
