@@ -385,7 +385,8 @@ def place_step(
     the pool's site (from its cheapest replica; transfers one after another, so seconds
     add up), plus ``expected_wait[pool]`` seconds until a slot frees. The score is
     ``objective.score(transfer_seconds + wait_seconds, dollars)``; the lowest feasible
-    score wins, ties broken by fewer bytes moved, then topology order.
+    score wins, ties broken by fewer bytes moved, then by fewer GPUs left idle (a CPU
+    step does not take a GPU pool's slot when a CPU pool is as good), then topology order.
 
     A pool is infeasible when it is not in ``healthy`` (None means all healthy), is in
     ``exclude``, fails a requirement (pin, pool kind, GPU count), or its site is outside
@@ -425,6 +426,7 @@ def place_step(
                 0 if feasible else 1,
                 score,
                 int(nbytes[s]),
+                pool.gpus - requirements.gpus,
                 i,
                 Candidate(
                     pool=pool.id,
@@ -439,8 +441,8 @@ def place_step(
                 ),
             )
         )
-    rows.sort(key=lambda r: r[:4])
-    candidates = tuple(r[4] for r in rows)
+    rows.sort(key=lambda r: r[:5])
+    candidates = tuple(r[5] for r in rows)
     best = candidates[0]
     if not best.feasible:
         lines = "\n".join(f"  {c.pool}: {c.reason}" for c in candidates)

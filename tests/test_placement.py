@@ -140,11 +140,15 @@ def test_unhealthy_excluded_and_wait():
         place_step(T, [data], expected_wait={"dc/cpu": -1})
 
 
-def test_ties_are_broken_deterministically_in_topology_order():
+def test_ties_keep_gpus_free_then_follow_topology_order():
     placement = place_step(T, [])
-    assert [c.pool for c in placement.candidates] == ["dc/gpu", "dc/cpu", "aws/cpu", "eu/cpu"]
-    assert placement.pool == "dc/gpu"
+    # a CPU step at equal cost takes a CPU pool; the GPU pool's slot stays free for GPU steps
+    assert [c.pool for c in placement.candidates] == ["dc/cpu", "aws/cpu", "eu/cpu", "dc/gpu"]
+    assert placement.pool == "dc/cpu"
     assert place_step(T, []) == placement
+    data = InputData("d", GB, ("dc",))
+    assert place_step(T, [data]).pool == "dc/cpu"
+    assert place_step(T, [data], expected_wait={"dc/cpu": 30.0}).pool == "dc/gpu"
 
 
 def test_objective_parse_and_score():
