@@ -383,29 +383,6 @@ class _Locator:
         return found
 
 
-def spare_gpus(placement: Placement, topology: Topology, req: Requirements) -> Placement:
-    """Among equally good pools, take the one with the fewest GPUs the step does not need.
-
-    The same rule `place_plan` applies: a CPU step that could run just as well in a CPU
-    pool at the same cost must not hold a GPU slot.
-    """
-    best = next(c for c in placement.candidates if c.pool == placement.pool)
-    gpus = {p.id: p.gpus for p in topology.pools}
-    if gpus.get(best.pool, 0) <= req.gpus:
-        return placement
-    ties = [
-        c for c in placement.candidates
-        if c.feasible and abs(c.score - best.score) <= 1e-12 and c.bytes_moved == best.bytes_moved
-    ]
-    leaner = min(ties, key=lambda c: gpus.get(c.pool, 0))
-    if gpus.get(leaner.pool, 0) >= gpus[best.pool]:
-        return placement
-    others = [c for c in placement.candidates if c.pool != leaner.pool]
-    reason = placement.reason.replace(f"{best.pool}:", f"{leaner.pool}:", 1)
-    reason += f"; {best.pool} costs the same but its GPUs are kept for steps that need them"
-    return Placement(pool=leaner.pool, site=leaner.site, candidates=(leaner, *others), reason=reason)
-
-
 def requirements_for(step: ExecutionStep) -> Requirements:
     tags = step.tags or {}
     gpus = tags.get(md.TAG_GPU)
@@ -621,16 +598,14 @@ class _Loop:
         inputs = self.locator.inputs_for(step)
         req = requirements_for(step)
         if spill_from:
-            spill = place_step(
+            return place_step(
                 self.topology, inputs, req, objective=self.ex._objective, healthy=healthy,
                 exclude=set(w.exclude) | set(spill_from), step=step.key,
             )
-            return spare_gpus(spill, self.topology, req)
         placement = place_step(
             self.topology, inputs, req, objective=self.ex._objective, healthy=healthy,
             expected_wait=self._waits(healthy), exclude=w.exclude, step=step.key,
         )
-        placement = spare_gpus(placement, self.topology, req)
         unhealthy = {pid for pid in self.by_pool if pid not in healthy and pid not in self.disabled}
         if unhealthy:
             # Would an unhealthy pool have been chosen? Then say this is a failover.

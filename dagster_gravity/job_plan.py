@@ -70,7 +70,7 @@ def plan_job(
     from dagster._core.execution.api import create_execution_plan
     from dagster._core.execution.plan.step import ExecutionStep
 
-    from dagster_gravity.executor import _Locator, _OutputLocation, requirements_for, spare_gpus
+    from dagster_gravity.executor import _Locator, _OutputLocation, requirements_for
 
     objective = Objective.parse(objective)
     plan = create_execution_plan(job_def, run_config=run_config or {})
@@ -88,9 +88,7 @@ def plan_job(
         inputs = locator.inputs_for(step)
         try:
             req = requirements_for(step)
-            placement = spare_gpus(
-                place_step(topology, inputs, req, objective=objective, healthy=healthy, step=step.key), topology, req
-            )
+            placement = place_step(topology, inputs, req, objective=objective, healthy=healthy, step=step.key)
         except PlacementError as exc:
             out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), str(exc)))
             continue
