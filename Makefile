@@ -18,8 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# Long benchmarks, each printing a side-by-side table with ratios; not part of `make test`.
 bench: $(STAMP)
 	$(PY) benchmarks/placement.py
+	$(PY) benchmarks/replication.py
+	$(PY) benchmarks/executor_overhead.py
+	$(PY) benchmarks/dask_overhead.py
 
 ui: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(VENV)/bin/dagster dev -w workspace.yaml
