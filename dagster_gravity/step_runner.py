@@ -49,7 +49,6 @@ from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRun
-from dagster._utils.interrupts import pop_captured_interrupt
 
 from dagster_gravity import runtime
 from dagster_gravity.metadata import ENV_SITE
@@ -135,7 +134,9 @@ class _Session:
             while self._request is not None:
                 step_key, known_state = self._request
                 self._request = None
-                pop_captured_interrupt()  # an interrupt that arrived while idle is stale
+                # An interrupt captured between steps is not cleared: the executor only
+                # interrupts a stopping run, so a step queued behind it fails as interrupted
+                # as soon as its user code starts (Dagster's `raise_interrupts_as`).
                 step = execution_plan.get_step_by_key(step_key)
                 if log_context is not None:
                     yield DagsterEvent.capture_logs(job_context, [step_key], log_key, log_context)
