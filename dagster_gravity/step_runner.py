@@ -287,6 +287,20 @@ class StepRunner:
         """Build the per-run cache ahead of the first step (overlaps with the executor's work)."""
         self._cache(payload)
 
+    def worker_started_event(
+        self, payload: RunPayload, step_key: str, message: str, metadata: Mapping[str, Any]
+    ) -> DagsterEvent:
+        """A STEP_WORKER_STARTED event for `step_key`, written to the run's instance through
+        this worker's log manager for the run (built once per run, like the rest of the cache)."""
+        cache = self._cache(payload)
+        return DagsterEvent.step_worker_started(
+            cache.log_manager,
+            payload.dagster_run.job_name,
+            message=message,
+            metadata=dict(metadata),
+            step_key=step_key,
+        )
+
     def run_step(
         self,
         payload: RunPayload,
@@ -299,16 +313,15 @@ class StepRunner:
         cache = self._cache(payload)
         with runtime.running_at(self.site):
             if announce:
-                yield DagsterEvent.step_worker_started(
-                    cache.log_manager,
-                    payload.dagster_run.job_name,
-                    message=f'Executing step "{step_key}" in a warm worker at site {self.site}.',
-                    metadata={
+                yield self.worker_started_event(
+                    payload,
+                    step_key,
+                    f'Executing step "{step_key}" in a warm worker at site {self.site}.',
+                    {
                         "pid": MetadataValue.text(str(os.getpid())),
                         "gravity/site": MetadataValue.text(self.site),
                         "gravity/pool": MetadataValue.text(self.pool_id or ""),
                     },
-                    step_key=step_key,
                 )
             session = cache.session_for(step_key, known_state)
             if session is not None:

@@ -105,7 +105,6 @@ def _runner_for(site: str, pool_id: str):
 def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key: str, known_state) -> list[str]:
     """The Dask task: run one step, publish each event as it happens, return them all."""
     from dagster import MetadataValue
-    from dagster._core.events import DagsterEvent
     from dagster._serdes import serialize_value
     from distributed import get_worker
 
@@ -120,15 +119,11 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
 
     runner = _runner_for(site, pool_id)
     with _RUNNERS_LOCK:  # building a run's cache is not thread safe
-        runner.warm(payload)
-    cache = runner._runs[payload.run_id]  # for the log manager of the announcing event
-
-    def announce() -> DagsterEvent:
-        return DagsterEvent.step_worker_started(
-            cache.log_manager,
-            payload.dagster_run.job_name,
-            message=f'Executing step "{step_key}" on dask worker {worker.name} at site {site}.',
-            metadata={
+        announce = runner.worker_started_event(
+            payload,
+            step_key,
+            f'Executing step "{step_key}" on dask worker {worker.name} at site {site}.',
+            {
                 "pid": MetadataValue.text(str(os.getpid())),
                 "gravity/site": MetadataValue.text(site),
                 "gravity/pool": MetadataValue.text(pool_id),
@@ -136,11 +131,10 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
                 "dask/worker_address": MetadataValue.text(str(worker.address)),
                 "dask/task_key": MetadataValue.text(task_key),
             },
-            step_key=step_key,
         )
 
     events: list[str] = []
-    for event in itertools.chain([announce()], runner.run_step(payload, step_key, known_state, announce=False)):
+    for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state, announce=False)):
         text = serialize_value(event)
         worker.log_event(EVENT_TOPIC, {"key": task_key, "seq": len(events), "event": text})
         events.append(text)
