@@ -1,6 +1,7 @@
 """The `gravity` command line.
 
     gravity sites [--sites sites.yaml] [--json]   the topology: sites, pools, zones, links
+    gravity sites --health [--config run.yaml]    ... and each pool's and site storage's health
     gravity plan -m MODULE -j JOB [...]           where each step would run (job_plan.py)
 
 Subcommands register themselves on the argparse subparsers (`add_*_command`) and set
@@ -99,21 +100,73 @@ def add_sites_command(subparsers) -> None:
     parser = subparsers.add_parser("sites", help="print the topology: sites, pools, residency zones and links")
     parser.add_argument("--sites", default=None, help="sites file (default: $GRAVITY_SITES, else sites.yaml)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="also start each pool's backend as the executor would, report its health and stop it, "
+        "and check each site's storage (exit status 1 when anything is unhealthy)",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="with --health: run config (execution: config: ...) or the gravity executor config alone, "
+        "for the pool backends; its sites_file is used unless --sites is given",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None,
+        help="with --health: seconds each check may wait (Dask scheduler, S3 endpoint; default 5)",
+    )
     parser.set_defaults(func=run_sites_command)
 
 
 def run_sites_command(args) -> int:
-    path = Path(args.sites) if args.sites else default_sites_path()
+    from dagster_gravity import health
+
+    executor_config: dict = {}
+    if args.config:
+        if not args.health:
+            print("gravity sites: --config is only used with --health", file=sys.stderr)
+            return 2
+        try:
+            executor_config = health.executor_config_from_yaml(Path(args.config))
+        except ValueError as exc:
+            print(f"gravity sites: {exc}", file=sys.stderr)
+            return 2
+    sites_file = args.sites or executor_config.get("sites_file")
+    path = Path(sites_file) if sites_file else default_sites_path()
     try:
         topology = Topology.from_yaml(path)
     except TopologyError as exc:
         print(f"gravity sites: {exc}", file=sys.stderr)
         return 2
+    if not args.health:
+        if args.json:
+            print(json.dumps(topology_as_dict(topology), indent=2))
+        else:
+            print(format_topology(topology))
+        return 0
+
+    timeout = args.timeout if args.timeout is not None else health.DEFAULT_TIMEOUT_S
+    try:
+        pools = health.pool_health(topology, executor_config, timeout_s=timeout)
+    except ValueError as exc:  # GravityConfigError: a bad executor config
+        print(f"gravity sites: {exc}", file=sys.stderr)
+        return 2
+    storage = health.storage_health(topology, timeout_s=timeout)
     if args.json:
-        print(json.dumps(topology_as_dict(topology), indent=2))
+        view = topology_as_dict(topology)
+        view["pool_health"] = [{"pool": r.name, "backend": r.kind, "healthy": r.healthy, "detail": r.detail} for r in pools]
+        view["storage_health"] = [{"site": r.name, "storage": r.kind, "healthy": r.healthy, "detail": r.detail} for r in storage]
+        print(json.dumps(view, indent=2))
     else:
         print(format_topology(topology))
-    return 0
+        print()
+        print("pool health (each backend started as the executor would, then stopped):")
+        print(_table(["pool", "backend", "health"], [[r.name, r.kind, r.text()] for r in pools]))
+        print()
+        print("storage health:")
+        print(_table(["site", "storage", "health"], [[r.name, r.kind, r.text()] for r in storage]))
+    return 0 if all(r.healthy for r in [*pools, *storage]) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,204 @@
+"""Pool and storage health outside a run: what `gravity sites --health` prints.
+
+Pools are checked through the executor's own path: `GravityConfig.pool_settings` picks each
+pool's backend and settings from the executor config, `GravityExecutor._backends` groups them
+into backend instances as a run would, and each backend is started, asked for `health()`
+and stopped. Nothing runs, so what a start proves depends on the backend:
+
+* dask: the scheduler is contacted (within the timeout) and a pool is healthy only when at
+  least one worker declares its site's resource `site-<site>`: a real check;
+* local: workers are forked from the run's own process when its steps arrive, so outside a
+  run there is nothing to fork; the check is that the settings are valid and the backend
+  starts (with `prestart` forced to 0), and the result says so.
+
+Storage: a local directory must be writable (a temporary file is created and removed; a
+directory that does not exist yet must have a writable parent); an S3 bucket must answer
+HEAD bucket through the same client the IO manager uses, with one attempt and short timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from dagster_gravity.topology import StorageSpec, Topology
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class HealthRow:
+    name: str  # pool id or site name
+    kind: str  # backend name or storage kind
+    healthy: bool
+    detail: str
+
+    def text(self) -> str:
+        return f"{'healthy' if self.healthy else 'unhealthy'}: {self.detail}" if self.detail else (
+            "healthy" if self.healthy else "unhealthy"
+        )
+
+
+@dataclass(frozen=True)
+class _ProbeRun:
+    """What a backend's `start` gets outside a run: a run id for its task names, no plan."""
+
+    run_id: str = "gravity-sites-health"
+
+
+def executor_config_from_yaml(path: Path) -> dict[str, Any]:
+    """The gravity executor config in a run-config file (`execution: config: ...`, or
+    `execution: {gravity: {config: ...}}`), or a file holding just the executor config."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ValueError(f"--config {path}: cannot read it: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--config {path}: not valid YAML: {exc}") from None
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"--config {path}: got a {type(doc).__name__}; expected a mapping (the executor config)")
+    if "execution" in doc:
+        execution = doc["execution"] or {}
+        if not isinstance(execution, Mapping):
+            raise ValueError(f"--config {path}: 'execution' is {execution!r}; expected a mapping")
+        if "config" in execution:
+            doc = execution["config"] or {}
+        elif len(execution) == 1:  # execution: {<executor name>: {config: ...}}
+            (inner,) = execution.values()
+            doc = (inner or {}).get("config") or {} if isinstance(inner, Mapping) else {}
+        else:
+            doc = {}
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"--config {path}: the executor config is {doc!r}; expected a mapping")
+    return dict(doc)
+
+
+def pool_health(topology: Topology, executor_config: Mapping[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[HealthRow]:
+    """Start each pool's backend as the executor would, read every pool's health, stop it."""
+    from dagster_gravity.executor import GravityConfig
+    from dagster_gravity.pools import create_backend
+
+    config = GravityConfig.from_executor_config(dict(executor_config))
+    # One backend per (name, settings), pools sharing settings share it: as in a run.
+    per_pool = config.pool_settings(topology)  # validates per_site / per_pool / disabled names
+    groups: dict[tuple[str, str], tuple[str, dict[str, Any], list]] = {}
+    for pool in topology.pools:
+        name, settings = per_pool[pool.id]
+        settings = _bounded(name, settings, timeout_s)
+        key = (name, repr(sorted(settings.items())))
+        groups.setdefault(key, (name, settings, []))[2].append(pool)
+    rows: dict[str, HealthRow] = {}
+    for name, settings, pools in groups.values():
+        backend = None
+        try:
+            backend = create_backend(
+                name, settings, worker_max_steps=config.worker_max_steps, unhealthy_after=config.unhealthy_after
+            )
+            if name == "local" and settings.get("startup_check"):
+                _load_startup_check(settings["startup_check"])
+            backend.start(_ProbeRun(), pools)
+            for pool in pools:
+                health = backend.health(pool.id)
+                detail = _describe(name, health)
+                if config.is_disabled(pool.id, pool.site):
+                    detail += " (disabled in the executor config: a run places nothing there)"
+                rows[pool.id] = HealthRow(pool.id, name, health.healthy, detail)
+        except Exception as exc:  # a backend that cannot be created or started: its pools are unhealthy
+            for pool in pools:
+                rows.setdefault(pool.id, HealthRow(pool.id, name, False, f"the {name} backend cannot start: {exc}"))
+        finally:
+            if backend is not None:
+                try:
+                    backend.stop()
+                except Exception:
+                    pass
+    return [rows[p.id] for p in topology.pools]
+
+
+def _load_startup_check(path: str) -> None:
+    """A local pool's `startup_check` runs in every new worker: it must at least import."""
+    from dagster_gravity.pools.local import _load_callable
+
+    try:
+        _load_callable(path)
+    except Exception as exc:
+        raise ValueError(f"startup_check {path!r} cannot be loaded: {exc}") from None
+
+
+def _bounded(backend: str, settings: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+    """A pool's settings with the start-up timeout capped and no local worker pre-started."""
+    settings = dict(settings)
+    if backend == "dask":
+        settings["connect_timeout_seconds"] = min(float(settings.get("connect_timeout_seconds", timeout_s)), timeout_s)
+    elif backend == "local" and "prestart" in settings:
+        settings["prestart"] = 0  # a forked worker needs a run to serve
+    return settings
+
+
+def _describe(backend: str, health) -> str:
+    if not health.healthy:
+        return health.reason or "the backend reports it unhealthy"
+    if backend == "local":
+        return "local workers are forked per run (none run outside a run); settings valid"
+    if backend == "dask":
+        return f"{health.workers} Dask worker{'s' if health.workers != 1 else ''} of the site connected"
+    return f"{health.workers} workers"
+
+
+def storage_health(topology: Topology, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[HealthRow]:
+    return [_storage_row(site.name, site.storage, timeout_s) for site in topology.sites.values()]
+
+
+def _storage_row(site: str, spec: StorageSpec, timeout_s: float) -> HealthRow:
+    if spec.kind == "local":
+        ok, detail = _local_writable(Path(spec.path or "."))
+    elif spec.kind == "s3":
+        ok, detail = _s3_reachable(spec, timeout_s)
+    else:
+        ok, detail = False, f"unknown storage kind {spec.kind!r}; expected 'local' or 's3'"
+    return HealthRow(site, spec.kind, ok, detail)
+
+
+def _local_writable(path: Path) -> tuple[bool, str]:
+    if path.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".gravity-health-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return False, f"directory {path} is not writable: {exc}"
+        return True, f"directory {path} writable"
+    if path.exists():
+        return False, f"{path} exists but is not a directory"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+        return True, f"directory {path} does not exist yet; {parent} is writable, so it can be created"
+    return False, f"directory {path} does not exist and {parent} is not writable"
+
+
+def _s3_reachable(spec: StorageSpec, timeout_s: float) -> tuple[bool, str]:
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from dagster_gravity.storage.s3 import S3Options, make_client
+
+    endpoint = spec.endpoint_url or f"AWS S3 ({spec.region or 'us-east-1'})"
+    where = f"bucket {spec.bucket!r} at {endpoint}"
+    options = S3Options(connect_timeout_s=timeout_s, read_timeout_s=timeout_s, max_attempts=1)
+    try:
+        make_client(spec.endpoint_url, spec.region, options).head_bucket(Bucket=spec.bucket)
+    except NoCredentialsError:
+        return False, f"{where}: no credentials in the boto3 chain (AWS_ACCESS_KEY_ID, profile, instance role)"
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "?")
+        return False, f"{where} answered {code}: {error.get('Message') or 'HEAD bucket refused'}"
+    except BotoCoreError as exc:
+        return False, f"{where} is unreachable: {exc}"
+    return True, f"{where} reachable"
