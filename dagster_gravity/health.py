@@ -78,12 +78,25 @@ def executor_config_from_yaml(path: Path) -> dict[str, Any]:
     return dict(doc)
 
 
+def resolve_executor_config(executor_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate against the executor's config schema and fill its defaults, as Dagster does."""
+    from dagster._config import process_config
+
+    from dagster_gravity.executor import GravityConfigError, gravity_executor
+
+    result = process_config(gravity_executor.config_schema.config_type, dict(executor_config))
+    if not result.success:
+        problems = "; ".join(error.message for error in result.errors or [])
+        raise GravityConfigError(f"gravity_executor config: {problems}")
+    return dict(result.value or {})
+
+
 def pool_health(topology: Topology, executor_config: Mapping[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[HealthRow]:
     """Start each pool's backend as the executor would, read every pool's health, stop it."""
     from dagster_gravity.executor import GravityConfig
     from dagster_gravity.pools import create_backend
 
-    config = GravityConfig.from_executor_config(dict(executor_config))
+    config = GravityConfig.from_executor_config(resolve_executor_config(executor_config))
     # One backend per (name, settings), pools sharing settings share it: as in a run.
     per_pool = config.pool_settings(topology)  # validates per_site / per_pool / disabled names
     groups: dict[tuple[str, str], tuple[str, dict[str, Any], list]] = {}

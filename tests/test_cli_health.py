@@ -147,3 +147,9 @@ def test_run_config_shape_is_accepted_and_a_bad_file_is_named(tmp_path, capsys):
     bad = _write(tmp_path / "bad.yaml", "[1, 2]\n")
     rc, out = _health(capsys, "--sites", sites, "--config", str(bad))
     assert rc == 2 and str(bad) in out and "expected a mapping" in out, out
+
+
+def test_executor_config_is_checked_against_the_executor_schema(tmp_path, capsys):
+    config = _write(tmp_path / "run.yaml", "execution: {config: {locality_wait: soon}}\n")
+    rc, out = _health(capsys, "--sites", str(_local_sites(tmp_path)), "--config", str(config))
+    assert rc == 2 and "locality_wait" in out and "soon" in out, out
