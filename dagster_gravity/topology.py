@@ -177,9 +177,11 @@ class Topology:
     def from_yaml(cls, path: str | os.PathLike) -> "Topology":
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise TopologyError(str(path), "(file)", str(path), "an existing sites file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TopologyError(str(path), "(file)", str(path), f"a readable UTF-8 sites file ({exc})") from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -1,8 +1,11 @@
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from dagster_gravity.topology import Topology, TopologyError
+
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = """
 sites:
@@ -31,7 +34,7 @@ def load(tmp_path, text):
 
 
 def test_shipped_sites_yaml_loads():
-    topo = Topology.from_yaml("sites.yaml")
+    topo = Topology.from_yaml(REPO / "sites.yaml")
     kinds = {s.kind for s in topo.sites.values()}
     assert len(topo.sites) >= 3 and kinds == {"onprem", "cloud", "colo"}
     assert any(p.gpus > 0 for p in topo.pools)
@@ -110,6 +113,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("sites: [\n")
     with pytest.raises(TopologyError, match="valid YAML"):
         Topology.from_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(TopologyError, match="a readable UTF-8 sites file"):
+        Topology.from_yaml(tmp_path)  # a directory
+    (tmp_path / "latin1.yaml").write_bytes(b"sites: [\xff]\n")
+    with pytest.raises(TopologyError, match="a readable UTF-8 sites file"):
+        Topology.from_yaml(tmp_path / "latin1.yaml")
 
 
 def test_unknown_site_lookup_lists_known_sites(tmp_path):
