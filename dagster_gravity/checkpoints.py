@@ -463,13 +463,11 @@ class CheckpointStore:
         return list(self._promotion_record(name).get("history", []))
 
     def predecessor(self, name: str) -> int | None:
-        """The version promoted before the current one (what a plain rollback returns to)."""
-        record = self._promotion_record(name)
-        current = record.get("current")
-        for entry in reversed(record.get("history", [])):
-            if entry["version"] != current:
-                return entry["version"]
-        return None
+        """The version promoted before the current one (what a plain rollback returns to).
+
+        Versions that were rolled back from are not predecessors: see `_promotion_stack`."""
+        stack = _promotion_stack(self.promotion_history(name))
+        return stack[-2] if len(stack) >= 2 else None
 
     def promote(self, name: str, version: int, reason: str = "") -> Version:
         """Make `version` the promoted one. Refuses a corrupted version."""
@@ -495,9 +493,10 @@ class CheckpointStore:
 
     def _set_current(self, name: str, version: int, action: str, reason: str) -> None:
         record = self._promotion_record(name)
+        previous = record.get("current")
         record["current"] = version
         record.setdefault("history", []).append(
-            {"version": version, "action": action, "reason": reason, "at": _now()}
+            {"version": version, "action": action, "from": previous, "reason": reason, "at": _now()}
         )
         self._write_json(self._key(name, "promoted.json"), record)
 
@@ -574,6 +573,27 @@ class CheckpointStore:
 
     def _write_json(self, key: str, value: Any) -> None:
         self.blobs.write_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def _promotion_stack(history: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The effective promotion stack replayed from the history, current version on top.
+
+    A promotion pushes (unless it re-promotes the current version). A rollback pops: back
+    to the newest stack entry equal to its target, or, for a target not on the stack, the
+    rejected current version is popped and the target pushed. So after v1, v2, v3 and a
+    rollback to v2, the stack is [v1, v2]: v3 is never a rollback target again."""
+    stack: list[int] = []
+    for entry in history:
+        version = int(entry["version"])
+        if entry.get("action") == "rollback":
+            if version in stack:
+                del stack[len(stack) - stack[::-1].index(version):]
+                continue
+            if stack:
+                stack.pop()
+        if not stack or stack[-1] != version:
+            stack.append(version)
+    return stack
 
 
 def _warn_refused(exc: CorruptCheckpointError) -> None:

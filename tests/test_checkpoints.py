@@ -191,3 +191,40 @@ def test_checkpoints_on_an_s3_site_verify_and_fall_back(tmp_path, seaweedfs, s3_
     assert fallback.checkpoint.version.version == 1 and [e.version for e in fallback.refused] == [2]
     assert store.apply_retention("m", keep=1) == [1]  # nothing protects v1: v2 is promoted, no predecessor
     assert store.versions("m") == [2]
+
+
+def test_two_rollbacks_walk_back_through_the_promotions(store):
+    for seed in (1, 2, 3):
+        save(store, seed)
+    for version in (1, 2, 3):
+        store.promote("m", version)
+    assert store.rollback("m").version == 2
+    assert store.predecessor("m") == 1  # not v3, the version just rejected
+    assert store.rollback("m").version == 1
+    assert store.promoted("m") == 1 and store.predecessor("m") is None
+    with pytest.raises(CheckpointError, match="no earlier promoted version"):
+        store.rollback("m")
+    assert [e["from"] for e in store.promotion_history("m")] == [None, 1, 2, 3, 2]
+
+
+def test_retention_after_rollback_protects_current_and_its_real_predecessor(store):
+    for seed in (1, 2, 3):
+        save(store, seed)
+    for version in (1, 2, 3):
+        store.promote("m", version)
+    store.rollback("m")  # current v2, predecessor v1; v3 was rejected
+    assert store.apply_retention("m", keep=1) == []  # v3 is the newest: kept by keep=1
+    save(store, 4)
+    assert store.apply_retention("m", keep=1) == [3]
+    assert store.versions("m") == [1, 2, 4]
+    assert store.rollback("m").version == 1
+
+
+def test_explicit_rollback_to_a_version_never_promoted_pops_the_rejected_one(store):
+    for seed in (1, 2, 3):
+        save(store, seed)
+    store.promote("m", 1)
+    store.promote("m", 3)
+    store.rollback("m", to=2)  # v3 rejected; v2 takes its place above v1
+    assert store.predecessor("m") == 1
+    assert store.rollback("m").version == 1
