@@ -10,7 +10,10 @@ Every materialization records `gravity/site`, `gravity/replicas` ([]), `dagster/
 `dagster/size_bytes`, `gravity/sha256`, `gravity/residency` (when the asset has one) and,
 for tables, `dagster/row_count` and `dagster/column_schema`.
 
-Reading an asset consults its latest materialization (the truth): a copy at the reading
+Reading an asset consults its latest materialization (the truth); an asset with no
+materialization at all is looked up at every site, but a latest materialization without
+gravity's location metadata (another IO manager, or reported externally) is an error, as
+any object gravity holds is older than it. With gravity's metadata, a copy at the reading
 site is used only if its sha256 equals the materialization's; otherwise the object is
 replicated from the primary site (or, when the primary has lost it or cannot be reached,
 from a site holding a current replica), and an AssetObservation on the upstream asset
@@ -310,9 +313,20 @@ class GravityIOManager(ConfigurableIOManager):
         meta = record.asset_materialization.metadata if record is not None else {}
         loc = md.read_location(meta)
         zone = loc["residency"] or self._definition_residency(context)
-        if not loc["site"] or not loc["sha256"] or not loc["uri"]:
-            # never materialized through gravity (e.g. a direct load in a test): find it
+        if record is None:
+            # never materialized at all (e.g. a direct load in a test): find the object
             return self._load_unrecorded(context, base, label, zone)
+        if not loc["site"] or not loc["sha256"] or not loc["uri"]:
+            # Some other writer recorded the latest version: any object gravity holds is
+            # older than it, so serving one would be serving stale data.
+            missing = [k for k, v in ((md.SITE, loc["site"]), (md.SHA256, loc["sha256"]), (md.URI, loc["uri"])) if not v]
+            raise StorageError(
+                f"the latest materialization of this input{'' if partition is None else f' (partition {partition!r})'}"
+                f" (run {record.run_id or 'none: reported externally'}) was not written by the gravity IO "
+                f"manager: its metadata lacks {', '.join(missing)}; gravity's stored copy may be stale, so it "
+                "is not served. Materialize the asset with GravityIOManager.",
+                asset=label,
+            )
 
         extension = next((e for e in EXTENSIONS if loc["uri"].endswith(e)), ".parquet")
         key = base + extension

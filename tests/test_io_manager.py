@@ -334,3 +334,15 @@ def test_lost_primary_is_served_from_a_current_replica(io, instance):  # noqa: F
     # at the primary site itself, the lost object is restored from a replica
     run([up, down], "s3-a", io, instance, selection=[down])
     assert store(io, "s3-a").head("up.parquet").sha256 == latest_location(instance, "up").sha256
+
+
+def test_latest_materialization_without_gravity_metadata_is_refused_not_served_stale(io, instance):  # noqa: F811
+    from dagster import AssetMaterialization
+
+    run([up], "us-local", io, instance)  # gravity holds this version...
+    # ...then someone else records a newer one (another IO manager, or reported externally)
+    instance.report_runless_asset_event(AssetMaterialization(asset_key="up", metadata={"rows": 3}))
+    err = run_failure([up, down], "us-local", io, instance, selection=[down])
+    assert isinstance(err, StorageError) and not isinstance(err, ObjectNotFound)
+    assert "'up'" in str(err) and "not written by the gravity IO manager" in str(err)
+    assert "gravity/site" in str(err) and "gravity/sha256" in str(err)
