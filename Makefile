@@ -23,7 +23,6 @@ bench: $(STAMP)
 	$(PY) benchmarks/placement.py
 	$(PY) benchmarks/replication.py
 	$(PY) benchmarks/executor_overhead.py
-	$(PY) benchmarks/dask_overhead.py
 
 ui: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(VENV)/bin/dagster dev -w workspace.yaml
