@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -341,9 +341,45 @@ class _Locator:
                     inputs.append(found)
         return inputs
 
+    def output_residency(self, step: ExecutionStep) -> list[InputData]:
+        """The residency zones of the assets the step writes, as placement constraints.
+
+        Each is a 0-byte `InputData` held by every site of the zone: it moves nothing and
+        costs nothing, but `place_step` only keeps pools inside the zone, so a step whose
+        output may not leave zone eu runs in eu (the IO manager would refuse the write
+        anywhere else).
+        """
+        out = []
+        for output in step.step_outputs:
+            asset_key = self.output_asset_key(step, output.name)
+            if asset_key is None:
+                continue
+            zone = self._definition_residency(asset_key)
+            if zone is None:
+                continue
+            name = asset_key.to_user_string()
+            sites = tuple(sorted(self._zone_sites(zone, f"asset {name!r}")))
+            out.append(InputData(f"output {name} (residency {zone})", 0, sites, zone))
+        return out
+
+    def _zone_sites(self, zone: str, what: str) -> frozenset[str]:
+        try:
+            return self.topology.zone_sites(zone)
+        except KeyError:
+            raise GravityConfigError(
+                f"{what}: {md.RESIDENCY} is {zone!r}, which is not a residency zone of "
+                f"{self.topology.source}; known zones: {', '.join(self.topology.zones) or '(none)'}"
+            ) from None
+
     def _asset_key(self, step: ExecutionStep, input_name: str):
         try:
             return self.asset_layer.get_asset_key_for_node_input(step.node_handle, input_name)
+        except Exception:
+            return None
+
+    def output_asset_key(self, step: ExecutionStep, output_name: str):
+        try:
+            return self.asset_layer.get_asset_key_for_node_output(step.node_handle, output_name)
         except Exception:
             return None
 
@@ -381,6 +417,25 @@ class _Locator:
             found = InputData(name, 0, zone_sites, loc.residency)
         self._instance_cache[asset_key] = found
         return found
+
+
+def place_with_outputs(
+    topology: Topology,
+    inputs: list[InputData],
+    outputs: list[InputData],
+    requirements: Requirements,
+    **kwargs,
+) -> Placement:
+    """`place_step` over the step's inputs plus its outputs' residency (`output_residency`),
+    with a reason that does not call residency constraints inputs."""
+    placement = place_step(topology, [*inputs, *outputs], requirements, **kwargs)
+    reason = placement.reason
+    already = f"{placement.pool}: all inputs are already at {placement.site}"
+    if reason.startswith(already) and not any(i.size_bytes > 0 for i in inputs):
+        reason = f"{placement.pool}: no known input data to move" + reason[len(already):]
+    if outputs:
+        reason += "; runs in the residency zone of its " + ", ".join(o.name for o in outputs)
+    return replace(placement, reason=reason)
 
 
 def requirements_for(step: ExecutionStep) -> Requirements:
@@ -596,22 +651,23 @@ class _Loop:
         healthy = self.healthy_pools()
         step = w.step
         inputs = self.locator.inputs_for(step)
+        outputs = self.locator.output_residency(step)
         req = requirements_for(step)
         if spill_from:
-            return place_step(
-                self.topology, inputs, req, objective=self.ex._objective, healthy=healthy,
+            return place_with_outputs(
+                self.topology, inputs, outputs, req, objective=self.ex._objective, healthy=healthy,
                 exclude=set(w.exclude) | set(spill_from), step=step.key,
             )
-        placement = place_step(
-            self.topology, inputs, req, objective=self.ex._objective, healthy=healthy,
+        placement = place_with_outputs(
+            self.topology, inputs, outputs, req, objective=self.ex._objective, healthy=healthy,
             expected_wait=self._waits(healthy), exclude=w.exclude, step=step.key,
         )
         unhealthy = {pid for pid in self.by_pool if pid not in healthy and pid not in self.disabled}
         if unhealthy:
             # Would an unhealthy pool have been chosen? Then say this is a failover.
             try:
-                ideal = place_step(
-                    self.topology, inputs, req, objective=self.ex._objective,
+                ideal = place_with_outputs(
+                    self.topology, inputs, outputs, req, objective=self.ex._objective,
                     healthy=healthy | unhealthy, exclude=w.exclude, step=step.key,
                 )
             except PlacementError:

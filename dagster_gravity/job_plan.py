@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from dagster_gravity import metadata as md
-from dagster_gravity.placement import Objective, PlacementError, format_bytes, place_step
+from dagster_gravity.placement import Objective, PlacementError, format_bytes
 from dagster_gravity.topology import Topology
 
 
@@ -70,7 +70,7 @@ def plan_job(
     from dagster._core.execution.api import create_execution_plan
     from dagster._core.execution.plan.step import ExecutionStep
 
-    from dagster_gravity.executor import _Locator, _OutputLocation, requirements_for
+    from dagster_gravity.executor import _Locator, _OutputLocation, place_with_outputs, requirements_for
 
     objective = Objective.parse(objective)
     plan = create_execution_plan(job_def, run_config=run_config or {})
@@ -87,8 +87,11 @@ def plan_job(
             continue
         inputs = locator.inputs_for(step)
         try:
+            outputs = locator.output_residency(step)
             req = requirements_for(step)
-            placement = place_step(topology, inputs, req, objective=objective, healthy=healthy, step=step.key)
+            placement = place_with_outputs(
+                topology, inputs, outputs, req, objective=objective, healthy=healthy, step=step.key
+            )
         except PlacementError as exc:
             out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), str(exc)))
             continue
@@ -107,11 +110,7 @@ def plan_job(
         # Its outputs land where it runs, with the size of the asset's latest version.
         locator.step_sites[step.key] = placement.site
         for output in step.step_outputs:
-            asset_key = None
-            try:
-                asset_key = asset_layer.get_asset_key_for_node_output(step.node_handle, output.name)
-            except Exception:
-                pass
+            asset_key = locator.output_asset_key(step, output.name)
             size, residency = 0, None
             if asset_key is not None:
                 found = locator._from_instance(asset_key)

@@ -84,6 +84,22 @@ def test_residency_bound_input_stays_in_its_zone(gravity):
     assert ran_at("eu_report")["site"] == "gamma"
 
 
+def test_an_outputs_residency_places_the_step_in_its_zone(gravity):
+    # No inputs; the asset itself may not leave zone eu = [gamma]. By cost alone any site
+    # would do (topology order picks alpha), but the write is only allowed at gamma.
+    result = gravity.run("output_residency_job")
+    assert result.success
+    placed = placements(result)["eu_only_output"]
+    assert placed["gravity/site"] == "gamma"
+    assert ran_at("eu_only_output")["site"] == "gamma"
+    reason = placed["gravity/reason"]
+    assert "all inputs are already" not in reason and "no known input data to move" in reason
+    assert "residency zone of its output eu_only_output (residency eu)" in reason
+    rows = {r["pool"]: r for r in placed["gravity/candidates"]}
+    assert not rows["alpha/cpu"]["feasible"] and "zone 'eu'" in rows["alpha/cpu"]["reason"]
+    assert placed["gravity/bytes_moved"] == 0
+
+
 def test_residency_fails_clearly_instead_of_moving_data_out(gravity):
     # The only site of zone eu is out of service: the step must fail, not run in the US.
     result = gravity.run("residency_job", disabled_pools=["gamma"])

@@ -24,6 +24,14 @@ def test_plan_follows_data_pins_and_residency(tmp_path):
     assert _plan(tmp_path, "requirements_job")["needs_gpu"].pool == "alpha/gpu"
 
 
+def test_plan_places_a_step_in_its_outputs_residency_zone(tmp_path):
+    step = _plan(tmp_path, "output_residency_job")["eu_only_output"]
+    assert step.site == "gamma" and step.bytes_moved == 0 and step.moves == ()
+    assert "output eu_only_output (residency eu)" in step.reason
+    blocked = _plan(tmp_path, "output_residency_job", disabled_pools=["gamma"])["eu_only_output"]
+    assert blocked.pool is None and "may not leave zone 'eu'" in blocked.reason
+
+
 def test_plan_says_what_cannot_run_and_what_would_move(tmp_path):
     blocked = _plan(tmp_path, "residency_job", disabled_pools=["gamma"])["eu_report"]
     assert blocked.pool is None and "may not leave zone 'eu'" in blocked.reason

@@ -161,6 +161,12 @@ def eu_report():
     return "report"
 
 
+# An asset with no inputs whose own data may not leave zone eu: it must be written at gamma.
+@asset(metadata={"gravity/residency": "eu"})
+def eu_only_output():
+    return "eu data"
+
+
 # -- delay scheduling ------------------------------------------------------------------
 
 big_at_alpha = AssetSpec(
@@ -289,7 +295,7 @@ def dynamic_job():
 
 all_assets = [
     made_at_beta, follows_beta, needs_gpu, pinned_gamma, landed_at_gamma, eu_customers,
-    reads_landed, eu_report, big_at_alpha, slow_left, slow_right, killed_once, dies_at_alpha,
+    reads_landed, eu_report, eu_only_output, big_at_alpha, slow_left, slow_right, killed_once, dies_at_alpha,
     sleeps_long, needs_broken_resource, *chain5,
 ]
 
@@ -299,6 +305,7 @@ defs = Definitions(
         define_asset_job("locality_job", selection=["made_at_beta", "follows_beta", "reads_landed"]),
         define_asset_job("requirements_job", selection=["needs_gpu", "pinned_gamma"]),
         define_asset_job("residency_job", selection=["eu_report"]),
+        define_asset_job("output_residency_job", selection=["eu_only_output"]),
         define_asset_job("delay_job", selection=["slow_left", "slow_right"]),
         define_asset_job("killed_job", selection=["killed_once"]),
         define_asset_job("failover_job", selection=["dies_at_alpha"]),
@@ -328,6 +335,10 @@ def requirements_job():
 
 def residency_job():
     return get_job("residency_job")
+
+
+def output_residency_job():
+    return get_job("output_residency_job")
 
 
 def delay_job():
