@@ -67,13 +67,20 @@ def flip_byte_s3(storage: S3SiteStorage, key: str, offset: int) -> None:
 
 
 def visible_files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Objects under their final names (hidden data and temporary files left out)."""
+    return sorted(
+        p.relative_to(root).as_posix() for p in all_files(root) if not p.name.startswith(".")
+    )
+
+
+def all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()) if root.exists() else []
 
 
 # -- local backend -------------------------------------------------------------------------
 
 
-def test_local_write_read_records_sha256_in_a_sidecar(tmp_path):
+def test_local_write_read_records_sha256_in_the_link_to_the_data(tmp_path):
     store = LocalSiteStorage("here", tmp_path / "root")
     info = store.put_bytes("a/b/c.bin", b"hello")
     assert info.sha256 == sha(b"hello") and info.size_bytes == 5
@@ -81,10 +88,13 @@ def test_local_write_read_records_sha256_in_a_sidecar(tmp_path):
     assert store.head("a/b/c.bin") == info
     data, read_info = store.read_bytes("a/b/c.bin", expected_sha256=sha(b"hello"))
     assert data == b"hello" and read_info == info
-    assert visible_files(tmp_path / "root") == ["a/b/c.bin", "a/b/c.bin.sha256"]
+    assert visible_files(tmp_path / "root") == ["a/b/c.bin"]
+    assert os.readlink(tmp_path / "root/a/b/c.bin").startswith(f".c.bin.obj-{sha(b'hello')}-5-")
+    assert (tmp_path / "root/a/b/c.bin").read_bytes() == b"hello"  # any tool can read the uri
     assert store.list_keys() == ["a/b/c.bin"] and store.list_keys("a/b/") == ["a/b/c.bin"]
     store.delete("a/b/c.bin")
     assert store.head("a/b/c.bin") is None and store.list_keys() == []
+    assert all_files(tmp_path / "root") == []
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -122,6 +132,73 @@ def test_local_failed_write_leaves_nothing(tmp_path):
             raise RuntimeError("writer crashed")
     assert store.head("d/x.bin") is None
     assert visible_files(tmp_path) == []
+
+
+def test_local_overwrite_killed_before_its_commit_rename_keeps_the_previous_version(tmp_path, monkeypatch):
+    store = LocalSiteStorage("here", tmp_path)
+    old = store.put_bytes("x.bin", b"version 1")
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_die(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the process dies after the first rename of the overwrite
+            raise KeyboardInterrupt("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        store.put_bytes("x.bin", b"version 2")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert len(calls) == 2
+    data, info = store.read_bytes("x.bin", expected_sha256=old.sha256)  # readable and verified
+    assert data == b"version 1" and info == old
+    assert visible_files(tmp_path) == ["x.bin"]
+    # nothing of the failed write is left, hidden or not: just the link and its data
+    assert [p.name for p in all_files(tmp_path)] == [os.readlink(tmp_path / "x.bin"), "x.bin"]
+
+
+def test_local_overwrite_deletes_the_replaced_data_and_readers_never_see_a_mismatch(tmp_path):
+    store = LocalSiteStorage("here", tmp_path)
+    versions = [os.urandom(64 * 1024) for _ in range(2)]
+    known = {sha(v) for v in versions}
+    store.put_bytes("x.bin", versions[0])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader():
+        while not stop.is_set():
+            try:
+                data, info = store.read_bytes("x.bin")
+                assert sha(data) == info.sha256 and info.sha256 in known
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(200):
+            store.put_bytes("x.bin", versions[i % 2])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(all_files(tmp_path)) == 2  # the link and the current data; replaced ones deleted
+
+
+def test_local_object_not_written_by_gravity_is_a_clear_error(tmp_path):
+    store = LocalSiteStorage("here", tmp_path)
+    (tmp_path / "plain.bin").write_bytes(b"dropped in by hand")
+    with pytest.raises(StorageError, match="not a gravity object") as err:
+        store.head("plain.bin")
+    assert store.uri("plain.bin") in str(err.value)
+    os.symlink("somewhere-else", tmp_path / "odd.bin")
+    with pytest.raises(StorageError, match="'odd.bin'") as err:
+        store.read_bytes("odd.bin")
+    assert "'here'" in str(err.value) and store.uri("odd.bin") in str(err.value)
 
 
 def test_storage_for_site_rejects_unknown_site(tmp_path):
@@ -185,7 +262,8 @@ def test_killed_local_writer_leaves_no_visible_object(tmp_path):
     assert not store.path("big/object.bin").exists()
     assert store.list_keys() == []
     # only the hidden temporary file remains, never anything under the final name
-    assert all(Path(p).name.startswith(".object.bin.tmp-") for p in visible_files(root))
+    assert visible_files(root) == []
+    assert all(p.name.startswith(".object.bin.tmp-") for p in all_files(root))
 
 
 @pytest.mark.parametrize("kind", ["s3", "s3-multipart"])
@@ -302,7 +380,7 @@ def test_replicate_s3_to_local_and_back(s3_pair, tmp_path):
     assert local.read_bytes("o.bin", info.sha256)[0] == payload
     replicate(local, a, "o.bin", info.sha256, dest_key="copy/o.bin")
     assert a.read_bytes("copy/o.bin", info.sha256)[0] == payload
-    assert visible_files(tmp_path / "local") == ["o.bin", "o.bin.sha256"]
+    assert visible_files(tmp_path / "local") == ["o.bin"]
 
 
 def test_replicate_local_to_local(tmp_path):

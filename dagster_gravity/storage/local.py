@@ -1,15 +1,29 @@
 """A site's storage as a directory on the local filesystem (the embedded default).
 
-Layout: `<root>/<key>` holds the bytes, `<root>/<key>.sha256` a JSON sidecar with the
-sha256 and size. Writes go to a hidden temporary file in the same directory, are fsynced
-and then renamed over the final name, data first and sidecar second; an object counts as
-present only when both exist, so a writer killed at any point leaves nothing visible.
+Layout: `<root>/<key>` is a symbolic link to a hidden sibling data file
+`.<name>.obj-<sha256>-<size>-<unique>`; the link's target name records the checksum and
+size, so the bytes and their checksum are published together by ONE rename.
+
+What is guaranteed (POSIX rename semantics, one filesystem):
+- A write goes to a hidden temporary file, is fsynced, renamed to its hidden data name,
+  and then a link to it, made under a hidden temporary name, is renamed over `<key>`.
+  That last rename is the commit point: before it readers see the previous version (or
+  nothing), after it the new one, with a checksum that matches; a writer killed at any
+  point leaves only hidden files (`.<name>.tmp-*` or an orphaned `.<name>.obj-*`), never a
+  half-written or mismatched object under a final name.
+- After committing, a writer deletes the data file of the version it replaced. A reader
+  resolves the link once and reads that target; if it was deleted in between, the read
+  retries on the new version, so concurrent overwrites cause no spurious mismatch.
+- `put_new` creates a key only if absent (the link is made with symlink(2), which fails
+  atomically when the name exists): two writers never both create the same key.
+- Concurrent overwrites of one key: the last commit wins; the loser's data file may stay
+  behind as a hidden orphan.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -24,11 +38,15 @@ from dagster_gravity.storage.base import (
     verify,
 )
 
-SIDECAR_SUFFIX = ".sha256"
+_TARGET = re.compile(r"^\.(?P<name>.+)\.obj-(?P<sha256>[0-9a-f]{64})-(?P<size>\d+)-[0-9a-f]+$")
 
 
 def _temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+def _data_name(final: Path, sha256: str, size: int) -> str:
+    return f".{final.name}.obj-{sha256}-{size}-{uuid.uuid4().hex[:12]}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -37,6 +55,13 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 class LocalSiteStorage(SiteStorage):
@@ -55,37 +80,59 @@ class LocalSiteStorage(SiteStorage):
         return self.root.joinpath(*parts)
 
     def uri(self, key: str) -> str:
-        target = self.path(key) if key else self.root
-        return target.resolve().as_uri()
+        if not key:
+            return self.root.resolve().as_uri()
+        path = self.path(key)  # the link's own address, not its hidden data file's
+        return (path.parent.resolve() / path.name).as_uri()
 
     # -- reads ---------------------------------------------------------------------------
 
-    def head(self, key: str) -> ObjectInfo | None:
-        path = self.path(key)
+    def _target(self, key: str) -> tuple[Path, ObjectInfo] | None:
+        """The data file the link at `key` names, with the checksum and size it records."""
+        final = self.path(key)
         try:
-            record = json.loads(path.with_name(path.name + SIDECAR_SUFFIX).read_text())
+            target = os.readlink(final)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"unreadable checksum sidecar: {exc}", site=self.site, uri=self.uri(key)) from exc
-        if not path.exists():
-            return None
-        return ObjectInfo(self.site, key, self.uri(key), int(record["size_bytes"]), str(record["sha256"]))
+        except OSError as exc:  # EINVAL: a plain file, not a link written by this storage
+            raise StorageError(
+                f"not a gravity object: expected a link to a checksummed data file, found {exc.strerror.lower()}",
+                site=self.site,
+                uri=self.uri(key),
+            ) from exc
+        m = _TARGET.match(target)
+        if m is None or "/" in target or m["name"] != final.name:
+            raise StorageError(
+                f"not a gravity object: the link names {target!r}, expected "
+                f"'.{final.name}.obj-<sha256>-<size>-<id>' beside it (key {key!r})",
+                site=self.site,
+                uri=self.uri(key),
+            )
+        info = ObjectInfo(self.site, key, self.uri(key), int(m["size"]), m["sha256"])
+        return final.with_name(target), info
 
-    def _require(self, key: str) -> ObjectInfo:
-        info = self.head(key)
-        if info is None:
+    def head(self, key: str) -> ObjectInfo | None:
+        found = self._target(key)
+        if found is None or not found[0].exists():
+            return None
+        return found[1]
+
+    def _require(self, key: str) -> tuple[Path, ObjectInfo]:
+        found = self._target(key)
+        if found is None:
             raise ObjectNotFound("no stored object under this key", site=self.site, uri=self.uri(key))
-        return info
+        return found
 
     def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
-        info = self._require(key)
-        try:
-            data = self.path(key).read_bytes()
-        except FileNotFoundError:
-            raise ObjectNotFound("the object disappeared while reading", site=self.site, uri=info.uri) from None
-        verify(data, info, expected_sha256)
-        return data, info
+        for _attempt in range(3):
+            target, info = self._require(key)
+            try:
+                data = target.read_bytes()
+            except FileNotFoundError:
+                continue  # a writer replaced the object and removed this version: read the new one
+            verify(data, info, expected_sha256)
+            return data, info
+        raise ObjectNotFound("the object disappeared while reading", site=self.site, uri=self.uri(key))
 
     def open_stream(self, key: str):
         try:
@@ -111,48 +158,86 @@ class LocalSiteStorage(SiteStorage):
     def part_sink(self, key: str, size: int, sha256: str, part_size: int) -> PartSink:
         return _LocalPartSink(self, key)
 
-    def commit_file(self, key: str, temp: Path, sha256: str, size: int) -> ObjectInfo:
-        """Publish a fully written and fsynced temporary file under `key` with its checksum."""
+    def commit_file(self, key: str, temp: Path, sha256: str, size: int, *, exclusive: bool = False) -> ObjectInfo | None:
+        """Publish a fully written and fsynced temporary file under `key` with its checksum.
+
+        The rename of the link over `key` is the one commit point. With `exclusive`, the
+        link is created only if `key` does not exist yet (returns None when it does)."""
         final = self.path(key)
-        sidecar = final.with_name(final.name + SIDECAR_SUFFIX)
-        sidecar_temp = _temp_path(sidecar)
-        with open(sidecar_temp, "w") as f:
-            json.dump({"sha256": sha256, "size_bytes": size}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, final)
-        os.replace(sidecar_temp, sidecar)
+        data = final.with_name(_data_name(final, sha256, size))
+        os.replace(temp, data)  # still invisible: a hidden name nothing points to
+        try:
+            if exclusive:
+                try:
+                    os.symlink(data.name, final)
+                except FileExistsError:
+                    _unlink_quietly(data)
+                    return None
+                previous = None
+            else:
+                try:
+                    previous = os.readlink(final)
+                except OSError:
+                    previous = None
+                link = _temp_path(final)
+                os.symlink(data.name, link)
+                try:
+                    os.replace(link, final)  # the commit point
+                except BaseException:
+                    _unlink_quietly(link)
+                    raise
+        except BaseException:
+            if not (final.is_symlink() and os.readlink(final) == data.name):
+                _unlink_quietly(data)
+            raise
         _fsync_dir(final.parent)
+        if previous and previous != data.name and _TARGET.match(previous):
+            _unlink_quietly(final.with_name(previous))
         return ObjectInfo(self.site, key, self.uri(key), size, sha256)
+
+    def put_new(self, key: str, data: bytes) -> ObjectInfo | None:
+        """Store `data` under `key` only if no object is there yet; None if one is."""
+        return _LocalWrite(self, key, exclusive=True).write_all(data)
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if name.startswith(".") or not name.endswith(SIDECAR_SUFFIX):
+                path = Path(dirpath, name)
+                if name.startswith(".") or not path.is_symlink():
                     continue
-                data_name = name[: -len(SIDECAR_SUFFIX)]
-                if not os.path.exists(os.path.join(dirpath, data_name)):
+                target = _TARGET.match(os.readlink(path))
+                if target is None or not path.exists():
                     continue
-                key = Path(dirpath, data_name).relative_to(self.root).as_posix()
+                key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
 
     def delete(self, key: str) -> None:
         final = self.path(key)
-        for path in (final.with_name(final.name + SIDECAR_SUFFIX), final):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        try:
+            target = os.readlink(final)
+        except FileNotFoundError:
+            return
+        except OSError:
+            target = None
+        _unlink_quietly(final)  # the object disappears here
+        if target and _TARGET.match(target):
+            _unlink_quietly(final.with_name(target))
 
 
 class _LocalWrite(AtomicWrite):
-    def __init__(self, storage: LocalSiteStorage, key: str):
+    def __init__(self, storage: LocalSiteStorage, key: str, exclusive: bool = False):
         self.storage = storage
         self.key = key
         self.final = storage.path(key)
+        self.exclusive = exclusive
+
+    def write_all(self, data: bytes) -> ObjectInfo | None:
+        with self as writer:
+            writer.write(data)
+        return self.info
 
     def __enter__(self) -> HashingWriter:
         try:
@@ -171,13 +256,14 @@ class _LocalWrite(AtomicWrite):
                 os.fsync(self.file.fileno())
             self.file.close()
             if exc_type is None:
-                self.info = self.storage.commit_file(self.key, self.temp, self.writer.hexdigest(), self.writer.size)
+                self.info = self.storage.commit_file(
+                    self.key, self.temp, self.writer.hexdigest(), self.writer.size, exclusive=self.exclusive
+                )
                 self.writer.info = self.info
         except OSError as err:
             raise StorageError(f"cannot write: {err}", site=self.storage.site, uri=self.storage.uri(self.key)) from err
         finally:
-            if self.temp.exists():
-                self.temp.unlink()
+            _unlink_quietly(self.temp)
         return None
 
 
