@@ -111,17 +111,26 @@ def _extension(obj: Any) -> str:
     return ".npy" if isinstance(obj, np.ndarray) else ".json"
 
 
-def _encode(obj: Any, writer) -> dict[str, Any]:
+def _encode(obj: Any, writer, label: str = "?") -> dict[str, Any]:
     """Write `obj` to `writer`; returns the table metadata (if a table)."""
     import pandas as pd
 
     table = None
     if isinstance(obj, pd.DataFrame):
-        table = pa.Table.from_pandas(obj)
+        try:
+            table = pa.Table.from_pandas(obj)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise TypeError(
+                f"asset {label!r}: the DataFrame cannot be stored as Parquet: "
+                f"{_unconvertible_column(obj)}{type(exc).__name__}: {exc}"
+            ) from exc
     elif isinstance(obj, pa.Table):
         table = obj
     if table is not None:
-        pq.write_table(table, writer)
+        try:
+            pq.write_table(table, writer)
+        except pa.ArrowException as exc:
+            raise TypeError(f"asset {label!r}: the table cannot be stored as Parquet: {type(exc).__name__}: {exc}") from exc
         schema = TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in table.schema])
         return {md.ROW_COUNT: table.num_rows, md.COLUMN_SCHEMA: MetadataValue.table_schema(schema)}
     if isinstance(obj, np.ndarray):
@@ -131,6 +140,16 @@ def _encode(obj: Any, writer) -> dict[str, Any]:
         return {}
     writer.write(json.dumps(obj).encode())
     return {}
+
+
+def _unconvertible_column(frame) -> str:
+    """'column 'x' (dtype object): ' for the first column pyarrow cannot convert, else ''."""
+    for name in frame.columns:
+        try:
+            pa.Table.from_pandas(frame[[name]], preserve_index=False)
+        except (pa.ArrowException, ValueError, TypeError):
+            return f"column {name!r} (dtype {frame[name].dtype}) holds values Parquet cannot store; "
+    return ""
 
 
 def _check_encodable(obj: Any, label: str) -> None:
@@ -269,7 +288,7 @@ class GravityIOManager(ConfigurableIOManager):
         key = base + _extension(obj)
         try:
             with storage.open_write(key) as writer:
-                table_meta = _encode(obj, writer)
+                table_meta = _encode(obj, writer, label)
         except StorageError as err:
             raise err.for_asset(label) from err
         info = writer.info

@@ -346,3 +346,23 @@ def test_latest_materialization_without_gravity_metadata_is_refused_not_served_s
     assert isinstance(err, StorageError) and not isinstance(err, ObjectNotFound)
     assert "'up'" in str(err) and "not written by the gravity IO manager" in str(err)
     assert "gravity/site" in str(err) and "gravity/sha256" in str(err)
+
+
+@asset
+def mixed_types() -> pd.DataFrame:
+    return pd.DataFrame({"ok": [1, 2], "mixed": [1, "x"]})
+
+
+def test_dataframe_parquet_cannot_store_names_the_asset_and_column(io, instance, tmp_path):  # noqa: F811
+    err = run_failure([mixed_types], "us-local", io, instance)
+    assert isinstance(err, TypeError)
+    assert "asset 'mixed_types'" in str(err) and "column 'mixed' (dtype object)" in str(err)
+    assert visible_files(tmp_path / "store" / "us") == []  # nothing half-written
+
+
+def test_local_sidecar_free_head_of_a_foreign_file_names_the_uri(io, instance, tmp_path):  # noqa: F811
+    (tmp_path / "store" / "us").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "us" / "up.parquet").write_bytes(b"not written by gravity")
+    err = run_failure([up, down], "us-local", io, instance, selection=[down])
+    assert "not a gravity object" in str(err) and "'up'" in str(err)
+    assert (tmp_path / "store/us/up.parquet").as_uri() in str(err)
