@@ -269,10 +269,25 @@ class _OutputLocation:
     replicas: tuple[str, ...] = ()
     size_bytes: int = 0
     residency: str | None = None
+    error: str | None = None  # its metadata could not be read: placing a consumer fails
 
 
-def _location_from_metadata(meta: Mapping[str, Any], default_site: str) -> _OutputLocation:
-    loc = md.read_location(meta)
+def read_location(meta: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """`metadata.read_location`, with an error that names the data and the bad value."""
+    try:
+        return md.read_location(meta)
+    except (TypeError, ValueError):
+        raw = md.plain_value(meta.get(md.SIZE_BYTES))
+        raise GravityConfigError(
+            f"{what}: metadata {md.SIZE_BYTES} is {raw!r}; expected a whole number of bytes"
+        ) from None
+
+
+def _location_from_metadata(meta: Mapping[str, Any], default_site: str, what: str) -> _OutputLocation:
+    try:
+        loc = read_location(meta, what)
+    except GravityConfigError as exc:
+        return _OutputLocation(default_site, error=str(exc))
     site = loc["site"] or default_site
     replicas = tuple(r for r in loc["replicas"] if r != site)
     return _OutputLocation(site, replicas, int(loc["size_bytes"] or 0), loc["residency"])
@@ -290,7 +305,8 @@ class _Locator:
         self.step_sites: dict[str, str] = {}  # step key -> site it ran at (last attempt)
         self.outputs: dict[tuple[str, str], _OutputLocation] = {}  # (step, output) -> where
         self.assets: dict[Any, _OutputLocation] = {}  # asset key -> where (this run)
-        self._instance_cache: dict[Any, InputData | None] = {}
+        # asset key -> (input, notes about sites it names that the topology does not know)
+        self._instance_cache: dict[Any, tuple[InputData | None, list[str]]] = {}
 
     def record(self, event: DagsterEvent) -> None:
         step_key = event.step_key
@@ -299,26 +315,33 @@ class _Locator:
             return
         if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
             mat = event.step_materialization_data.materialization
-            self.assets[mat.asset_key] = _location_from_metadata(mat.metadata, site)
+            what = f"asset {mat.asset_key.to_user_string()!r} materialized by step {step_key!r}"
+            self.assets[mat.asset_key] = _location_from_metadata(mat.metadata, site, what)
         elif event.event_type == DagsterEventType.HANDLED_OUTPUT:
             data = event.event_specific_data
-            self.outputs[(step_key, data.output_name)] = _location_from_metadata(data.metadata, site)
+            what = f"output {data.output_name!r} of step {step_key!r}"
+            self.outputs[(step_key, data.output_name)] = _location_from_metadata(data.metadata, site, what)
         elif event.event_type == DagsterEventType.STEP_OUTPUT:
             data = event.step_output_data
             key = (step_key, data.step_output_handle.output_name)
             if key not in self.outputs:
-                self.outputs[key] = _location_from_metadata(data.metadata, site)
+                what = f"output {key[1]!r} of step {step_key!r}"
+                self.outputs[key] = _location_from_metadata(data.metadata, site, what)
 
-    def inputs_for(self, step: ExecutionStep) -> list[InputData]:
-        inputs: list[InputData] = []
+    def inputs_for(self, step: ExecutionStep, notes: list[str] | None = None) -> list[InputData]:
+        """Where each input of `step` is. Sites the topology does not know are dropped (and
+        said so in `notes`); an input left with no known site counts as unknown location.
+        Raises GravityConfigError for location metadata that cannot be read."""
+        notes = [] if notes is None else notes
+        inputs: list[InputData | None] = []
         for step_input in step.step_inputs:
             asset_key = self._asset_key(step, step_input.name)
             handles = list(step_input.get_step_output_handle_dependencies())
             if asset_key is not None and asset_key in self.assets:
                 loc = self.assets[asset_key]
                 if loc.residency is None:
-                    loc = _OutputLocation(loc.site, loc.replicas, loc.size_bytes, self._definition_residency(asset_key))
-                inputs.append(self._input(asset_key.to_user_string(), loc))
+                    loc = replace(loc, residency=self._definition_residency(asset_key))
+                inputs.append(self._input(asset_key.to_user_string(), loc, notes))
                 continue
             in_run = [self.outputs.get((h.step_key, h.output_name)) for h in handles]
             if handles and all(in_run):
@@ -326,7 +349,7 @@ class _Locator:
                     name = f"{h.step_key}.{h.output_name}"
                     if h.mapping_key:
                         name += f"[{h.mapping_key}]"
-                    inputs.append(self._input(name, loc))  # type: ignore[arg-type]
+                    inputs.append(self._input(name, loc, notes))  # type: ignore[arg-type]
                 continue
             if handles and any(h.step_key in self.step_sites for h in handles):
                 # Produced in this run without output events we could read: where it ran.
@@ -336,10 +359,12 @@ class _Locator:
                         inputs.append(InputData(f"{h.step_key}.{h.output_name}", UNKNOWN_SIZE, (site,), None))
                 continue
             if asset_key is not None:
-                found = self._from_instance(asset_key)
-                if found is not None:
-                    inputs.append(found)
-        return inputs
+                inputs.append(self._from_instance(asset_key, notes))
+        known = [i for i in inputs if i is not None]
+        for item in known:
+            if item.residency is not None:
+                self._zone_sites(item.residency, f"input {item.name!r}")
+        return known
 
     def output_residency(self, step: ExecutionStep) -> list[InputData]:
         """The residency zones of the assets the step writes, as placement constraints.
@@ -386,15 +411,52 @@ class _Locator:
     def _definition_residency(self, asset_key) -> str | None:
         if not self.asset_layer.has(asset_key):
             return None
-        return md.read_location(self.asset_layer.get(asset_key).metadata or {})["residency"]
+        zone = md.plain_value((self.asset_layer.get(asset_key).metadata or {}).get(md.RESIDENCY))
+        return str(zone) if zone else None
 
-    @staticmethod
-    def _input(name: str, loc: _OutputLocation) -> InputData:
-        return InputData(name, int(loc.size_bytes or UNKNOWN_SIZE), (loc.site, *loc.replicas), loc.residency)
+    def _known_sites(self, name: str, sites, notes: list[str]) -> tuple[str, ...]:
+        """`sites` without those the topology does not know (old or misspelt site names)."""
+        kept: list[str] = []
+        for i, site in enumerate(sites):
+            if site in self.topology.sites:
+                if site not in kept:
+                    kept.append(site)
+                continue
+            note = (
+                f"{name}: {'site' if i == 0 else 'replica'} {site!r} is not in "
+                f"{Path(self.topology.source).name}; ignored"
+            )
+            if note not in notes:
+                notes.append(note)
+        return tuple(kept)
 
-    def _from_instance(self, asset_key) -> InputData | None:
-        if asset_key in self._instance_cache:
-            return self._instance_cache[asset_key]
+    def _located(self, name: str, size: int, sites, residency: str | None, notes: list[str]) -> InputData | None:
+        """An input at its known sites; if none is known, anywhere in its zone (size
+        unknown), or None (location unknown: it does not steer placement)."""
+        known = self._known_sites(name, sites, notes)
+        if known:
+            return InputData(name, int(size or UNKNOWN_SIZE), known, residency)
+        if residency:
+            # Where it is is unknown but its zone is not: it may be anywhere in the zone, and
+            # the step may not run outside it.
+            return InputData(name, 0, tuple(sorted(self._zone_sites(residency, f"input {name!r}"))), residency)
+        return None
+
+    def _input(self, name: str, loc: _OutputLocation, notes: list[str]) -> InputData | None:
+        if loc.error:
+            raise GravityConfigError(f"input {name}: {loc.error}")
+        return self._located(name, loc.size_bytes, (loc.site, *loc.replicas), loc.residency, notes)
+
+    def _from_instance(self, asset_key, notes: list[str] | None = None) -> InputData | None:
+        if asset_key not in self._instance_cache:
+            own_notes: list[str] = []
+            self._instance_cache[asset_key] = (self._read_instance(asset_key, own_notes), own_notes)
+        found, own_notes = self._instance_cache[asset_key]
+        if notes is not None:
+            notes.extend(n for n in own_notes if n not in notes)
+        return found
+
+    def _read_instance(self, asset_key, notes: list[str]) -> InputData | None:
         from dagster_gravity.locations import latest_location
 
         definition_metadata = None
@@ -404,19 +466,19 @@ class _Locator:
             definition_metadata = node.metadata
             if node.partitions_def is not None:
                 partition = self.partition
-        loc = latest_location(self.instance, asset_key, partition=partition, definition_metadata=definition_metadata)
-        found = None
         name = asset_key.to_user_string()
-        if loc is not None and loc.site:
-            replicas = tuple(r for r in (loc.replicas or ()) if r != loc.site)
-            found = InputData(name, int(loc.size_bytes or UNKNOWN_SIZE), (loc.site, *replicas), loc.residency)
-        elif loc is not None and loc.residency:
-            # Where it is is unknown but its zone is not: it may be anywhere in the zone, and
-            # the step may not run outside it.
-            zone_sites = tuple(s for s in self.topology.sites if self.topology.allows(loc.residency, s))
-            found = InputData(name, 0, zone_sites, loc.residency)
-        self._instance_cache[asset_key] = found
-        return found
+        try:
+            loc = latest_location(self.instance, asset_key, partition=partition, definition_metadata=definition_metadata)
+        except (TypeError, ValueError):
+            # Unreadable location metadata (its latest materialization's or its definition's).
+            raise GravityConfigError(
+                f"input asset {name!r}: its location metadata cannot be read; expected "
+                f"{md.SIZE_BYTES} to be a whole number of bytes ({sys.exc_info()[1]})"
+            ) from None
+        if loc is None:
+            return None
+        sites = ((loc.site,) if loc.site else ()) + tuple(loc.replicas or ())
+        return self._located(name, loc.size_bytes, sites, loc.residency, notes)
 
 
 def place_with_outputs(
@@ -650,7 +712,7 @@ class _Loop:
     def _place(self, w: _Waiting, *, spill_from: set[str] = frozenset()) -> Placement:
         healthy = self.healthy_pools()
         step = w.step
-        inputs = self.locator.inputs_for(step)
+        inputs = self.locator.inputs_for(step, w.notes)
         outputs = self.locator.output_residency(step)
         req = requirements_for(step)
         if spill_from:
@@ -704,6 +766,10 @@ class _Loop:
                 yield from self._submit(w, spill, waited=waited, spilled_from=pool_id)
             except PlacementError as exc:
                 yield from self._fail_unplaceable(w, exc)
+            except ValueError as exc:
+                # GravityConfigError and the like: a bad op tag, unreadable location metadata,
+                # an unknown residency zone. It is this step's problem, not the run's.
+                yield from self._fail_unplaceable(w, exc)
 
     def _submit(self, w: _Waiting, placement: Placement, *, waited: float = 0.0, spilled_from: str | None = None):
         step = w.step
@@ -744,6 +810,8 @@ class _Loop:
         failovers = [n for n in notes if "failed over" in n]
         if failovers:
             metadata["gravity/failover"] = MetadataValue.text("; ".join(failovers))
+        if notes:
+            metadata["gravity/notes"] = MetadataValue.text("; ".join(notes))
         moved = (
             f"moves {format_bytes(chosen.bytes_moved)}" if chosen.bytes_moved else "no data moves"
         )
@@ -754,18 +822,24 @@ class _Loop:
             self.plan_context.for_step(step), message, EngineEventData(metadata=metadata)
         )
 
-    def _fail_unplaceable(self, w: _Waiting, exc: PlacementError) -> Iterator[DagsterEvent]:
-        """No pool may run the step (requirements, residency, health): fail it clearly."""
+    def _fail_unplaceable(self, w: _Waiting, exc: ValueError) -> Iterator[DagsterEvent]:
+        """No pool may run the step (requirements, residency, health), or what placement
+        needs to know about it is invalid (op tags, location metadata): fail it clearly."""
         del self.waiting[w.step.key]
         step_context = self.plan_context.for_step(w.step)
-        error = SerializableErrorInfo(
-            message=f"gravity: cannot place step {w.step.key!r}; data is not moved out of its zone "
-            f"and no healthy pool meets its requirements.\n{exc}",
-            stack=[],
-            cls_name=type(exc).__name__,
-        )
+        if isinstance(exc, PlacementError):
+            message = (
+                f"gravity: cannot place step {w.step.key!r}; data is not moved out of its zone "
+                f"and no healthy pool meets its requirements.\n{exc}"
+            )
+        else:
+            message = f"gravity: cannot place step {w.step.key!r}: {exc}"
+        if w.notes:
+            message += "\n" + "\n".join(w.notes)
+        error = SerializableErrorInfo(message=message, stack=[], cls_name=type(exc).__name__)
         rows = [
-            {"pool": c.pool, "site": c.site, "feasible": c.feasible, "reason": c.reason} for c in exc.candidates
+            {"pool": c.pool, "site": c.site, "feasible": c.feasible, "reason": c.reason}
+            for c in getattr(exc, "candidates", ())
         ]
         yield DagsterEvent.engine_event(
             step_context,

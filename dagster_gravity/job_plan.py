@@ -14,8 +14,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from dagster_gravity import metadata as md
-from dagster_gravity.placement import Objective, PlacementError, format_bytes
+from dagster_gravity.placement import Objective, format_bytes
 from dagster_gravity.topology import Topology
 
 
@@ -77,7 +76,6 @@ def plan_job(
     run = _RunTags({"dagster/partition": partition} if partition else {})
     locator = _Locator(instance, job_def, run, topology)
     healthy = {p.id for p in topology.pools if p.id not in disabled_pools and p.site not in disabled_pools}
-    asset_layer = job_def.asset_layer
     out: list[PlannedStep] = []
     for step in plan.get_all_steps_in_topo_order():
         if not isinstance(step, ExecutionStep):
@@ -85,15 +83,16 @@ def plan_job(
                 PlannedStep(step.key, RUN_TIME, None, 0, 0.0, 0.0, (), "a dynamic step: placed when its upstream's outputs resolve")
             )
             continue
-        inputs = locator.inputs_for(step)
+        notes: list[str] = []
         try:
+            inputs = locator.inputs_for(step, notes)
             outputs = locator.output_residency(step)
             req = requirements_for(step)
             placement = place_with_outputs(
                 topology, inputs, outputs, req, objective=objective, healthy=healthy, step=step.key
             )
-        except PlacementError as exc:
-            out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), str(exc)))
+        except ValueError as exc:  # PlacementError, or a bad op tag / location metadata
+            out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), "\n".join([str(exc), *notes])))
             continue
         chosen = next(c for c in placement.candidates if c.pool == placement.pool)
         moves = tuple(
@@ -104,7 +103,8 @@ def plan_job(
         out.append(
             PlannedStep(
                 step.key, placement.pool, placement.site, int(chosen.bytes_moved),
-                float(chosen.transfer_seconds), float(chosen.dollars), moves, placement.reason,
+                float(chosen.transfer_seconds), float(chosen.dollars), moves,
+                " | ".join([placement.reason, *notes]),
             )
         )
         # Its outputs land where it runs, with the size of the asset's latest version.
@@ -113,11 +113,14 @@ def plan_job(
             asset_key = locator.output_asset_key(step, output.name)
             size, residency = 0, None
             if asset_key is not None:
-                found = locator._from_instance(asset_key)
+                try:
+                    found = locator._from_instance(asset_key)
+                except ValueError:  # unreadable metadata of the old version: size unknown
+                    found = None
                 if found is not None:
                     size, residency = found.size_bytes, found.residency
-                if residency is None and asset_layer.has(asset_key):
-                    residency = md.read_location(asset_layer.get(asset_key).metadata or {})["residency"]
+                if residency is None:
+                    residency = locator._definition_residency(asset_key)
             loc = _OutputLocation(placement.site, (), size, residency)
             locator.outputs[(step.key, output.name)] = loc
             if asset_key is not None:

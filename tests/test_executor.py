@@ -26,7 +26,7 @@ from tests.support.executor_runs import (
     placements,
     worker_pids,
 )
-from tests.support.jobs import ran_at
+from tests.support.jobs import MB, ran_at
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(120)
@@ -63,6 +63,54 @@ def test_input_location_comes_from_latest_materialization(gravity):
     assert result.success
     assert placements(result)["follows_beta"]["gravity/site"] == "beta"
     assert ran_at("follows_beta")["site"] == "beta"
+
+
+def _report_location(instance, asset: str, **metadata):
+    from dagster import AssetMaterialization
+
+    instance.report_runless_asset_event(AssetMaterialization(asset, metadata=metadata))
+
+
+def test_sites_no_longer_in_the_topology_are_ignored(gravity):
+    # made_at_beta's latest copy names a site removed from sites.yaml plus a replica at beta.
+    (gravity.store / "made_at_beta.json").write_text("1")
+    _report_location(gravity.instance, "made_at_beta", **{
+        "gravity/site": "old-site", "gravity/replicas": ["beta"], "dagster/size_bytes": 10 * MB,
+    })
+    result = gravity.run("follows_only_job")
+    assert result.success
+    placed = placements(result)["follows_beta"]
+    assert placed["gravity/site"] == "beta"  # the replica the topology knows
+    assert "made_at_beta: site 'old-site' is not in sites.yaml; ignored" in placed["gravity/notes"]
+    assert "old-site" in placed["message"]
+
+    # Only the unknown site: its location is unknown, the step still runs somewhere.
+    _report_location(gravity.instance, "made_at_beta", **{"gravity/site": "old-site", "dagster/size_bytes": 10 * MB})
+    result = gravity.run("follows_only_job")
+    assert result.success
+    assert "is not in sites.yaml; ignored" in placements(result)["follows_beta"]["gravity/notes"]
+
+
+def test_unreadable_size_fails_the_consumer_step_not_the_run(gravity):
+    _report_location(gravity.instance, "made_at_beta", **{"gravity/site": "beta", "dagster/size_bytes": "big"})
+    result = gravity.run("follows_only_job")
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failures] == ["follows_beta"]
+    message = failures[0].step_failure_data.error.message
+    assert "made_at_beta" in message and "dagster/size_bytes" in message and "'big'" in message
+
+
+def test_a_bad_op_tag_fails_its_step_and_the_rest_of_the_run_goes_on(gravity):
+    result = gravity.run("bad_tag_job")
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failures] == ["bad_gpu_tag"]
+    message = failures[0].step_failure_data.error.message
+    assert "cannot place step 'bad_gpu_tag'" in message and "gravity/gpu" in message and "'two'" in message
+    assert "bad_gpu_tag" not in placements(result)
+    succeeded = {e.step_key for e in result.all_events if e.event_type == DagsterEventType.STEP_SUCCESS}
+    assert succeeded == {"pinned_gamma"}
 
 
 def test_pins_and_gpu_requirements(gravity):

@@ -43,6 +43,22 @@ def test_plan_says_what_cannot_run_and_what_would_move(tmp_path):
     assert "CANNOT RUN" in text and "100 GB" in text
 
 
+def test_plan_reports_bad_tags_and_ignores_unknown_sites(tmp_path):
+    from dagster import AssetMaterialization
+
+    steps = _plan(tmp_path, "bad_tag_job")
+    assert steps["bad_gpu_tag"].pool is None and "'two'" in steps["bad_gpu_tag"].reason
+    assert steps["pinned_gamma"].site == "gamma"
+
+    topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
+    with DagsterInstance.ephemeral() as instance:
+        instance.report_runless_asset_event(
+            AssetMaterialization("made_at_beta", metadata={"gravity/site": "old-site", "gravity/replicas": ["gamma"]})
+        )
+        (step,) = plan_job(load_job("tests.support.jobs", "follows_only_job"), instance, topology)
+    assert step.site == "gamma" and "site 'old-site' is not in sites.yaml; ignored" in step.reason
+
+
 def test_plan_leaves_dynamic_steps_to_run_time(tmp_path):
     steps = _plan(tmp_path, "dynamic_job")
     assert steps["fan_out"].site == "alpha"

@@ -141,6 +141,11 @@ def pinned_gamma():
     return "g"
 
 
+@asset(op_tags={"gravity/gpu": "two"})
+def bad_gpu_tag():
+    return "never"
+
+
 # Data that exists before any run: the definition says where it is (the fallback).
 landed_at_gamma = AssetSpec(
     "landed_at_gamma", metadata={"gravity/site": "gamma", "dagster/size_bytes": 5 * GB}
@@ -294,7 +299,7 @@ def dynamic_job():
 # -- the definitions -------------------------------------------------------------------
 
 all_assets = [
-    made_at_beta, follows_beta, needs_gpu, pinned_gamma, landed_at_gamma, eu_customers,
+    made_at_beta, follows_beta, needs_gpu, pinned_gamma, bad_gpu_tag, landed_at_gamma, eu_customers,
     reads_landed, eu_report, eu_only_output, big_at_alpha, slow_left, slow_right, killed_once, dies_at_alpha,
     sleeps_long, needs_broken_resource, *chain5,
 ]
@@ -304,6 +309,7 @@ defs = Definitions(
     jobs=[
         define_asset_job("locality_job", selection=["made_at_beta", "follows_beta", "reads_landed"]),
         define_asset_job("requirements_job", selection=["needs_gpu", "pinned_gamma"]),
+        define_asset_job("bad_tag_job", selection=["bad_gpu_tag", "pinned_gamma"]),
         define_asset_job("residency_job", selection=["eu_report"]),
         define_asset_job("output_residency_job", selection=["eu_only_output"]),
         define_asset_job("delay_job", selection=["slow_left", "slow_right"]),
@@ -331,6 +337,10 @@ def locality_job():
 
 def requirements_job():
     return get_job("requirements_job")
+
+
+def bad_tag_job():
+    return get_job("bad_tag_job")
 
 
 def residency_job():
