@@ -10,20 +10,31 @@ What a worker builds for a run is kept per run id, so the cost of a step does no
 the size of the job and is close to an in-process step:
 
 * the instance, the job definition and the full execution plan are built once;
-* a *session* holds one Dagster `PlanExecutionContext` for the run in this worker, the way
-  `in_process_executor` holds one for the whole run: resources are initialised and stdout/
-  stderr capture is set up once per worker, not per step. Each step still gets its own
+* a *session* holds one Dagster `PlanExecutionContext` per run and per *set of resource
+  keys* a step needs: it is built on a one-step plan of the first step that needs that set,
+  so it initialises only those resources, as Dagster's multiprocess children do (a worker
+  never initialises the resources of steps that run elsewhere, and a resource that fails to
+  initialise fails only the steps that need it). Later steps with the same set reuse it, so
+  a worker holds at most a few sessions per run. Each step still gets its own
   `StepExecutionContext` (`job_context.for_step(step, known_state)`), runs through Dagster's
   own `dagster_event_sequence_for_step` (retries, `RetryRequested`, `Failure`, interrupts)
   and its hooks, and is announced with a LOGS_CAPTURED event so the UI shows its logs;
-* a step the session's plan does not hold (a dynamic step resolved after the plan was
-  built) runs the way Dagster's multiprocess children run it: a one-step plan through
-  `execute_plan_iterator`.
+* stdout/stderr capture (the compute log manager's process-wide redirect and its `tail -F`
+  children) is held per run, and by at most one run of the process at a time: a run that
+  needs it takes it from the run that held it (which closes its capture first), so
+  redirects never stack and never unwind out of order;
+* a step no session plan holds (a dynamic step resolved after the plan was built) runs the
+  way Dagster's multiprocess children run it: a one-step plan through `execute_plan_iterator`.
+
+A run's cache lives until the backend says the run ended (`StepRunner.close_run`: sessions
+torn down, resources released, capture closed) or, as a safety net, until newer runs evict
+it (`MAX_CACHED_RUNS`).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -46,6 +57,7 @@ from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_eve
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.plan.state import KnownExecutionState
 from dagster._core.execution.plan.step import ExecutionStep
+from dagster._core.execution.resources_init import get_required_resource_keys_to_init
 from dagster._core.execution.retries import RetryMode
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRun
@@ -94,12 +106,13 @@ _STEP_END = object()  # marks the end of one step's events inside a session
 
 
 class _Session:
-    """One long-lived Dagster execution context for a run inside this worker.
+    """One long-lived Dagster execution context for some steps of a run inside this worker.
 
     Wraps Dagster's own `ExecuteRunWithPlanIterable` (context + resources set-up and
     teardown, interrupt capture) around `_serve`, which runs one requested step at a time
     and then yields `_STEP_END`; between steps the generator stays suspended, keeping the
-    context and resources alive.
+    context and resources alive. `plan` is a one-step plan: resources are those its step
+    (and every later step with the same resource keys) needs.
     """
 
     def __init__(self, cache: "_RunCache", plan: ExecutionPlan):
@@ -122,35 +135,31 @@ class _Session:
             )
         )
         self.alive = True
+        self.running = False
 
     def _serve(self, execution_plan: ExecutionPlan, job_context) -> Iterator[Any]:
-        manager = job_context.instance.compute_log_manager
-        log_key = manager.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
-        with ExitStack() as capture:
-            try:
-                log_context = capture.enter_context(manager.capture_logs(log_key))
-            except Exception:
-                log_context = None
-            while self._request is not None:
-                step_key, known_state = self._request
-                self._request = None
-                # An interrupt captured between steps is not cleared: the executor only
-                # interrupts a stopping run, so a step queued behind it fails as interrupted
-                # as soon as its user code starts (Dagster's `raise_interrupts_as`).
-                step = execution_plan.get_step_by_key(step_key)
-                if log_context is not None:
-                    yield DagsterEvent.capture_logs(job_context, [step_key], log_key, log_context)
-                step_context = job_context.for_step(step, known_state)
-                events = []
-                for event in dagster_event_sequence_for_step(step_context):
-                    events.append(event)
-                    yield event
-                yield from _trigger_hook(step_context, events)
-                yield _STEP_END
+        while self._request is not None:
+            step_key, known_state = self._request
+            self._request = None
+            # An interrupt captured between steps is not cleared: the executor only
+            # interrupts a stopping run, so a step queued behind it fails as interrupted
+            # as soon as its user code starts (Dagster's `raise_interrupts_as`).
+            step = execution_plan.get_step_by_key(step_key)
+            log_key, log_context = self.cache.take_capture()
+            if log_context is not None:
+                yield DagsterEvent.capture_logs(job_context, [step_key], log_key, log_context)
+            step_context = job_context.for_step(step, known_state)
+            events = []
+            for event in dagster_event_sequence_for_step(step_context):
+                events.append(event)
+                yield event
+            yield from _trigger_hook(step_context, events)
+            yield _STEP_END
 
     def run(self, step_key: str, known_state: KnownExecutionState) -> Iterator[DagsterEvent]:
         """The step's events; sets `alive` False if the session ended instead (set-up failed)."""
         self._request = (step_key, known_state)
+        self.running = True
         ended = False
         try:
             for item in self._events:
@@ -161,6 +170,7 @@ class _Session:
             ended = True
             self.alive = False
         finally:
+            self.running = False
             if not ended:  # abandoned mid-step: the context is in an unknown state
                 self.alive = False
                 self.close()
@@ -173,8 +183,15 @@ class _Session:
             pass
 
 
+# The run whose compute-log capture is open in this process (at most one: the compute log
+# manager redirects the process's stdout/stderr file descriptors, which do not nest safely
+# across runs that end in any order).
+_CAPTURE_LOCK = threading.RLock()
+_capture_owner: "_RunCache | None" = None
+
+
 class _RunCache:
-    """What a worker has built for one run: instance, job, full plan (per dynamic state)."""
+    """What a worker has built for one run: instance, job, full plan, sessions, log capture."""
 
     def __init__(self, payload: RunPayload):
         self.payload = payload
@@ -186,7 +203,48 @@ class _RunCache:
         self.plan: ExecutionPlan | None = payload.execution_plan
         self.plan_signature = _mapping_signature(self.plan.known_state) if self.plan else None
         self.log_manager = create_context_free_log_manager(self.instance, payload.dagster_run)
-        self.session: _Session | None = None
+        self.sessions: dict[frozenset[str], _Session] = {}  # resource keys -> session
+        self._resource_keys: dict[str, frozenset[str]] = {}  # step key -> its resource keys
+        self._capture: ExitStack | None = None
+        self._log_key: list[str] | None = None
+        self._log_context: Any = None
+        self.closed = False
+
+    # -- compute-log capture -------------------------------------------------------------
+
+    def take_capture(self) -> tuple[Any, Any]:
+        """(log key, log context) of this run's capture, opened now if needed; the capture
+        of another run of this process is closed first, so captures never stack."""
+        global _capture_owner
+        with _CAPTURE_LOCK:
+            if _capture_owner is not None and _capture_owner is not self:
+                _capture_owner.release_capture()
+            if self._capture is None:
+                manager = self.instance.compute_log_manager
+                key = manager.build_log_key_for_run(self.payload.run_id, create_compute_log_file_key())
+                stack = ExitStack()
+                try:
+                    self._log_context = stack.enter_context(manager.capture_logs(key))
+                except Exception:
+                    stack.close()
+                    return None, None
+                self._capture, self._log_key = stack, key
+                _capture_owner = self
+            return self._log_key, self._log_context
+
+    def release_capture(self) -> None:
+        global _capture_owner
+        with _CAPTURE_LOCK:
+            stack, self._capture, self._log_context = self._capture, None, None
+            if _capture_owner is self:
+                _capture_owner = None
+            if stack is not None:
+                try:
+                    stack.close()
+                except Exception:
+                    pass
+
+    # -- plans and sessions --------------------------------------------------------------
 
     def full_plan(self, known_state: KnownExecutionState | None) -> ExecutionPlan:
         if self.plan is None:
@@ -199,18 +257,37 @@ class _RunCache:
             self.plan_signature = _mapping_signature(known_state)
         return self.plan
 
+    def resource_keys(self, step_key: str, plan: ExecutionPlan) -> frozenset[str]:
+        """The resources Dagster would initialise for `step_key` alone (transitively, hooks
+        included): what a session for this step sets up."""
+        keys = self._resource_keys.get(step_key)
+        if keys is None:
+            keys = frozenset(get_required_resource_keys_to_init(plan, self.job.get_definition()))
+            self._resource_keys[step_key] = keys
+        return keys
+
     def session_for(self, step_key: str, known_state: KnownExecutionState) -> _Session | None:
-        """The run's session if it can run this step (the step is in its plan)."""
-        if self.session is not None and not self.session.alive:
-            self.session = None
-        if self.session is None:
-            plan = self.full_plan(known_state)
-            if not isinstance(plan.step_dict_by_key.get(step_key), ExecutionStep):
-                return None
-            self.session = _Session(self, plan)
-        if not isinstance(self.session.plan.step_dict_by_key.get(step_key), ExecutionStep):
+        """The session for this step's resource keys, or None if no plan holds the step."""
+        full = self.full_plan(known_state)
+        if not isinstance(full.step_dict_by_key.get(step_key), ExecutionStep):
             return None
-        return self.session
+        plan = self.plan_for(step_key, known_state)
+        keys = self.resource_keys(step_key, plan)
+        session = self.sessions.get(keys)
+        if session is not None and not session.alive:
+            del self.sessions[keys]
+            session = None
+        if session is None:
+            session = _Session(self, plan)
+            self.sessions[keys] = session
+        elif not isinstance(session.plan.step_dict_by_key.get(step_key), ExecutionStep):
+            return None  # a step resolved after that session's plan was built
+        return session
+
+    def drop_session(self, session: _Session) -> None:
+        for keys, held in list(self.sessions.items()):
+            if held is session:
+                del self.sessions[keys]
 
     def plan_for(self, step_key: str, known_state: KnownExecutionState) -> ExecutionPlan:
         """A one-step plan for `step_key`, cut out of the cached full plan.
@@ -252,15 +329,32 @@ class _RunCache:
             repository_load_data=plan.repository_load_data,
         )
 
+    def busy(self) -> bool:
+        return any(session.running for session in self.sessions.values())
+
     def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        """Tear down every session (newest first), then the capture and the instance.
+
+        A session that is running a step right now (another thread) is left to the step's
+        own end: `StepRunner.run_step` closes the cache after it when `closed` is set.
+        """
+        self.closed = True
+        for keys in reversed(list(self.sessions)):
+            session = self.sessions[keys]
+            if session.running:
+                return
+            del self.sessions[keys]
+            session.close()
+        self.release_capture()
         self.instance.dispose()
 
 
 class StepRunner:
-    """Runs steps for a worker at one site, caching per-run state (a few runs at most)."""
+    """Runs steps for a worker at one site, caching per-run state until the run ends.
+
+    The backend calls `close_run(run_id)` when a run ends; `MAX_CACHED_RUNS` only bounds
+    what a worker holds if that call never arrives (a lost executor).
+    """
 
     MAX_CACHED_RUNS = 4
 
@@ -282,6 +376,18 @@ class StepRunner:
         else:
             self._runs.move_to_end(payload.run_id)
         return cache
+
+    def close_run(self, run_id: str) -> bool:
+        """Close what this worker holds for `run_id` (sessions and their resources, log
+        capture, instance) and forget it. True if it held anything."""
+        cache = self._runs.pop(run_id, None)
+        if cache is None:
+            return False
+        cache.close()
+        return True
+
+    def cached_run_ids(self) -> list[str]:
+        return list(self._runs)
 
     def warm(self, payload: RunPayload) -> None:
         """Build the per-run cache ahead of the first step (overlaps with the executor's work)."""
@@ -325,11 +431,16 @@ class StepRunner:
                 )
             session = cache.session_for(step_key, known_state)
             if session is not None:
-                yield from session.run(step_key, known_state)
-                if not session.alive:
-                    # It could not set up (a resource failed to initialise; the failure event
-                    # was just yielded and fails this step). The next step tries a new one.
-                    cache.session = None
+                try:
+                    yield from session.run(step_key, known_state)
+                finally:
+                    if not session.alive:
+                        # It could not set up (a resource failed to initialise; the failure
+                        # event was just yielded and fails this step). The next step of the
+                        # same resources tries a new one.
+                        cache.drop_session(session)
+                    if cache.closed:  # the run ended while this step ran: finish closing
+                        cache.close()
                 return
             plan = cache.plan_for(step_key, known_state)
             yield from execute_plan_iterator(
@@ -343,5 +454,5 @@ class StepRunner:
 
     def close(self) -> None:
         while self._runs:
-            _, cache = self._runs.popitem()
+            _, cache = self._runs.popitem()  # newest first
             cache.close()

@@ -219,6 +219,72 @@ def test_site_without_workers_is_unhealthy_and_its_steps_fail_over(dask_cluster,
     assert f"{dask_jobs.AWS}/cpu unhealthy" in placed.engine_event_data.metadata["gravity/failover"].value
 
 
+def worker_pids(cluster, names) -> list[int]:
+    return [cluster.workers[name].pid for name in names]
+
+
+def tail_children(pids: list[int]) -> list[str]:
+    """The `tail` processes (compute-log capture) still running under these workers."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        for child in psutil.Process(pid).children(recursive=True):
+            try:
+                if child.name() == "tail" or "tail" in " ".join(child.cmdline()[:1]):
+                    found.append(f"{child.pid}: {' '.join(child.cmdline())}")
+            except psutil.NoSuchProcess:
+                pass
+    return found
+
+
+def test_workers_close_a_finished_runs_sessions_and_log_capture(dask_cluster, instance, tmp_path):
+    from distributed import Client
+
+    from dagster_gravity.pools.dask import cached_runs_on_worker
+
+    names = {"onprem-dc-1": dask_jobs.ONPREM, "aws-us-east-1-1": dask_jobs.AWS}
+    ensure_workers(dask_cluster, names)
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM, dask_jobs.AWS])
+    with execute_job(
+        reconstructable(dask_jobs.two_sites_job), instance, run_config=run_config(sites, dask_cluster.address)
+    ) as result:
+        assert result.success
+        run_id = result.run_id
+    logs = [e for e in step_events(instance, run_id) if e.event_type == DagsterEventType.LOGS_CAPTURED]
+    assert logs, "the steps' compute logs were captured"
+
+    deadline = time.monotonic() + 10  # the tail processes exit a moment after their capture
+    while (left := tail_children(worker_pids(dask_cluster, names))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"compute-log capture still running on the workers after the run: {left}"
+    with Client(dask_cluster.address, timeout=10) as client:
+        held = client.run(cached_runs_on_worker)
+    assert len(held) == 2
+    assert all(run_id not in runs for runs in held.values()), held
+
+
+def test_a_step_initialises_only_the_resources_it_needs(dask_cluster, instance, tmp_path):
+    """Both steps run on the one onprem worker; only the second needs the broken resource."""
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    # Not entered as a context: that would initialise every resource in this process.
+    result = execute_job(
+        reconstructable(dask_jobs.broken_resource_job),
+        instance,
+        run_config=run_config(sites, dask_cluster.address),
+        raise_on_error=False,
+    )
+    assert not result.success
+    events = step_events(instance, result.run_id)
+    succeeded = {e.step_key for e in events if e.event_type == DagsterEventType.STEP_SUCCESS}
+    failed = {e.step_key for e in events if e.event_type == DagsterEventType.STEP_FAILURE}
+    assert succeeded == {"needs_no_resource"}, (succeeded, failed)
+    assert failed == {"needs_broken"}
+    failure = next(e for e in events if e.event_type == DagsterEventType.STEP_FAILURE)
+    assert "broken_resource cannot initialise" in str(failure.event_specific_data.error), failure
+
+
 def start_backend(cluster, instance, job_def, site=dask_jobs.ONPREM):
     """A Dask backend started for a fresh run of `job_def`, outside the executor."""
     from dagster._core.execution.retries import RetryMode

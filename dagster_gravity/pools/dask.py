@@ -32,6 +32,11 @@ Configuration (executor config, per site or as the default):
 
 Workers run Dagster steps in threads of the worker process; Dagster is not thread safe, so
 start workers with ``--nthreads 1`` (scale with ``--nworkers N``) and ``site-<site>=1``.
+
+End of a run. `stop()` asks every worker to close what it holds for the run
+(`close_run_on_worker`: its Dagster sessions, their resources, its stdout/stderr capture),
+best effort with a short timeout; a worker that misses it still evicts the run after
+`StepRunner.MAX_CACHED_RUNS` newer runs.
 """
 
 from __future__ import annotations
@@ -100,6 +105,21 @@ def _runner_for(site: str, pool_id: str):
             runner = StepRunner(site, pool_id)
             _RUNNERS[(site, pool_id)] = runner
         return runner
+
+
+def close_run_on_worker(run_id: str) -> int:
+    """`Client.run` target at the end of a run: every step runner of this worker process
+    closes and forgets `run_id`. Returns how many held it."""
+    with _RUNNERS_LOCK:
+        runners = list(_RUNNERS.values())
+    return sum(1 for runner in runners if runner.close_run(run_id))
+
+
+def cached_runs_on_worker() -> list[str]:
+    """`Client.run` target: the run ids this worker process still holds a cache for."""
+    with _RUNNERS_LOCK:
+        runners = list(_RUNNERS.values())
+    return sorted({run_id for runner in runners for run_id in runner.cached_run_ids()})
 
 
 def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key: str, known_state) -> list[str]:
@@ -335,6 +355,8 @@ class DaskBackend:
                 count_failure=False,
             )
 
+    CLOSE_RUN_TIMEOUT_S = 10.0
+
     def stop(self) -> None:
         sched = self._scheduler
         if sched.client is None:
@@ -348,10 +370,33 @@ class DaskBackend:
                     sched.client.unsubscribe_topic(topic)
                 except ValueError:
                     pass
+            self._close_run_on_workers()
         finally:
             sched.client.close()
             sched.client = None
             self._steps.clear()
+
+    def _close_run_on_workers(self) -> None:
+        """Best effort: the workers release the run's sessions, resources and log capture."""
+        run_id = getattr(self._payload, "run_id", None)
+        client = self._scheduler.client
+        if not run_id or client is None:
+            return
+        try:
+            # `Client.run` passes extra keywords to the function: the timeout goes to sync.
+            client.sync(
+                client._run,
+                close_run_on_worker,
+                run_id,
+                on_error="ignore",
+                callback_timeout=self.CLOSE_RUN_TIMEOUT_S,
+            )
+        except Exception as exc:  # the run is over either way; say why workers may lag
+            print(
+                f"gravity: dask scheduler {self.address}: could not ask the workers to close "
+                f"run {run_id}: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
 
     # -- extras (tests, `gravity sites`) -------------------------------------------------
 

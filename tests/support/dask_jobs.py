@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from dagster import Config, DynamicOut, DynamicOutput, OpExecutionContext, RetryPolicy, job, op
+from dagster import Config, DynamicOut, DynamicOutput, OpExecutionContext, RetryPolicy, job, op, resource
 
 from dagster_gravity import gravity_executor
 from dagster_gravity.metadata import TAG_PIN
@@ -128,3 +128,23 @@ def total(parts: list) -> int:
 @job(executor_def=gravity_executor)
 def dynamic_job():
     total(fan_out().map(square).collect())
+
+
+@resource
+def broken_resource(_):
+    raise RuntimeError("broken_resource cannot initialise (on purpose)")
+
+
+@op(tags={TAG_PIN: ONPREM})
+def needs_no_resource() -> dict:
+    return {"site": current_site(), "worker": _worker_name()}
+
+
+@op(tags={TAG_PIN: ONPREM}, required_resource_keys={"broken"})
+def needs_broken(upstream: dict) -> dict:
+    return upstream
+
+
+@job(executor_def=gravity_executor, resource_defs={"broken": broken_resource})
+def broken_resource_job():
+    needs_broken(needs_no_resource())
