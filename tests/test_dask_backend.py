@@ -285,6 +285,32 @@ def test_a_step_initialises_only_the_resources_it_needs(dask_cluster, instance, 
     assert "broken_resource cannot initialise" in str(failure.event_specific_data.error), failure
 
 
+def test_pools_of_one_site_share_its_workers_capacity(dask_cluster, instance):
+    """Two pools of onprem-dc on one scheduler (even in two backends) share its one slot."""
+    from dagster._core.execution.plan.state import KnownExecutionState
+
+    from dagster_gravity.pools.base import StepEnded, StepRequest
+    from dagster_gravity.topology import Pool
+
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    backend, cpu = start_backend(dask_cluster, instance, dask_jobs.streaming_job)
+    gpu = Pool(site=dask_jobs.ONPREM, name="gpu", slots=1)
+    other = DaskBackend({"scheduler": dask_cluster.address, "worker_refresh_seconds": 0.5})
+    other.start(backend._payload, [gpu])
+    try:
+        assert backend.free_slots(cpu.id) == 1 and other.free_slots(gpu.id) == 1
+        backend.submit(cpu.id, StepRequest("logs_then_sleeps", KnownExecutionState()))
+        assert backend.free_slots(cpu.id) == 0
+        assert other.free_slots(gpu.id) == 0, "the gpu pool saw a slot the cpu pool's step holds"
+        deadline = time.monotonic() + 60
+        while not any(isinstance(u, StepEnded) for u in backend.poll(0.2)):
+            assert time.monotonic() < deadline, "logs_then_sleeps did not end within 60 s"
+        assert other.free_slots(gpu.id) == 1
+    finally:
+        other.stop()
+        backend.stop()
+
+
 def start_backend(cluster, instance, job_def, site=dask_jobs.ONPREM):
     """A Dask backend started for a fresh run of `job_def`, outside the executor."""
     from dagster._core.execution.retries import RetryMode

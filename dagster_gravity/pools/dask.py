@@ -33,6 +33,13 @@ Configuration (executor config, per site or as the default):
 Workers run Dagster steps in threads of the worker process; Dagster is not thread safe, so
 start workers with ``--nthreads 1`` (scale with ``--nworkers N``) and ``site-<site>=1``.
 
+Capacity. A site's capacity on a scheduler is what its workers declare as ``site-<site>``.
+Several pools of one site on one scheduler (``onprem-dc/cpu`` and ``onprem-dc/gpu`` both on
+Dask, even with different settings) share those workers: a pool's free slots are the
+site's capacity minus the steps in flight of *every* pool of that site on that scheduler
+from this process (counted in `_IN_FLIGHT`, shared by all backend instances). Give pools
+workers of their own by running them on separate schedulers.
+
 End of a run. `stop()` asks every worker to close what it holds for the run
 (`close_run_on_worker`: its Dagster sessions, their resources, its stdout/stderr capture),
 best effort with a short timeout; a worker that misses it still evicts the run after
@@ -167,6 +174,18 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
 # ---------------------------------------------------------------------------------------
 
 
+# Steps in flight per (scheduler address, site), across every DaskBackend of this process:
+# task key -> worker address. Pools of one site on one scheduler share its workers.
+_IN_FLIGHT: dict[tuple[str, str], dict[str, str]] = {}
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def _in_flight(address: str, site: str) -> dict[str, str]:
+    """A copy of the steps in flight at `site` on scheduler `address` (task key -> worker)."""
+    with _IN_FLIGHT_LOCK:
+        return dict(_IN_FLIGHT.get((address, site), {}))
+
+
 @dataclass
 class _Step:
     key: str  # the Dask task key
@@ -253,10 +272,12 @@ class DaskBackend:
         self._refresh(force=True)
 
     def free_slots(self, pool_id: str) -> int:
+        """The site's capacity minus the steps in flight of every pool of the site on this
+        scheduler (see "Capacity" in the module docstring)."""
         pool = self._pools[pool_id]
         self._refresh()
         capacity = sum(self._capacity(res, pool.site) for res in self._scheduler.workers.values())
-        busy = sum(1 for s in self._steps.values() if s.pool_id == pool_id and not s.finished)
+        busy = len(_in_flight(self.address, pool.site))
         return max(0, int(capacity) - busy)
 
     def health(self, pool_id: str) -> PoolHealth:
@@ -316,6 +337,8 @@ class DaskBackend:
         )
         step = _Step(key, request.step_key, pool_id, worker, future)
         self._steps[key] = step
+        with _IN_FLIGHT_LOCK:
+            _IN_FLIGHT.setdefault((self.address, pool.site), {})[key] = worker
         future.add_done_callback(lambda f, key=key: self._inbox.put(("done", key)))
         name = sched.names.get(worker, worker)
         return Submission(pool_id=pool_id, worker=f"dask worker {name} ({worker})")
@@ -374,6 +397,8 @@ class DaskBackend:
         finally:
             sched.client.close()
             sched.client = None
+            for step in list(self._steps.values()):
+                self._forget(step)
             self._steps.clear()
 
     def _close_run_on_workers(self) -> None:
@@ -523,10 +548,20 @@ class DaskBackend:
             if not step.finished and step.worker_address not in self._scheduler.workers:
                 self._on_worker_removed(step.worker_address, updates)
 
+    def _forget(self, step: _Step) -> None:
+        site = self._pools[step.pool_id].site
+        with _IN_FLIGHT_LOCK:
+            keys = _IN_FLIGHT.get((self.address, site))
+            if keys is not None:
+                keys.pop(step.key, None)
+                if not keys:
+                    del _IN_FLIGHT[(self.address, site)]
+
     def _finish(self, step: _Step, ended: StepEnded, updates: list[StepUpdate], count_failure: bool = True) -> None:
         step.finished = True
         updates.append(ended)
         del self._steps[step.key]
+        self._forget(step)
         if ended.outcome == COMPLETED:
             self._failures[step.pool_id] = 0
         elif count_failure:
@@ -569,9 +604,8 @@ class DaskBackend:
         if not candidates:
             return None
         busy: dict[str, int] = {}
-        for step in self._steps.values():
-            if not step.finished:
-                busy[step.worker_address] = busy.get(step.worker_address, 0) + 1
+        for worker in _in_flight(self.address, pool.site).values():
+            busy[worker] = busy.get(worker, 0) + 1
         turn = next(self._round_robin)
         ordered = candidates[turn % len(candidates):] + candidates[: turn % len(candidates)]
         return max(
