@@ -124,12 +124,16 @@ class LocalSiteStorage(SiteStorage):
         return found
 
     def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
-        for _attempt in range(3):
+        seen = None
+        for _attempt in range(1000):
             target, info = self._require(key)
+            if target == seen:
+                break  # the link still names the missing file: the data is gone
             try:
                 data = target.read_bytes()
             except FileNotFoundError:
-                continue  # a writer replaced the object and removed this version: read the new one
+                seen = target  # a writer replaced the object and removed this version: read the new one
+                continue
             verify(data, info, expected_sha256)
             return data, info
         raise ObjectNotFound("the object disappeared while reading", site=self.site, uri=self.uri(key))
@@ -201,7 +205,9 @@ class LocalSiteStorage(SiteStorage):
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.path(folder) if folder.strip("/") else self.root  # walk only under the prefix
+        for dirpath, _dirs, files in os.walk(start):
             for name in files:
                 path = Path(dirpath, name)
                 if name.startswith(".") or not path.is_symlink():
