@@ -7,7 +7,8 @@ Layout inside a site's storage (under an optional prefix, default ``checkpoints`
     <name>/promoted.json         the promoted version and the history of promotions
     <name>/_intermediate/<key>/weights.npz + state.json    resumable training progress
 
-Every file is written atomically by the blob store (temporary name, then rename/complete),
+Every file is written atomically by the site's storage (`dagster_gravity.storage`: one
+rename commits a local object, a completed upload an S3 one) with its sha256 recorded,
 and the manifest is written after the weights, so a version without a manifest was never
 finished and is invisible. Weights are verified against the manifest's sha256 on every
 load; a mismatch raises `CorruptCheckpointError`, and `latest_good()` / `load_usable()`
@@ -25,7 +26,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 import numpy as np
+
+from dagster_gravity.storage import LocalSiteStorage, ObjectNotFound, SiteStorage, StorageError, storage_for_site
 
 log = logging.getLogger(__name__)
 
@@ -76,100 +78,36 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
-class LocalBlobStore:
-    """A directory on local disk; writes go to a temporary file that is renamed in place."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-
-    def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"blob key {key!r} must be a relative path without '..'")
-        return self.root / key
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with _suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    def read_bytes(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
-
-    def list_keys(self, prefix: str) -> list[str]:
-        base = self._path(prefix) if prefix else self.root
-        if not base.is_dir():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
-
-    def delete(self, key: str) -> None:
-        with _suppress(FileNotFoundError):
-            self._path(key).unlink()
-
-
-class _suppress:
-    def __init__(self, *exc):
-        self.exc = exc
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, et, ev, tb):
-        return et is not None and issubclass(et, self.exc)
-
-
 class SiteStorageBlobStore:
     """Adapts a `dagster_gravity.storage` SiteStorage (local or S3) to the BlobStore protocol.
 
     Writes go through the backend's atomic `put_bytes`; reads are checksum-verified by the
-    backend too. Listing needs the backend's `list_keys(prefix)` (or `list`).
-    """
+    backend too (a failed check becomes BlobIntegrityError)."""
 
-    def __init__(self, storage: Any):
+    def __init__(self, storage: SiteStorage):
         self.storage = storage
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.storage.put_bytes(key, data)
 
-    def read_bytes(self, key: str) -> bytes:
-        from dagster_gravity.storage.base import ObjectNotFound, StorageError
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Write only if `key` does not exist yet; False when it does (another writer won)."""
+        return self.storage.put_new(key, data) is not None
 
+    def read_bytes(self, key: str) -> bytes:
         try:
-            result = self.storage.read_bytes(key)
+            data, _info = self.storage.read_bytes(key)
         except ObjectNotFound:
             raise FileNotFoundError(key) from None
         except StorageError as exc:  # checksum mismatch, missing checksum metadata, ...
             raise BlobIntegrityError(str(exc)) from exc
-        return result[0] if isinstance(result, tuple) else result
+        return data
 
     def exists(self, key: str) -> bool:
         return self.storage.head(key) is not None
 
     def list_keys(self, prefix: str) -> list[str]:
-        for method in ("list_keys", "list"):
-            fn = getattr(self.storage, method, None)
-            if callable(fn):
-                return sorted(fn(prefix))
-        raise TypeError(
-            f"site storage {type(self.storage).__name__} cannot list keys (no list_keys/list "
-            "method); checkpoints need listing to find versions"
-        )
+        return sorted(self.storage.list_keys(prefix))
 
     def delete(self, key: str) -> None:
         self.storage.delete(key)
@@ -288,23 +226,13 @@ class CheckpointStore:
         self.prefix = prefix.strip("/")
 
     @classmethod
-    def local(cls, root: str | os.PathLike, prefix: str = "checkpoints") -> "CheckpointStore":
-        return cls(LocalBlobStore(root), prefix)
+    def local(cls, root: str | os.PathLike, prefix: str = "checkpoints", site: str = "local") -> "CheckpointStore":
+        """A store in a local directory (the layout and checksums of a local site's storage)."""
+        return cls(SiteStorageBlobStore(LocalSiteStorage(site, root)), prefix)
 
     @classmethod
     def for_site(cls, topology: Any, site: str, prefix: str = "checkpoints") -> "CheckpointStore":
-        """The store at a site of the topology, through dagster_gravity.storage when present."""
-        spec = topology.site(site).storage
-        if spec.kind == "local":
-            # A plain directory: the same root the site's storage backend uses.
-            return cls.local(spec.path, prefix)
-        try:
-            from dagster_gravity.storage import storage_for_site  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise CheckpointError(
-                f"site {site!r} keeps its data in {spec.kind} storage, which needs "
-                f"dagster_gravity.storage.storage_for_site ({exc})"
-            ) from None
+        """The store at a site of the topology, in that site's storage (local or S3)."""
         return cls(SiteStorageBlobStore(storage_for_site(topology, site)), prefix)
 
     # -- keys --

@@ -35,6 +35,10 @@ def save(store, seed, **metrics):
     )
 
 
+def visible_names(folder):
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def corrupt(store_root, version):
     path = store_root / "checkpoints" / "m" / f"v{version}" / "weights.npz"
     data = bytearray(path.read_bytes())
@@ -46,7 +50,10 @@ def test_save_writes_the_documented_layout_and_loads_verified(store, tmp_path):
     v = save(store, 1)
     assert v.version == 1 and len(v.sha256) == 64
     vdir = tmp_path / "site" / "checkpoints" / "m" / "v1"
-    assert sorted(p.name for p in vdir.iterdir()) == ["manifest.json", "weights.npz"]
+    assert visible_names(vdir) == ["manifest.json", "weights.npz"]
+    # the site storage's layout: each name links to its data, checksum recorded (as on S3)
+    info = store.blobs.storage.head("checkpoints/m/v1/weights.npz")
+    assert info.sha256 == v.sha256 and (vdir / "weights.npz").is_symlink()
     manifest = json.loads((vdir / "manifest.json").read_text())
     assert manifest["sha256"] == v.sha256 and manifest["lineage"]["features"] == "f1"
     assert manifest["code_version"] == "c1" and manifest["created_at"]
@@ -89,11 +96,12 @@ def test_npz_with_objects_is_refused_not_unpickled(store, tmp_path):
     np.savez(buf, coef=np.array([{"x": 1}], dtype=object))
     data = buf.getvalue()
     v = save(store, 1)
-    vdir = tmp_path / "site" / "checkpoints" / "m" / "v1"
-    (vdir / "weights.npz").write_bytes(data)
-    manifest = json.loads((vdir / "manifest.json").read_text())
+    # written through the storage, so every storage-level checksum matches too
+    site = store.blobs.storage
+    site.put_bytes("checkpoints/m/v1/weights.npz", data)
+    manifest = json.loads(site.read_bytes("checkpoints/m/v1/manifest.json")[0])
     manifest["sha256"] = hashlib.sha256(data).hexdigest()
-    (vdir / "manifest.json").write_text(json.dumps(manifest))
+    site.put_bytes("checkpoints/m/v1/manifest.json", json.dumps(manifest).encode())
     with pytest.raises(CorruptCheckpointError, match="not a valid npz"):
         store.load("m", v.version)
 
@@ -152,7 +160,7 @@ def test_progress_roundtrip_and_corrupt_progress_starts_over(store, tmp_path):
     progress = store.load_progress("m", "run-a")
     assert progress.next_batch == 6 and progress.state == {"seen": 60}
     inter = tmp_path / "site" / "checkpoints" / "m" / "_intermediate" / "run-a"
-    assert sorted(p.name for p in inter.iterdir()) == ["state.json", "weights-000006.npz"]
+    assert visible_names(inter) == ["state.json", "weights-000006.npz"]
     (inter / "weights-000006.npz").write_bytes(b"garbage")
     with pytest.warns(CheckpointCorruptionWarning, match="starting that training from the beginning"):
         assert store.load_progress("m", "run-a") is None
@@ -191,6 +199,26 @@ def test_checkpoints_on_an_s3_site_verify_and_fall_back(tmp_path, seaweedfs, s3_
     assert fallback.checkpoint.version.version == 1 and [e.version for e in fallback.refused] == [2]
     assert store.apply_retention("m", keep=1) == [1]  # nothing protects v1: v2 is promoted, no predecessor
     assert store.versions("m") == [2]
+
+
+def test_local_checkpoints_live_in_the_site_storage_with_checksums(tmp_path):
+    from dagster_gravity.storage import storage_for_site
+    from dagster_gravity.topology import Topology
+
+    topology = Topology.from_dict({
+        "sites": [{"name": "dc", "region": "r", "kind": "onprem",
+                   "storage": {"kind": "local", "path": str(tmp_path / "dc")},
+                   "pools": [{"name": "cpu", "slots": 1}]}],
+    })
+    store = CheckpointStore.for_site(topology, "dc")
+    v = save(store, 1)
+    site = storage_for_site(topology, "dc")
+    assert store.blobs.storage is site  # the same backend as the IO manager's, not a side door
+    assert site.head("checkpoints/m/v1/weights.npz").sha256 == v.sha256
+    assert site.list_keys("checkpoints/m/") == ["checkpoints/m/v1/manifest.json", "checkpoints/m/v1/weights.npz"]
+    corrupt(tmp_path / "dc", 1)
+    with pytest.raises(CorruptCheckpointError, match="v1 is corrupted.*checksum mismatch"):
+        store.load("m", 1)
 
 
 def test_two_rollbacks_walk_back_through_the_promotions(store):
