@@ -179,15 +179,34 @@ big_at_alpha = AssetSpec(
 )
 
 
+DELAY_RELEASE = "delay_released"  # written by the step of delay_job that runs away from alpha
+DELAY_HOLD = "delay_hold_seconds"  # the longest the step at alpha holds its slot (default 60)
+
+
+def _hold_alpha_slot(name: str) -> None:
+    """delay_job: the step that got alpha's only slot holds it until the other step has
+    spilled and started elsewhere (or DELAY_HOLD seconds pass), so a test sees the spill
+    however slow the machine is, without guessing how long a step takes."""
+    store = store_dir()
+    if runtime.current_site() != "alpha":
+        (store / DELAY_RELEASE).write_text(name)
+        return
+    hold_file = store / DELAY_HOLD
+    hold = float(hold_file.read_text()) if hold_file.exists() else 60.0
+    deadline = time.monotonic() + hold
+    while not (store / DELAY_RELEASE).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @asset(deps=[big_at_alpha])
 def slow_left():
-    time.sleep(2.0)
+    _hold_alpha_slot("slow_left")
     return "left"
 
 
 @asset(deps=[big_at_alpha])
 def slow_right():
-    time.sleep(2.0)
+    _hold_alpha_slot("slow_right")
     return "right"
 
 
