@@ -2,16 +2,15 @@
 
 Layout: ``<site storage root>/landing/<dataset>/<YYYY-MM-DD>.parquet`` for a local site, and
 ``s3://<bucket>/<prefix>/landing/<dataset>/<YYYY-MM-DD>.parquet`` for an S3 site. Files are
-written under a temporary name and renamed (local) or uploaded in one request (S3), so a
-reader never sees half a file.
+written through the site's storage (`dagster_gravity.storage`), whose atomic writer makes
+them appear only when complete; S3 requests use its client, with short timeouts. Files
+dropped in by other tools (plain files, objects without gravity's checksum) are read too.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dagster_gravity.storage import S3Options, StorageError, storage_for_site
+from dagster_gravity.storage.s3 import make_client
 from dagster_gravity.topology import StorageSpec, Topology
 
 LANDING = "landing"
@@ -38,19 +41,25 @@ class LandingFile:
     modified: float = 0.0  # seconds since the epoch
 
 
-def s3_client(spec: StorageSpec):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=spec.endpoint_url, region_name=spec.region or "us-east-1")
+def s3_client(spec: StorageSpec, options: S3Options = S3Options()):
+    """An S3 client for a landing area, with site storage's short timeouts and few retries
+    (so a sensor tick fails fast on an unreachable site instead of hanging)."""
+    return make_client(spec.endpoint_url, spec.region, options)
 
 
 class LandingArea:
     """Read, write and list the landing files of one site."""
 
-    def __init__(self, topology: Topology, site: str):
+    def __init__(self, topology: Topology, site: str, s3_options: S3Options | None = None):
         self.topology = topology
         self.site = site
         self.spec = topology.site(site).storage
+        # The site's storage: its atomic writer, and (S3) its client with short timeouts.
+        self.storage = storage_for_site(topology, site, s3_options)
+
+    @property
+    def client(self):
+        return self.storage.client
 
     # -- keys --
 
@@ -76,43 +85,51 @@ class LandingArea:
     # -- write --
 
     def write_table(self, dataset: str, partition: str, chunks: Iterator[pd.DataFrame]) -> LandingFile:
-        """Write the day's file from DataFrame chunks (so gigabyte files stream)."""
-        key = self.key(dataset, partition)
-        if self.spec.kind == "s3":
-            # Spool to a local temporary file, then upload (multipart for big files): the
-            # object appears under its key only when the upload completes.
-            with tempfile.TemporaryFile() as fh:
-                _write_chunks(fh, chunks)
-                fh.seek(0)
-                s3_client(self.spec).upload_fileobj(fh, self.spec.bucket, self._s3_key(key))
-        else:
-            path = self.path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    _write_chunks(fh, chunks)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+        """Write the day's file from DataFrame chunks (so gigabyte files stream), through the
+        site storage's atomic writer: the file appears under its name only when complete."""
+        with self.storage.open_write(self.key(dataset, partition)) as writer:
+            _write_chunks(writer, chunks)
         return next(f for f in self.list(dataset) if f.partition == partition)
 
     # -- read --
 
     def read(self, dataset: str, partition: str) -> pd.DataFrame:
+        """The day's file (written by `write_table` or dropped in by another tool)."""
         key = self.key(dataset, partition)
+        if self.spec.kind != "s3":
+            try:
+                return pq.read_table(self.path(key)).to_pandas()
+            except FileNotFoundError:
+                raise self._missing(dataset, partition, "FileNotFoundError") from None
+        s3_key = self._s3_key(key)
         try:
-            if self.spec.kind == "s3":
-                body = s3_client(self.spec).get_object(Bucket=self.spec.bucket, Key=self._s3_key(key))["Body"].read()
-                return pq.read_table(io.BytesIO(body)).to_pandas()
-            return pq.read_table(self.path(key)).to_pandas()
-        except (FileNotFoundError, _NoSuchKey()) as exc:
-            raise FileNotFoundError(
-                f"no landing file for dataset {dataset!r} partition {partition!r} at site "
-                f"{self.site!r}: expected {self.uri(dataset, partition)} ({type(exc).__name__})"
-            ) from None
+            body = self.client.get_object(Bucket=self.spec.bucket, Key=s3_key)["Body"].read()
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise self._missing(dataset, partition, code) from None
+            raise StorageError(
+                f"cannot read landing file for dataset {dataset!r} partition {partition!r}: S3 GET of "
+                f"bucket {self.spec.bucket!r} key {s3_key!r} at {self.spec.endpoint_url or 'AWS S3'} "
+                f"failed with {code or 'an error'}: {exc}",
+                site=self.site,
+                uri=self.uri(dataset, partition),
+            ) from exc
+        except BotoCoreError as exc:
+            raise StorageError(
+                f"cannot read landing file for dataset {dataset!r} partition {partition!r}: bucket "
+                f"{self.spec.bucket!r} key {s3_key!r} at {self.spec.endpoint_url or 'AWS S3'} is "
+                f"unreachable ({type(exc).__name__}: {exc})",
+                site=self.site,
+                uri=self.uri(dataset, partition),
+            ) from exc
+        return pq.read_table(io.BytesIO(body)).to_pandas()
+
+    def _missing(self, dataset: str, partition: str, why: str) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"no landing file for dataset {dataset!r} partition {partition!r} at site "
+            f"{self.site!r}: expected {self.uri(dataset, partition)} ({why})"
+        )
 
     # -- list --
 
@@ -121,7 +138,7 @@ class LandingArea:
         if self.spec.kind == "s3":
             from dagster_aws.s3.sensor import get_objects
 
-            objects = get_objects(self.spec.bucket, prefix=self.s3_prefix(dataset), client=s3_client(self.spec))
+            objects = get_objects(self.spec.bucket, prefix=self.s3_prefix(dataset), client=self.client)
             return self.files_from_s3_objects(dataset, objects)
         folder = self.path(f"{LANDING}/{dataset}")
         if not folder.is_dir():
@@ -154,15 +171,6 @@ class LandingArea:
 
 def _ts(value) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
-def _NoSuchKey():
-    try:
-        from botocore.exceptions import ClientError
-
-        return ClientError
-    except ImportError:  # pragma: no cover
-        return FileNotFoundError
 
 
 def _write_chunks(fh, chunks: Iterator[pd.DataFrame]) -> None:
