@@ -87,32 +87,52 @@ def eu_customer_features(raw_eu_customers: pd.DataFrame) -> pd.DataFrame:
     }).reset_index(drop=True)
 
 
+SEGMENT_WINDOW = pd.Timedelta(hours=1)
+SEGMENT_COLUMNS = ["window_start", "as_of", "country", "customers", "eu_mean_spend", "eu_mean_sessions"]
+
+
+def segment_aggregates(raw_eu_customers: pd.DataFrame, k: int = K_ANONYMITY, window: pd.Timedelta = SEGMENT_WINDOW) -> pd.DataFrame:
+    """Country aggregates of EU customer activity per *non-overlapping* time window
+    [window_start, as_of): each cell covers only the activity inside its window, and a cell
+    with fewer than `k` distinct customers is suppressed.
+
+    Disjoint windows are what makes the k threshold mean something: with cumulative
+    snapshots, a customer count that grows by one between two snapshots lets
+    n·mean(t+1) − (n−1)·mean(t) isolate the newcomer's spend. Here no published row shares
+    a single activity record with another, so differencing rows recovers nothing finer than
+    one cell of ≥ k customers.
+    """
+    df = raw_eu_customers
+    if df.empty:
+        return pd.DataFrame(columns=SEGMENT_COLUMNS)
+    start = df["ts"].min().floor("D")
+    index = ((df["ts"] - start) // window).astype("int64")
+    windowed = df.assign(window_start=start + index * window)
+    per_customer = windowed.groupby(["window_start", "country", "customer_id"]).agg(
+        spend=("spend", "sum"), sessions=("sessions", "sum")
+    )
+    g = per_customer.groupby(level=["window_start", "country"])
+    agg = pd.DataFrame({
+        "customers": g.size(), "eu_mean_spend": g["spend"].mean(), "eu_mean_sessions": g["sessions"].mean(),
+    })
+    agg = agg[agg["customers"] >= k].reset_index()
+    agg["as_of"] = agg["window_start"] + window
+    return agg[SEGMENT_COLUMNS].sort_values(["as_of", "country"], kind="stable").reset_index(drop=True)
+
+
 @asset(
     partitions_def=DAILY, group_name=GROUPS[EU_SITE],
-    # Aggregated and k-anonymous (no row describes fewer than K_ANONYMITY customers, no
-    # identifiers): this output may leave the EU, so it declares no residency.
+    # Aggregated over disjoint windows and k-anonymous (no row describes fewer than
+    # K_ANONYMITY customers, no identifiers, no two rows share a record to difference):
+    # this output may leave the EU, so it declares no residency.
     metadata=at_site(EU_SITE, **{"gravity/derived_from_residency": EU_ZONE, "k_anonymity": K_ANONYMITY}),
-    code_version="1", kinds={"parquet"},
+    code_version="2", kinds={"parquet"},
 )
 def eu_segment_features(raw_eu_customers: pd.DataFrame) -> pd.DataFrame:
-    """Hourly country-level aggregates of EU customer activity up to each hour's end
-    (`as_of`), so consumers can join them point-in-time."""
-    df = raw_eu_customers
-    day = df["ts"].dt.floor("D").min()
-    rows = []
-    for hour in range(24):
-        as_of = day + pd.Timedelta(hours=hour + 1)
-        seen = df[df["ts"] < as_of]
-        if seen.empty:
-            continue
-        per_customer = seen.groupby(["country", "customer_id"]).agg(spend=("spend", "sum"), sessions=("sessions", "sum"))
-        g = per_customer.groupby(level="country")
-        agg = pd.DataFrame({"customers": g.size(), "eu_mean_spend": g["spend"].mean(), "eu_mean_sessions": g["sessions"].mean()})
-        agg = agg[agg["customers"] >= K_ANONYMITY].reset_index()
-        agg["as_of"] = as_of
-        rows.append(agg)
-    cols = ["as_of", "country", "customers", "eu_mean_spend", "eu_mean_sessions"]
-    return pd.concat(rows)[cols].reset_index(drop=True) if rows else pd.DataFrame(columns=cols)
+    """Hourly country-level aggregates of EU customer activity, one per non-overlapping hour
+    (see `segment_aggregates`); `as_of` is the hour's end, so consumers join them
+    point-in-time (an event sees the latest hour that ended at or before it)."""
+    return segment_aggregates(raw_eu_customers)
 
 
 @asset(

@@ -22,7 +22,7 @@ from resources import CheckpointsResource
 GATE_METRIC = "log_loss"  # lower is better
 GATE_TOLERANCE = 0.002  # a candidate this much worse still counts as "not worse" (noise)
 RETAIN_VERSIONS = 5
-FEATURE_CODE_VERSIONS = {"event_features": "1", "eu_segment_features": "1", "training_set": "1"}
+FEATURE_CODE_VERSIONS = {"event_features": "1", "eu_segment_features": "2", "training_set": "1"}
 
 
 class TrainingConfig(Config):

@@ -59,9 +59,52 @@ def test_eu_segment_features_are_aggregates_without_identifiers_or_small_groups(
         "spend": 10.0, "sessions": 2,
     })
     out = eu_segment_features(raw_eu_customers=raw)
-    assert set(out.columns) == {"as_of", "country", "customers", "eu_mean_spend", "eu_mean_sessions"}
+    assert set(out.columns) == {"window_start", "as_of", "country", "customers", "eu_mean_spend", "eu_mean_sessions"}
     assert set(out["country"]) == {"DE"}  # FR has one customer: below k-anonymity, never leaves the EU
     assert out["customers"].min() >= 5
+
+
+def test_differencing_eu_segment_rows_cannot_isolate_one_customer():
+    """A customer joining a country's cohort hour after hour must not be recoverable as
+    n·mean(h+1) − (n−1)·mean(h): windows are disjoint and every cell covers >= k customers."""
+    from pipelines.features import K_ANONYMITY
+
+    rng = np.random.default_rng(1)
+    # Hour h: customers 0..(5+h) are active in DE; each hour one more joins (the attack's set-up).
+    rows = [
+        {"customer_id": c, "country": "DE", "age": 40, "ts": T + pd.Timedelta(hours=h, minutes=int(rng.integers(0, 60))),
+         "spend": float(rng.integers(1, 1000)), "sessions": 1}
+        for h in range(6) for c in range(5 + h)
+    ]
+    rows.append({"customer_id": 500, "country": "DE", "age": 40, "ts": T + pd.Timedelta(hours=6, minutes=5), "spend": 12345.0, "sessions": 1})
+    raw = pd.DataFrame(rows)
+    out = eu_segment_features(raw_eu_customers=raw)
+
+    assert (out["customers"] >= K_ANONYMITY).all()
+    # Windows of one country never overlap: each activity record counts in exactly one row.
+    for _, cells in out.groupby("country"):
+        cells = cells.sort_values("window_start")
+        assert (cells["window_start"].iloc[1:].to_numpy() >= cells["as_of"].iloc[:-1].to_numpy()).all()
+    covered = sum(
+        ((raw["ts"] >= r.window_start) & (raw["ts"] < r.as_of) & (raw["country"] == r.country)).sum()
+        for r in out.itertuples()
+    )
+    assert covered == len(raw) - 1  # all but the lone customer of hour 6, whose cell is suppressed
+    # Each row's totals are exactly its own window's customers: no row is a superset of another.
+    for r in out.itertuples():
+        inside = raw[(raw["ts"] >= r.window_start) & (raw["ts"] < r.as_of) & (raw["country"] == r.country)]
+        assert r.customers == inside["customer_id"].nunique()
+        assert r.eu_mean_spend == pytest.approx(inside.groupby("customer_id")["spend"].sum().mean())
+    # The differencing attack on consecutive rows yields no newcomer's spend (up to then).
+    by_hour = out.sort_values("as_of").reset_index(drop=True)
+    assert len(by_hour) == 6
+    for a, b in zip(by_hour.iloc[:-1].itertuples(), by_hour.iloc[1:].itertuples()):
+        assert b.customers == a.customers + 1  # the cohort grows by one each hour
+        leaked = b.customers * b.eu_mean_spend - a.customers * a.eu_mean_spend
+        newcomer = b.customers - 1
+        spent = raw[(raw["customer_id"] == newcomer) & (raw["ts"] < b.as_of)]["spend"].sum()
+        assert leaked != pytest.approx(spent), (a, b)
+    assert 12345.0 not in set(out["eu_mean_spend"])
 
 
 @pytest.fixture
