@@ -14,7 +14,7 @@ from pipelines.features import FEATURE_ASSETS, STATS_ASSETS
 from pipelines.jobs import ASSET_JOBS, daily_features_schedule, ingest_jobs, retrain_job
 from pipelines.model import MODEL_ASSETS, rollback_job
 from pipelines.raw import RAW_ASSETS
-from resources import ensure_sites_env, project_resources
+from resources import project_resources
 from sensors.drift import make_drift_sensor
 from sensors.landing import make_landing_sensor
 
@@ -37,8 +37,8 @@ def build_sensors(sites: str | None = None) -> list:
 
 
 def build_defs(sites: str | None = None, executor=None) -> Definitions:
-    """`sites` None: every part reads $GRAVITY_SITES when it runs (see ensure_sites_env)."""
-    ensure_sites_env()
+    """`sites` None: every part reads $GRAVITY_SITES (else ./sites.yaml) when it runs;
+    building the definitions never writes the environment."""
     return Definitions(
         assets=[*RAW_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS],
         jobs=[*ASSET_JOBS, rollback_job],

@@ -107,6 +107,30 @@ def test_differencing_eu_segment_rows_cannot_isolate_one_customer():
     assert 12345.0 not in set(out["eu_mean_spend"])
 
 
+def test_importing_the_code_location_leaves_the_environment_alone(tmp_path):
+    """No $GRAVITY_SITES appears because a test imported the definitions; resources resolve
+    it (else ./sites.yaml) when they are used, so a later setenv is honoured."""
+    import os
+    import subprocess
+    import sys
+
+    sites = write_sites(tmp_path / "topo")
+    code = (
+        "import os\n"
+        "import pipelines.definitions as d\n"
+        "assert 'GRAVITY_SITES' not in os.environ, os.environ['GRAVITY_SITES']\n"
+        "io = d.defs.resources['io_manager']\n"
+        "default = set(io.topology().sites)\n"
+        f"os.environ['GRAVITY_SITES'] = {str(sites)!r}\n"
+        "print(sorted(default), d.defs.resources['sites'].topology().site('onprem-dc').storage.path)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GRAVITY_SITES"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert str(tmp_path / "topo") in proc.stdout, proc.stdout
+
+
 @pytest.fixture
 def checkpoints(tmp_path):
     sites = write_sites(tmp_path / "topo")
