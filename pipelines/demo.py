@@ -8,7 +8,10 @@
 4. Print where each step ran, bytes moved, the promoted checkpoint, and what a
    location-blind run would have moved.
 
-    python -m pipelines.demo [--size 2MB] [--keep]
+The home and site storage stay in place afterwards, for `dagster dev` (the last line says
+how); the next demo run starts them afresh.
+
+    python -m pipelines.demo [--size 2MB] [--sites sites.yaml]
 """
 
 from __future__ import annotations
