@@ -4,6 +4,7 @@ Layout inside a site's storage (under an optional prefix, default ``checkpoints`
 
     <name>/v<N>/weights.npz      the arrays (numpy .npz, loaded with allow_pickle=False)
     <name>/v<N>/manifest.json    lineage, metrics, code version, sha256 of weights, created_at
+    <name>/v<N>/claim.json       created exclusively first: the saver that made it owns v<N>
     <name>/promoted.json         the promoted version and the history of promotions
     <name>/_intermediate/<key>/weights.npz + state.json    resumable training progress
 
@@ -14,8 +15,8 @@ finished and is invisible. Weights are verified against the manifest's sha256 on
 load; a mismatch raises `CorruptCheckpointError`, and `latest_good()` / `load_usable()`
 skip such versions with a warning that names the version and both checksums.
 
-One writer per checkpoint name is assumed (training steps of one model are serialised by
-the GPU pool's slot count); version numbers are allocated as highest existing + 1.
+Version numbers are allocated as highest finished + 1 and claimed atomically (see
+`_claim_version`), so concurrent savers of one model get distinct versions.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dagster_gravity.storage import LocalSiteStorage, ObjectNotFound, SiteStorag
 log = logging.getLogger(__name__)
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
+CLAIM = "claim.json"  # created exclusively: whoever creates it owns the version number
 
 
 class CheckpointError(Exception):
@@ -72,6 +74,7 @@ class BlobStore(Protocol):
     """The minimal storage a CheckpointStore needs (keys are '/'-separated relative paths)."""
 
     def write_bytes(self, key: str, data: bytes) -> None: ...  # atomic: all or nothing
+    def create_bytes(self, key: str, data: bytes) -> bool: ...  # atomic create-if-absent; False if present
     def read_bytes(self, key: str) -> bytes: ...  # FileNotFoundError if absent
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> list[str]: ...  # every key under prefix, recursively
@@ -286,8 +289,7 @@ class CheckpointStore:
     ) -> Version:
         self._check_name(name)
         data = arrays_to_npz(arrays)
-        existing = self.versions(name)
-        number = (existing[-1] if existing else 0) + 1
+        number = self._claim_version(name)
         version = Version(
             name=name,
             version=number,
@@ -303,6 +305,21 @@ class CheckpointStore:
         self.blobs.write_bytes(self._key(name, f"v{number}", "weights.npz"), data)
         self._write_json(self._key(name, f"v{number}", "manifest.json"), version.to_json())
         return version
+
+    def _claim_version(self, name: str) -> int:
+        """The next free version number, claimed atomically: `v<N>/claim.json` is created
+        only if absent (local: symlink(2) fails on an existing name; S3: a conditional PUT),
+        so concurrent savers (a drift sensor's several partitions, a manual retrain) never
+        share a number; a loser tries N+1. A claimed version without a manifest (a writer
+        that died) stays invisible and its number is not reused."""
+        existing = self.versions(name)
+        number = (existing[-1] if existing else 0) + 1
+        claim = json.dumps({"claimed_at": _now(), "pid": os.getpid(), "host": os.uname().nodename}).encode()
+        for _attempt in range(1000):
+            if self.blobs.create_bytes(self._key(name, f"v{number}", CLAIM), claim):
+                return number
+            number += 1
+        raise CheckpointError(f"checkpoint {name!r}: could not claim a version number up to v{number}")
 
     def update_metrics(self, name: str, version: int, metrics: Mapping[str, float]) -> Version:
         """Record evaluation metrics on an existing version (the manifest is rewritten atomically)."""
@@ -443,6 +460,7 @@ class CheckpointStore:
             # Manifest first: the version disappears before its weights do.
             self.blobs.delete(self._key(name, f"v{number}", "manifest.json"))
             self.blobs.delete(self._key(name, f"v{number}", "weights.npz"))
+            self.blobs.delete(self._key(name, f"v{number}", CLAIM))
         return deleted
 
     # -- intermediate progress (resumable training) --

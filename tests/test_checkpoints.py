@@ -50,7 +50,7 @@ def test_save_writes_the_documented_layout_and_loads_verified(store, tmp_path):
     v = save(store, 1)
     assert v.version == 1 and len(v.sha256) == 64
     vdir = tmp_path / "site" / "checkpoints" / "m" / "v1"
-    assert visible_names(vdir) == ["manifest.json", "weights.npz"]
+    assert visible_names(vdir) == ["claim.json", "manifest.json", "weights.npz"]
     # the site storage's layout: each name links to its data, checksum recorded (as on S3)
     info = store.blobs.storage.head("checkpoints/m/v1/weights.npz")
     assert info.sha256 == v.sha256 and (vdir / "weights.npz").is_symlink()
@@ -215,7 +215,7 @@ def test_local_checkpoints_live_in_the_site_storage_with_checksums(tmp_path):
     site = storage_for_site(topology, "dc")
     assert store.blobs.storage is site  # the same backend as the IO manager's, not a side door
     assert site.head("checkpoints/m/v1/weights.npz").sha256 == v.sha256
-    assert site.list_keys("checkpoints/m/") == ["checkpoints/m/v1/manifest.json", "checkpoints/m/v1/weights.npz"]
+    assert site.list_keys("checkpoints/m/") == [f"checkpoints/m/v1/{n}" for n in ("claim.json", "manifest.json", "weights.npz")]
     corrupt(tmp_path / "dc", 1)
     with pytest.raises(CorruptCheckpointError, match="v1 is corrupted.*checksum mismatch"):
         store.load("m", 1)
@@ -256,3 +256,65 @@ def test_explicit_rollback_to_a_version_never_promoted_pops_the_rejected_one(sto
     store.rollback("m", to=2)  # v3 rejected; v2 takes its place above v1
     assert store.predecessor("m") == 1
     assert store.rollback("m").version == 1
+
+
+def save_concurrently(store, savers: int) -> list:
+    """`savers` threads save model 'm' at the same moment; returns their Versions."""
+    import threading
+
+    barrier = threading.Barrier(savers)
+    results: dict[int, object] = {}
+
+    def saver(seed: int) -> None:
+        barrier.wait()
+        try:
+            results[seed] = store.save("m", arrays(seed), lineage={"saver": seed})
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            results[seed] = exc
+
+    threads = [threading.Thread(target=saver, args=(seed,)) for seed in range(1, savers + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [r for r in results.values() if isinstance(r, BaseException)]
+    assert errors == []
+    return [results[seed] for seed in range(1, savers + 1)]
+
+
+def assert_each_version_holds_its_savers_weights(store, saved) -> None:
+    assert sorted(v.version for v in saved) == list(range(1, len(saved) + 1))  # distinct
+    assert store.versions("m") == list(range(1, len(saved) + 1))
+    for seed, v in enumerate(saved, start=1):
+        loaded = store.load("m", v.version)  # the manifest's sha256 matches the stored weights
+        assert loaded.version.lineage == {"saver": seed} and loaded.version.sha256 == v.sha256
+        np.testing.assert_array_equal(loaded.arrays["coef"], arrays(seed)["coef"])
+
+
+def test_concurrent_saves_get_distinct_versions_each_with_its_own_weights(store):
+    save(store, 9)  # v1 exists: the racers start from the same "highest + 1"
+    saved = save_concurrently(store, 6)
+    assert sorted(v.version for v in saved) == [2, 3, 4, 5, 6, 7]
+    for seed, v in enumerate(saved, start=1):
+        loaded = store.load("m", v.version)
+        assert loaded.version.lineage == {"saver": seed}
+        np.testing.assert_array_equal(loaded.arrays["coef"], arrays(seed)["coef"])
+
+
+def test_a_claimed_but_unfinished_version_is_not_reused(store):
+    save(store, 1)
+    store.blobs.create_bytes("checkpoints/m/v2/claim.json", b"{}")  # a saver that died
+    assert store.versions("m") == [1]
+    assert save(store, 2).version == 3
+
+
+def test_concurrent_saves_on_an_s3_site_get_distinct_versions(tmp_path, seaweedfs, s3_buckets):  # noqa: F811
+    from dagster_gravity.topology import Topology
+
+    topology = Topology.from_dict({
+        "sites": [{"name": "cloud", "region": "r", "kind": "cloud",
+                   "storage": {"kind": "s3", "bucket": s3_buckets[1], "prefix": "race", "endpoint_url": seaweedfs.endpoint_url},
+                   "pools": [{"name": "cpu", "slots": 1}]}],
+    })
+    store = CheckpointStore.for_site(topology, "cloud")
+    assert_each_version_holds_its_savers_weights(store, save_concurrently(store, 4))

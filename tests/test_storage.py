@@ -432,3 +432,12 @@ def test_replicate_corrupted_local_source_leaves_no_copy(tmp_path):
     with pytest.raises(ChecksumMismatch, match="corrupted or truncated source"):
         replicate(src, dst, "c.bin", info.sha256)
     assert visible_files(tmp_path / "dst") == []
+
+
+def test_put_new_creates_only_when_absent_local_and_s3(tmp_path, s3_pair):
+    for store in (LocalSiteStorage("here", tmp_path / "local"), s3_pair[0]):
+        first = store.put_new("claims/v1", b"mine")
+        assert first is not None and first.sha256 == sha(b"mine")
+        assert store.put_new("claims/v1", b"theirs") is None
+        assert store.read_bytes("claims/v1")[0] == b"mine"  # the loser changed nothing
+    assert visible_files(tmp_path / "local") == ["claims/v1"] and len(all_files(tmp_path / "local")) == 2

@@ -168,6 +168,11 @@ class SiteStorage(ABC):
             writer.write(data)
         return writer_info(writer)
 
+    def put_new(self, key: str, data: bytes) -> ObjectInfo | None:
+        """Store `data` under `key` only if no object is there yet, atomically (of two
+        concurrent callers exactly one succeeds); None when an object already exists."""
+        raise NotImplementedError(f"{type(self).__name__} cannot create objects exclusively (put_new)")
+
     def describe(self) -> str:
         return f"{self.kind} storage of site {self.site!r} at {self.uri('')}"
 

@@ -5,6 +5,9 @@ to a temporary file while hashing, then uploaded with the checksum: a single PUT
 objects, otherwise a multipart upload that S3 makes visible only on
 CompleteMultipartUpload (and that is aborted on any error).
 
+`put_new` creates a key only if absent with a conditional PUT (`If-None-Match: *`), which
+AWS S3 and SeaweedFS (checked with 4.48) refuse with 412 when the key exists.
+
 Credentials come from the normal boto3 chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
 profiles, instance roles). The client has short connect/read timeouts and few retries so
 an endpoint that refuses or hangs fails fast with a StorageError naming site and URI.
@@ -13,6 +16,7 @@ an endpoint that refuses or hangs fails fast with a StorageError naming site and
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass
 
@@ -169,6 +173,23 @@ class S3SiteStorage(SiteStorage):
 
     def part_sink(self, key: str, size: int, sha256: str, part_size: int) -> PartSink:
         return _S3PartSink(self, key, size, sha256, part_size)
+
+    def put_new(self, key: str, data: bytes) -> ObjectInfo | None:
+        """A conditional PUT (If-None-Match: *): S3 (and SeaweedFS) refuse it with 412 when
+        the key exists, so of two concurrent creators exactly one succeeds."""
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.object_key(key), Body=data, Metadata={SHA_META: sha}, IfNoneMatch="*"
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return None
+            raise self._error(exc, "conditional PUT", key) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "conditional PUT", key) from exc
+        return ObjectInfo(self.site, key, self.uri(key), len(data), sha)
 
     def list_keys(self, prefix: str = "") -> list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
