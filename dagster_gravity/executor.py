@@ -666,6 +666,7 @@ class _Loop:
         self.running: dict[str, _Running] = {}
         self.reported_unhealthy: set[str] = set()
         self.start_failures: dict[str, str] = {}  # pool id -> why its backend did not start
+        self.stopping = False  # the run was interrupted: running steps are being stopped
 
     # -- pool state ------------------------------------------------------------------
 
@@ -895,6 +896,9 @@ class _Loop:
         if running is None:
             return
         if update.outcome == NOT_STARTED:
+            if self.stopping:  # the run is stopping: nothing more starts
+                self.active.mark_abandoned(update.step_key)
+                return
             # The worker never ran it: place it again (the pool may now be unhealthy).
             w = _Waiting(running.step)
             w.notes.append(f"not started on {update.pool_id}: {update.message}")
@@ -916,9 +920,15 @@ class _Loop:
                 f"gravity: {update.message}" if update.outcome == CRASHED else update.message,
                 EngineEventData.engine_error(error),
             )
-            failure = self.ex.log_failure_or_retry_event_after_error(
-                step_context, error, self.active.get_known_state()
-            )
+            if self.stopping:  # interrupted: a failure, not a retry the stopping run won't run
+                failure = DagsterEvent.step_failure_event(
+                    step_context=step_context,
+                    step_failure_data=StepFailureData(error=error, user_failure_data=None),
+                )
+            else:
+                failure = self.ex.log_failure_or_retry_event_after_error(
+                    step_context, error, self.active.get_known_state()
+                )
             self.active.handle_event(failure)
             yield failure
         self.active.verify_complete(self.plan_context, update.step_key)
@@ -940,11 +950,10 @@ class _Loop:
                 step_dependency_config=self.ex.step_dependency_config,
             )
         )
-        stopping = False
         try:
-            while (not stopping and not active.is_complete) or self.running:
-                if not stopping and active.check_for_interrupts():
-                    stopping = True
+            while (not self.stopping and not active.is_complete) or self.running:
+                if not self.stopping and active.check_for_interrupts():
+                    self.stopping = True
                     yield DagsterEvent.engine_event(
                         plan_context,
                         "gravity executor: received termination signal - interrupting running steps",
@@ -957,7 +966,7 @@ class _Loop:
                         del self.waiting[key]
                         active.mark_abandoned(key)
 
-                if not stopping:
+                if not self.stopping:
                     room = self.limit - len(self.running) - len(self.waiting)
                     if room > 0:
                         for step in active.get_steps_to_execute(limit=room):
@@ -994,7 +1003,7 @@ class _Loop:
                     backend.interrupt()
             raise
 
-        if stopping:
+        if self.stopping:
             yield DagsterEvent.engine_event(
                 plan_context,
                 "gravity executor: interrupted all running steps",

@@ -290,12 +290,14 @@ def test_resource_that_fails_to_initialise_fails_the_step_not_the_executor(gravi
 
 
 RUN_SCRIPT = """
-import sys
+import json, sys
 from dagster import DagsterInstance, execute_job, reconstructable
 from tests.support import jobs
+job = getattr(jobs, sys.argv[2]) if len(sys.argv) > 2 else jobs.sleep_job
+extra = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 with DagsterInstance.get() as instance:
-    execute_job(reconstructable(jobs.sleep_job), instance=instance,
-                run_config={"execution": {"config": {"sites_file": sys.argv[1]}}})
+    execute_job(reconstructable(job), instance=instance,
+                run_config={"execution": {"config": {"sites_file": sys.argv[1], **extra}}})
 """
 
 
@@ -333,8 +335,10 @@ def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):  # noqa: F
     assert not (gravity.store / "sleeps_long.json").exists()
 
 
-def _start_sleep_run(gravity):
-    proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file)], cwd=REPO)
+def _start_sleep_run(gravity, job: str = "sleep_job", **config):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file), job, json.dumps(config)], cwd=REPO
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         time.sleep(0.3)
@@ -364,3 +368,68 @@ def test_killing_the_run_process_takes_its_workers_with_it(gravity):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _run_outcome(gravity, run_id: str, step_key: str):
+    logs = gravity.instance.all_logs(run_id)
+    failures = [
+        e.dagster_event for e in logs
+        if e.dagster_event and e.step_key == step_key and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE
+    ]
+    pids = {e.dagster_event.pid for e in logs if e.dagster_event and e.dagster_event.pid}
+    return logs, failures, pids
+
+
+def test_a_step_that_ignores_the_interrupt_is_killed_after_the_grace_period(gravity):
+    grace = 2
+    proc, run_id, worker = _start_sleep_run(
+        gravity, "stubborn_job", pools={"default": {"backend": "local", "stop_grace_seconds": grace}}
+    )
+    try:
+        assert worker != proc.pid and pid_alive(worker)
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace + 25)  # the step would sleep on for a minute
+        assert time.monotonic() - interrupted < grace + 25
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    logs, failures, pids = _run_outcome(gravity, run_id, "ignores_interrupts")
+    assert worker in pids and not [p for p in pids if p != proc.pid and pid_alive(p)]
+    assert gravity.instance.get_run_by_id(run_id).status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+    assert len(failures) == 1
+    assert f"did not stop within {grace} s of the run's interrupt" in failures[0].step_failure_data.error.message
+    assert not (gravity.store / "ignores_interrupts.json").exists()
+
+
+def test_an_interrupt_while_the_worker_warms_up_is_not_lost(gravity):
+    # The worker is forked for the step and is still warming up (a 4 s startup check) when
+    # the run is interrupted: the step must fail as interrupted when it starts, not sleep
+    # its 60 s (the 30 s grace would kill it, with another message, before that).
+    config = {"startup_check": "tests.support.jobs:slow_startup_check", "stop_grace_seconds": 30}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file), "sleep_job",
+         json.dumps({"pools": {"default": {"backend": "local", **config}}})],
+        cwd=REPO,
+    )
+    marker = gravity.store / jobs.WARMING_MARKER
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "no worker started warming up"
+        worker = int(marker.read_text())
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=25)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not pid_alive(worker)
+    run_id = gravity.instance.get_runs()[0].run_id
+    logs, failures, pids = _run_outcome(gravity, run_id, "sleeps_long")
+    assert len(failures) == 1
+    error = failures[0].step_failure_data.error.to_string()
+    assert "DagsterExecutionInterruptedError" in error and "did not stop" not in error
+    assert not (gravity.store / "sleeps_long.json").exists()

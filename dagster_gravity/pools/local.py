@@ -55,8 +55,10 @@ LOCAL_SETTINGS = {
     "startup_check": "optional 'module:function' called as f(site, pool_id) in each new worker before it takes steps; raising marks the start failed",
     "env": "optional mapping of environment variables set in each worker",
     "prestart": "number of workers to start per pool when the run starts (default 0: on first use)",
-    "stop_grace_seconds": "seconds a stopping worker gets before SIGKILL (default 5)",
+    "stop_grace_seconds": "seconds a worker gets to stop before SIGKILL: after the run's interrupt "
+    "(a step that ignores it, or is stuck in C code) and at the end of the run (default 10)",
 }
+DEFAULT_STOP_GRACE_SECONDS = 10.0
 
 
 def _set_parent_death_signal() -> None:
@@ -78,6 +80,12 @@ def _load_callable(path: str):
     return getattr(importlib.import_module(module_name), attr)
 
 
+def _remember_interrupt(_signo, _frame) -> None:
+    from dagster._utils import interrupts
+
+    interrupts._received_interrupt["received"] = True
+
+
 def _worker_main(
     conn: Connection,
     parent_pid: int,
@@ -96,13 +104,15 @@ def _worker_main(
         except OSError:
             pass
     _PARENT_ENDS.clear()
-    # The executor's process captures SIGINT into a flag; a worker must not inherit that.
-    # Until a run session installs Dagster's interrupt capture, SIGINT is ignored (a
-    # terminal's Ctrl-C reaches the executor, which stops workers over their pipes).
+    # The executor's process captures SIGINT into a flag; a worker starts with it clear.
+    # Until a run session installs Dagster's interrupt capture, a SIGINT (the executor
+    # interrupting the step this worker was started for) is remembered the way that capture
+    # does, so the step fails as interrupted as soon as its user code starts instead of the
+    # interrupt being lost while the worker warms up.
     from dagster._utils import interrupts
 
     interrupts._received_interrupt["received"] = False
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, _remember_interrupt)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     try:
@@ -159,6 +169,7 @@ class _Worker:
     steps_run: int = 0
     max_steps: int = 100  # recycled after this many steps
     started_at: float = field(default_factory=time.monotonic)
+    killed_why: str = ""  # set when we SIGKILLed it (it ignored the run's interrupt)
 
     @property
     def pid(self) -> int:
@@ -203,6 +214,12 @@ class LocalBackend:
         self._retiring: list[_Worker] = []
         self._payload = None
         self._updates: list[StepUpdate] = []
+        self._interrupted_at: float | None = None
+        self.stop_grace_seconds = float(self.settings.get("stop_grace_seconds", DEFAULT_STOP_GRACE_SECONDS))
+        if self.stop_grace_seconds < 0:
+            raise ValueError(
+                f"local pool backend: stop_grace_seconds is {self.stop_grace_seconds}; expected seconds >= 0"
+            )
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -245,6 +262,7 @@ class LocalBackend:
         return Submission(pool_id=pool_id, worker=f"pid {worker.pid}", pid=worker.pid)
 
     def poll(self, timeout: float) -> list[StepUpdate]:
+        self._kill_workers_ignoring_interrupt()
         workers = [w for s in self._pools.values() for w in s.workers]
         if workers and not self._updates:
             waitables = [w.conn for w in workers] + [w.process.sentinel for w in workers]
@@ -259,6 +277,10 @@ class LocalBackend:
         return updates
 
     def interrupt(self) -> None:
+        """SIGINT every busy worker; those still busy `stop_grace_seconds` later are killed
+        by `poll` and their steps reported CRASHED, so a stopping run always ends."""
+        if self._interrupted_at is None:
+            self._interrupted_at = time.monotonic()
         for state in self._pools.values():
             for worker in state.workers:
                 if worker.step_key is not None and worker.process.is_alive():
@@ -268,7 +290,7 @@ class LocalBackend:
                         pass
 
     def stop(self) -> None:
-        grace = float(self.settings.get("stop_grace_seconds", 5))
+        grace = self.stop_grace_seconds
         everyone = [w for s in self._pools.values() for w in s.workers] + self._retiring
         for worker in everyone:
             self._ask_to_stop(worker)
@@ -293,6 +315,21 @@ class LocalBackend:
         return [w.pid for s in self._pools.values() for w in s.workers] + [w.pid for w in self._retiring]
 
     # -- internals -----------------------------------------------------------------------
+
+    def _kill_workers_ignoring_interrupt(self) -> None:
+        if self._interrupted_at is None or time.monotonic() - self._interrupted_at < self.stop_grace_seconds:
+            return
+        for state in self._pools.values():
+            for worker in state.workers:
+                if worker.queue and not worker.killed_why and worker.process.is_alive():
+                    worker.killed_why = (
+                        f"did not stop within {self.stop_grace_seconds:g} s of the run's interrupt "
+                        "(stop_grace_seconds); killed with SIGKILL"
+                    )
+                    try:
+                        os.kill(worker.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
     def _idle_worker(self, state: _PoolState) -> _Worker | None:
         free = [w for w in state.workers if w.free]
@@ -396,14 +433,15 @@ class LocalBackend:
             self._record_failure(state, f"worker pid {worker.pid} died ({how})")
             for i, step_key in enumerate(worker.queue):
                 started = i == 0 and worker.state == "ready"
+                what = worker.killed_why or f"died ({how})"
                 self._updates.append(
                     StepEnded(
                         step_key,
                         CRASHED if started else NOT_STARTED,
                         worker.pool_id,
-                        message=f"worker pid {worker.pid} at site {state.pool.site} died ({how}) while running the step"
+                        message=f"worker pid {worker.pid} at site {state.pool.site} {what} while running the step"
                         if started
-                        else f"worker pid {worker.pid} at site {state.pool.site} died ({how}) before it took the step",
+                        else f"worker pid {worker.pid} at site {state.pool.site} {what} before it took the step",
                         pid=worker.pid,
                         exit_code=exit_code,
                     )

@@ -235,6 +235,29 @@ def sleeps_long():
     return "never"
 
 
+@asset
+def ignores_interrupts():
+    """A step that swallows the run's interrupt (as a step stuck in C code would not see it)."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.1)
+        except (KeyboardInterrupt, DagsterExecutionInterruptedError):
+            pass
+    return "never"
+
+
+WARMING_MARKER = "worker_warming"
+
+
+def slow_startup_check(site: str, pool_id: str) -> None:
+    """A worker that takes a while to warm up; it says so in the store first."""
+    (store_dir() / WARMING_MARKER).write_text(str(os.getpid()))
+    time.sleep(4)
+
+
 @resource
 def broken_resource(_):
     raise RuntimeError("the feature store credentials are missing (test)")
@@ -320,7 +343,7 @@ def dynamic_job():
 all_assets = [
     made_at_beta, follows_beta, needs_gpu, pinned_gamma, bad_gpu_tag, landed_at_gamma, eu_customers,
     reads_landed, eu_report, eu_only_output, big_at_alpha, slow_left, slow_right, killed_once, dies_at_alpha,
-    sleeps_long, needs_broken_resource, *chain5,
+    sleeps_long, ignores_interrupts, needs_broken_resource, *chain5,
 ]
 
 defs = Definitions(
@@ -335,6 +358,7 @@ defs = Definitions(
         define_asset_job("killed_job", selection=["killed_once"]),
         define_asset_job("failover_job", selection=["dies_at_alpha"]),
         define_asset_job("sleep_job", selection=["sleeps_long"]),
+        define_asset_job("stubborn_job", selection=["ignores_interrupts"]),
         define_asset_job("chain_job", selection=[a.key for a in chain5]),
         define_asset_job("follows_only_job", selection=["follows_beta"]),
         define_asset_job("broken_resource_job", selection=["needs_broken_resource"]),
@@ -384,6 +408,10 @@ def failover_job():
 
 def sleep_job():
     return get_job("sleep_job")
+
+
+def stubborn_job():
+    return get_job("stubborn_job")
 
 
 def chain_job():
