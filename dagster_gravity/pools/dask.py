@@ -114,12 +114,21 @@ def _runner_for(site: str, pool_id: str):
         return runner
 
 
-def close_run_on_worker(run_id: str) -> int:
-    """`Client.run` target at the end of a run: every step runner of this worker process
-    closes and forgets `run_id`. Returns how many held it."""
+def _close_run(run_id: str) -> int:
     with _RUNNERS_LOCK:
         runners = list(_RUNNERS.values())
     return sum(1 for runner in runners if runner.close_run(run_id))
+
+
+async def close_run_on_worker(run_id: str) -> int:
+    """`Client.run` target at the end of a run: every step runner of this worker process
+    closes and forgets `run_id`. Returns how many held it.
+
+    Runs in a thread: resource teardown may block, and Dagster's context teardown runs an
+    asyncio loop of its own, which cannot run on the worker's event loop thread."""
+    import asyncio
+
+    return await asyncio.to_thread(_close_run, run_id)
 
 
 def cached_runs_on_worker() -> list[str]:
