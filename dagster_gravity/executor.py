@@ -196,12 +196,35 @@ class GravityConfig:
             raise GravityConfigError(f"gravity_executor unhealthy_after: got {self.unhealthy_after}; expected >= 1")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise GravityConfigError(f"gravity_executor max_concurrent: got {self.max_concurrent}; expected >= 1")
+        self._check_pool_sections()
+
+    def _check_pool_sections(self) -> None:
+        """Each `pools` entry is a mapping of backend settings (not a bare backend name)."""
+        shape = "a mapping such as {backend: dask, scheduler: 'tcp://127.0.0.1:8786'} or {backend: local}"
+        pools = self.pools or {}
+        if not isinstance(pools, Mapping):
+            raise GravityConfigError(f"gravity_executor pools: got {pools!r}; expected a mapping with default, per_site, per_pool")
+        default = pools.get("default")
+        if default is not None and not isinstance(default, Mapping):
+            raise GravityConfigError(f"gravity_executor pools.default: got {default!r}; expected {shape}")
+        for section, of_what in (("per_site", "site name"), ("per_pool", "pool id 'site/name'")):
+            entries = pools.get(section) or {}
+            if not isinstance(entries, Mapping):
+                raise GravityConfigError(
+                    f"gravity_executor pools.{section}: got {entries!r}; expected a mapping of {of_what} -> {shape}"
+                )
+            for name, entry in entries.items():
+                if not isinstance(entry, Mapping):
+                    raise GravityConfigError(
+                        f"gravity_executor pools.{section}.{name}: got {entry!r}; expected {shape}"
+                    )
 
     def topology_path(self) -> Path:
         return Path(self.sites_file) if self.sites_file else default_sites_path()
 
     def pool_settings(self, topology: Topology) -> dict[str, tuple[str, dict[str, Any]]]:
         """pool id -> (backend name, settings): default, then per_site, then per_pool."""
+        self._check_pool_sections()
         default = dict(self.pools.get("default") or {"backend": "local"})
         per_site = dict(self.pools.get("per_site") or {})
         per_pool = dict(self.pools.get("per_pool") or {})

@@ -188,21 +188,43 @@ def run_plan_command(args) -> int:
 
     from dagster import DagsterInstance
 
-    from dagster_gravity.topology import default_sites_path
+    from dagster_gravity.topology import TopologyError, default_sites_path
+
+    def usage_error(message: str) -> int:  # as `gravity sites`: the message, no traceback
+        print(f"gravity plan: {message}", file=sys.stderr)
+        return 2
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `-m pipelines.definitions` from the project root
-    topology = Topology.from_yaml(Path(args.sites) if args.sites else default_sites_path())
-    job_def = load_job(args.module, args.job, args.attribute)
+    try:
+        objective = Objective.parse(args.objective)
+    except ValueError as exc:
+        return usage_error(str(exc))
+    try:
+        topology = Topology.from_yaml(Path(args.sites) if args.sites else default_sites_path())
+    except TopologyError as exc:
+        return usage_error(str(exc))
+    try:
+        job_def = load_job(args.module, args.job, args.attribute)
+    except ImportError as exc:
+        return usage_error(f"cannot import module {args.module!r}: {exc}")
+    except ValueError as exc:
+        return usage_error(str(exc))
+    unknown = [name for name in args.disable if name not in topology.sites and name not in {p.id for p in topology.pools}]
+    if unknown:
+        return usage_error(
+            f"--disable {unknown[0]!r} is neither a site nor a pool of {topology.source}; "
+            f"known pools: {', '.join(p.id for p in topology.pools)}"
+        )
     # Locations come from the instance when there is one ($DAGSTER_HOME), else definitions only.
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     with instance:
         steps = plan_job(
-            job_def, instance, topology, objective=args.objective, disabled_pools=args.disable, partition=args.partition
+            job_def, instance, topology, objective=objective, disabled_pools=args.disable, partition=args.partition
         )
     if args.json:
         print(json.dumps([s.__dict__ for s in steps], indent=2))
     else:
-        print(f"job {job_def.name} on {topology.source} (objective {Objective.parse(args.objective).describe()})\n")
+        print(f"job {job_def.name} on {topology.source} (objective {objective.describe()})\n")
         print(format_plan(steps))
     return 1 if any(s.pool is None for s in steps) else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from dagster import DagsterInstance
 
 from dagster_gravity.job_plan import RUN_TIME, format_plan, load_job, plan_job
@@ -78,3 +79,47 @@ def test_plan_command_prints_the_table(tmp_path, capsys, monkeypatch):
     assert args.func(args) == 1  # a step that cannot run anywhere makes the command fail
     out = capsys.readouterr().out
     assert "eu_report" in out and "CANNOT RUN" in out and "zone 'eu'" in out
+
+
+def _cli(capsys, *argv):
+    from dagster_gravity.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plan_command_errors_are_messages_not_tracebacks(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    sites = str(jobs.write_test_sites(tmp_path))
+    base = ["plan", "-m", "tests.support.jobs", "-j", "locality_job"]
+
+    code, out, err = _cli(capsys, *base, "--sites", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "missing.yaml" in err and "an existing sites file" in err and "Traceback" not in err
+
+    code, out, err = _cli(capsys, "plan", "-m", "tests.support.jobs", "-j", "no_such_job", "--sites", sites)
+    assert code == 2 and "no job named 'no_such_job'" in err
+
+    code, out, err = _cli(capsys, "plan", "-m", "no_such_module", "-j", "x", "--sites", sites)
+    assert code == 2 and "cannot import module 'no_such_module'" in err
+
+    code, out, err = _cli(capsys, *base, "--sites", sites, "--objective", "bogus")
+    assert code == 2 and "objective: got 'bogus'" in err and "'time', 'cost'" in err
+
+    code, out, err = _cli(capsys, *base, "--sites", sites, "--disable", "old-site")
+    assert code == 2 and "'old-site' is neither a site nor a pool" in err
+
+    code, out, err = _cli(capsys, *base, "--sites", sites)
+    assert code == 0 and "made_at_beta" in out and err == ""
+
+
+def test_pools_entries_must_be_mappings(tmp_path):
+    from dagster_gravity.executor import GravityConfig, GravityConfigError
+
+    with pytest.raises(GravityConfigError, match=r"pools\.per_site\.onprem-dc: got 'dask'; expected a mapping such as \{backend: dask, scheduler:"):
+        GravityConfig.from_executor_config({"pools": {"per_site": {"onprem-dc": "dask"}}})
+    with pytest.raises(GravityConfigError, match=r"pools\.per_pool\.alpha/cpu: got 'local'"):
+        GravityConfig.from_executor_config({"pools": {"per_pool": {"alpha/cpu": "local"}}})
+    ok = GravityConfig.from_executor_config({"pools": {"per_site": {"beta": {"backend": "local", "prestart": 1}}}})
+    topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
+    assert ok.pool_settings(topology)["beta/cpu"] == ("local", {"prestart": 1})
