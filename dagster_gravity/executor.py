@@ -888,23 +888,16 @@ class _Loop:
             event = update.event
             running = self.running.get(update.step_key)
             yield event
-            if event.step_key is None:
-                # A worker's run-level event (its session's resource set-up): only a failure
-                # matters, and it is the failure of the step that was waiting for it.
-                if event.is_resource_init_failure and running is not None and not running.finished:
-                    step_context = self.plan_context.for_step(running.step)
-                    failure = self.ex.log_failure_or_retry_event_after_error(
-                        step_context, event.engine_event_data.error, self.active.get_known_state()
-                    )
-                    yield failure
-                    self.active.handle_event(failure)
+            # A worker's run-level events (its session's set-up, step_key None) are not the
+            # plan's; the step's own events are.
+            if event.step_key is not None:
+                self.locator.record(event)
+                self.active.handle_event(event)
+                if running is not None and (event.is_step_success or event.is_step_failure or event.is_step_up_for_retry):
                     running.finished = True
-                return
-            self.locator.record(event)
-            self.active.handle_event(event)
-            if running is not None and (event.is_step_success or event.is_step_failure or event.is_step_up_for_retry):
-                running.finished = True
-            if event.is_resource_init_failure and running is not None:
+            if event.is_resource_init_failure and running is not None and not running.finished:
+                # Resources failed to initialise (for the worker's session or for the step):
+                # that is the failure of the step that was waiting for them.
                 step_context = self.plan_context.for_step(running.step)
                 failure = self.ex.log_failure_or_retry_event_after_error(
                     step_context, event.engine_event_data.error, self.active.get_known_state()

@@ -3,8 +3,9 @@
 It replays the executor's own per-step decision (`executor._Locator` + `place_step`) over
 the job's execution plan in topological order, with every pool free: inputs produced
 earlier in the job are assumed at the site their step was placed at, with the size of that
-asset's latest materialization (or its definition's `dagster/size_bytes`, else 0); other
-inputs are where the instance says they are now. Delay scheduling and failures are runtime
+asset's latest materialization (or its definition's `dagster/size_bytes`, else 1 byte:
+`executor.UNKNOWN_SIZE`, so moving it costs a link's latency and the step still follows
+it); other inputs are where the instance says they are now. Delay scheduling and failures are runtime
 matters and are not simulated.
 """
 

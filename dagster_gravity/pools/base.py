@@ -18,8 +18,8 @@ a retryable step failure), or never started (the executor places it again elsewh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, Union, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union, runtime_checkable
 
 if TYPE_CHECKING:
     from dagster._core.events import DagsterEvent
@@ -79,14 +79,6 @@ class PoolHealth:
     workers: int = 0
     busy: int = 0
     consecutive_failures: int = 0
-
-
-@dataclass
-class PoolOptions:
-    """Per-pool backend settings from the executor config (`pools:` section)."""
-
-    backend: str = "local"
-    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
