@@ -581,12 +581,23 @@ class GravityExecutor(Executor):
     # -- setup -----------------------------------------------------------------------
 
     def _backends(self, topology: Topology) -> tuple[dict[str, PoolBackend], list[tuple[PoolBackend, list]]]:
-        """One backend instance per (backend name, settings) group; pool id -> backend."""
+        """One backend instance per (backend name, settings) group; pool id -> backend.
+
+        Groups come local first: `execute` starts them in this order. In a run that mixes
+        local pools with other backends (whose clients start threads, e.g. Dask's IO loop),
+        every local worker is prestarted, so each is forked before any such thread exists
+        (see the fork-safety note in `pools/local.py`).
+        """
         groups: dict[tuple[str, str], tuple[PoolBackend, list]] = {}
         by_pool: dict[str, PoolBackend] = {}
         settings = self.config.pool_settings(topology)
+        names = {name for name, _ in settings.values()}
+        mixed = "local" in names and len(names) > 1
+        all_slots = max((p.slots for p in topology.pools), default=0)
         for pool in topology.pools:
             name, opts = settings[pool.id]
+            if mixed and name == "local":
+                opts = {**opts, "prestart": max(int(opts.get("prestart") or 0), all_slots)}
             key = (name, repr(sorted(opts.items())))
             if key not in groups:
                 backend = create_backend(
@@ -598,7 +609,8 @@ class GravityExecutor(Executor):
                 groups[key] = (backend, [])
             groups[key][1].append(pool)
             by_pool[pool.id] = groups[key][0]
-        return by_pool, list(groups.values())
+        ordered = sorted(groups.values(), key=lambda group: group[0].name != "local")
+        return by_pool, ordered
 
     # -- the loop --------------------------------------------------------------------
 

@@ -258,6 +258,30 @@ def test_backend_that_cannot_start_makes_its_pools_unhealthy(gravity):
     assert placements(result)["reads_landed"]["gravity/site"] == "gamma"  # the rest still runs
 
 
+def test_local_backends_start_first_and_prestart_in_runs_mixed_with_other_backends(tmp_path):
+    from dagster_gravity.executor import GravityConfig, GravityExecutor
+    from dagster_gravity.pools import register_backend
+    from tests.support.jobs import UnreachableBackend
+
+    register_backend("unreachable", UnreachableBackend)
+    from dagster_gravity.topology import Topology
+
+    topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
+
+    def groups(pools):
+        executor = GravityExecutor(GravityConfig.from_executor_config({"pools": pools}))
+        return [(backend.name, sorted(p.id for p in group), getattr(backend, "settings", None)) for backend, group in executor._backends(topology)[1]]
+
+    # alpha (first in the topology) on another backend: the local backend still starts first,
+    # with every worker prestarted (forked before the other backend's threads exist).
+    mixed = groups({"per_site": {"alpha": {"backend": "unreachable"}}})
+    assert [g[0] for g in mixed] == ["local", "unreachable"]
+    assert mixed[0][1] == ["beta/cpu", "gamma/cpu"] and mixed[0][2]["prestart"] >= 1
+    # Local pools only: workers start on first use, as configured.
+    (only_local,) = groups({})
+    assert only_local[0] == "local" and "prestart" not in only_local[2]
+
+
 def test_requirements_no_healthy_pool_can_meet_fail_clearly(gravity):
     result = gravity.run("requirements_job", disabled_pools=["alpha/gpu"])
     assert not result.success

@@ -123,3 +123,4 @@ def test_pools_entries_must_be_mappings(tmp_path):
     ok = GravityConfig.from_executor_config({"pools": {"per_site": {"beta": {"backend": "local", "prestart": 1}}}})
     topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
     assert ok.pool_settings(topology)["beta/cpu"] == ("local", {"prestart": 1})
+

@@ -7,11 +7,22 @@ run's execution plan, so a new worker costs milliseconds instead of the ~1.3 s a
 many steps, one at a time, each with its own step context (`step_runner.StepRunner`), and
 is recycled after `worker_max_steps` steps and whenever it dies.
 
-Why fork is safe here: the executor forks from its main thread, before any worker thread
-of ours exists; the child never touches the parent's instance (it opens its own from the
-instance ref) and leaves through `os._exit`, so no parent finalizer runs twice. Workers
-die with their parent (PR_SET_PDEATHSIG, and EOF on their pipe), so a killed run leaves
-no orphans.
+Why fork is safe here: the executor forks from its main thread; the child never touches
+the parent's instance (it opens its own from the instance ref) and leaves through
+`os._exit`, so no parent finalizer runs twice. Workers die with their parent
+(PR_SET_PDEATHSIG, and EOF on their pipe), so a killed run leaves no orphans.
+
+Threads are the caveat. With only local pools the executor process runs no threads of
+ours, so a fork never copies a lock some other thread holds. A run that mixes local pools
+with the Dask backend has the Dask client's IO-loop thread in it: the executor then starts
+the local backend first and prestarts every local worker (`executor._backends`), so they
+fork before that thread exists. A worker forked later in such a run (replacing one that
+died, failed to start, or was recycled after `worker_max_steps`) forks while it runs.
+CPython re-initialises its own locks in the child (import lock, logging) and the child
+never uses the client, but a lock that thread held inside another library at that moment
+stays held in the child, which would hang on it if it took that lock. That risk is not
+handled; to avoid it entirely keep local and Dask pools in separate runs (and a high
+`worker_max_steps` at least avoids recycling forks).
 
 Wire protocol on each worker's duplex pipe (pickled tuples between our own processes):
   parent -> worker: ("step", step_key, known_state) | ("stop",)
