@@ -77,6 +77,11 @@ EXACT_WORK_LIMIT = 30_000_000
 EXPANSION_LIMIT = 100_000
 LARGE_PLAN_BLOCK_ROUNDS = 4
 
+# Weight of transfer seconds added to the pure cost objective inside the plan solvers, to
+# break ties among equally cheap plans: small enough not to change which plan is cheaper
+# (one GB at $0.01/GB scores 9 s; the tie-break on it is about 1e-11 s).
+PLAN_TIE_BREAK = 1e-12
+
 # What one hour of waiting is worth in dollars, so that seconds and dollars add up: about
 # the on-demand price of one cloud GPU instance-hour (an A100 40GB is $3-4/h in 2024-2026).
 DEFAULT_USD_PER_HOUR = 4.0
@@ -193,7 +198,7 @@ class CostModel:
                 self.usd_per_byte[a, b] = link.usd_per_gb / 1e9
         self.pools = list(topology.pools)
         self.pool_site = np.array([self.index[p.site] for p in self.pools], dtype=np.int64)
-        self._by_objective: dict[Objective, tuple[np.ndarray, np.ndarray]] = {}
+        self._by_objective: dict[object, tuple[np.ndarray, np.ndarray]] = {}
 
     def matrices(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
         """(per_byte, fixed): moving n > 0 bytes a->b scores ``n * per_byte[a,b] + fixed[a,b]``."""
@@ -204,6 +209,23 @@ class CostModel:
             np.fill_diagonal(per_byte, 0.0)  # data already at the site costs nothing
             np.fill_diagonal(fixed, 0.0)
             got = self._by_objective[objective] = (per_byte, fixed)
+        return got
+
+    def plan_matrices(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
+        """`matrices` plus, for the pure cost objective, a tie-break toward fewer seconds.
+
+        Under ``cost`` every move over a link with no egress price scores 0, so many plans
+        tie and a solver would return any of them (measured: 21 GB moved where 0 B was
+        possible). `PLAN_TIE_BREAK` seconds per transfer second make the fastest of the
+        equally cheap plans win, as `place_step` prefers fewer bytes among equal scores.
+        """
+        per_byte, fixed = self.matrices(objective)
+        if objective.weight < 1.0:
+            return per_byte, fixed  # seconds already count
+        key = ("tie", objective)
+        got = self._by_objective.get(key)
+        if got is None:
+            got = self._by_objective[key] = (per_byte + PLAN_TIE_BREAK * self.sec_per_byte, fixed + PLAN_TIE_BREAK * self.latency)
         return got
 
     def site_index(self, site: str, what: str) -> int:
@@ -334,14 +356,14 @@ def _check_requirements(topology: Topology, req: Requirements, what: str) -> Non
         )
 
 
-def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objective):
+def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objective, matrices=None):
     """Per candidate site: (bytes, seconds, dollars, score) of moving every input there.
 
     Each input comes from its cheapest replica for the objective; inputs already at the
     site cost nothing; transfers add up (sequential).
     """
     n_sites = len(cm.sites)
-    per_byte, fixed = cm.matrices(objective)
+    per_byte, fixed = matrices if matrices is not None else cm.matrices(objective)
     total_bytes = np.zeros(n_sites)
     total_sec = np.zeros(n_sites)
     total_usd = np.zeros(n_sites)
@@ -524,7 +546,7 @@ class _Problem:
 
 def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Objective, healthy) -> _Problem:
     cm = cost_model(topology)
-    per_byte, fixed = cm.matrices(objective)
+    per_byte, fixed = cm.plan_matrices(objective)
     keys = [s.key for s in steps]
     index: dict[str, int] = {}
     for i, s in enumerate(steps):
@@ -589,7 +611,7 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
                 one_site.append(cm.site_index(item.sites[0], f"input {item.name!r}"))
                 one_size.append(float(item.size_bytes))
             else:
-                _, _, _, transfer = _input_costs(cm, (item,), objective)
+                _, _, _, transfer = _input_costs(cm, (item,), objective, (per_byte, fixed))
                 unary[i] += transfer
         mask = has_pool
         for zone, _ in zones:

@@ -212,6 +212,27 @@ def test_plan_methods_agree_on_a_small_plan():
     assert plan_lower_bound(T, steps) <= scores["exact"] + 1e-6
 
 
+def test_cost_plan_breaks_ties_toward_moving_nothing():
+    # every link is free: under "cost" all plans score $0, and the plan must still keep the
+    # steps with their data (the data sit at the *last* site, so "first site" would move them)
+    free = Topology.from_dict(
+        {
+            "sites": [{"name": n, "region": n, "kind": "cloud", "pools": [{"name": "cpu", "slots": 1}]} for n in ("a", "b", "c")],
+            "links": [{"from": x, "to": y, "usd_per_gb": 0.0} for x in "abc" for y in "abc" if x != y],
+        }
+    )
+    steps = [
+        PlanStep("clean", (InputData("raw", 5 * GB, ("c",)),)),
+        PlanStep("features", upstream=(("clean", 2 * GB),)),
+        PlanStep("train", upstream=(("features", 1 * GB),)),
+    ]
+    # (not "milp": HiGHS's tolerances are far above the tie-break)
+    for method in ("auto", "exact", "heuristic", "brute-force"):
+        plan = place_plan(free, steps, objective="cost", method=method)
+        assert plan.dollars == 0.0 and plan.bytes_moved == 0, (method, plan.sites)
+        assert set(plan.sites.values()) == {"c"}
+
+
 def test_plan_residency_of_upstream_output_and_own_output():
     steps = [
         PlanStep("a", (InputData("x", GB, ("dc",)),), output_residency="eu"),
