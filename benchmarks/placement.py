@@ -39,6 +39,7 @@ from dagster_gravity.placement import (  # noqa: E402
     PlanStep,
     Requirements,
     _build_problem,
+    _solve,
     _solve_milp,
     brute_force_plan,
     place_plan,
@@ -200,16 +201,46 @@ def timed(fn, repeat=1):
     return result, statistics.median(times)
 
 
-def compare(rows, label, topo, steps, objective, brute=False, bound=False):
-    plan, secs = timed(lambda: place_plan(topo, steps, objective=objective))
+def min_bytes_plan(topo, steps):
+    """The plan that moves the fewest bytes (every off-site byte costs 1, no latency), solved
+    by the same solver: a reference for how few bytes the workload allows, not an objective
+    the executor offers. Returns (bytes moved, proven optimal)."""
+    p = _build_problem(topo, steps, Objective(0.0), None)
+    sites = p.cm.sites
+    unary = np.zeros_like(p.unary)
+    for i, step in enumerate(steps):
+        for item in step.external_inputs:
+            if item.size_bytes > 0:
+                unary[i] += np.array([0.0 if s in item.sites else float(item.size_bytes) for s in sites])
+    unary[~np.isfinite(p.unary)] = np.inf  # same feasibility (residency, requirements)
+    p.unary, p.per_byte, p.fixed = unary, 1.0 - np.eye(len(sites)), np.zeros((len(sites), len(sites)))
+    labels, exact = _solve(p, "auto")
+    placed = {k: sites[int(l)] for k, l in zip(p.keys, labels)}
+    return plan_cost(topo, steps, placed, "time")[0], exact
+
+
+OBJECTIVES = {"time": Objective.parse("time"), "cost": Objective.parse("cost")}
+
+
+def compare(rows, label, topo, steps, objective, brute=False, bound=False, objectives=None):
+    """One row per workload: gravity under each objective, the baselines, and (ML rows) the
+    fewest bytes any plan could move. Baseline plans do not depend on the objective; their
+    seconds/dollars are evaluated under `objective`."""
+    objectives = objectives or {"time": objective}
     feasible = feasible_sites(topo, steps, objective)
-    row = {"workload": label, "steps": len(steps), "sites": len(topo.sites), "method": plan.method, "solve_s": secs}
-    row["gravity"] = plan_cost(topo, steps, plan.sites, objective)
+    row = {"workload": label, "steps": len(steps), "sites": len(topo.sites), "methods": {}, "solve_s": {}}
+    for name, obj in objectives.items():
+        plan, secs = timed(lambda: place_plan(topo, steps, objective=obj))
+        row["methods"][name], row["solve_s"][name] = plan.method, secs
+        row["gravity/" + name] = plan_cost(topo, steps, plan.sites, obj)
+        if brute:
+            bf = brute_force_plan(topo, steps, objective=obj)
+            opt = plan_cost(topo, steps, bf.sites, obj)[3]
+            row.setdefault("optimum", {})[name] = abs(row["gravity/" + name][3] - opt) <= 1e-9 * max(1, opt)
     for name, rule in BASELINES.items():
         row[name] = plan_cost(topo, steps, rule(topo, steps, feasible), objective)
-    if brute:
-        bf = brute_force_plan(topo, steps, objective=objective)
-        row["optimum"] = plan_cost(topo, steps, bf.sites, objective)
+    if label == "ml":
+        row["min_bytes"], row["min_bytes_exact"] = min_bytes_plan(topo, steps)
     if bound:
         row["bound"] = plan_lower_bound(topo, steps, objective=objective)
     rows.append(row)
@@ -220,27 +251,48 @@ def fmt_b(n):
     return f"{n / GB:9.2f}"
 
 
-def print_comparison(rows):
-    names = ["gravity", *BASELINES]
-    print("\n== Plan cost: gravity vs baselines (bytes in GB, transfer seconds summed, dollars) ==")
+def ratio(blind_bytes, bytes_):
+    if bytes_ == 0:
+        return "inf" if blind_bytes else "n/a"
+    return f"{blind_bytes / bytes_:.1f}x"
+
+
+def print_comparison(rows, objectives):
+    names = [f"gravity/{o}" for o in objectives] + list(BASELINES)
+    print("\n== Plan cost: gravity (per objective) vs baselines; GB moved, transfer seconds summed, dollars ==")
+    print("   baselines' seconds and $ under objective 'time' (their plans ignore the objective)")
     head = f"{'workload':<10}{'steps':>6}{'sites':>6}  {'method':<9}{'solve s':>8}"
     for n in names:
-        head += f" | {n + ' GB':>12}{'s':>9}{'$':>8}"
-    head += " | blind/grav bytes | vs optimum"
+        head += f" | {n + ' GB':>14}{'s':>9}{'$':>8}"
+    head += " | blind/grav bytes: " + " ".join(f"{o:>6}" for o in objectives) + f" {'min':>6}"
     print(head)
     for r in rows:
-        line = f"{r['workload']:<10}{r['steps']:>6}{r['sites']:>6}  {r['method']:<9}{r['solve_s']:>8.3f}"
+        first = next(iter(objectives))
+        line = f"{r['workload']:<10}{r['steps']:>6}{r['sites']:>6}  {r['methods'][first]:<9}{r['solve_s'][first]:>8.3f}"
         for n in names:
             b, s, d, _ = r[n]
-            line += f" | {b / GB:12.2f}{s:9.1f}{d:8.2f}"
-        if r["gravity"][0] == 0:
-            line += f" | {'inf' if r['blind'][0] else 'n/a (0 = 0)':>16}"
-        else:
-            line += f" | {r['blind'][0] / r['gravity'][0]:15.1f}x"
+            line += f" | {b / GB:14.2f}{s:9.1f}{d:8.2f}"
+        blind_b = r["blind"][0]
+        line += " | " + " " * 18 + " ".join(f"{ratio(blind_b, r['gravity/' + o][0]):>6}" for o in objectives)
+        line += f" {ratio(blind_b, r['min_bytes']) if 'min_bytes' in r else '':>6}"
         if "optimum" in r:
-            opt = r["optimum"][3]
-            line += f" | {'=' if abs(r['gravity'][3] - opt) <= 1e-9 * max(1, opt) else 'DIFF'} opt"
+            line += "  " + ("= opt" if all(r["optimum"].values()) else "DIFF opt")
         print(line)
+
+
+def bytes_verdict(ml, key, target=5.0):
+    """Ratios blind/x over the ML workloads that move anything under blind; (line, median ok)."""
+    per = [r["blind"][0] / max(r[key][0] if key != "min_bytes" else r[key], 1) for r in ml if r["blind"][0] > 0]
+    big = [x for r, x in zip([r for r in ml if r["blind"][0] > 0], per) if r["steps"] >= 50]
+    moved = sum(r[key][0] if key != "min_bytes" else r[key] for r in ml)
+    total = sum(r["blind"][0] for r in ml) / max(1, moved)
+    below = [f"{x:.1f}x" for x in per if x < target]
+    line = (
+        f"median {statistics.median(per):5.1f}x (>= 50 steps: {statistics.median(big):5.1f}x), min {min(per):5.1f}x, "
+        f"all together {total:5.1f}x; below {target:g}x on {len(below)}/{len(per)} workloads"
+        + (f" ({', '.join(below)})" if below else "")
+    )
+    return line, statistics.median(big) >= target, not below and total >= target
 
 
 def main(argv=None):
@@ -275,22 +327,27 @@ def main(argv=None):
         for rep in range(1 if n_steps >= 1000 else 3):
             topo = make_topology(rng, n_sites)
             steps = ml_workload(rng, topo, n_steps)
-            compare(rows, "ml", topo, steps, objective, brute=n_steps <= 10)
+            compare(rows, "ml", topo, steps, objective, brute=n_steps <= 10, objectives=OBJECTIVES)
     for n_steps, n_sites in ([(10, 4), (100, 8)] if args.quick else [(10, 4), (300, 8), (1000, 8)]):
         topo = make_topology(rng, n_sites)
-        compare(rows, "random-dag", topo, random_dag(rng, topo, n_steps), objective, brute=n_steps <= 10)
-    print_comparison(rows)
+        compare(rows, "random-dag", topo, random_dag(rng, topo, n_steps), objective, brute=n_steps <= 10, objectives=OBJECTIVES)
+    print_comparison(rows, OBJECTIVES)
     ml = [r for r in rows if r["workload"] == "ml"]
     for name in BASELINES:
-        med = statistics.median(r[name][0] / max(r["gravity"][0], 1) for r in ml)
-        print(f"  {name:<12} moves {med:6.1f}x the bytes of gravity (median)")
-    big = [r["blind"][0] / max(r["gravity"][0], 1) for r in ml if r["steps"] >= 50]
-    total = sum(r["blind"][0] for r in ml) / max(1, sum(r["gravity"][0] for r in ml))
-    print(f"ML-shaped, >= 50 steps: blind/gravity bytes median {statistics.median(big):.1f}x, min {min(big):.1f}x; all ML workloads together {total:.1f}x")
-    print("  (objective 'time' trades bytes for seconds: gravity can move more bytes than the Dask rule over fast")
-    print("   links, but fewer seconds; the target is judged on the median over workloads of >= 50 steps)")
-    if statistics.median(big) < 5:
-        failures.append("less than 5x fewer bytes than blind (median)")
+        med = statistics.median(r[name][0] / max(r["gravity/time"][0], 1) for r in ml)
+        print(f"  {name:<12} moves {med:6.1f}x the bytes of gravity/time (median)")
+    print("\nTarget: at least 5x fewer bytes moved than location-blind on the ML-shaped workloads (blind/gravity bytes)")
+    for name in OBJECTIVES:
+        line, median_ok, every_ok = bytes_verdict(ml, "gravity/" + name)
+        verdict = "met on every workload" if every_ok else ("met on the median only" if median_ok else "NOT met")
+        print(f"  objective {name:<5} {line}  -> {verdict}")
+    line, _, _ = bytes_verdict(ml, "min_bytes")
+    print(f"  fewest bytes possible (reference, not an objective) {line}")
+    print("  'time' minimises transfer seconds: it moves bigger data over fast links when that is quicker, so it")
+    print("   moves more bytes than the fewest possible; 'cost' minimises dollars: free links make moving free.")
+    print("   The executor's default objective is 'time'; the target is judged (as before) on the time median.")
+    if statistics.median(r["blind"][0] / max(r["gravity/time"][0], 1) for r in ml if r["steps"] >= 50) < 5:
+        failures.append("less than 5x fewer bytes than blind (median, objective time)")
 
     # 3. gap to the best bound on 1,000-step plans
     print("\n== Gap to the best bound on 1,000-step plans ==")
