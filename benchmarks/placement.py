@@ -1,7 +1,8 @@
 """Placement benchmark: gravity vs location-blind, round-robin and the Dask rule.
 
-    .venv/bin/python benchmarks/placement.py           # full run (about 1-2 minutes)
+    .venv/bin/python benchmarks/placement.py           # full run (about 30 s)
     .venv/bin/python benchmarks/placement.py --quick   # small sizes, a few seconds
+    .venv/bin/python benchmarks/placement.py --optimum # + proven optima of the large ML plans (~15 min)
 
 Generated workloads (seeded): random topologies of 3-50 sites (Topology.from_dict) and
 ML-shaped plans - raw datasets at their sites (lognormal sizes: many MB-scale, a few
@@ -43,7 +44,10 @@ from dagster_gravity.placement import (  # noqa: E402
     Objective,
     PlanStep,
     Requirements,
+    _Problem,
+    _adjacency,
     _build_problem,
+    _components,
     _solve,
     _solve_milp,
     brute_force_plan,
@@ -224,6 +228,26 @@ def min_bytes_plan(topo, steps):
     return plan_cost(topo, steps, placed, "time"), exact
 
 
+def component_optimum(topo, steps, objective, time_limit=30.0):
+    """The plan's optimum by HiGHS, one connected component at a time (they are independent,
+    so the sum of their dual bounds bounds the whole plan). Returns (labels, bound, proven)."""
+    p = _build_problem(topo, steps, objective, None)
+    labels, bound, proven = np.argmin(p.unary, axis=1), 0.0, True
+    for comp in _components(_adjacency(p)):
+        nodes = np.array(sorted(comp), dtype=np.int64)
+        idx = np.full(len(p.keys), -1, dtype=np.int64)
+        idx[nodes] = np.arange(len(nodes))
+        e = idx[p.edge_u] >= 0
+        if not e.any():
+            bound += float(p.unary[nodes].min(axis=1).sum())
+            continue
+        sub = _Problem([p.keys[i] for i in nodes], p.unary[nodes], idx[p.edge_u[e]], idx[p.edge_v[e]], p.edge_bytes[e],
+                       p.edge_count[e], p.per_byte, p.fixed, [p.pool_choice[i] for i in nodes], p.cm)
+        got, b, ok = _solve_milp(sub, time_limit=time_limit)
+        labels[nodes], bound, proven = got, bound + b, proven and ok
+    return {k: p.cm.sites[int(l)] for k, l in zip(p.keys, labels)}, bound, proven
+
+
 OBJECTIVES = {"time": Objective.parse("time"), "cost": Objective.parse("cost")}
 
 
@@ -305,6 +329,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes only (a few seconds)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--optimum", action="store_true",
+        help="also solve the ML plans of >= 1,000 steps to proven optimality (HiGHS per component; ~15 min on 2 cores)",
+    )
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     objective = Objective.parse("time")
@@ -327,13 +355,15 @@ def main(argv=None):
         failures.append("not equal to brute force")
 
     # 2. side-by-side comparison on ML-shaped workloads
-    rows = []
+    rows, big_ml = [], []
     sizes = [(10, 4), (50, 10), (200, 20)] if args.quick else [(10, 4), (50, 10), (200, 20), (1000, 50), (10000, 50)]
     for n_steps, n_sites in sizes:
         for rep in range(1 if n_steps >= 1000 else 3):
             topo = make_topology(rng, n_sites)
             steps = ml_workload(rng, topo, n_steps)
             compare(rows, "ml", topo, steps, objective, brute=n_steps <= 10, objectives=OBJECTIVES)
+            if n_steps >= 1000:
+                big_ml.append((topo, steps))
     for n_steps, n_sites in ([(10, 4), (100, 8)] if args.quick else [(10, 4), (300, 8), (1000, 8)]):
         topo = make_topology(rng, n_sites)
         compare(rows, "random-dag", topo, random_dag(rng, topo, n_steps), objective, brute=n_steps <= 10, objectives=OBJECTIVES)
@@ -357,6 +387,18 @@ def main(argv=None):
     print("   The executor's default objective is 'time'; the target is judged (as before) on the time median.")
     if statistics.median(r["blind"][0] / max(r["gravity/time"][0], 1) for r in ml if r["steps"] >= 50) < 5:
         failures.append("less than 5x fewer bytes than blind (median, objective time)")
+
+    if args.optimum:
+        print("\n== Objective 'time': heuristic vs the proven optimum on the large ML plans (HiGHS per component) ==")
+        for (topo, steps), r in zip(big_ml, [r for r in ml if r["steps"] >= 1000]):
+            (sites, bound, proven), secs = timed(lambda: component_optimum(topo, steps, objective))
+            opt = plan_cost(topo, steps, sites, objective)
+            heur = r["gravity/time"]
+            print(
+                f"  {r['steps']:>6} steps x {r['sites']} sites: gravity score {heur[3]:9.2f} ({heur[0] / GB:8.2f} GB, {ratio(r['blind'][0], heur[0])} vs blind)"
+                f" | optimum {opt[3]:9.2f} ({opt[0] / GB:8.2f} GB, {ratio(r['blind'][0], opt[0])}), bound {bound:9.2f}"
+                f"{' proven' if proven else ' (time limit)'} | gap {(heur[3] - bound) / bound * 100:.2f}% | {secs:.0f} s"
+            )
 
     # 3. gap to the best bound on 1,000-step plans
     print("\n== Gap to the best bound on 1,000-step plans ==")
