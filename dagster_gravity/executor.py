@@ -407,7 +407,7 @@ class _Locator:
                 continue
             name = asset_key.to_user_string()
             sites = tuple(sorted(self._zone_sites(zone, f"asset {name!r}")))
-            out.append(InputData(f"output {name} (residency {zone})", 0, sites, zone))
+            out.append(InputData(name, 0, sites, zone, role="output"))
         return out
 
     def _zone_sites(self, zone: str, what: str) -> frozenset[str]:
@@ -511,16 +511,9 @@ def place_with_outputs(
     requirements: Requirements,
     **kwargs,
 ) -> Placement:
-    """`place_step` over the step's inputs plus its outputs' residency (`output_residency`),
-    with a reason that does not call residency constraints inputs."""
-    placement = place_step(topology, [*inputs, *outputs], requirements, **kwargs)
-    reason = placement.reason
-    already = f"{placement.pool}: all inputs are already at {placement.site}"
-    if reason.startswith(already) and not any(i.size_bytes > 0 for i in inputs):
-        reason = f"{placement.pool}: no known input data to move" + reason[len(already):]
-    if outputs:
-        reason += "; runs in the residency zone of its " + ", ".join(o.name for o in outputs)
-    return replace(placement, reason=reason)
+    """`place_step` over the step's inputs plus its outputs' residency (`output_residency`:
+    0-byte stand-ins with role "output", which placement names as outputs)."""
+    return place_step(topology, [*inputs, *outputs], requirements, **kwargs)
 
 
 def requirements_for(step: ExecutionStep) -> Requirements:

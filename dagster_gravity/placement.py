@@ -109,6 +109,8 @@ class InputData:
     size_bytes: int
     sites: tuple[str, ...]  # sites holding a verified copy, primary first
     residency: str | None = None  # zone the data may not leave (topology.zone_sites)
+    role: str = "input"  # how explanations name it: "input", or "output" for a 0-byte stand-in
+    # that carries the residency of what the step writes
 
 
 @dataclass(frozen=True)
@@ -332,16 +334,18 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def _zones_of(inputs: Sequence[InputData]) -> list[tuple[str, str]]:
-    """(zone, input name) for every input with a residency zone."""
-    return [(i.residency, i.name) for i in inputs if i.residency is not None]
+def _zones_of(inputs: Sequence[InputData]) -> list[tuple[str, str, str]]:
+    """(zone, role, name) for every input with a residency zone."""
+    return [(i.residency, i.role, i.name) for i in inputs if i.residency is not None]
 
 
-def _residency_failures(topology: Topology, zones: Sequence[tuple[str, str]], site: str, what: str = "input") -> list[str]:
+def _residency_failures(
+    topology: Topology, zones: Sequence[tuple[str, str, str]], site: str, what: str | None = None
+) -> list[str]:
     out = []
-    for zone, name in zones:
+    for zone, role, name in zones:
         if not topology.allows(zone, site):
-            out.append(f"residency: {what} {name!r} may not leave zone {zone!r}")
+            out.append(f"residency: {what or role} {name!r} may not leave zone {zone!r}")
     return out
 
 
@@ -478,12 +482,16 @@ def place_step(
     if not best.feasible:
         lines = "\n".join(f"  {c.pool}: {c.reason}" for c in candidates)
         raise PlacementError(f"no pool can run {what}:\n{lines}", candidates, step=step)
-    return Placement(pool=best.pool, site=best.site, candidates=candidates, reason=_explain(best, candidates, objective))
+    reason = _explain(best, candidates, objective, inputs)
+    return Placement(pool=best.pool, site=best.site, candidates=candidates, reason=reason)
 
 
-def _explain(best: Candidate, candidates: Sequence[Candidate], objective: Objective) -> str:
+def _explain(
+    best: Candidate, candidates: Sequence[Candidate], objective: Objective, inputs: Sequence[InputData]
+) -> str:
     if best.bytes_moved == 0:
-        what = "all inputs are already at " + best.site
+        has_data = any(i.size_bytes > 0 for i in inputs if i.role == "input")
+        what = f"all inputs are already at {best.site}" if has_data else "no known input data to move"
     else:
         what = f"moves {format_bytes(best.bytes_moved)} ({best.transfer_seconds:.3g} s, ${best.dollars:.4g})"
     if best.wait_seconds:
@@ -496,7 +504,9 @@ def _explain(best: Candidate, candidates: Sequence[Candidate], objective: Object
             f"next best {runner_up.pool} would move {format_bytes(runner_up.bytes_moved)} "
             f"(score {runner_up.score:.3g} vs {best.score:.3g})"
         )
-    return f"{best.pool}: {what}; {alt}; objective {objective.describe()}"
+    outputs = [f"{i.name} (residency {i.residency})" for i in inputs if i.role == "output" and i.residency]
+    zone = f"; runs in the residency zone of its output {', '.join(outputs)}" if outputs else ""
+    return f"{best.pool}: {what}; {alt}; objective {objective.describe()}{zone}"
 
 
 # --------------------------------------------------------------------------------------
@@ -595,7 +605,7 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
         has_pool, chosen, why = got
         zones = _zones_of(step.external_inputs)
         if step.output_residency is not None:
-            zones.append((step.output_residency, f"{step.key} (its own output)"))
+            zones.append((step.output_residency, "output", f"{step.key} (its own output)"))
         for up_key, nbytes in step.upstream:
             if up_key not in index:
                 raise ValueError(f"plan: {what} reads upstream step {up_key!r}, which is not in the plan")
@@ -603,7 +613,7 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
                 raise ValueError(f"plan: {what} reads {nbytes} bytes from {up_key!r}; expected >= 0")
             up = steps[index[up_key]]
             if up.output_residency is not None:
-                zones.append((up.output_residency, f"{up_key} (upstream output)"))
+                zones.append((up.output_residency, "output", f"{up_key} (upstream output)"))
             if nbytes > 0 and index[up_key] != i:
                 acc = merged.setdefault((index[up_key], i), [0.0, 0])
                 acc[0] += float(nbytes)
@@ -623,7 +633,7 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
                 _, _, _, transfer = _input_costs(cm, (item,), objective, (per_byte, fixed))
                 unary[i] += transfer
         mask = has_pool
-        for zone, _ in zones:
+        for zone, *_ in zones:
             zmask = zone_masks.get(zone)
             if zmask is None:
                 members = topology.zone_sites(zone)

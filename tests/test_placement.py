@@ -286,3 +286,16 @@ def test_benchmark_quick_mode_runs():
     assert out.returncode in (0, 1), out.stderr
     assert "Exactness: gravity == brute-force optimum on 20/20" in out.stdout
     assert "RESULT:" in out.stdout
+
+
+def test_output_residency_stand_in_is_named_as_an_output():
+    # A step that writes EU-resident data: a 0-byte stand-in carries its zone, costs nothing
+    # to move, and explanations call it an output, not an input.
+    out = InputData("eu/report", 0, ("eu",), residency="eu", role="output")
+    placement = place_step(T, [out])
+    assert placement.site == "eu" and placement.candidates[0].bytes_moved == 0
+    assert "no known input data to move" in placement.reason
+    assert "runs in the residency zone of its output eu/report (residency eu)" in placement.reason
+    assert by_pool(placement)["dc/cpu"].reason == "residency: output 'eu/report' may not leave zone 'eu'"
+    data = InputData("d", GB, ("eu",))
+    assert "all inputs are already at eu" in place_step(T, [data, out]).reason
