@@ -374,18 +374,7 @@ class DaskBackend:
             return
         self._scheduler.client.cancel([s.future for s in live], force=True)
         for step in live:
-            where = f"dask worker {step.worker_name or step.worker_address}"
-            self._finish(
-                step,
-                StepEnded(
-                    step.step_key,
-                    CRASHED if step.started else NOT_STARTED,
-                    step.pool_id,
-                    message=f"run interrupted: the Dask task on {where} was cancelled",
-                ),
-                self._ended,
-                count_failure=False,
-            )
+            self._finish_cancelled(step, "run interrupted: the Dask task on {where} was cancelled", self._ended, count_failure=False)
 
     CLOSE_RUN_TIMEOUT_S = 10.0
 
@@ -512,16 +501,10 @@ class DaskBackend:
                 message = f"{where} raised: {error.message.strip()}"
             self._finish(step, StepEnded(step.step_key, outcome, step.pool_id, message=message, error=error), updates)
         else:  # "cancelled" by someone else: we drop the steps we cancel before this runs
-            where = f"dask worker {step.worker_name or step.worker_address}"
-            self._finish(
+            self._finish_cancelled(
                 step,
-                StepEnded(
-                    step.step_key,
-                    CRASHED if step.started else NOT_STARTED,
-                    step.pool_id,
-                    message=f"the Dask task on {where} was cancelled (scheduler {self.address} "
-                    "connection lost or task cancelled outside this run)",
-                ),
+                f"the Dask task on {{where}} was cancelled (scheduler {self.address} "
+                "connection lost or task cancelled outside this run)",
                 updates,
             )
 
@@ -565,6 +548,14 @@ class DaskBackend:
                 keys.pop(step.key, None)
                 if not keys:
                     del _IN_FLIGHT[(self.address, site)]
+
+    def _finish_cancelled(self, step: _Step, message: str, updates: list[StepUpdate], count_failure: bool = True) -> None:
+        """End a step whose Dask task was cancelled: crashed if it had started, else not started.
+        `message` may name the worker as {where}."""
+        where = f"dask worker {step.worker_name or step.worker_address}"
+        outcome = CRASHED if step.started else NOT_STARTED
+        ended = StepEnded(step.step_key, outcome, step.pool_id, message=message.format(where=where))
+        self._finish(step, ended, updates, count_failure)
 
     def _finish(self, step: _Step, ended: StepEnded, updates: list[StepUpdate], count_failure: bool = True) -> None:
         step.finished = True
