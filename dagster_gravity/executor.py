@@ -231,8 +231,7 @@ class GravityConfig:
         for site in per_site:
             if site not in topology.sites:
                 raise GravityConfigError(
-                    f"gravity_executor pools.per_site: site {site!r} is not in {topology.source}; "
-                    f"known sites: {', '.join(topology.sites)}"
+                    f"gravity_executor pools.per_site: {topology.unknown_site(site)}"
                 )
         known_pools = {p.id for p in topology.pools}
         for pool_id in per_pool:

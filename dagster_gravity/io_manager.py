@@ -235,7 +235,7 @@ class GravityIOManager(ConfigurableIOManager):
         topology = self.topology()
         if site not in topology.sites:
             raise UnknownSite(
-                f"site {site!r} is not in the topology {topology.source}; known sites: {', '.join(topology.sites)}",
+                topology.unknown_site(site),
                 site=site,
                 asset=label,
             )

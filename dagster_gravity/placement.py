@@ -243,9 +243,7 @@ class CostModel:
         try:
             return self.index[site]
         except KeyError:
-            raise ValueError(
-                f"{what}: site {site!r} is not in the topology {self.topology.source}; known sites: {', '.join(self.sites)}"
-            ) from None
+            raise ValueError(f"{what}: {self.topology.unknown_site(site)}") from None
 
 
 _COST_MODELS: "OrderedDict[int, tuple[Topology, CostModel]]" = OrderedDict()

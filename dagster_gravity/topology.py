@@ -135,14 +135,15 @@ class Topology:
     def pools(self) -> tuple[Pool, ...]:
         return self._pools
 
+    def unknown_site(self, name: str) -> str:
+        """The one wording for a site name that is not in this topology."""
+        return f"site {name!r} is not in the topology {self.source}; known sites: {', '.join(self.sites)}"
+
     def site(self, name: str) -> Site:
         try:
             return self.sites[name]
         except KeyError:
-            raise KeyError(
-                f"site {name!r} is not in the topology {self.source}; known sites: "
-                f"{', '.join(self.sites)}"
-            ) from None
+            raise KeyError(self.unknown_site(name)) from None
 
     def pool(self, pool_id: str) -> Pool:
         for pool in self._pools:

@@ -47,8 +47,7 @@ def storage_for_site(topology, site_name: str, s3_options: S3Options | None = No
     """The storage of `site_name` in `topology` (cached: S3 clients are costly to build)."""
     if site_name not in topology.sites:
         raise UnknownSite(
-            f"site {site_name!r} is not in the topology {topology.source}; known sites: "
-            f"{', '.join(topology.sites)}",
+            topology.unknown_site(site_name),
             site=site_name,
         )
     spec = topology.sites[site_name].storage
