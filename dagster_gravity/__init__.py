@@ -4,9 +4,17 @@
 IO manager are loaded on first use so `dagster_gravity.placement` stays cheap to import.
 """
 
+from dagster_gravity.errors import GravityConfigError, GravityError
 from dagster_gravity.topology import Topology, TopologyError
 
-__all__ = ["Topology", "TopologyError", "gravity_executor", "GravityIOManager"]
+__all__ = [
+    "GravityError",
+    "GravityConfigError",
+    "Topology",
+    "TopologyError",
+    "gravity_executor",
+    "GravityIOManager",
+]
 
 
 def __getattr__(name):

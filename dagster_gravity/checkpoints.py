@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Protocol
 
 import numpy as np
 
+from dagster_gravity.errors import GravityError
 from dagster_gravity.storage import LocalSiteStorage, ObjectNotFound, SiteStorage, StorageError, storage_for_site
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _VERSION_DIR = re.compile(r"^v(\d+)$")
 CLAIM = "claim.json"  # created exclusively: whoever creates it owns the version number
 
 
-class CheckpointError(Exception):
+class CheckpointError(GravityError):
     """A checkpoint operation that cannot be done as asked."""
 
 

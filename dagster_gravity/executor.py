@@ -55,6 +55,7 @@ from dagster._core.executor.base import Executor
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
 
 from dagster_gravity import metadata as md
+from dagster_gravity.errors import GravityConfigError, GravityError
 from dagster_gravity.placement import (
     InputData,
     Objective,
@@ -147,10 +148,6 @@ GRAVITY_CONFIG = {
         "dask (`{backend: dask, scheduler: 'tcp://...'}`).",
     ),
 }
-
-
-class GravityConfigError(ValueError):
-    pass
 
 
 @dataclass

@@ -72,6 +72,7 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
+from dagster_gravity.errors import GravityError
 from dagster_gravity.topology import Topology
 
 # The exact solver builds tables of S^(k) entries for an induced width k-1; beyond this many
@@ -313,7 +314,7 @@ class Placement:
         return rows
 
 
-class PlacementError(ValueError):
+class PlacementError(GravityError):
     """No healthy pool/site meets a step's requirements and residency.
 
     The message names the step and lists every pool (or site) with the constraint it fails.

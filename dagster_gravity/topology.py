@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from dagster_gravity.errors import GravityConfigError
+
 SITE_KINDS = ("cloud", "colo", "onprem")
 STORAGE_KINDS = ("local", "s3")
 
@@ -28,7 +30,7 @@ CROSS_REGION = dict(bandwidth_gbps=2.0, latency_ms=40.0, usd_per_gb=0.02)
 INTERNET = dict(bandwidth_gbps=1.0, latency_ms=30.0, usd_per_gb=0.09)
 
 
-class TopologyError(ValueError):
+class TopologyError(GravityConfigError):
     """A sites file (or dict) that does not describe a valid topology."""
 
     def __init__(self, source: str, field_path: str, value: Any, expected: str):

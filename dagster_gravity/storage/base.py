@@ -13,8 +13,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from dagster_gravity.errors import GravityError
 
-class StorageError(RuntimeError):
+
+class StorageError(GravityError):
     """A storage operation that failed; the message names the asset, site and URI."""
 
     def __init__(self, message: str, *, site: str | None = None, uri: str | None = None, asset: str | None = None):
