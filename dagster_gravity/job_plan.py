@@ -1,12 +1,13 @@
 """`gravity plan`: where each step of a job would run and what would move, without running it.
 
-It replays the executor's own per-step decision (`executor._Locator` + `place_step`) over
-the job's execution plan in topological order, with every pool free: inputs produced
-earlier in the job are assumed at the site their step was placed at, with the size of that
-asset's latest materialization (or its definition's `dagster/size_bytes`, else 1 byte:
-`executor.UNKNOWN_SIZE`, so moving it costs a link's latency and the step still follows
-it); other inputs are where the instance says they are now. Delay scheduling and failures are runtime
-matters and are not simulated.
+It replays the executor's own per-step decision (`InputLocations` + `place_step`) over
+the job's execution plan in topological order, with every compute pool free: inputs
+produced earlier in the job are assumed at the site their step was placed at
+(`InputLocations.assume_output_at`), with the size of that asset's latest materialization
+(or its definition's `dagster/size_bytes`, else 1 byte: `metadata.UNKNOWN_SIZE`, so moving
+it costs a link's latency and the step still follows it); other inputs are where the
+instance says they are now. Delay scheduling and failures are runtime matters and are not
+simulated.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from dagster_gravity.placement import Objective, format_bytes
+from dagster_gravity.errors import GravityConfigError, GravityError
+from dagster_gravity.placement import Objective, format_bytes, place_step
 from dagster_gravity.topology import Topology
 
 
@@ -42,7 +44,7 @@ def load_job(module: str, job_name: str, attribute: str | None = None):
     if attribute:
         target = getattr(mod, attribute, None)
         if target is None:
-            raise ValueError(f"module {module!r} has no attribute {attribute!r}")
+            raise GravityConfigError(f"module {module!r} has no attribute {attribute!r}")
         candidates = [target]
     else:
         candidates = [v for v in vars(mod).values() if isinstance(v, (Definitions, JobDefinition))]
@@ -54,7 +56,7 @@ def load_job(module: str, job_name: str, attribute: str | None = None):
                 return target.resolve_job_def(job_name)
             except Exception:
                 continue
-    raise ValueError(f"no job named {job_name!r} in module {module!r}; expected a Definitions object or a job there")
+    raise GravityConfigError(f"no job named {job_name!r} in module {module!r}; expected a Definitions object or a job there")
 
 
 def plan_job(
@@ -67,15 +69,12 @@ def plan_job(
     disabled_pools: Sequence[str] = (),
     partition: str | None = None,
 ) -> list[PlannedStep]:
-    from dagster._core.execution.api import create_execution_plan
-    from dagster._core.execution.plan.step import ExecutionStep
-
-    from dagster_gravity.executor import _Locator, _OutputLocation, place_with_outputs, requirements_for
+    from dagster_gravity.dagster_internals import ExecutionStep, create_execution_plan
+    from dagster_gravity.input_locations import InputLocations, requirements_for
 
     objective = Objective.parse(objective)
     plan = create_execution_plan(job_def, run_config=run_config or {})
-    run = _RunTags({"dagster/partition": partition} if partition else {})
-    locator = _Locator(instance, job_def, run, topology)
+    locations = InputLocations(instance, job_def, topology, partition=partition)
     healthy = {p.id for p in topology.pools if p.id not in disabled_pools and p.site not in disabled_pools}
     out: list[PlannedStep] = []
     for step in plan.get_all_steps_in_topo_order():
@@ -86,13 +85,12 @@ def plan_job(
             continue
         notes: list[str] = []
         try:
-            inputs = locator.inputs_for(step, notes)
-            outputs = locator.output_residency(step)
-            req = requirements_for(step)
-            placement = place_with_outputs(
-                topology, inputs, outputs, req, objective=objective, healthy=healthy, step=step.key
+            inputs = locations.inputs_for(step, notes)
+            placement = place_step(
+                topology, [*inputs, *locations.output_residency(step)], requirements_for(step),
+                objective=objective, healthy=healthy, step=step.key,
             )
-        except ValueError as exc:  # PlacementError, or a bad op tag / location metadata
+        except GravityError as exc:  # PlacementError, or a bad op tag / location metadata
             out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), "\n".join([str(exc), *notes])))
             continue
         chosen = next(c for c in placement.candidates if c.pool == placement.pool)
@@ -108,32 +106,9 @@ def plan_job(
                 " | ".join([placement.reason, *notes]),
             )
         )
-        # Its outputs land where it runs, with the size of the asset's latest version.
-        locator.step_sites[step.key] = placement.site
-        for output in step.step_outputs:
-            asset_key = locator.output_asset_key(step, output.name)
-            size, residency = 0, None
-            if asset_key is not None:
-                try:
-                    found = locator._from_instance(asset_key)
-                except ValueError:  # unreadable metadata of the old version: size unknown
-                    found = None
-                if found is not None:
-                    size, residency = found.size_bytes, found.residency
-                if residency is None:
-                    residency = locator._definition_residency(asset_key)
-            loc = _OutputLocation(placement.site, (), size, residency)
-            locator.outputs[(step.key, output.name)] = loc
-            if asset_key is not None:
-                locator.assets[asset_key] = loc
+        for output in step.step_outputs:  # its outputs land where it runs
+            locations.assume_output_at(step, output.name, placement.site)
     return out
-
-
-@dataclass(frozen=True)
-class _RunTags:
-    """The run-shaped object `_Locator` reads: its tags (the partition, if any)."""
-
-    tags: Mapping[str, str]
 
 
 def format_plan(steps: Sequence[PlannedStep]) -> str:

@@ -5,36 +5,20 @@ The truth is the asset's latest materialization (site, sha256, size); replicas a
 materialization's `gravity/replicas` plus the sites named by AssetObservations recorded
 after it whose `gravity/sha256` equals its sha256, so a copy of an older version never
 counts. Two instance queries; falls back to the definition metadata when nothing is
-materialized.
+materialized. The answer is a `metadata.DataLocation`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Mapping
 
 from dagster import AssetKey, AssetRecordsFilter
 
 from dagster_gravity import metadata as md
+from dagster_gravity.metadata import DataLocation
 
 MAX_OBSERVATIONS = 200  # observations after one materialization worth scanning
-
-
-@dataclass(frozen=True)
-class DataLocation:
-    asset_key: str  # "a/b" user string
-    partition: str | None
-    site: str | None  # primary: where the latest materialization was written
-    replicas: tuple[str, ...]  # other sites with a verified, current copy
-    size_bytes: int  # 0 if unknown
-    residency: str | None
-    sha256: str | None
-    source: str  # "materialization" | "definition" | "unknown"
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        """Every site holding a current copy, primary first."""
-        return ((self.site,) if self.site else ()) + self.replicas
 
 
 def _asset_key(asset_key: str | AssetKey | list) -> AssetKey:
@@ -57,19 +41,18 @@ def replicas_since(instance, asset_key: str | AssetKey, partition: str | None, r
     """Replica sites of the materialization `record` (an EventLogRecord): its own list plus
     those observed after it with the same sha256."""
     key = _asset_key(asset_key)
-    meta = record.asset_materialization.metadata
-    loc = md.read_location(meta)
-    replicas = set(loc["replicas"])
-    sha = loc["sha256"]
-    if sha:
+    what = f"the latest materialization of asset {key.to_user_string()!r}"
+    loc = DataLocation.from_metadata(record.asset_materialization.metadata, what=what)
+    replicas = set(loc.replicas)
+    if loc.sha256:
         observations = instance.fetch_observations(
             _filter(key, partition, after_storage_id=record.storage_id), limit=MAX_OBSERVATIONS
         ).records
         for obs in observations:
             obs_meta = obs.asset_observation.metadata if obs.asset_observation else {}
-            if md.plain_value(obs_meta.get(md.SHA256)) == sha:
+            if md.plain_value(obs_meta.get(md.SHA256)) == loc.sha256:
                 replicas.update(str(r) for r in (md.plain_value(obs_meta.get(md.REPLICAS)) or []))
-    replicas.discard(loc["site"])
+    replicas.discard(loc.site)
     return sorted(replicas)
 
 
@@ -79,34 +62,28 @@ def latest_location(
     partition: str | None = None,
     definition_metadata: Mapping[str, Any] | None = None,
 ) -> DataLocation:
-    """Where the latest version of `asset_key` (one partition, or any when None) lives."""
+    """Where the latest version of `asset_key` (one partition, or any when None) lives.
+    Raises GravityConfigError when its location metadata cannot be read."""
     key = _asset_key(asset_key)
     label = key.to_user_string()
-    definition = md.read_location(definition_metadata or {})
+    definition = DataLocation.from_metadata(
+        definition_metadata, what=f"the definition of asset {label!r}", asset_key=label,
+        partition=partition, source="definition",
+    )
     records = instance.fetch_materializations(_filter(key, partition), limit=1).records
     if records:
         record = records[0]
-        loc = md.read_location(record.asset_materialization.metadata)
-        if loc["site"]:
-            return DataLocation(
-                asset_key=label,
-                partition=partition if partition is not None else record.partition_key,
-                site=loc["site"],
-                replicas=tuple(replicas_since(instance, key, partition, record)),
-                size_bytes=loc["size_bytes"] or 0,
-                residency=loc["residency"] or definition["residency"],
-                sha256=loc["sha256"],
-                source="materialization",
-            )
-    if definition["site"] or definition["size_bytes"] or definition["residency"]:
-        return DataLocation(
-            asset_key=label,
-            partition=partition,
-            site=definition["site"],
-            replicas=tuple(r for r in definition["replicas"] if r != definition["site"]),
-            size_bytes=definition["size_bytes"] or 0,
-            residency=definition["residency"],
-            sha256=definition["sha256"],
-            source="definition",
+        loc = DataLocation.from_metadata(
+            record.asset_materialization.metadata, what=f"the latest materialization of asset {label!r}",
+            asset_key=label, partition=partition if partition is not None else record.partition_key,
+            source="materialization",
         )
-    return DataLocation(label, partition, None, (), 0, None, None, "unknown")
+        if loc.site:
+            return replace(
+                loc,
+                replicas=tuple(replicas_since(instance, key, partition, record)),
+                residency=loc.residency or definition.residency,
+            )
+    if definition.site or definition.size_bytes or definition.residency:
+        return definition
+    return DataLocation(label, partition, source="unknown")

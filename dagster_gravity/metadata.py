@@ -6,7 +6,15 @@ materialization (where it actually is: the runtime truth the executor places by)
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.placement import InputData
+
+if TYPE_CHECKING:
+    from dagster_gravity.topology import Topology
 
 SITE = "gravity/site"  # the site that holds the data (str)
 REPLICAS = "gravity/replicas"  # other sites holding a verified copy (list of str)
@@ -20,7 +28,15 @@ COLUMN_SCHEMA = "dagster/column_schema"
 # Op tags a step may carry.
 TAG_GPU = "gravity/gpu"  # number of GPUs the step needs
 TAG_PIN = "gravity/pin"  # a site name the step must run at
-TAG_POOL = "gravity/pool"  # a pool kind such as "gpu"
+TAG_POOL_KIND = "gravity/pool_kind"  # a compute pool kind such as "gpu"
+TAG_POOL_RENAMED = "gravity/pool"  # the old name of TAG_POOL_KIND: refused with a clear error
+
+# Engine-event metadata: the compute pool a step was placed on ("site/name").
+POOL_ID = "gravity/pool_id"
+
+# An input whose site is known but size is not counts as one byte: moving it costs a link's
+# latency, so among otherwise equal pools the step goes to the data.
+UNKNOWN_SIZE = 1
 
 # Run/step tag the executor sets on each step so IO managers know where they run.
 ENV_SITE = "GRAVITY_SITE"  # environment variable a worker process exports: its site
@@ -53,16 +69,86 @@ def plain_value(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def read_location(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """site, replicas, residency, size_bytes, uri, sha256 from any metadata mapping."""
-    get = lambda key: plain_value(metadata.get(key))  # noqa: E731
-    replicas = get(REPLICAS) or []
-    size = get(SIZE_BYTES)
-    return {
-        "site": get(SITE),
-        "replicas": [str(r) for r in replicas],
-        "residency": get(RESIDENCY),
-        "size_bytes": int(size) if size is not None else None,
-        "uri": get(URI),
-        "sha256": get(SHA256),
-    }
+@dataclass(frozen=True)
+class DataLocation:
+    """Where one version of some data is: the one type for it in gravity.
+
+    Produced from metadata (`from_metadata`: a materialization's, an output's, a
+    definition's) and turned into what placement scores in one place (`to_input`).
+    """
+
+    asset_key: str | None = None  # "a/b" user string; None for an op output of this run
+    partition: str | None = None
+    site: str | None = None  # primary: where it was written
+    replicas: tuple[str, ...] = ()  # other sites with a verified, current copy
+    size_bytes: int = 0  # 0 if unknown
+    residency: str | None = None
+    sha256: str | None = None
+    source: str = "unknown"  # "materialization" | "definition" | "run" | "unknown"
+    uri: str | None = None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Every site holding a current copy, primary first."""
+        return ((self.site,) if self.site else ()) + self.replicas
+
+    @classmethod
+    def from_metadata(
+        cls, metadata: Mapping[str, Any] | None, *, what: str, default_site: str | None = None, **fields: Any
+    ) -> "DataLocation":
+        """The location the gravity keys of `metadata` describe (`default_site` when it names
+        none). `fields` set the rest (asset_key, partition, source). Raises
+        GravityConfigError naming `what` when a value cannot be read."""
+        get = lambda key: plain_value((metadata or {}).get(key))  # noqa: E731
+        size = get(SIZE_BYTES)
+        try:
+            size_bytes = int(size) if size is not None else 0
+        except (TypeError, ValueError):
+            raise GravityConfigError(
+                f"{what}: metadata {SIZE_BYTES} is {size!r}; expected a whole number of bytes"
+            ) from None
+        replicas = get(REPLICAS) or []
+        if isinstance(replicas, str) or not isinstance(replicas, Iterable):
+            raise GravityConfigError(f"{what}: metadata {REPLICAS} is {replicas!r}; expected a list of site names")
+        site = get(SITE) or default_site
+        residency = get(RESIDENCY)
+        return cls(
+            site=str(site) if site else None,
+            replicas=tuple(dict.fromkeys(str(r) for r in replicas if str(r) != site)),
+            size_bytes=size_bytes,
+            residency=str(residency) if residency else None,
+            sha256=get(SHA256),
+            uri=get(URI),
+            **fields,
+        )
+
+    def to_input(self, name: str, topology: "Topology", notes: list[str]) -> InputData | None:
+        """What placement scores for this data: its copies at sites the topology knows
+        (others are dropped, and `notes` say so). With no known site it may be anywhere in
+        its residency zone (size unknown), or it does not steer placement (None). A known
+        site with an unknown size counts as UNKNOWN_SIZE bytes."""
+        known = []
+        for i, site in enumerate(self.sites):
+            if site in topology.sites:
+                if site not in known:
+                    known.append(site)
+                continue
+            note = f"{name}: {'site' if i == 0 else 'replica'} {site!r} is not in {Path(topology.source).name}; ignored"
+            if note not in notes:
+                notes.append(note)
+        if known:
+            return InputData(name, self.size_bytes or UNKNOWN_SIZE, tuple(known), self.residency)
+        if self.residency:
+            return InputData(name, 0, tuple(sorted(zone_sites(topology, self.residency, f"input {name!r}"))), self.residency)
+        return None
+
+
+def zone_sites(topology: "Topology", zone: str, what: str) -> frozenset[str]:
+    """The sites of residency zone `zone`; GravityConfigError naming `what` if unknown."""
+    try:
+        return topology.zone_sites(zone)
+    except KeyError:
+        raise GravityConfigError(
+            f"{what}: {RESIDENCY} is {zone!r}, which is not a residency zone of "
+            f"{topology.source}; known zones: {', '.join(topology.zones) or '(none)'}"
+        ) from None
