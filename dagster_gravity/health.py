@@ -1,15 +1,15 @@
 """Pool and storage health outside a run: what `gravity sites --health` prints.
 
-Pools are checked through the executor's own path: `GravityConfig.pool_settings` picks each
-pool's backend and settings from the executor config, `GravityExecutor._backends` groups them
-into backend instances as a run would, and each backend is started, asked for `health()`
-and stopped. Nothing runs, so what a start proves depends on the backend:
+Compute pools are checked through the executor's own path: `GravityConfig.pool_settings`
+picks each pool's backend and settings from the executor config, `pools.create_backends`
+groups them into backend instances as a run would, and each backend's `probe` says what it
+can tell outside a run:
 
 * dask: the scheduler is contacted (within the timeout) and a pool is healthy only when at
   least one worker declares its site's resource `site-<site>`: a real check;
 * local: workers are forked from the run's own process when its steps arrive, so outside a
-  run there is nothing to fork; the check is that the settings are valid and the backend
-  starts (with `prestart` forced to 0), and the result says so.
+  run there is nothing to fork; the check is that the settings are valid and
+  `startup_check` imports, and the result says so.
 
 Storage: a local directory must be writable (a temporary file is created and removed; a
 directory that does not exist yet must have a writable parent); an S3 bucket must answer
@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.topology import StorageSpec, Topology
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -44,28 +45,21 @@ class HealthRow:
         )
 
 
-@dataclass(frozen=True)
-class _ProbeRun:
-    """What a backend's `start` gets outside a run: a run id for its task names, no plan."""
-
-    run_id: str = "gravity-sites-health"
-
-
 def executor_config_from_yaml(path: Path) -> dict[str, Any]:
     """The gravity executor config in a run-config file (`execution: config: ...`, or
     `execution: {gravity: {config: ...}}`), or a file holding just the executor config."""
     try:
         doc = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
-        raise ValueError(f"--config {path}: cannot read it: {exc}") from None
+        raise GravityConfigError(f"--config {path}: cannot read it: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"--config {path}: not valid YAML: {exc}") from None
+        raise GravityConfigError(f"--config {path}: not valid YAML: {exc}") from None
     if not isinstance(doc, Mapping):
-        raise ValueError(f"--config {path}: got a {type(doc).__name__}; expected a mapping (the executor config)")
+        raise GravityConfigError(f"--config {path}: got a {type(doc).__name__}; expected a mapping (the executor config)")
     if "execution" in doc:
         execution = doc["execution"] or {}
         if not isinstance(execution, Mapping):
-            raise ValueError(f"--config {path}: 'execution' is {execution!r}; expected a mapping")
+            raise GravityConfigError(f"--config {path}: 'execution' is {execution!r}; expected a mapping")
         if "config" in execution:
             doc = execution["config"] or {}
         elif len(execution) == 1:  # execution: {<executor name>: {config: ...}}
@@ -74,15 +68,14 @@ def executor_config_from_yaml(path: Path) -> dict[str, Any]:
         else:
             doc = {}
     if not isinstance(doc, Mapping):
-        raise ValueError(f"--config {path}: the executor config is {doc!r}; expected a mapping")
+        raise GravityConfigError(f"--config {path}: the executor config is {doc!r}; expected a mapping")
     return dict(doc)
 
 
 def resolve_executor_config(executor_config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate against the executor's config schema and fill its defaults, as Dagster does."""
-    from dagster._config import process_config
-
-    from dagster_gravity.executor import GravityConfigError, gravity_executor
+    from dagster_gravity.dagster_internals import process_config
+    from dagster_gravity.executor import gravity_executor
 
     result = process_config(gravity_executor.config_schema.config_type, dict(executor_config))
     if not result.success:
@@ -92,75 +85,30 @@ def resolve_executor_config(executor_config: Mapping[str, Any]) -> dict[str, Any
 
 
 def pool_health(topology: Topology, executor_config: Mapping[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[HealthRow]:
-    """Start each pool's backend as the executor would, read every pool's health, stop it."""
-    from dagster_gravity.executor import GravityConfig
-    from dagster_gravity.pools import create_backend
+    """Each compute pool's health, from its backend's `probe`, backends grouped as in a run."""
+    from dagster_gravity.executor_config import GravityConfig
+    from dagster_gravity.pools import create_backend, group_pools
 
     config = GravityConfig.from_executor_config(resolve_executor_config(executor_config))
-    # One backend per (name, settings), pools sharing settings share it: as in a run.
-    per_pool = config.pool_settings(topology)  # validates per_site / per_pool / disabled names
-    groups: dict[tuple[str, str], tuple[str, dict[str, Any], list]] = {}
-    for pool in topology.pools:
-        name, settings = per_pool[pool.id]
-        settings = _bounded(name, settings, timeout_s)
-        key = (name, repr(sorted(settings.items())))
-        groups.setdefault(key, (name, settings, []))[2].append(pool)
     rows: dict[str, HealthRow] = {}
-    for name, settings, pools in groups.values():
-        backend = None
+    # pool_settings validates per_site / per_pool / disabled names and each pool's settings.
+    for name, settings, pools in group_pools(topology, config.pool_settings(topology)):
         try:
             backend = create_backend(
                 name, settings, worker_max_steps=config.worker_max_steps, unhealthy_after=config.unhealthy_after
             )
-            if name == "local" and settings.get("startup_check"):
-                _load_startup_check(settings["startup_check"])
-            backend.start(_ProbeRun(), pools)
+            probed = backend.probe(pools, timeout_s)
+        except Exception as exc:  # a backend that cannot be created or probed: its pools are unhealthy
             for pool in pools:
-                health = backend.health(pool.id)
-                detail = _describe(name, health)
-                if config.is_disabled(pool.id, pool.site):
-                    detail += " (disabled in the executor config: a run places nothing there)"
-                rows[pool.id] = HealthRow(pool.id, name, health.healthy, detail)
-        except Exception as exc:  # a backend that cannot be created or started: its pools are unhealthy
-            for pool in pools:
-                rows.setdefault(pool.id, HealthRow(pool.id, name, False, f"the {name} backend cannot start: {exc}"))
-        finally:
-            if backend is not None:
-                try:
-                    backend.stop()
-                except Exception:
-                    pass
+                rows[pool.id] = HealthRow(pool.id, name, False, f"the {name} backend cannot start: {exc}")
+            continue
+        for pool in pools:
+            health = probed[pool.id]
+            detail = health.detail if health.healthy else (health.reason or "the backend reports it unhealthy")
+            if config.is_disabled(pool.id, pool.site):
+                detail += " (disabled in the executor config: a run places nothing there)"
+            rows[pool.id] = HealthRow(pool.id, name, health.healthy, detail)
     return [rows[p.id] for p in topology.pools]
-
-
-def _load_startup_check(path: str) -> None:
-    """A local pool's `startup_check` runs in every new worker: it must at least import."""
-    from dagster_gravity.pools.local import _load_callable
-
-    try:
-        _load_callable(path)
-    except Exception as exc:
-        raise ValueError(f"startup_check {path!r} cannot be loaded: {exc}") from None
-
-
-def _bounded(backend: str, settings: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
-    """A pool's settings with the start-up timeout capped and no local worker pre-started."""
-    settings = dict(settings)
-    if backend == "dask":
-        settings["connect_timeout_seconds"] = min(float(settings.get("connect_timeout_seconds", timeout_s)), timeout_s)
-    elif backend == "local" and "prestart" in settings:
-        settings["prestart"] = 0  # a forked worker needs a run to serve
-    return settings
-
-
-def _describe(backend: str, health) -> str:
-    if not health.healthy:
-        return health.reason or "the backend reports it unhealthy"
-    if backend == "local":
-        return "local workers are forked per run (none run outside a run); settings valid"
-    if backend == "dask":
-        return f"{health.workers} Dask worker{'s' if health.workers != 1 else ''} of the site connected"
-    return f"{health.workers} workers"
 
 
 def storage_health(topology: Topology, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[HealthRow]:

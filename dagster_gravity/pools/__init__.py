@@ -1,20 +1,21 @@
 """Compute pool backends behind one small protocol (`pools.base.PoolBackend`).
 
-A backend is chosen per pool in the executor config (`pools: {default: {backend: local},
-per_site: {<site>: {backend: dask, scheduler: ...}}}`) and created here by name. Built-in
-names are loaded lazily so that `local` never imports Dask; other packages can add a
-backend with `register_backend`.
+A backend is chosen per compute pool in the executor config (`pools: {default: {local: {}},
+per_site: {<site>: {dask: {scheduler: ...}}}}`, typed in `pools.settings`) and created here
+by name. Backends are loaded lazily so that `local` never imports Dask.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
+from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.pools.base import (
     COMPLETED,
     CRASHED,
     NOT_STARTED,
+    BackendCapabilities,
     PoolBackend,
     PoolHealth,
     StepEnded,
@@ -24,16 +25,16 @@ from dagster_gravity.pools.base import (
     Submission,
 )
 
+if TYPE_CHECKING:
+    from dagster_gravity.executor_config import GravityConfig
+    from dagster_gravity.topology import Pool, Topology
+
 # name -> "module:attribute" of a factory called as factory(settings, worker_max_steps=...,
-# unhealthy_after=...) and returning a PoolBackend.
-_BACKENDS: dict[str, str | Callable[..., PoolBackend]] = {
+# unhealthy_after=...) and returning a PoolBackend. Names match `pools.settings.SETTINGS`.
+_BACKENDS: dict[str, str] = {
     "local": "dagster_gravity.pools.local:LocalBackend",
     "dask": "dagster_gravity.pools.dask:DaskBackend",
 }
-
-
-def register_backend(name: str, factory: str | Callable[..., PoolBackend]) -> None:
-    _BACKENDS[name] = factory
 
 
 def backend_names() -> list[str]:
@@ -43,19 +44,46 @@ def backend_names() -> list[str]:
 def create_backend(
     name: str, settings: Mapping[str, Any], *, worker_max_steps: int, unhealthy_after: int
 ) -> PoolBackend:
-    factory = _BACKENDS.get(name)
-    if factory is None:
-        raise ValueError(f"pool backend {name!r} is unknown; expected one of {', '.join(backend_names())}")
-    if isinstance(factory, str):
-        module_name, _, attr = factory.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"pool backend {name!r} could not be loaded from {module_name}: {exc}") from exc
+    path = _BACKENDS.get(name)
+    if path is None:
+        raise GravityConfigError(f"compute pool backend {name!r} is unknown; expected one of {', '.join(backend_names())}")
+    module_name, _, attr = path.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
     return factory(dict(settings), worker_max_steps=worker_max_steps, unhealthy_after=unhealthy_after)
 
 
+def group_pools(
+    topology: "Topology", settings_by_pool: Mapping[str, tuple[str, dict]]
+) -> list[tuple[str, dict, list["Pool"]]]:
+    """The topology's compute pools grouped by (backend name, settings): each group is
+    served by one backend instance, as in a run."""
+    groups: dict[tuple[str, str], tuple[str, dict, list]] = {}
+    for pool in topology.pools:
+        name, settings = settings_by_pool[pool.id]
+        groups.setdefault((name, repr(sorted(settings.items()))), (name, settings, []))[2].append(pool)
+    return list(groups.values())
+
+
+def create_backends(
+    topology: "Topology", config: "GravityConfig"
+) -> tuple[dict[str, PoolBackend], list[tuple[PoolBackend, list["Pool"]]]]:
+    """One backend per group of compute pools (`group_pools`): pool id -> backend, and the
+    groups, those whose backend forks the run process first (they must fork before other
+    backends start threads)."""
+    by_pool: dict[str, PoolBackend] = {}
+    groups = []
+    for name, settings, pools in group_pools(topology, config.pool_settings(topology)):
+        backend = create_backend(
+            name, settings, worker_max_steps=config.worker_max_steps, unhealthy_after=config.unhealthy_after
+        )
+        groups.append((backend, pools))
+        by_pool.update({pool.id: backend for pool in pools})
+    groups.sort(key=lambda group: not group[0].capabilities.forks_run_process)
+    return by_pool, groups
+
+
 __all__ = [
+    "BackendCapabilities",
     "COMPLETED",
     "CRASHED",
     "NOT_STARTED",
@@ -67,6 +95,7 @@ __all__ = [
     "StepUpdate",
     "Submission",
     "create_backend",
-    "register_backend",
+    "create_backends",
+    "group_pools",
     "backend_names",
 ]

@@ -3,13 +3,15 @@
 A backend owns one or more pools (from the topology) and runs steps in workers at each
 pool's site. The executor drives it from its single-threaded `ActiveExecution` loop:
 
-    backend.start(run, pools)           # once per run; may warm workers in the background
+    backend.capabilities                # what the executor may rely on (BackendCapabilities)
+    backend.start(run, pools, warm_all=False)  # once per run; may warm workers in the background
     backend.free_slots(pool_id)         # a slot now? (delay scheduling waits for one)
     backend.submit(pool_id, request)    # hand over a step; returns at once
     backend.poll(timeout)               # the updates since the last poll (events, ends)
     backend.health(pool_id)             # PoolHealth: unhealthy pools get no more steps
     backend.interrupt()                 # the run is being stopped: interrupt running steps
     backend.stop()                      # end of run: stop every worker, leave nothing behind
+    backend.probe(pools, timeout_s)     # outside a run (`gravity sites --health`): each pool's health
 
 Every submitted step ends with exactly one `StepEnded`, whatever happens to its worker:
 `outcome` says whether it ran to completion, crashed mid-step (the executor turns that into
@@ -73,19 +75,36 @@ StepUpdate = Union[StepEvent, StepEnded]
 
 
 @dataclass(frozen=True)
+class BackendCapabilities:
+    """What a backend declares about itself, so the executor never checks its name.
+
+    forks_run_process: its workers are forked from the run's own process. They share its
+    memory, so they get the run's execution plan as it is (others get the payload without
+    it and build it once); and in a run that mixes backends, all of them must be forked
+    (`start(..., warm_all=True)`) before another backend starts threads (fork safety).
+    """
+
+    forks_run_process: bool = False
+
+
+@dataclass(frozen=True)
 class PoolHealth:
     healthy: bool
     reason: str = ""
     workers: int = 0
     busy: int = 0
     consecutive_failures: int = 0
+    detail: str = ""  # for a healthy pool: what was checked (`probe`)
 
 
 @runtime_checkable
 class PoolBackend(Protocol):
     name: str
+    capabilities: BackendCapabilities
 
-    def start(self, run: "RunPayload", pools: Sequence["Pool"]) -> None: ...
+    def start(self, run: "RunPayload", pools: Sequence["Pool"], *, warm_all: bool = False) -> None:
+        """Take the run's compute pools. `warm_all`: start every worker now (see
+        BackendCapabilities.forks_run_process); backends that do not fork ignore it."""
 
     def free_slots(self, pool_id: str) -> int: ...
 
@@ -98,3 +117,7 @@ class PoolBackend(Protocol):
     def interrupt(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    def probe(self, pools: Sequence["Pool"], timeout_s: float) -> dict[str, PoolHealth]:
+        """Outside a run: each pool's health as far as it can be told without one, within
+        `timeout_s`, leaving nothing running."""

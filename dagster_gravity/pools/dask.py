@@ -55,13 +55,15 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
+from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.pools.base import (
     COMPLETED,
     CRASHED,
     NOT_STARTED,
+    BackendCapabilities,
     PoolHealth,
     StepEnded,
     StepEvent,
@@ -69,16 +71,18 @@ from dagster_gravity.pools.base import (
     StepUpdate,
     Submission,
 )
+from dagster_gravity.pools.settings import with_defaults
 
 EVENT_TOPIC = "dagster-gravity/step-events"
+
+
+@dataclass(frozen=True)
+class _ProbeRun:
+    """What `start` gets outside a run (`probe`): a run id for its task names, no plan."""
+
+    run_id: str = "gravity-sites-health"
 SITE_RESOURCE_PREFIX = "site-"
 
-DASK_SETTINGS = {
-    "scheduler": "address of the Dask scheduler that serves this site's workers, e.g. tcp://10.0.0.5:8786 (required)",
-    "resources": "optional mapping of extra Dask resources each step needs, e.g. {GPU: 1}",
-    "connect_timeout_seconds": "seconds to wait for the scheduler when the run starts (default 10)",
-    "worker_refresh_seconds": "how often the list of workers is refreshed from the scheduler (default 1)",
-}
 
 
 def site_resource(site: str) -> str:
@@ -141,7 +145,7 @@ def cached_runs_on_worker() -> list[str]:
 def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key: str, known_state) -> list[str]:
     """The Dask task: run one step, publish each event as it happens, return them all."""
     from dagster import MetadataValue
-    from dagster._serdes import serialize_value
+    from dagster_gravity.dagster_internals import serialize_value
     from distributed import get_worker
 
     worker = get_worker()
@@ -162,7 +166,7 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
             {
                 "pid": MetadataValue.text(str(os.getpid())),
                 "gravity/site": MetadataValue.text(site),
-                "gravity/pool": MetadataValue.text(pool_id),
+                "gravity/pool_id": MetadataValue.text(pool_id),
                 "gravity/worker": MetadataValue.text(str(worker.name)),
                 "dask/worker_address": MetadataValue.text(str(worker.address)),
                 "dask/task_key": MetadataValue.text(task_key),
@@ -170,7 +174,7 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
         )
 
     events: list[str] = []
-    for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state, announce=False)):
+    for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state)):
         text = serialize_value(event)
         worker.log_event(EVENT_TOPIC, {"key": task_key, "seq": len(events), "event": text})
         events.append(text)
@@ -227,29 +231,26 @@ class DaskBackend:
     """Runs steps on Dask workers restricted to the placed site (see the module docstring)."""
 
     name = "dask"
+    capabilities = BackendCapabilities(forks_run_process=False)
 
     def __init__(self, settings: Mapping[str, Any], *, worker_max_steps: int = 100, unhealthy_after: int = 3):
-        unknown = set(settings) - set(DASK_SETTINGS) - {"backend"}
-        if unknown:
-            raise ValueError(
-                f"dask pool backend: unknown setting(s) {sorted(unknown)}; expected some of {sorted(DASK_SETTINGS)}"
-            )
-        address = settings.get("scheduler")
-        if not isinstance(address, str) or not address:
-            raise ValueError(
+        settings = with_defaults("dask", settings)
+        address = settings["scheduler"]
+        if not address:
+            raise GravityConfigError(
                 f"dask pool backend: setting 'scheduler' is {address!r}; expected the address of a "
                 "Dask scheduler such as 'tcp://127.0.0.1:8786'"
             )
-        extra = settings.get("resources") or {}
-        if not isinstance(extra, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and v > 0 for k, v in extra.items()
-        ):
-            raise ValueError(f"dask pool backend: setting 'resources' is {extra!r}; expected a mapping of name -> positive number")
-        self.settings = dict(settings)
+        extra = settings["resources"]
+        if not all(v > 0 for v in extra.values()):
+            raise GravityConfigError(
+                f"dask pool backend: setting 'resources' is {extra!r}; expected a mapping of name -> positive number"
+            )
+        self.settings = settings
         self.address = address
         self.extra_resources = dict(extra)
-        self.connect_timeout = float(settings.get("connect_timeout_seconds", 10))
-        self.refresh_seconds = float(settings.get("worker_refresh_seconds", 1))
+        self.connect_timeout = float(settings["connect_timeout_seconds"])
+        self.refresh_seconds = float(settings["worker_refresh_seconds"])
         self._scheduler = _Scheduler(address)
         self._pools: dict[str, Any] = {}
         self._payload = None
@@ -263,7 +264,9 @@ class DaskBackend:
 
     # -- protocol ------------------------------------------------------------------------
 
-    def start(self, run, pools: Sequence[Any]) -> None:
+    def start(self, run, pools: Sequence[Any], *, warm_all: bool = False) -> None:
+        """Connect to the scheduler and subscribe to step events; `warm_all` does not apply
+        (workers are Dask's own processes)."""
         from distributed import Client
 
         # The worker builds the plan itself: the executor's in-memory plan is not shipped.
@@ -378,6 +381,23 @@ class DaskBackend:
 
     CLOSE_RUN_TIMEOUT_S = 10.0
 
+    def probe(self, pools: Sequence[Any], timeout_s: float) -> dict[str, PoolHealth]:
+        """Contact the scheduler (within `timeout_s`); a pool is healthy only when at least
+        one worker declares its site's resource `site-<site>`."""
+        self.connect_timeout = min(self.connect_timeout, timeout_s)
+        self.start(_ProbeRun(), pools)
+        try:
+            out = {}
+            for pool in pools:
+                health = self.health(pool.id)
+                if health.healthy:
+                    plural = "s" if health.workers != 1 else ""
+                    health = replace(health, detail=f"{health.workers} Dask worker{plural} of the site connected")
+                out[pool.id] = health
+            return out
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         sched = self._scheduler
         if sched.client is None:
@@ -469,7 +489,7 @@ class DaskBackend:
                 self._on_worker_removed(body.get("worker", ""), updates)
 
     def _emit_in_order(self, step: _Step, updates: list[StepUpdate]) -> None:
-        from dagster._serdes import deserialize_value
+        from dagster_gravity.dagster_internals import deserialize_value
 
         while step.next_seq in step.pending:
             text = step.pending.pop(step.next_seq)
@@ -615,6 +635,6 @@ class DaskBackend:
 
 
 def _error_info(exc: BaseException):
-    from dagster._utils.error import serializable_error_info_from_exc_info
+    from dagster_gravity.dagster_internals import serializable_error_info_from_exc_info
 
     return serializable_error_info_from_exc_info((type(exc), exc, exc.__traceback__))

@@ -15,8 +15,8 @@ the parent's instance (it opens its own from the instance ref) and leaves throug
 Threads are the caveat. With only local pools the executor process runs no threads of
 ours, so a fork never copies a lock some other thread holds. A run that mixes local pools
 with the Dask backend has the Dask client's IO-loop thread in it: the executor then starts
-the local backend first and prestarts every local worker (`executor._backends`), so they
-fork before that thread exists. A worker forked later in such a run (replacing one that
+every backend that forks the run process first, with `warm_all` (every worker forked at
+once; `BackendCapabilities.forks_run_process`), so they fork before that thread exists. A worker forked later in such a run (replacing one that
 died, failed to start, or was recycled after `worker_max_steps`) forks while it runs.
 CPython re-initialises its own locks in the child (import lock, logging) and the child
 never uses the client, but a lock that thread held inside another library at that moment
@@ -44,12 +44,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Mapping, Sequence
 
-from dagster._utils.error import serializable_error_info_from_exc_info
+from dagster_gravity.dagster_internals import interrupts, serializable_error_info_from_exc_info
+from dagster_gravity.errors import GravityConfigError
 
+from dagster_gravity.pools.settings import with_defaults
 from dagster_gravity.pools.base import (
     COMPLETED,
     CRASHED,
     NOT_STARTED,
+    BackendCapabilities,
     PoolHealth,
     StepEnded,
     StepEvent,
@@ -62,14 +65,6 @@ from dagster_gravity.pools.base import (
 # (otherwise a sibling would keep a pipe open after the parent died).
 _PARENT_ENDS: set[Connection] = set()
 
-LOCAL_SETTINGS = {
-    "startup_check": "optional 'module:function' called as f(site, pool_id) in each new worker before it takes steps; raising marks the start failed",
-    "env": "optional mapping of environment variables set in each worker",
-    "prestart": "number of workers to start per pool when the run starts (default 0: on first use)",
-    "stop_grace_seconds": "seconds a worker gets to stop before SIGKILL: after the run's interrupt "
-    "(a step that ignores it, or is stuck in C code) and at the end of the run (default 10)",
-}
-DEFAULT_STOP_GRACE_SECONDS = 10.0
 
 
 def _set_parent_death_signal() -> None:
@@ -92,8 +87,6 @@ def _load_callable(path: str):
 
 
 def _remember_interrupt(_signo, _frame) -> None:
-    from dagster._utils import interrupts
-
     interrupts._received_interrupt["received"] = True
 
 
@@ -120,8 +113,6 @@ def _worker_main(
     # interrupting the step this worker was started for) is remembered the way that capture
     # does, so the step fails as interrupted as soon as its user code starts instead of the
     # interrupt being lost while the worker warms up.
-    from dagster._utils import interrupts
-
     interrupts._received_interrupt["received"] = False
     signal.signal(signal.SIGINT, _remember_interrupt)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -210,14 +201,10 @@ class LocalBackend:
     """Warm forked worker processes per pool (see the module docstring)."""
 
     name = "local"
+    capabilities = BackendCapabilities(forks_run_process=True)
 
     def __init__(self, settings: Mapping[str, Any], *, worker_max_steps: int = 100, unhealthy_after: int = 3):
-        unknown = set(settings) - set(LOCAL_SETTINGS)
-        if unknown:
-            raise ValueError(
-                f"local pool backend: unknown setting(s) {sorted(unknown)}; expected some of {sorted(LOCAL_SETTINGS)}"
-            )
-        self.settings = dict(settings)
+        self.settings = with_defaults("local", settings)
         self.worker_max_steps = max(1, int(worker_max_steps))
         self.unhealthy_after = max(1, int(unhealthy_after))
         self._ctx = multiprocessing.get_context("fork")
@@ -226,20 +213,22 @@ class LocalBackend:
         self._payload = None
         self._updates: list[StepUpdate] = []
         self._interrupted_at: float | None = None
-        self.stop_grace_seconds = float(self.settings.get("stop_grace_seconds", DEFAULT_STOP_GRACE_SECONDS))
+        self.stop_grace_seconds = float(self.settings["stop_grace_seconds"])
         if self.stop_grace_seconds < 0:
-            raise ValueError(
+            raise GravityConfigError(
                 f"local pool backend: stop_grace_seconds is {self.stop_grace_seconds}; expected seconds >= 0"
             )
 
     # -- protocol ------------------------------------------------------------------------
 
-    def start(self, run, pools: Sequence[Any]) -> None:
+    def start(self, run, pools: Sequence[Any], *, warm_all: bool = False) -> None:
+        """Take the pools; fork `prestart` workers per pool now, or all of them (`warm_all`)."""
         self._payload = run
         for pool in pools:
             self._pools[pool.id] = _PoolState(pool, self.settings)
         for state in self._pools.values():
-            for _ in range(min(int(self.settings.get("prestart", 0) or 0), state.pool.slots)):
+            count = state.pool.slots if warm_all else self.settings["prestart"]
+            for _ in range(min(count, state.pool.slots)):
                 self._start_worker(state)
 
     def free_slots(self, pool_id: str) -> int:
@@ -299,6 +288,18 @@ class LocalBackend:
                         os.kill(worker.pid, signal.SIGINT)
                     except ProcessLookupError:
                         pass
+
+    def probe(self, pools: Sequence[Any], timeout_s: float) -> dict[str, PoolHealth]:
+        """Workers are forked from a run's own process, so outside a run nothing can be
+        started: the check is that the settings are valid and `startup_check` imports."""
+        check = self.settings["startup_check"]
+        if check:
+            try:
+                _load_callable(check)
+            except Exception as exc:
+                return {p.id: PoolHealth(False, f"startup_check {check!r} cannot be loaded: {exc}") for p in pools}
+        detail = "local workers are forked per run (none run outside a run); settings valid"
+        return {p.id: PoolHealth(True, detail=detail) for p in pools}
 
     def stop(self) -> None:
         grace = self.stop_grace_seconds
