@@ -40,28 +40,27 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from dagster import DagsterInstance, MetadataValue
-from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster._core.events import DagsterEvent
-from dagster._core.execution.api import (
-    ExecuteRunWithPlanIterable,
-    create_execution_plan,
-    execute_plan_iterator,
-)
-from dagster._core.execution.compute_logs import create_compute_log_file_key
-from dagster._core.execution.context_creation_job import (
-    PlanExecutionContextManager,
-    create_context_free_log_manager,
-)
-from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
-from dagster._core.execution.plan.plan import ExecutionPlan
-from dagster._core.execution.plan.state import KnownExecutionState
-from dagster._core.execution.plan.step import ExecutionStep
-from dagster._core.execution.resources_init import get_required_resource_keys_to_init
-from dagster._core.execution.retries import RetryMode
-from dagster._core.instance.ref import InstanceRef
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster import DagsterInstance
 
+from dagster_gravity.dagster_internals import (
+    DagsterEvent,
+    DagsterRun,
+    ExecuteRunWithPlanIterable,
+    ExecutionPlan,
+    ExecutionStep,
+    InstanceRef,
+    KnownExecutionState,
+    PlanExecutionContextManager,
+    ReconstructableJob,
+    RetryMode,
+    create_compute_log_file_key,
+    create_context_free_log_manager,
+    create_execution_plan,
+    dagster_event_sequence_for_step,
+    execute_plan_iterator,
+    get_required_resource_keys_to_init,
+    trigger_hook,
+)
 from dagster_gravity import runtime
 from dagster_gravity.metadata import ENV_SITE
 
@@ -81,6 +80,7 @@ class RunPayload:
     run_config: Mapping[str, Any]
     recon_job: ReconstructableJob
     retry_mode: RetryMode
+    sites_file: str | None = None  # the topology file the executor resolved for the run
     repository_load_data: Any = None
     execution_plan: ExecutionPlan | None = field(default=None, repr=False)
 
@@ -92,6 +92,7 @@ class RunPayload:
             run_config=self.run_config,
             recon_job=self.recon_job,
             retry_mode=self.retry_mode,
+            sites_file=self.sites_file,
             repository_load_data=self.repository_load_data,
         )
 
@@ -153,7 +154,7 @@ class _Session:
             for event in dagster_event_sequence_for_step(step_context):
                 events.append(event)
                 yield event
-            yield from _trigger_hook(step_context, events)
+            yield from trigger_hook(step_context, events)
             yield _STEP_END
 
     def run(self, step_key: str, known_state: KnownExecutionState) -> Iterator[DagsterEvent]:
@@ -412,23 +413,10 @@ class StepRunner:
         payload: RunPayload,
         step_key: str,
         known_state: KnownExecutionState,
-        *,
-        announce: bool = False,
     ) -> Iterator[DagsterEvent]:
         """Execute one step; events are written to the instance and yielded."""
         cache = self._cache(payload)
-        with runtime.running_at(self.site):
-            if announce:
-                yield self.worker_started_event(
-                    payload,
-                    step_key,
-                    f'Executing step "{step_key}" in a warm worker at site {self.site}.',
-                    {
-                        "pid": MetadataValue.text(str(os.getpid())),
-                        "gravity/site": MetadataValue.text(self.site),
-                        "gravity/pool": MetadataValue.text(self.pool_id or ""),
-                    },
-                )
+        with runtime.running_at(self.site, payload.sites_file):
             session = cache.session_for(step_key, known_state)
             if session is not None:
                 try:

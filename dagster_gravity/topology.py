@@ -61,7 +61,7 @@ class Pool:
     name: str
     slots: int
     gpus: int = 0  # GPUs available to one step in this pool
-    kind: str = "cpu"  # free-form pool kind matched by the `gravity/pool` op tag
+    kind: str = "cpu"  # free-form compute pool kind matched by the `gravity/pool_kind` op tag
 
     @property
     def id(self) -> str:

@@ -57,7 +57,7 @@ def load_parent(context, store: CheckpointStore):
 
 @asset(
     partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version=CODE_VERSION,
-    op_tags={gm.TAG_POOL: "gpu", gm.TAG_GPU: "1"}, kinds={"numpy"},
+    op_tags={gm.TAG_POOL_KIND: "gpu", gm.TAG_GPU: "1"}, kinds={"numpy"},
     # A killed or crashed training step is retried, and resumes from its last intermediate
     # checkpoint (same partition, parent and data -> same progress key).
     retry_policy=RetryPolicy(max_retries=2, delay=1),

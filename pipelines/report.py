@@ -2,7 +2,7 @@
 what a location-blind run of the same jobs would have moved.
 
 Everything is read back from the Dagster instance: the executor's placement engine events
-(`gravity/site`, `gravity/pool`), the IO manager's replication observations
+(`gravity/site`, `gravity/pool_id`), the IO manager's replication observations
 (`gravity/bytes_moved`), and materialization metadata (`gravity/site`, `dagster/size_bytes`).
 The location-blind figure runs the same steps through `placement.plan_cost` with every step
 at one hub site (except steps reading EU-resident data, which no run may move out of the EU).
@@ -53,8 +53,8 @@ def collect_runs(instance, run_ids: list[str]) -> tuple[list[StepRun], int, list
             sr = by_step.setdefault(entry.step_key, StepRun(run_id, run.job_name, partition, entry.step_key))
             if event.event_type == DagsterEventType.ENGINE_EVENT:
                 md = event.engine_event_data.metadata or {}
-                if "gravity/site" in md and "gravity/pool" in md:
-                    sr.site, sr.pool = _value(md["gravity/site"]), _value(md["gravity/pool"])
+                if "gravity/site" in md and "gravity/pool_id" in md:
+                    sr.site, sr.pool = _value(md["gravity/site"]), _value(md["gravity/pool_id"])
             elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
                 mat = event.step_materialization_data.materialization
                 sr.materialized[mat.asset_key.to_user_string()] = gm.read_location(mat.metadata)

@@ -62,7 +62,7 @@ def test_local_topology_is_healthy(tmp_path, capsys):
     assert not list((tmp_path / "here").iterdir()), "the write probe must be removed"
 
 
-def test_unknown_local_setting_and_bad_startup_check_are_unhealthy(tmp_path, capsys):
+def test_bad_startup_check_is_unhealthy_and_an_unknown_setting_is_a_config_error(tmp_path, capsys):
     config = _write(
         tmp_path / "run.yaml",
         """
@@ -70,14 +70,18 @@ execution:
   config:
     pools:
       per_site:
-        here: {backend: local, startup_check: "no_such_module_xyz:check"}
-        there: {backend: local, nonsense: 1}
+        here: {local: {startup_check: "no_such_module_xyz:check"}}
 """,
     )
     rc, text = _health(capsys, "--sites", str(_local_sites(tmp_path)), "--config", str(config))
     assert rc == 1, text
     assert "unhealthy" in _row(text, "here/cpu") and "no_such_module_xyz:check" in _row(text, "here/cpu")
-    assert "unhealthy" in _row(text, "there/cpu") and "nonsense" in _row(text, "there/cpu")
+    assert _row(text, "there/cpu").split()[2] == "healthy:"
+
+    bad = _write(tmp_path / "bad.yaml", "pools: {per_site: {there: {local: {nonsense: 1}}}}\n")
+    rc = main(["sites", "--health", "--sites", str(_local_sites(tmp_path)), "--config", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'unexpected config entry "nonsense"' in err and "pools:per_site:'there'" in err, err
 
 
 def test_s3_site_on_a_closed_port_is_unreachable(tmp_path, capsys, monkeypatch):
@@ -109,7 +113,7 @@ def test_dask_pool_on_a_closed_port_is_unhealthy(tmp_path, capsys):
     (port,) = free_ports(1)
     address = f"tcp://127.0.0.1:{port}"
     (tmp_path / "here").mkdir()
-    config = _write(tmp_path / "executor.yaml", f"pools: {{per_site: {{here: {{backend: dask, scheduler: '{address}'}}}}}}\n")
+    config = _write(tmp_path / "executor.yaml", f"pools: {{per_site: {{here: {{dask: {{scheduler: '{address}'}}}}}}}}\n")
     rc, text = _health(capsys, "--sites", str(_local_sites(tmp_path)), "--config", str(config), "--timeout", "2")
     assert rc == 1, text
     row = _row(text, "here/cpu")
@@ -125,7 +129,7 @@ def test_dask_pool_health_follows_the_workers_that_declare_the_site(tmp_path, ca
         (tmp_path / "here").mkdir()
         config = _write(
             tmp_path / "run.yaml",
-            f"execution: {{config: {{pools: {{default: {{backend: dask, scheduler: '{cluster.address}'}}}}}}}}\n",
+            f"execution: {{config: {{pools: {{default: {{dask: {{scheduler: '{cluster.address}'}}}}}}}}}}\n",
         )
         rc = main(["sites", "--health", "--json", "--sites", str(_local_sites(tmp_path)), "--config", str(config)])
         view = json.loads(capsys.readouterr().out)

@@ -43,7 +43,7 @@ def run_config(sites_file: Path, scheduler: str, **extra) -> dict:
             "config": {
                 "sites_file": str(sites_file),
                 "locality_wait": 0.0,
-                "pools": {"default": {"backend": "dask", "scheduler": scheduler}},
+                "pools": {"default": {"dask": {"scheduler": scheduler}}},
             }
         },
         **extra,
@@ -404,7 +404,7 @@ def test_one_scheduler_per_site(dask_cluster, instance, tmp_path):
         sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM, dask_jobs.AWS])
         config = run_config(sites, dask_cluster.address)
         config["execution"]["config"]["pools"]["per_site"] = {
-            dask_jobs.AWS: {"backend": "dask", "scheduler": aws.address}
+            dask_jobs.AWS: {"dask": {"scheduler": aws.address}}
         }
         with execute_job(reconstructable(dask_jobs.two_sites_job), instance, run_config=config) as result:
             assert result.success
@@ -438,9 +438,10 @@ def test_backend_reports_an_unreachable_scheduler_as_unhealthy():
 @pytest.mark.parametrize(
     "settings, expected",
     [
-        ({}, "setting 'scheduler' is None"),
-        ({"scheduler": "tcp://x:1", "schedular": "typo"}, "unknown setting(s) ['schedular']"),
-        ({"scheduler": "tcp://x:1", "resources": {"GPU": 0}}, "setting 'resources' is {'GPU': 0}"),
+        ({}, 'Missing required config entry "scheduler"'),
+        ({"scheduler": ""}, "setting 'scheduler' is ''"),
+        ({"scheduler": "tcp://x:1", "schedular": "typo"}, 'unexpected config entry "schedular"'),
+        ({"scheduler": "tcp://x:1", "resources": {"GPU": 0}}, "setting 'resources' is {'GPU': 0.0}"),
     ],
 )
 def test_backend_settings_errors_name_the_setting(settings, expected):

@@ -118,8 +118,8 @@ def test_pins_and_gpu_requirements(gravity):
     result = gravity.run("requirements_job")
     assert result.success
     placed = placements(result)
-    assert placed["needs_gpu"]["gravity/pool"] == "alpha/gpu"
-    assert placed["pinned_gamma"]["gravity/pool"] == "gamma/cpu"
+    assert placed["needs_gpu"]["gravity/pool_id"] == "alpha/gpu"
+    assert placed["pinned_gamma"]["gravity/pool_id"] == "gamma/cpu"
     assert ran_at("needs_gpu")["site"] == "alpha"
     assert ran_at("pinned_gamma")["site"] == "gamma"
     gpu_rows = {r["pool"]: r for r in placed["needs_gpu"]["gravity/candidates"]}
@@ -167,7 +167,7 @@ def test_unhealthy_zone_fails_the_step_instead_of_moving_data_out(gravity):
     result = gravity.run(
         "residency_job",
         unhealthy_after=1,
-        pools={"per_site": {"gamma": {"startup_check": "tests.support.jobs:failing_startup_check"}}},
+        pools={"per_site": {"gamma": {"local": {"startup_check": "tests.support.jobs:failing_startup_check"}}}},
     )
     assert not result.success
     assert any("gamma/cpu marked unhealthy" in m for m in engine_messages(result))
@@ -236,7 +236,7 @@ def test_pool_that_cannot_start_fails_over(gravity):
     result = gravity.run(
         "chain_job",
         unhealthy_after=1,
-        pools={"per_site": {"alpha": {"startup_check": "tests.support.jobs:failing_startup_check"}}},
+        pools={"per_site": {"alpha": {"local": {"startup_check": "tests.support.jobs:failing_startup_check"}}}},
     )
     assert result.success
     messages = engine_messages(result)
@@ -246,12 +246,13 @@ def test_pool_that_cannot_start_fails_over(gravity):
     assert not any(e.event_type == DagsterEventType.STEP_FAILURE for e in result.all_events)
 
 
-def test_backend_that_cannot_start_makes_its_pools_unhealthy(gravity):
-    from dagster_gravity.pools import register_backend
-    from tests.support.jobs import UnreachableBackend
+def test_backend_that_cannot_start_makes_its_pools_unhealthy(gravity, monkeypatch):
+    # The dask backend's factory is swapped for one whose start raises (the config stays
+    # typed: `{dask: {scheduler: ...}}`): its pools are unhealthy, the rest of the run goes on.
+    import dagster_gravity.pools as pools
 
-    register_backend("unreachable", UnreachableBackend)
-    result = gravity.run("locality_job", pools={"per_site": {"beta": {"backend": "unreachable"}}})
+    monkeypatch.setitem(pools._BACKENDS, "dask", "tests.support.jobs:UnreachableBackend")
+    result = gravity.run("locality_job", pools={"per_site": {"beta": {"dask": {"scheduler": "tcp://127.0.0.1:9"}}}})
     assert not result.success  # made_at_beta is pinned to beta
     assert any("failed to start" in m and "tcp://127.0.0.1:9" in m for m in engine_messages(result))
     failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
@@ -259,28 +260,22 @@ def test_backend_that_cannot_start_makes_its_pools_unhealthy(gravity):
     assert placements(result)["reads_landed"]["gravity/site"] == "gamma"  # the rest still runs
 
 
-def test_local_backends_start_first_and_prestart_in_runs_mixed_with_other_backends(tmp_path):
-    from dagster_gravity.executor import GravityConfig, GravityExecutor
-    from dagster_gravity.pools import register_backend
-    from tests.support.jobs import UnreachableBackend
-
-    register_backend("unreachable", UnreachableBackend)
+def test_forking_backends_start_first_in_runs_mixed_with_other_backends(tmp_path):
+    from dagster_gravity.executor_config import GravityConfig
+    from dagster_gravity.pools import create_backends
     from dagster_gravity.topology import Topology
 
     topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
 
     def groups(pools):
-        executor = GravityExecutor(GravityConfig.from_executor_config({"pools": pools}))
-        return [(backend.name, sorted(p.id for p in group), getattr(backend, "settings", None)) for backend, group in executor._backends(topology)[1]]
+        _, ordered = create_backends(topology, GravityConfig.from_executor_config({"pools": pools}))
+        return [(backend.name, backend.capabilities.forks_run_process, sorted(p.id for p in group)) for backend, group in ordered]
 
-    # alpha (first in the topology) on another backend: the local backend still starts first,
-    # with every worker prestarted (forked before the other backend's threads exist).
-    mixed = groups({"per_site": {"alpha": {"backend": "unreachable"}}})
-    assert [g[0] for g in mixed] == ["local", "unreachable"]
-    assert mixed[0][1] == ["beta/cpu", "gamma/cpu"] and mixed[0][2]["prestart"] >= 1
-    # Local pools only: workers start on first use, as configured.
-    (only_local,) = groups({})
-    assert only_local[0] == "local" and "prestart" not in only_local[2]
+    # alpha (first in the topology) on Dask: the local backend, which forks the run process,
+    # still starts first (its workers fork before the Dask client's threads exist).
+    mixed = groups({"per_site": {"alpha": {"dask": {"scheduler": "tcp://127.0.0.1:9"}}}})
+    assert mixed == [("local", True, ["beta/cpu", "gamma/cpu"]), ("dask", False, ["alpha/cpu", "alpha/gpu"])]
+    assert groups({}) == [("local", True, ["alpha/cpu", "alpha/gpu", "beta/cpu", "gamma/cpu"])]
 
 
 def test_requirements_no_healthy_pool_can_meet_fail_clearly(gravity):
@@ -408,7 +403,7 @@ def _run_outcome(gravity, run_id: str, step_key: str):
 def test_a_step_that_ignores_the_interrupt_is_killed_after_the_grace_period(gravity):
     grace = 2
     proc, run_id, worker = _start_sleep_run(
-        gravity, "stubborn_job", pools={"default": {"backend": "local", "stop_grace_seconds": grace}}
+        gravity, "stubborn_job", pools={"default": {"local": {"stop_grace_seconds": grace}}}
     )
     try:
         assert worker != proc.pid and pid_alive(worker)
@@ -435,7 +430,7 @@ def test_an_interrupt_while_the_worker_warms_up_is_not_lost(gravity):
     config = {"startup_check": "tests.support.jobs:slow_startup_check", "stop_grace_seconds": 30}
     proc = subprocess.Popen(
         [sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file), "sleep_job",
-         json.dumps({"pools": {"default": {"backend": "local", **config}}})],
+         json.dumps({"pools": {"default": {"local": config}}})],
         cwd=REPO,
     )
     marker = gravity.store / jobs.WARMING_MARKER

@@ -60,9 +60,9 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
 
     # The executor placed every step and said where; training went to the GPU pool.
     placements = {
-        e.step_key: plain_value(e.dagster_event.engine_event_data.metadata["gravity/pool"])
+        e.step_key: plain_value(e.dagster_event.engine_event_data.metadata["gravity/pool_id"])
         for e in run_events(instance, run_id, DagsterEventType.ENGINE_EVENT)
-        if "gravity/pool" in (e.dagster_event.engine_event_data.metadata or {}) and e.step_key
+        if "gravity/pool_id" in (e.dagster_event.engine_event_data.metadata or {}) and e.step_key
     }
     assert len(placements) == len(graph.get_all_asset_keys())
     assert placements["model_checkpoint"] == "onprem-dc/gpu"

@@ -99,4 +99,4 @@ def test_run_launched_from_the_ui_is_placed_by_the_gravity_executor(dagster_dev)
     raw = next(e for e in placements if e["stepKey"] == "raw_items")
     assert "aws-us-east-1/cpu" in raw["message"]
     labels = {m["label"] for m in raw["metadataEntries"]}
-    assert {"gravity/site", "gravity/pool", "gravity/reason", "gravity/candidates"} <= labels
+    assert {"gravity/site", "gravity/pool_id", "gravity/reason", "gravity/candidates"} <= labels

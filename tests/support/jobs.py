@@ -40,6 +40,7 @@ from dagster import (
 
 from dagster_gravity import gravity_executor, runtime
 from dagster_gravity.metadata import SITE, SIZE_BYTES
+from dagster_gravity.pools import BackendCapabilities
 
 STORE_ENV = "GRAVITY_TEST_STORE"
 MB = 1_000_000
@@ -221,7 +222,7 @@ def killed_once(context):
     return context.retry_number
 
 
-@asset(retry_policy=RetryPolicy(max_retries=2), op_tags={"gravity/pool": "cpu"})
+@asset(retry_policy=RetryPolicy(max_retries=2), op_tags={"gravity/pool_kind": "cpu"})
 def dies_at_alpha(context):
     """Its worker dies whenever it runs at alpha: alpha's pool turns unhealthy, then failover."""
     if runtime.current_site() == "alpha":
@@ -277,14 +278,15 @@ def ok_startup_check(site: str, pool_id: str) -> None:
 
 
 class UnreachableBackend:
-    """A pool backend whose cluster cannot be reached (register it under a name to use it)."""
+    """A compute pool backend whose cluster cannot be reached (a test swaps it in for a factory)."""
 
     name = "unreachable"
+    capabilities = BackendCapabilities(forks_run_process=False)
 
     def __init__(self, settings, *, worker_max_steps, unhealthy_after):
-        self.address = settings.get("address", "tcp://127.0.0.1:9")
+        self.address = settings.get("scheduler", "tcp://127.0.0.1:9")
 
-    def start(self, run, pools):
+    def start(self, run, pools, *, warm_all=False):
         raise ConnectionError(f"cannot reach the cluster at {self.address}")
 
     def stop(self):
