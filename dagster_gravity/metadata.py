@@ -22,9 +22,6 @@ TAG_GPU = "gravity/gpu"  # number of GPUs the step needs
 TAG_PIN = "gravity/pin"  # a site name the step must run at
 TAG_POOL = "gravity/pool"  # a pool kind such as "gpu"
 
-# Run/step tag the executor sets on each step so IO managers know where they run.
-ENV_SITE = "GRAVITY_SITE"  # environment variable a worker process exports: its site
-
 
 def location_metadata(
     site: str,

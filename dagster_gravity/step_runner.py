@@ -63,7 +63,6 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dagster_gravity import runtime
-from dagster_gravity.metadata import ENV_SITE
 
 
 @dataclass
@@ -362,8 +361,6 @@ class StepRunner:
         self.site = site
         self.pool_id = pool_id
         self._runs: OrderedDict[str, _RunCache] = OrderedDict()
-        # Code that looks at the environment (subprocesses, libraries) sees the site too.
-        os.environ[ENV_SITE] = site
 
     def _cache(self, payload: RunPayload) -> _RunCache:
         cache = self._runs.get(payload.run_id)
