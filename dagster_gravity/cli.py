@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from dagster_gravity.topology import Topology, TopologyError, default_sites_path
+from dagster_gravity.topology import Topology, TopologyError, resolve_sites_path
 
 
 def _storage_text(storage) -> str:
@@ -132,8 +132,7 @@ def run_sites_command(args) -> int:
         except ValueError as exc:
             print(f"gravity sites: {exc}", file=sys.stderr)
             return 2
-    sites_file = args.sites or executor_config.get("sites_file")
-    path = Path(sites_file) if sites_file else default_sites_path()
+    path = resolve_sites_path(args.sites or executor_config.get("sites_file"))
     try:
         topology = Topology.from_yaml(path)
     except TopologyError as exc:

@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import threading
-from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
@@ -64,30 +61,12 @@ from dagster_gravity.storage import (
     replicate,
     storage_for_site,
 )
-from dagster_gravity.topology import Topology
+from dagster_gravity.topology import Topology, load_topology  # noqa: F401  (re-exported)
 
 BYTES_MOVED = "gravity/bytes_moved"
 REPLICATED_FROM = "gravity/replicated_from"
 REPLICA_URI = "gravity/replica_uri"  # not dagster/uri: the UI would show it as the asset's address
 EXTENSIONS = (".parquet", ".json", ".npy")
-
-_topologies: dict[tuple[str, int], Topology] = {}
-_topologies_lock = threading.Lock()
-
-
-def load_topology(path: str | os.PathLike) -> Topology:
-    """The topology in `path`, parsed once per file version."""
-    resolved = Path(path).resolve()
-    try:
-        mtime = resolved.stat().st_mtime_ns
-    except FileNotFoundError:
-        return Topology.from_yaml(resolved)  # raises TopologyError naming the file
-    with _topologies_lock:
-        topology = _topologies.get((str(resolved), mtime))
-        if topology is None:
-            topology = _topologies[(str(resolved), mtime)] = Topology.from_yaml(resolved)
-    return topology
-
 
 def partition_segment(partition_key: str) -> str:
     """A partition key as one path segment (':' and '/' escaped; readable otherwise)."""

@@ -160,11 +160,10 @@ def run_plan_command(args) -> int:
     import json
     import os
     import sys
-    from pathlib import Path
 
     from dagster import DagsterInstance
 
-    from dagster_gravity.topology import TopologyError, default_sites_path
+    from dagster_gravity.topology import TopologyError, resolve_sites_path
 
     def usage_error(message: str) -> int:  # as `gravity sites`: the message, no traceback
         print(f"gravity plan: {message}", file=sys.stderr)
@@ -177,7 +176,7 @@ def run_plan_command(args) -> int:
     except ValueError as exc:
         return usage_error(str(exc))
     try:
-        topology = Topology.from_yaml(Path(args.sites) if args.sites else default_sites_path())
+        topology = Topology.from_yaml(resolve_sites_path(args.sites))
     except TopologyError as exc:
         return usage_error(str(exc))
     try:

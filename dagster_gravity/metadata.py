@@ -38,9 +38,6 @@ POOL_ID = "gravity/pool_id"
 # latency, so among otherwise equal pools the step goes to the data.
 UNKNOWN_SIZE = 1
 
-# Run/step tag the executor sets on each step so IO managers know where they run.
-ENV_SITE = "GRAVITY_SITE"  # environment variable a worker process exports: its site
-
 
 def location_metadata(
     site: str,

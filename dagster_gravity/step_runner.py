@@ -62,7 +62,6 @@ from dagster_gravity.dagster_internals import (
     trigger_hook,
 )
 from dagster_gravity import runtime
-from dagster_gravity.metadata import ENV_SITE
 
 
 @dataclass
@@ -363,8 +362,6 @@ class StepRunner:
         self.site = site
         self.pool_id = pool_id
         self._runs: OrderedDict[str, _RunCache] = OrderedDict()
-        # Code that looks at the environment (subprocesses, libraries) sees the site too.
-        os.environ[ENV_SITE] = site
 
     def _cache(self, payload: RunPayload) -> _RunCache:
         cache = self._runs.get(payload.run_id)

@@ -3,13 +3,15 @@ and the residency zones that data may not leave.
 
 `Topology.from_yaml(path)` loads and validates a sites file. Every validation error names
 the file, the field (as a path such as ``sites[2].pools[0].slots``), the value found and
-what was expected. This module has no Dagster import.
+what was expected. `resolve_sites_path` is the one rule that says which sites file is meant;
+`load_topology` parses a file once per version. This module has no Dagster import.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -198,9 +200,45 @@ class Topology:
         return _Loader(source, Path(base_dir or os.getcwd())).load(data)
 
 
+SITES_ENV = "GRAVITY_SITES"  # the environment variable naming the sites file
+DEFAULT_SITES_FILE = "sites.yaml"
+
+
+def resolve_sites_path(explicit: str | os.PathLike | None = None) -> Path:
+    """The sites file meant, as an absolute path: `explicit` if given, else `$GRAVITY_SITES`,
+    else ``sites.yaml``; a relative path is taken against the current working directory.
+
+    This is the one rule: the executor, the resources, the CLI and the sensors all call it
+    (an empty string counts as not given). Nothing is read; a missing file is reported by
+    whoever loads it (`Topology.from_yaml` names the file)."""
+    chosen = os.fspath(explicit) if explicit is not None else ""
+    if not chosen:
+        chosen = os.environ.get(SITES_ENV) or DEFAULT_SITES_FILE
+    return Path(os.path.abspath(chosen))
+
+
 def default_sites_path() -> Path:
-    """`$GRAVITY_SITES` if set, else `sites.yaml` in the working directory."""
-    return Path(os.environ.get("GRAVITY_SITES", "sites.yaml"))
+    """Deprecated alias of `resolve_sites_path()` (no explicit file)."""
+    return resolve_sites_path(None)
+
+
+_topologies: dict[tuple[str, int], Topology] = {}
+_topologies_lock = threading.Lock()
+
+
+def load_topology(path: str | os.PathLike) -> Topology:
+    """The topology in `path`, parsed once per file version (resolved path and mtime), so
+    the many callers inside one step share one parse and an edited file is read again."""
+    resolved = Path(path).resolve()
+    try:
+        mtime = resolved.stat().st_mtime_ns
+    except FileNotFoundError:
+        return Topology.from_yaml(resolved)  # raises TopologyError naming the file
+    with _topologies_lock:
+        topology = _topologies.get((str(resolved), mtime))
+        if topology is None:
+            topology = _topologies[(str(resolved), mtime)] = Topology.from_yaml(resolved)
+    return topology
 
 
 class _Loader:

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from dagster_gravity.topology import Topology, default_sites_path
+from dagster_gravity.topology import Topology, resolve_sites_path
 from resources.landing import LandingArea, LandingFile
 
 EVENTS_SITE = "onprem-dc"
@@ -167,10 +167,10 @@ def main(argv=None) -> None:
     parser.add_argument("--date", action="append", required=True, help="YYYY-MM-DD (repeatable)")
     parser.add_argument("--size", default="2MB", help="raw events per day, e.g. 200KB, 2MB, 1GB")
     parser.add_argument("--drift", type=float, default=0.0)
-    parser.add_argument("--sites", default=str(default_sites_path()))
+    parser.add_argument("--sites", default=None, help="sites file (default: $GRAVITY_SITES, else sites.yaml)")
     parser.add_argument("--dataset", action="append", choices=list(DATASETS))
     args = parser.parse_args(argv)
-    topology = Topology.from_yaml(args.sites)
+    topology = Topology.from_yaml(resolve_sites_path(args.sites))
     for date in args.date:
         for f in generate(topology, date, args.size, args.drift, tuple(args.dataset or DATASETS)):
             print(f"{f.site:15} {f.dataset:13} {f.partition} {f.size_bytes:>12,d} B  {f.key}")

@@ -18,6 +18,7 @@ import pytest
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus
 
 from tests.support.executor_runs import (
+    STALE_SITE,
     dagster_home,  # noqa: F401  (fixture)
     engine_messages,
     gravity,  # noqa: F401  (fixture)
@@ -42,10 +43,14 @@ def test_steps_land_where_their_inputs_are(gravity):
     assert placed["made_at_beta"]["gravity/site"] == "beta"
     assert placed["follows_beta"]["gravity/site"] == "beta"
     assert placed["reads_landed"]["gravity/site"] == "gamma"
+    # $GRAVITY_SITE says gamma (see the fixture): only `runtime.running_at` tells a step its site.
+    assert os.environ["GRAVITY_SITE"] == STALE_SITE == "gamma"
     for key, site in [("made_at_beta", "beta"), ("follows_beta", "beta"), ("reads_landed", "gamma")]:
         where = ran_at(key)
         assert where["site"] == site, (key, where)
-        assert where["env_site"] == site
+        # The executor's sites file travels with the site once the step runner passes it to
+        # running_at; until then it is None, never another file.
+        assert where["run_sites_file"] in (None, str(gravity.sites_file)), where
     # Every decision carries every pool's cost, and says what moved.
     rows = placed["follows_beta"]["gravity/candidates"]
     assert {r["pool"] for r in rows} == {"alpha/cpu", "alpha/gpu", "beta/cpu", "gamma/cpu"}

@@ -14,6 +14,8 @@ from dagster import DagsterEventType, execute_job, reconstructable
 from tests.support import jobs
 from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
+STALE_SITE = "gamma"  # what $GRAVITY_SITE says in executor tests (used to be a second channel)
+
 
 @dataclass
 class GravityRunner:
@@ -34,7 +36,9 @@ def gravity(instance, tmp_path, monkeypatch) -> GravityRunner:  # noqa: F811
     store = tmp_path / "store"
     store.mkdir()
     monkeypatch.setenv(jobs.STORE_ENV, str(store))
-    monkeypatch.delenv("GRAVITY_SITE", raising=False)
+    # A stale site in the environment must be ignored: a step learns its site from the one
+    # channel, `runtime.running_at`, which the worker enters around it.
+    monkeypatch.setenv("GRAVITY_SITE", STALE_SITE)
     sites = jobs.write_test_sites(tmp_path)
     return GravityRunner(instance, sites, store)
 

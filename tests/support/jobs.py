@@ -2,7 +2,8 @@
 
 Assets store their values as JSON under $GRAVITY_TEST_STORE through `SiteRecordingIOManager`,
 which also writes, on every output, where the step ran (`gravity/site`, from
-`runtime.current_site()`), the worker's pid and a declared size (`dagster/size_bytes`), so the
+`runtime.current_site()`), the sites file the step was told it was placed by
+(`runtime.run_sites_file()`), the worker's pid and a declared size (`dagster/size_bytes`), so the
 executor's next decision sees runtime locations exactly as with the real IO manager.
 
 Topology used by the tests (`write_test_sites`): three sites, one slot per pool.
@@ -100,7 +101,7 @@ class SiteRecordingIOManager(IOManager):
         tmp.write_text(json.dumps(obj))
         tmp.replace(path)
         site = runtime.current_site()
-        where = {"site": site, "pid": os.getpid(), "env_site": os.environ.get("GRAVITY_SITE")}
+        where = {"site": site, "pid": os.getpid(), "run_sites_file": runtime.run_sites_file()}
         (store_dir() / ("__".join(key_path) + ".where.json")).write_text(json.dumps(where))
         declared = (context.definition_metadata or {}).get("test/size_bytes", 10 * MB)
         context.add_output_metadata({SITE: site, SIZE_BYTES: int(declared), "worker_pid": os.getpid()})
