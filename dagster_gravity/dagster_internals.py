@@ -39,6 +39,7 @@ from dagster._core.execution.tags import get_tag_concurrency_limits_config
 from dagster._core.executor.base import Executor
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.system_config.objects import ResolvedRunConfig
 from dagster._serdes import deserialize_value, serialize_value
 from dagster._utils import interrupts
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
@@ -60,6 +61,7 @@ __all__ = [
     "PlanExecutionContextManager",
     "PlanOrchestrationContext",
     "ReconstructableJob",
+    "ResolvedRunConfig",
     "RetryMode",
     "SerializableErrorInfo",
     "StepDependencyConfig",

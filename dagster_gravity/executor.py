@@ -46,6 +46,7 @@ from dagster_gravity.dagster_internals import (
     Executor,
     InstanceConcurrencyContext,
     PlanOrchestrationContext,
+    ResolvedRunConfig,
     RetryMode,
     StepDependencyConfig,
     StepFailureData,
@@ -117,11 +118,9 @@ def run_sites_file(config: GravityConfig, plan_context: PlanOrchestrationContext
     """The one topology file of this run: the executor's `sites_file`, else the one the
     job's GravityTopology resources name, else $GRAVITY_SITES, else ./sites.yaml. A run
     whose executor and resources name different files fails here, before any step runs."""
-    named = {
-        label: resolve_sites_path(path)
-        for label, path in job_topology_files(plan_context.job.get_definition(), plan_context.resolved_run_config).items()
-        if path
-    }
+    job_def = plan_context.job.get_definition()
+    resources = job_topology_files(job_def, ResolvedRunConfig.build(job_def, plan_context.run_config))
+    named = {label: resolve_sites_path(path) for label, path in resources.items() if path}
     if config.sites_file:
         named = {"the gravity executor's sites_file": resolve_sites_path(config.sites_file), **named}
     files = {path.resolve() for path in named.values()}

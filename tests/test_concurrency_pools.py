@@ -9,7 +9,7 @@ import itertools
 import json
 
 import pytest
-from dagster import DagsterEventType, execute_job, reconstructable
+from dagster import execute_job, reconstructable
 
 from tests.support import concurrency_jobs, jobs
 from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
@@ -42,11 +42,9 @@ def test_a_concurrency_pool_limit_of_one_is_honoured(factory, instance, tmp_path
     recon = reconstructable(getattr(concurrency_jobs, factory))
     with execute_job(recon, instance=instance, run_config=run_config) as result:
         assert result.success
-        claimed = [e for e in result.all_events if e.event_type == DagsterEventType.ENGINE_EVENT and "concurrency" in (e.message or "").lower()]
     ran = _windows(windows)
     assert sorted(ran) == ["pooled_a", "pooled_b", "pooled_c"]
     assert _overlaps(ran) == [], f"steps of concurrency pool {concurrency_jobs.CONCURRENCY_POOL!r} overlapped: {ran}"
-    assert claimed, "Dagster logs the steps it holds back for a concurrency slot"
 
 
 def test_without_a_limit_gravity_runs_the_pooled_steps_concurrently(instance, tmp_path, monkeypatch):
