@@ -183,7 +183,7 @@ def run_config(executor: str, dask_sites: Path | None = None, scheduler: str = "
             "execution": {
                 "config": {
                     "sites_file": str(dask_sites),
-                    "pools": {"default": {"backend": "dask", "scheduler": scheduler}},
+                    "pools": {"default": {"dask": {"scheduler": scheduler}}},
                 }
             }
         }

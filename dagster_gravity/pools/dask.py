@@ -49,9 +49,9 @@ best effort with a short timeout; a worker that misses it still evicts the run a
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import queue
-import sys
 import threading
 import time
 import uuid
@@ -72,6 +72,8 @@ from dagster_gravity.pools.base import (
     Submission,
 )
 from dagster_gravity.pools.settings import with_defaults
+
+log = logging.getLogger(__name__)
 
 EVENT_TOPIC = "dagster-gravity/step-events"
 
@@ -435,10 +437,9 @@ class DaskBackend:
                 callback_timeout=self.CLOSE_RUN_TIMEOUT_S,
             )
         except Exception as exc:  # the run is over either way; say why workers may lag
-            print(
-                f"gravity: dask scheduler {self.address}: could not ask the workers to close "
-                f"run {run_id}: {type(exc).__name__}: {exc}",
-                file=sys.stderr,
+            log.warning(
+                "gravity: dask scheduler %s: could not ask the workers to close run %s: %s: %s",
+                self.address, run_id, type(exc).__name__, exc,
             )
 
     # -- extras (tests, `gravity sites`) -------------------------------------------------
