@@ -163,7 +163,10 @@ class _RunLoop:
         self.plan_context = plan_context
         self.execution_plan = execution_plan
         self.topology = topology
-        self.by_pool, self.groups = create_backends(topology, config)
+        self.by_pool, self.groups = create_backends(
+            topology, config.pool_settings(topology),
+            worker_max_steps=config.worker_max_steps, unhealthy_after=config.unhealthy_after,
+        )
         self.backends: list[PoolBackend] = [backend for backend, _ in self.groups]
         self.disabled = {p.id for p in topology.pools if config.is_disabled(p.id, p.site)}
         total_slots = sum(p.slots for p in topology.pools if p.id not in self.disabled)

@@ -273,7 +273,8 @@ def test_forking_backends_start_first_in_runs_mixed_with_other_backends(tmp_path
     topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
 
     def groups(pools):
-        _, ordered = create_backends(topology, GravityConfig.from_executor_config({"pools": pools}))
+        config = GravityConfig.from_executor_config({"pools": pools})
+        _, ordered = create_backends(topology, config.pool_settings(topology), worker_max_steps=100, unhealthy_after=3)
         return [(backend.name, backend.capabilities.forks_run_process, sorted(p.id for p in group)) for backend, group in ordered]
 
     # alpha (first in the topology) on Dask: the local backend, which forks the run process,

@@ -26,7 +26,6 @@ from dagster_gravity.pools.base import (
 )
 
 if TYPE_CHECKING:
-    from dagster_gravity.executor_config import GravityConfig
     from dagster_gravity.topology import Pool, Topology
 
 # name -> "module:attribute" of a factory called as factory(settings, worker_max_steps=...,
@@ -65,17 +64,15 @@ def group_pools(
 
 
 def create_backends(
-    topology: "Topology", config: "GravityConfig"
+    topology: "Topology", settings_by_pool: Mapping[str, tuple[str, dict]], *, worker_max_steps: int, unhealthy_after: int
 ) -> tuple[dict[str, PoolBackend], list[tuple[PoolBackend, list["Pool"]]]]:
     """One backend per group of compute pools (`group_pools`): pool id -> backend, and the
     groups, those whose backend forks the run process first (they must fork before other
     backends start threads)."""
     by_pool: dict[str, PoolBackend] = {}
     groups = []
-    for name, settings, pools in group_pools(topology, config.pool_settings(topology)):
-        backend = create_backend(
-            name, settings, worker_max_steps=config.worker_max_steps, unhealthy_after=config.unhealthy_after
-        )
+    for name, settings, pools in group_pools(topology, settings_by_pool):
+        backend = create_backend(name, settings, worker_max_steps=worker_max_steps, unhealthy_after=unhealthy_after)
         groups.append((backend, pools))
         by_pool.update({pool.id: backend for pool in pools})
     groups.sort(key=lambda group: not group[0].capabilities.forks_run_process)
