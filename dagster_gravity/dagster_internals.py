@@ -37,15 +37,17 @@ from dagster._core.execution.retries import RetryMode, get_retries_config
 from dagster._core.execution.step_dependency_config import StepDependencyConfig
 from dagster._core.execution.tags import get_tag_concurrency_limits_config
 from dagster._core.executor.base import Executor
+from dagster._core.executor.child_process_executor import ChildProcessCrashException
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.system_config.objects import ResolvedRunConfig
 from dagster._serdes import deserialize_value, serialize_value
-from dagster._utils import interrupts
+from dagster._utils import get_run_crash_explanation, interrupts
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
 
 __all__ = [
     "ActiveExecution",
+    "ChildProcessCrashException",
     "DagsterEvent",
     "DagsterEventType",
     "DagsterExecutionInterruptedError",
@@ -73,6 +75,7 @@ __all__ = [
     "deserialize_value",
     "execute_plan_iterator",
     "get_required_resource_keys_to_init",
+    "get_run_crash_explanation",
     "get_retries_config",
     "get_tag_concurrency_limits_config",
     "interrupts",

@@ -26,6 +26,7 @@ the run process, and shipped to every worker (`GravityTopology` in resources.py)
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ from dagster import MetadataValue, _check as check, executor
 
 from dagster_gravity.dagster_internals import (
     ActiveExecution,
+    ChildProcessCrashException,
     DagsterEvent,
     DagsterExecutionInterruptedError,
     EngineEventData,
@@ -50,6 +52,7 @@ from dagster_gravity.dagster_internals import (
     RetryMode,
     StepDependencyConfig,
     StepFailureData,
+    get_run_crash_explanation,
     multiple_process_executor_requirements,
     serializable_error_info_from_exc_info,
 )
@@ -62,6 +65,8 @@ from dagster_gravity.pools import CRASHED, NOT_STARTED, PoolBackend, StepEnded, 
 from dagster_gravity.resources import job_topology_files
 from dagster_gravity.step_runner import RunPayload
 from dagster_gravity.topology import Topology, load_topology, resolve_sites_path
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1  # longest the loop blocks waiting for workers (interrupt latency)
 
@@ -87,10 +92,6 @@ def gravity_executor(init_context) -> "GravityExecutor":
                 aws-us-east-1: {dask: {scheduler: "tcp://127.0.0.1:8786"}}
     """
     return GravityExecutor(GravityConfig.from_executor_config(init_context.executor_config))
-
-
-class WorkerCrashedError(GravityError):
-    """A worker died while running a step (killed, out of memory, segfault, ...)."""
 
 
 class GravityExecutor(Executor):
@@ -150,6 +151,7 @@ class _Running:
     step: ExecutionStep
     pool_id: str
     site: str
+    attempt: int  # Dagster's attempt number (its count of earlier attempts)
     finished: bool = False  # a terminal step event (success/failure/retry) was seen
 
 
@@ -332,7 +334,7 @@ class _RunLoop:
         # first and the worker's own writes do not contend with it for the run's event log.
         yield placement_event(self.plan_context.for_step(step), placement, w.notes, waited, spilled_from)
         del self.waiting[step.key]
-        self.running[step.key] = _Running(step, placement.pool, placement.site)
+        self.running[step.key] = _Running(step, placement.pool, placement.site, attempt)
         self.locations.step_ran_at(step.key, placement.site)
         try:
             backend.submit(placement.pool, StepRequest(step.key, known_state, attempt))
@@ -354,23 +356,32 @@ class _RunLoop:
     # -- updates from workers ----------------------------------------------------------
 
     def _handle_update(self, update) -> Iterator[DagsterEvent]:
-        if isinstance(update, StepEvent):
-            yield from self._handle_event(update)
-        else:
-            yield from self._handle_end(update)
-
-    def _handle_event(self, update: StepEvent) -> Iterator[DagsterEvent]:
-        event = update.event
         running = self.running.get(update.step_key)
+        if running is None or running.attempt != update.attempt:
+            # An earlier attempt's late update (its worker's end after the retry was
+            # submitted): the worker already wrote its events; ActiveExecution must not see
+            # it, or the current attempt would be taken as ended.
+            log.debug("gravity: ignoring %r of step %s attempt %s (current: %s)", type(update).__name__,
+                      update.step_key, update.attempt, running.attempt if running else None)
+            if isinstance(update, StepEvent):
+                yield update.event
+            return
+        if isinstance(update, StepEvent):
+            yield from self._handle_event(update, running)
+        else:
+            yield from self._handle_end(update, running)
+
+    def _handle_event(self, update: StepEvent, running: _Running) -> Iterator[DagsterEvent]:
+        event = update.event
         yield event
         # A worker's run-level events (its session's set-up, step_key None) are not the
         # plan's; the step's own events are.
         if event.step_key is not None:
             self.locations.record(event)
             self.active.handle_event(event)
-            if running is not None and (event.is_step_success or event.is_step_failure or event.is_step_up_for_retry):
+            if event.is_step_success or event.is_step_failure or event.is_step_up_for_retry:
                 running.finished = True
-        if event.is_resource_init_failure and running is not None and not running.finished:
+        if event.is_resource_init_failure and not running.finished:
             # Resources failed to initialise (for the worker's session or for the step):
             # that is the failure of the step that was waiting for them.
             step_context = self.plan_context.for_step(running.step)
@@ -381,10 +392,8 @@ class _RunLoop:
             self.active.handle_event(failure)
             running.finished = True
 
-    def _handle_end(self, update: StepEnded) -> Iterator[DagsterEvent]:
-        running = self.running.pop(update.step_key, None)
-        if running is None:
-            return
+    def _handle_end(self, update: StepEnded, running: _Running) -> Iterator[DagsterEvent]:
+        del self.running[update.step_key]
         if update.outcome == NOT_STARTED:
             if self.stopping:  # the run is stopping: nothing more starts
                 self.active.mark_abandoned(update.step_key)
@@ -400,21 +409,24 @@ class _RunLoop:
 
     def _fail_crashed(self, running: _Running, update: StepEnded) -> Iterator[DagsterEvent]:
         """The step's worker died or failed without the step's own end: a retryable
-        failure (a plain failure if the run is stopping: nothing retries then)."""
+        failure (a plain failure if the run is stopping: nothing retries then). A crash is
+        Dagster's own `ChildProcessCrashException`, as under the multiprocess executor,
+        with where it ran in its message."""
         step_context = self.plan_context.for_step(running.step)
         error = update.error
+        explanation = update.message
         if error is None:
+            where = f"gravity: {update.message} (compute pool {update.pool_id})"
+            if update.exit_code is not None:
+                where = get_run_crash_explanation(prefix=where + ";", exit_code=update.exit_code)
+            explanation = where
+            crash = ChildProcessCrashException(update.pid, update.exit_code)
+            crash.args = (where,)
             try:
-                raise WorkerCrashedError(
-                    f"gravity: {update.message} (compute pool {update.pool_id}, exit code {update.exit_code})"
-                )
-            except WorkerCrashedError:
+                raise crash
+            except ChildProcessCrashException:
                 error = serializable_error_info_from_exc_info(sys.exc_info())
-        yield DagsterEvent.engine_event(
-            step_context,
-            f"gravity: {update.message}" if update.outcome == CRASHED else update.message,
-            EngineEventData.engine_error(error),
-        )
+        yield DagsterEvent.engine_event(step_context, explanation, EngineEventData.engine_error(error))
         if self.stopping:
             failure = DagsterEvent.step_failure_event(
                 step_context=step_context, step_failure_data=StepFailureData(error=error, user_failure_data=None)

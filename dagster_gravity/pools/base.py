@@ -13,7 +13,8 @@ pool's site. The executor drives it from its single-threaded `ActiveExecution` l
     backend.stop()                      # end of run: stop every worker, leave nothing behind
     backend.probe(pools, timeout_s)     # outside a run (`gravity sites --health`): each pool's health
 
-Every submitted step ends with exactly one `StepEnded`, whatever happens to its worker:
+Every submitted step attempt ends with exactly one `StepEnded`, whatever happens to its
+worker, and a worker takes no other step until that end has been reported:
 `outcome` says whether it ran to completion, crashed mid-step (the executor turns that into
 a retryable step failure), or never started (the executor places it again elsewhere).
 """
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
 class StepRequest:
     step_key: str
     known_state: "KnownExecutionState"
-    attempt: int = 0  # Dagster's previous attempt count for the step
+    # Dagster's count of the step's previous attempts: which attempt this is. Every update
+    # about it carries the same number, so an update of an earlier attempt (its end can
+    # arrive after the retry was submitted) is never taken for the current one.
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class StepEvent:
 
     step_key: str
     event: "DagsterEvent"
+    attempt: int = 0
 
 
 COMPLETED = "completed"  # the worker ran the step to its end (success or failure events sent)
@@ -69,6 +74,7 @@ class StepEnded:
     pid: int | None = None
     exit_code: int | None = None
     error: Any = None  # a SerializableErrorInfo when the worker reported one
+    attempt: int = 0
 
 
 StepUpdate = Union[StepEvent, StepEnded]

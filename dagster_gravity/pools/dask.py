@@ -208,6 +208,7 @@ class _Step:
     pool_id: str
     worker_address: str
     future: Any
+    attempt: int = 0  # Dagster's attempt of the step this task runs
     started: bool = False
     worker_name: str = ""
     next_seq: int = 0
@@ -349,7 +350,7 @@ class DaskBackend:
             retries=0,  # retries are Dagster's (RetryPolicy), never Dask's
             pure=False,
         )
-        step = _Step(key, request.step_key, pool_id, worker, future)
+        step = _Step(key, request.step_key, pool_id, worker, future, attempt=request.attempt)
         self._steps[key] = step
         with _IN_FLIGHT_LOCK:
             _IN_FLIGHT.setdefault((self.address, pool.site), {})[key] = worker
@@ -496,7 +497,7 @@ class DaskBackend:
             text = step.pending.pop(step.next_seq)
             step.next_seq += 1
             event = deserialize_value(text)
-            updates.append(StepEvent(event.step_key or step.step_key, event))
+            updates.append(StepEvent(event.step_key or step.step_key, event, attempt=step.attempt))
 
     def _on_future_done(self, step: _Step, updates: list[StepUpdate]) -> None:
         future = step.future
@@ -580,7 +581,7 @@ class DaskBackend:
 
     def _finish(self, step: _Step, ended: StepEnded, updates: list[StepUpdate], count_failure: bool = True) -> None:
         step.finished = True
-        updates.append(ended)
+        updates.append(replace(ended, attempt=step.attempt))
         del self._steps[step.key]
         self._forget(step)
         if ended.outcome == COMPLETED:

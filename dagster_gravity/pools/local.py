@@ -25,10 +25,12 @@ handled; to avoid it entirely keep local and Dask pools in separate runs (and a 
 `worker_max_steps` at least avoids recycling forks).
 
 Wire protocol on each worker's duplex pipe (pickled tuples between our own processes):
-  parent -> worker: ("step", step_key, known_state) | ("stop",)
+  parent -> worker: ("step", step_key, attempt, known_state) | ("stop",)
   worker -> parent: ("ready", pid) | ("start_failed", error_info)
-                    | ("event", DagsterEvent) | ("done", step_key)
-                    | ("error", step_key, error_info)
+                    | ("event", DagsterEvent) | ("done", step_key, attempt)
+                    | ("error", step_key, attempt, error_info)
+A worker runs one step attempt at a time and takes the next only after its "done" (or
+"error") has been read, so every update is that attempt's.
 """
 
 from __future__ import annotations
@@ -139,16 +141,16 @@ def _worker_main(
             break
         if message[0] == "stop":
             break
-        _, step_key, known_state = message
+        _, step_key, attempt, known_state = message
         # Dagster's own interrupt capture (set up by the run's session) turns a SIGINT from
         # the executor into DagsterExecutionInterruptedError inside the step's user code.
         try:
             for event in runner.run_step(payload, step_key, known_state):
                 conn.send(("event", event))
-            conn.send(("done", step_key))
+            conn.send(("done", step_key, attempt))
         except BaseException:
             try:
-                conn.send(("error", step_key, serializable_error_info_from_exc_info(sys.exc_info())))
+                conn.send(("error", step_key, attempt, serializable_error_info_from_exc_info(sys.exc_info())))
             except OSError:
                 break
     try:
@@ -163,11 +165,10 @@ class _Worker:
     process: Any
     conn: Connection
     state: str = "starting"  # starting | ready | stopping
-    # Steps sent to the worker, oldest first; it runs them one at a time. A second step is
-    # only sent once the first has reported its end (success, failure, retry), so a worker
-    # whose step is finishing counts as free and the next step does not wait for "done".
-    queue: list[str] = field(default_factory=list)
-    head_finished: bool = False  # the oldest queued step sent its terminal event
+    # The (step key, attempt) sent to the worker and not yet ended: at most one. The worker
+    # is free again only once that attempt's end ("done"/"error") has been read, so a retry
+    # of the same step can never be mistaken for the attempt before it.
+    queue: list[tuple[str, int]] = field(default_factory=list)
     steps_run: int = 0
     max_steps: int = 100  # recycled after this many steps
     started_at: float = field(default_factory=time.monotonic)
@@ -179,13 +180,17 @@ class _Worker:
 
     @property
     def step_key(self) -> str | None:
-        return self.queue[0] if self.queue else None
+        return self.queue[0][0] if self.queue else None
+
+    @property
+    def attempt(self) -> int:
+        return self.queue[0][1] if self.queue else 0
 
     @property
     def free(self) -> bool:
         if self.state == "stopping" or self.steps_run + len(self.queue) >= self.max_steps:
             return False
-        return not self.queue or (len(self.queue) == 1 and self.head_finished)
+        return not self.queue
 
 
 @dataclass
@@ -254,9 +259,9 @@ class LocalBackend:
             if len(state.workers) >= state.pool.slots:
                 raise RuntimeError(f"pool {pool_id} has no free slot ({state.pool.slots} busy)")
             worker = self._start_worker(state)
-        worker.queue.append(request.step_key)
+        worker.queue.append((request.step_key, request.attempt))
         try:
-            worker.conn.send(("step", request.step_key, request.known_state))
+            worker.conn.send(("step", request.step_key, request.attempt, request.known_state))
         except OSError:
             pass  # the worker is dead: poll() reports it
         return Submission(pool_id=pool_id, worker=f"pid {worker.pid}", pid=worker.pid)
@@ -396,7 +401,7 @@ class LocalBackend:
             self._record_failure(state, f"a worker failed to start: {error.message.strip()}")
             self._remove(worker)
             self._retire(worker)
-            for step_key in worker.queue:
+            for step_key, attempt in worker.queue:
                 self._updates.append(
                     StepEnded(
                         step_key,
@@ -405,21 +410,19 @@ class LocalBackend:
                         message=f"worker pid {worker.pid} failed to start: {error.message.strip()}",
                         pid=worker.pid,
                         error=error,
+                        attempt=attempt,
                     )
                 )
             worker.queue.clear()
         elif kind == "event":
             event = message[1]
-            if event.is_step_success or event.is_step_failure or event.is_step_up_for_retry:
-                worker.head_finished = True
-            self._updates.append(StepEvent(event.step_key or worker.step_key, event))
+            self._updates.append(StepEvent(event.step_key or worker.step_key, event, attempt=worker.attempt))
         elif kind in ("done", "error"):
-            step_key = message[1]
-            error = message[2] if kind == "error" else None
+            step_key, attempt = message[1], message[2]
+            error = message[3] if kind == "error" else None
             state.consecutive_failures = 0
-            if worker.queue and worker.queue[0] == step_key:
+            if worker.queue and worker.queue[0] == (step_key, attempt):
                 worker.queue.pop(0)
-            worker.head_finished = False
             worker.steps_run += 1
             self._updates.append(
                 StepEnded(
@@ -429,6 +432,7 @@ class LocalBackend:
                     message="" if error is None else f"worker pid {worker.pid} raised: {error.message.strip()}",
                     pid=worker.pid,
                     error=error,
+                    attempt=attempt,
                 )
             )
             if worker.steps_run >= self.worker_max_steps and not worker.queue:
@@ -443,7 +447,7 @@ class LocalBackend:
             self._remove(worker)
             how = f"exit code {exit_code}" if exit_code is None or exit_code >= 0 else f"signal {-exit_code}"
             self._record_failure(state, f"worker pid {worker.pid} died ({how})")
-            for i, step_key in enumerate(worker.queue):
+            for i, (step_key, attempt) in enumerate(worker.queue):
                 started = i == 0 and worker.state == "ready"
                 what = worker.killed_why or f"died ({how})"
                 self._updates.append(
@@ -456,6 +460,7 @@ class LocalBackend:
                         else f"worker pid {worker.pid} at site {state.pool.site} {what} before it took the step",
                         pid=worker.pid,
                         exit_code=exit_code,
+                        attempt=attempt,
                     )
                 )
             worker.queue.clear()
