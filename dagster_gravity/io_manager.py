@@ -49,7 +49,6 @@ from dagster import (
     TableColumn,
     TableSchema,
 )
-
 from pydantic import Field
 
 from dagster_gravity import metadata as md
