@@ -1,7 +1,8 @@
 """dagster-gravity: data-local ML pipelines for Dagster.
 
-`Topology` and the placement engine import without Dagster; `gravity_executor` and the
-IO manager are loaded on first use so `dagster_gravity.placement` stays cheap to import.
+`Topology` and the placement engine import without Dagster; `gravity_executor`, the IO
+manager and the resources (`GravityTopology`, `GravityCheckpoints`) are loaded on first use
+so `dagster_gravity.placement` stays cheap to import.
 """
 
 from dagster_gravity.errors import GravityConfigError, GravityError
@@ -14,6 +15,8 @@ __all__ = [
     "TopologyError",
     "gravity_executor",
     "GravityIOManager",
+    "GravityTopology",
+    "GravityCheckpoints",
 ]
 
 
@@ -26,4 +29,12 @@ def __getattr__(name):
         from dagster_gravity.io_manager import GravityIOManager
 
         return GravityIOManager
+    if name == "GravityTopology":
+        from dagster_gravity.resources import GravityTopology
+
+        return GravityTopology
+    if name == "GravityCheckpoints":
+        from dagster_gravity.resources import GravityCheckpoints
+
+        return GravityCheckpoints
     raise AttributeError(f"module 'dagster_gravity' has no attribute {name!r}")

@@ -8,10 +8,11 @@ Layout inside a site's storage (under an optional prefix, default ``checkpoints`
     <name>/promoted.json         the promoted version and the history of promotions
     <name>/_intermediate/<key>/weights.npz + state.json    resumable training progress
 
-Every file is written atomically by the site's storage (`dagster_gravity.storage`: one
-rename commits a local object, a completed upload an S3 one) with its sha256 recorded,
-and the manifest is written after the weights, so a version without a manifest was never
-finished and is invisible. Weights are verified against the manifest's sha256 on every
+A `CheckpointStore` works directly over a site's storage (`dagster_gravity.storage`, the
+backend the IO manager writes to): every file is written atomically (one rename commits a
+local object, a completed upload an S3 one) with its sha256 recorded and verified on every
+read, and the manifest is written after the weights, so a version without a manifest was
+never finished and is invisible. Weights are verified against the manifest's sha256 on every
 load; a mismatch raises `CorruptCheckpointError`, and `latest_good()` / `load_usable()`
 skip such versions with a warning that names the version and both checksums.
 
@@ -30,8 +31,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -60,61 +60,8 @@ class CorruptCheckpointError(CheckpointError):
         )
 
 
-class BlobIntegrityError(IOError):
-    """A blob store could not return intact bytes (e.g. the backend's own checksum failed)."""
-
-
 class CheckpointCorruptionWarning(UserWarning):
     """Emitted when a corrupted checkpoint is skipped in favour of an earlier good one."""
-
-
-# -- the storage the store writes to -------------------------------------------------------
-
-
-class BlobStore(Protocol):
-    """The minimal storage a CheckpointStore needs (keys are '/'-separated relative paths)."""
-
-    def write_bytes(self, key: str, data: bytes) -> None: ...  # atomic: all or nothing
-    def create_bytes(self, key: str, data: bytes) -> bool: ...  # atomic create-if-absent; False if present
-    def read_bytes(self, key: str) -> bytes: ...  # FileNotFoundError if absent
-    def exists(self, key: str) -> bool: ...
-    def list_keys(self, prefix: str) -> list[str]: ...  # every key under prefix, recursively
-    def delete(self, key: str) -> None: ...
-
-
-class SiteStorageBlobStore:
-    """Adapts a `dagster_gravity.storage` SiteStorage (local or S3) to the BlobStore protocol.
-
-    Writes go through the backend's atomic `put_bytes`; reads are checksum-verified by the
-    backend too (a failed check becomes BlobIntegrityError)."""
-
-    def __init__(self, storage: SiteStorage):
-        self.storage = storage
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.storage.put_bytes(key, data)
-
-    def create_bytes(self, key: str, data: bytes) -> bool:
-        """Write only if `key` does not exist yet; False when it does (another writer won)."""
-        return self.storage.put_new(key, data) is not None
-
-    def read_bytes(self, key: str) -> bytes:
-        try:
-            data, _info = self.storage.read_bytes(key)
-        except ObjectNotFound:
-            raise FileNotFoundError(key) from None
-        except StorageError as exc:  # checksum mismatch, missing checksum metadata, ...
-            raise BlobIntegrityError(str(exc)) from exc
-        return data
-
-    def exists(self, key: str) -> bool:
-        return self.storage.head(key) is not None
-
-    def list_keys(self, prefix: str) -> list[str]:
-        return sorted(self.storage.list_keys(prefix))
-
-    def delete(self, key: str) -> None:
-        self.storage.delete(key)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -223,21 +170,30 @@ class Progress:
 
 
 class CheckpointStore:
-    """Versioned checkpoints of named models over a BlobStore."""
+    """Versioned checkpoints of named models in one site's storage (local or S3).
 
-    def __init__(self, blobs: BlobStore, prefix: str = "checkpoints"):
-        self.blobs = blobs
+    Missing objects are `ObjectNotFound`; any other failure to read intact bytes (checksum
+    mismatch, an object gravity did not write, an unreachable site) is a `StorageError`, and
+    where weights or a manifest cannot be read intact the version counts as corrupted."""
+
+    def __init__(self, storage: SiteStorage, prefix: str = "checkpoints"):
+        self.storage = storage
         self.prefix = prefix.strip("/")
 
     @classmethod
     def local(cls, root: str | os.PathLike, prefix: str = "checkpoints", site: str = "local") -> "CheckpointStore":
         """A store in a local directory (the layout and checksums of a local site's storage)."""
-        return cls(SiteStorageBlobStore(LocalSiteStorage(site, root)), prefix)
+        return cls(LocalSiteStorage(site, root), prefix)
 
     @classmethod
     def for_site(cls, topology: Any, site: str, prefix: str = "checkpoints") -> "CheckpointStore":
         """The store at a site of the topology, in that site's storage (local or S3)."""
-        return cls(SiteStorageBlobStore(storage_for_site(topology, site)), prefix)
+        return cls(storage_for_site(topology, site), prefix)
+
+    def _read(self, key: str) -> bytes:
+        """The object's bytes, verified against the checksum its storage recorded."""
+        data, _info = self.storage.read_bytes(key)
+        return data
 
     # -- keys --
 
@@ -256,7 +212,7 @@ class CheckpointStore:
         """Finished versions (those with a manifest), oldest first."""
         self._check_name(name)
         found = set()
-        for key in self.blobs.list_keys(self._key(name)):
+        for key in self.storage.list_keys(self._key(name)):
             parts = key.split("/")
             if parts[-1] == "manifest.json" and len(parts) >= 2:
                 m = _VERSION_DIR.match(parts[-2])
@@ -267,12 +223,12 @@ class CheckpointStore:
     def manifest(self, name: str, version: int) -> Version:
         key = self._key(name, f"v{version}", "manifest.json")
         try:
-            raw = self.blobs.read_bytes(key)
-        except FileNotFoundError:
+            raw = self._read(key)
+        except ObjectNotFound:
             raise CheckpointError(
                 f"checkpoint {name!r} has no version v{version}; versions: {self.versions(name)}"
             ) from None
-        except BlobIntegrityError as exc:
+        except StorageError as exc:  # checksum mismatch, not written by gravity, unreachable
             raise CorruptCheckpointError(name, version, "(unknown)", None, f"manifest.json unreadable: {exc}") from None
         try:
             return Version.from_json(json.loads(raw))
@@ -303,7 +259,7 @@ class CheckpointStore:
             parent=parent,
         )
         # Weights first, manifest last: the manifest is what makes the version exist.
-        self.blobs.write_bytes(self._key(name, f"v{number}", "weights.npz"), data)
+        self.storage.put_bytes(self._key(name, f"v{number}", "weights.npz"), data)
         self._write_json(self._key(name, f"v{number}", "manifest.json"), version.to_json())
         return version
 
@@ -317,7 +273,7 @@ class CheckpointStore:
         number = (existing[-1] if existing else 0) + 1
         claim = json.dumps({"claimed_at": _now(), "pid": os.getpid(), "host": os.uname().nodename}).encode()
         for _attempt in range(1000):
-            if self.blobs.create_bytes(self._key(name, f"v{number}", CLAIM), claim):
+            if self.storage.put_new(self._key(name, f"v{number}", CLAIM), claim) is not None:
                 return number
             number += 1
         raise CheckpointError(f"checkpoint {name!r}: could not claim a version number up to v{number}")
@@ -334,10 +290,10 @@ class CheckpointStore:
         """The arrays of a version, after checking their sha256 against the manifest."""
         meta = self.manifest(name, version)
         try:
-            data = self.blobs.read_bytes(self._key(name, f"v{version}", "weights.npz"))
-        except FileNotFoundError:
+            data = self._read(self._key(name, f"v{version}", "weights.npz"))
+        except ObjectNotFound:
             raise CorruptCheckpointError(name, version, meta.sha256, None, "weights.npz is missing") from None
-        except BlobIntegrityError as exc:
+        except StorageError as exc:
             raise CorruptCheckpointError(name, version, meta.sha256, None, str(exc)) from None
         actual = sha256_bytes(data)
         if actual != meta.sha256:
@@ -398,8 +354,8 @@ class CheckpointStore:
 
     def _promotion_record(self, name: str) -> dict[str, Any]:
         try:
-            return json.loads(self.blobs.read_bytes(self._key(name, "promoted.json")))
-        except FileNotFoundError:
+            return json.loads(self._read(self._key(name, "promoted.json")))
+        except ObjectNotFound:
             return {"name": name, "current": None, "history": []}
 
     def promoted(self, name: str) -> int | None:
@@ -459,9 +415,9 @@ class CheckpointStore:
         deleted = [v for v in versions if v not in kept]
         for number in deleted:
             # Manifest first: the version disappears before its weights do.
-            self.blobs.delete(self._key(name, f"v{number}", "manifest.json"))
-            self.blobs.delete(self._key(name, f"v{number}", "weights.npz"))
-            self.blobs.delete(self._key(name, f"v{number}", CLAIM))
+            self.storage.delete(self._key(name, f"v{number}", "manifest.json"))
+            self.storage.delete(self._key(name, f"v{number}", "weights.npz"))
+            self.storage.delete(self._key(name, f"v{number}", CLAIM))
         return deleted
 
     # -- intermediate progress (resumable training) --
@@ -475,7 +431,7 @@ class CheckpointStore:
         # Weights under a name tied to the batch, then the state that points at them, so a
         # kill between the two writes leaves the previous (consistent) progress in place.
         weights_key = self._key(name, "_intermediate", key, f"weights-{next_batch:06d}.npz")
-        self.blobs.write_bytes(weights_key, data)
+        self.storage.put_bytes(weights_key, data)
         previous = self._progress_state(name, key)
         self._write_json(
             self._key(name, "_intermediate", key, "state.json"),
@@ -483,12 +439,12 @@ class CheckpointStore:
              "state": dict(state or {}), "at": _now()},
         )
         if previous and previous["weights"] != weights_key:
-            self.blobs.delete(previous["weights"])
+            self.storage.delete(previous["weights"])
 
     def _progress_state(self, name: str, key: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self.blobs.read_bytes(self._key(name, "_intermediate", key, "state.json")))
-        except FileNotFoundError:
+            return json.loads(self._read(self._key(name, "_intermediate", key, "state.json")))
+        except ObjectNotFound:
             return None
 
     def load_progress(self, name: str, key: str) -> Progress | None:
@@ -499,10 +455,10 @@ class CheckpointStore:
         if state is None:
             return None
         try:
-            data = self.blobs.read_bytes(state["weights"])
-        except FileNotFoundError:
+            data = self._read(state["weights"])
+        except ObjectNotFound:
             return None
-        except BlobIntegrityError:
+        except StorageError:  # unreadable intact: treated as failing its checksum below
             data = b""
         if sha256_bytes(data) != state["sha256"]:
             warnings.warn(
@@ -515,11 +471,11 @@ class CheckpointStore:
         return Progress(key, int(state["next_batch"]), npz_to_arrays(data), dict(state.get("state") or {}))
 
     def clear_progress(self, name: str, key: str) -> None:
-        for blob in self.blobs.list_keys(self._key(name, "_intermediate", key)):
-            self.blobs.delete(blob)
+        for stored in self.storage.list_keys(self._key(name, "_intermediate", key)):
+            self.storage.delete(stored)
 
     def _write_json(self, key: str, value: Any) -> None:
-        self.blobs.write_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode())
+        self.storage.put_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode())
 
 
 def _promotion_stack(history: Iterable[Mapping[str, Any]]) -> list[int]:

@@ -26,8 +26,9 @@ it (it needs a single partition key) and report through
 `instance.report_runless_asset_event` instead.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Dagster reads the resource fields'
+# annotations when the class is created, and a string `ResourceDependency[...]` is not
+# recognised as a dependency (pydantic then rejects the resource passed in).
 import io
 import json
 from typing import Any, Optional
@@ -44,11 +45,14 @@ from dagster import (
     InputContext,
     MetadataValue,
     OutputContext,
+    ResourceDependency,
     TableColumn,
     TableSchema,
 )
+from pydantic import Field
 
 from dagster_gravity import metadata as md
+from dagster_gravity.resources import GravityTopology
 from dagster_gravity.runtime import current_site
 from dagster_gravity.storage import (
     ChecksumMismatch,
@@ -177,20 +181,35 @@ class GravityIOManager(ConfigurableIOManager):
     """Stores outputs at the site where the step runs and brings inputs to it, verified.
 
     The site is `dagster_gravity.runtime.current_site()` (set by the gravity executor's
-    workers, or $GRAVITY_SITE), else `default_site`. Storage locations come from the
-    topology's per-site `storage` entries; S3 credentials from the normal boto3 chain.
+    workers around each step), else `default_site`. Storage locations come from the per-site
+    `storage` entries of the topology of the `topology` resource (`GravityTopology`: under
+    the gravity executor, the file the executor placed the step by); S3 credentials from the
+    normal boto3 chain.
     """
 
-    sites_file: str = "sites.yaml"
-    default_site: Optional[str] = None
-    s3_connect_timeout_s: float = 5.0
-    s3_read_timeout_s: float = 60.0
-    s3_max_attempts: int = 3
+    topology: ResourceDependency[GravityTopology] = Field(
+        default_factory=GravityTopology,
+        description=(
+            "The topology resource whose sites' storage holds the data. Default: GravityTopology(), "
+            "which follows the gravity executor's sites file (else $GRAVITY_SITES, else sites.yaml)."
+        ),
+    )
+    default_site: Optional[str] = Field(
+        default=None,
+        description=(
+            "The site to store at and read from when the step is not run by a gravity worker "
+            "(e.g. in-process materialize). Unset: such steps fail with a clear error."
+        ),
+    )
+    s3_connect_timeout_s: float = Field(default=5.0, description="Seconds to wait for an S3 site's endpoint to accept a connection.")
+    s3_read_timeout_s: float = Field(default=60.0, description="Seconds to wait for data on an open S3 connection.")
+    s3_max_attempts: int = Field(default=3, description="Attempts per S3 request, including the first (botocore's retry setting).")
 
     # -- helpers -------------------------------------------------------------------------
 
-    def topology(self) -> Topology:
-        return load_topology(self.sites_file)
+    def load_topology(self) -> Topology:
+        """The topology of the `topology` resource."""
+        return self.topology.load()
 
     def storage(self, site: str, label: str | None = None) -> SiteStorage:
         options = S3Options(
@@ -199,7 +218,7 @@ class GravityIOManager(ConfigurableIOManager):
             max_attempts=self.s3_max_attempts,
         )
         try:
-            return storage_for_site(self.topology(), site, options)
+            return storage_for_site(self.load_topology(), site, options)
         except StorageError as err:
             raise err.for_asset(label) from err
 
@@ -207,11 +226,11 @@ class GravityIOManager(ConfigurableIOManager):
         site = current_site() or self.default_site
         if not site:
             raise StorageError(
-                "no site to store at: the step is not run by a gravity worker ($GRAVITY_SITE "
-                "unset) and GravityIOManager.default_site is not configured",
+                "no site to store at: the step is not run by a gravity worker (runtime.current_site() "
+                "is None) and GravityIOManager.default_site is not configured",
                 asset=label,
             )
-        topology = self.topology()
+        topology = self.load_topology()
         if site not in topology.sites:
             raise UnknownSite(
                 topology.unknown_site(site),
@@ -223,7 +242,7 @@ class GravityIOManager(ConfigurableIOManager):
     def check_residency(self, zone: str | None, site: str, label: str, uri: str | None, action: str) -> None:
         if zone is None:
             return
-        topology = self.topology()
+        topology = self.load_topology()
         try:
             allowed = topology.allows(zone, site)
         except KeyError as exc:
@@ -398,7 +417,7 @@ class GravityIOManager(ConfigurableIOManager):
     def _load_unrecorded(self, context: InputContext, base: str, label: str, zone: str | None) -> Any:
         """No materialization says where the object is: try here, then the other sites."""
         here = self.site_here(label)
-        topology = self.topology()
+        topology = self.load_topology()
         wanted = _wanted_type(context)
         problems: list[str] = []
         for site in [here] + [s for s in topology.sites if s != here]:

@@ -1,7 +1,9 @@
 """The reference code location: `dagster dev -w workspace.yaml` loads `defs` from here.
 
-The sites file is $GRAVITY_SITES or ./sites.yaml, resolved when a resource, sensor or the
-executor runs (not at import), so one imported code location can serve another topology.
+One `GravityTopology` resource (`resources.project_resources`) says which sites file every
+part uses: in a run, the gravity executor's; elsewhere (sensors) $GRAVITY_SITES or
+./sites.yaml, resolved when it is used (not at import), so one imported code location can
+serve another topology.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from sensors.landing import make_landing_sensor
 DRIFT_THRESHOLD = 0.5  # standard deviations
 
 
-def build_sensors(sites: str | None = None) -> list:
+def build_sensors() -> list:
+    """The landing sensors read the topology from the `gravity_topology` resource."""
     landing = [
-        make_landing_sensor(REFERENCE_SITE, ["items"], ingest_jobs[REFERENCE_SITE], sites),
-        make_landing_sensor(EU_SITE, ["eu_customers"], ingest_jobs[EU_SITE], sites),
+        make_landing_sensor(REFERENCE_SITE, ["items"], ingest_jobs[REFERENCE_SITE]),
+        make_landing_sensor(EU_SITE, ["eu_customers"], ingest_jobs[EU_SITE]),
         # Event features join the reference table point-in-time: wait for that day's items.
-        make_landing_sensor(EVENTS_SITE, ["events"], ingest_jobs[EVENTS_SITE], sites,
+        make_landing_sensor(EVENTS_SITE, ["events"], ingest_jobs[EVENTS_SITE],
                             requires={"events": [AssetKey("raw_items")]}),
     ]
     drift = make_drift_sensor(
@@ -37,13 +40,13 @@ def build_sensors(sites: str | None = None) -> list:
 
 
 def build_defs(sites: str | None = None, executor=None) -> Definitions:
-    """`sites` None: every part reads $GRAVITY_SITES (else ./sites.yaml) when it runs;
-    building the definitions never writes the environment."""
+    """`sites`: the sites file of the `gravity_topology` resource (None: see the module
+    docstring); building the definitions never reads or writes the environment."""
     return Definitions(
         assets=[*RAW_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS],
         jobs=[*ASSET_JOBS, rollback_job],
         schedules=[daily_features_schedule],
-        sensors=build_sensors(sites),
+        sensors=build_sensors(),
         resources=project_resources(sites),
         executor=executor or gravity_executor,
     )

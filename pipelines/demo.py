@@ -65,13 +65,11 @@ def main(argv=None) -> int:
     from dagster import DagsterInstance, build_sensor_context, execute_job
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-    from dagster_gravity.checkpoints import CheckpointStore
     from dagster_gravity.topology import Topology
     from pipelines import report
     from pipelines.datagen import generate
     from pipelines.definitions import defs
     from pipelines.training import MODEL_NAME
-    from resources import CHECKPOINT_SITE
 
     topology = Topology.from_yaml(sites)
     repo = ReconstructableRepository.for_module("pipelines.definitions", "defs", working_directory=str(ROOT))
@@ -83,6 +81,10 @@ def main(argv=None) -> int:
             say(f"  landed {f.dataset:13} {date} at {f.site:14} {f.size_bytes:>11,d} B")
 
     run_ids: list[str] = []
+
+    def sensor_resources(sensor) -> dict:
+        """The top-level resources a sensor takes, as Dagster's code server passes them."""
+        return {k: v for k, v in defs.resources.items() if k in sensor.required_resource_keys}
 
     def launch(job_name: str, partition: str, tags: dict | None = None) -> None:
         t = time.time()
@@ -113,21 +115,21 @@ def main(argv=None) -> int:
         sensors = {s.name: s for s in defs.sensors}
         for name in ("landing_aws_us_east_1_sensor", "landing_eu_colo_sensor", "landing_onprem_dc_sensor"):
             sensor = sensors[name]
-            with build_sensor_context(instance=instance, definitions=defs) as ctx:
+            with build_sensor_context(instance=instance, definitions=defs, resources=sensor_resources(sensor)) as ctx:
                 requests = sensor.evaluate_tick(ctx).run_requests or []
             say(f"sensor {name}: {len(requests)} run request(s) {[r.run_key for r in requests]}")
             for r in requests:
                 launch(sensor.job_name, r.partition_key, {**r.tags, "dagster/run_key": r.run_key, "dagster/sensor_name": name})
 
         drift = sensors["feature_drift_sensor"]
-        with build_sensor_context(instance=instance, definitions=defs) as ctx:
+        with build_sensor_context(instance=instance, definitions=defs, resources=sensor_resources(drift)) as ctx:
             result = drift.evaluate_tick(ctx)
         requests = result.run_requests or []
         say(f"drift sensor: {len(requests)} retrain request(s) {[r.tags.get('gravity/drift') for r in requests]}")
         for r in requests:
             launch(drift.job_name, r.partition_key, {**r.tags, "dagster/run_key": r.run_key, "dagster/sensor_name": drift.name})
 
-        store = CheckpointStore.for_site(topology, CHECKPOINT_SITE)
+        store = defs.resources["checkpoints"].store()  # the pipeline's own GravityCheckpoints
         current = store.promoted(MODEL_NAME)
         version = store.manifest(MODEL_NAME, current)
         promoted = {

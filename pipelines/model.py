@@ -13,11 +13,11 @@ import hashlib
 import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, AssetObservation, Config, OpExecutionContext, RetryPolicy, asset, job, op
 
+from dagster_gravity import GravityCheckpoints
 from dagster_gravity import metadata as gm
 from dagster_gravity.checkpoints import CheckpointStore, checkpoint_metadata
 from pipelines.common import DAILY, TRAINING_GROUP, TRAINING_SITE, at_site
 from pipelines.training import CODE_VERSION, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, progress_key, train_incremental
-from resources import CheckpointsResource
 
 GATE_METRIC = "log_loss"  # lower is better
 GATE_TOLERANCE = 0.002  # a candidate this much worse still counts as "not worse" (noise)
@@ -63,7 +63,7 @@ def load_parent(context, store: CheckpointStore):
     retry_policy=RetryPolicy(max_retries=2, delay=1),
 )
 def model_checkpoint(
-    context: AssetExecutionContext, config: TrainingConfig, checkpoints: CheckpointsResource, training_set: pd.DataFrame
+    context: AssetExecutionContext, config: TrainingConfig, checkpoints: GravityCheckpoints, training_set: pd.DataFrame
 ) -> pd.DataFrame:
     """A new checkpoint version trained on the partition, warm-started from the promoted one."""
     store = checkpoints.store()
@@ -109,7 +109,7 @@ def model_checkpoint(
     kinds={"parquet"},
 )
 def model_evaluation(
-    context: AssetExecutionContext, checkpoints: CheckpointsResource, model_checkpoint: pd.DataFrame,
+    context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_checkpoint: pd.DataFrame,
     training_set: pd.DataFrame,
 ) -> pd.DataFrame:
     """Holdout metrics of the new version and of the promoted one, on the same rows."""
@@ -134,7 +134,7 @@ def model_evaluation(
     kinds={"parquet"},
 )
 def promoted_model(
-    context: AssetExecutionContext, checkpoints: CheckpointsResource, model_evaluation: pd.DataFrame
+    context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_evaluation: pd.DataFrame
 ) -> pd.DataFrame:
     """The quality gate: promote the candidate unless it evaluates worse than the promoted."""
     store = checkpoints.store()
@@ -180,7 +180,7 @@ class RollbackConfig(Config):
 
 
 @op(tags={gm.TAG_PIN: TRAINING_SITE})
-def rollback_model(context: OpExecutionContext, config: RollbackConfig, checkpoints: CheckpointsResource) -> None:
+def rollback_model(context: OpExecutionContext, config: RollbackConfig, checkpoints: GravityCheckpoints) -> None:
     store = checkpoints.store()
     before = store.promoted(MODEL_NAME)
     version = store.rollback(MODEL_NAME, to=config.to_version, reason=config.reason)

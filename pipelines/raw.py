@@ -1,17 +1,19 @@
 """Raw datasets, one per site, read from the site's landing area (daily partitions).
 
 Each raw asset is pinned to its site: it reads the landing file where it arrived, so
-ingesting never moves raw bytes.
+ingesting never moves raw bytes. The landing area comes from the run's topology (the
+`gravity_topology` resource), the one the executor placed the step by.
 """
 
 
 import pandas as pd
 from dagster import AssetExecutionContext, asset
 
+from dagster_gravity import GravityTopology
 from dagster_gravity import metadata as gm
 from pipelines.common import DAILY, EU_ZONE, GROUPS, at_site
 from pipelines.datagen import EU_SITE, EVENTS_SITE, REFERENCE_SITE
-from resources import SitesResource
+from resources import landing_area
 
 
 def _raw_asset(dataset: str, site: str, description: str, residency: str | None = None):
@@ -25,8 +27,8 @@ def _raw_asset(dataset: str, site: str, description: str, residency: str | None 
         kinds={"parquet"},
         description=description,
     )
-    def _raw(context: AssetExecutionContext, sites: SitesResource) -> pd.DataFrame:
-        area = sites.landing(site)
+    def _raw(context: AssetExecutionContext, gravity_topology: GravityTopology) -> pd.DataFrame:
+        area = landing_area(gravity_topology, site)
         df = area.read(dataset, context.partition_key)
         context.add_output_metadata({"gravity/landing_uri": area.uri(dataset, context.partition_key)})
         return df

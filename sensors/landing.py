@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 from dagster import AssetKey, AssetRecordsFilter, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 from dagster_aws.s3.sensor import get_objects
 
-from dagster_gravity.topology import Topology, default_sites_path
+from dagster_gravity import GravityTopology
+from resources import landing_area
 from resources.landing import LandingArea, LandingFile, s3_client
 
 
@@ -43,12 +44,11 @@ def make_landing_sensor(
     site: str,
     datasets: Sequence[str],
     job,
-    sites_file: str | None = None,
     requires: Mapping[str, Sequence[AssetKey]] | None = None,
     minimum_interval_seconds: int = 30,
 ):
-    """The site's raw asset for a dataset is `raw_<dataset>`.
-    `sites_file` None: $GRAVITY_SITES (else ./sites.yaml) at each evaluation.
+    """The site's raw asset for a dataset is `raw_<dataset>`. The topology comes from the
+    `gravity_topology` resource at each evaluation (unset: $GRAVITY_SITES, else ./sites.yaml).
     `requires`: dataset -> assets from other sites that must hold the same partition
     before the job can run (e.g. the reference table a point-in-time join needs)."""
     requires = dict(requires or {})
@@ -60,8 +60,8 @@ def make_landing_sensor(
         default_status=DefaultSensorStatus.STOPPED,
         description=f"New files in the landing area of {site} ({', '.join(datasets)}) -> {job.name}",
     )
-    def _landing(context: SensorEvaluationContext):
-        area = LandingArea(Topology.from_yaml(sites_file or default_sites_path()), site)
+    def _landing(context: SensorEvaluationContext, gravity_topology: GravityTopology):
+        area = landing_area(gravity_topology, site)
         seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
         waiting = []
         requests = []

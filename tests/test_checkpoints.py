@@ -52,7 +52,7 @@ def test_save_writes_the_documented_layout_and_loads_verified(store, tmp_path):
     vdir = tmp_path / "site" / "checkpoints" / "m" / "v1"
     assert visible_names(vdir) == ["claim.json", "manifest.json", "weights.npz"]
     # the site storage's layout: each name links to its data, checksum recorded (as on S3)
-    info = store.blobs.storage.head("checkpoints/m/v1/weights.npz")
+    info = store.storage.head("checkpoints/m/v1/weights.npz")
     assert info.sha256 == v.sha256 and (vdir / "weights.npz").is_symlink()
     manifest = json.loads((vdir / "manifest.json").read_text())
     assert manifest["sha256"] == v.sha256 and manifest["lineage"]["features"] == "f1"
@@ -97,7 +97,7 @@ def test_npz_with_objects_is_refused_not_unpickled(store, tmp_path):
     data = buf.getvalue()
     v = save(store, 1)
     # written through the storage, so every storage-level checksum matches too
-    site = store.blobs.storage
+    site = store.storage
     site.put_bytes("checkpoints/m/v1/weights.npz", data)
     manifest = json.loads(site.read_bytes("checkpoints/m/v1/manifest.json")[0])
     manifest["sha256"] = hashlib.sha256(data).hexdigest()
@@ -213,7 +213,7 @@ def test_local_checkpoints_live_in_the_site_storage_with_checksums(tmp_path):
     store = CheckpointStore.for_site(topology, "dc")
     v = save(store, 1)
     site = storage_for_site(topology, "dc")
-    assert store.blobs.storage is site  # the same backend as the IO manager's, not a side door
+    assert store.storage is site  # the same backend as the IO manager's, not a side door
     assert site.head("checkpoints/m/v1/weights.npz").sha256 == v.sha256
     assert site.list_keys("checkpoints/m/") == [f"checkpoints/m/v1/{n}" for n in ("claim.json", "manifest.json", "weights.npz")]
     corrupt(tmp_path / "dc", 1)
@@ -303,7 +303,7 @@ def test_concurrent_saves_get_distinct_versions_each_with_its_own_weights(store)
 
 def test_a_claimed_but_unfinished_version_is_not_reused(store):
     save(store, 1)
-    store.blobs.create_bytes("checkpoints/m/v2/claim.json", b"{}")  # a saver that died
+    assert store.storage.put_new("checkpoints/m/v2/claim.json", b"{}") is not None  # a saver that died
     assert store.versions("m") == [1]
     assert save(store, 2).version == 3
 

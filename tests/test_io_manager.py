@@ -21,8 +21,7 @@ from dagster import (
     op,
 )
 
-from dagster_gravity import GravityIOManager
-from dagster_gravity.io_manager import load_topology
+from dagster_gravity import GravityIOManager, GravityTopology
 from dagster_gravity.locations import latest_location
 from dagster_gravity.runtime import running_at
 from dagster_gravity.storage import (
@@ -68,11 +67,13 @@ def sites(tmp_path, seaweedfs, s3_buckets):  # noqa: F811
 
 @pytest.fixture
 def io(sites):
-    return GravityIOManager(sites_file=str(sites), s3_connect_timeout_s=2, s3_read_timeout_s=10, s3_max_attempts=2)
+    return GravityIOManager(
+        topology=GravityTopology(sites_file=str(sites)), s3_connect_timeout_s=2, s3_read_timeout_s=10, s3_max_attempts=2
+    )
 
 
 def store(io: GravityIOManager, site: str):
-    return storage_for_site(load_topology(io.sites_file), site)
+    return storage_for_site(io.topology.load(), site)
 
 
 def run(assets, site, io, instance, selection=None, partition_key=None):  # noqa: F811
@@ -290,21 +291,22 @@ def test_stale_replica_is_never_read(io, instance):  # noqa: F811
 
 
 def test_site_must_be_known(sites, instance, monkeypatch):  # noqa: F811
-    monkeypatch.delenv("GRAVITY_SITE", raising=False)
-    no_site = GravityIOManager(sites_file=str(sites))
+    # The site comes only from `runtime.running_at` (else default_site), never the environment.
+    monkeypatch.setenv("GRAVITY_SITE", "eu-local")
+    no_site = GravityIOManager(topology=GravityTopology(sites_file=str(sites)))
     with pytest.raises(Exception) as err:
         materialize([up], resources={"io_manager": no_site}, instance=instance)
     assert "default_site is not configured" in str(err.value.__cause__ or err.value)
 
-    unknown = GravityIOManager(sites_file=str(sites), default_site="mars")
+    unknown = GravityIOManager(topology=GravityTopology(sites_file=str(sites)), default_site="mars")
     with pytest.raises(Exception) as err:
         materialize([up], resources={"io_manager": unknown}, instance=instance)
     cause = err.value.__cause__ or err.value
     assert isinstance(cause, UnknownSite) and "'mars'" in str(cause) and "known sites" in str(cause)
 
-    good = GravityIOManager(sites_file=str(sites), default_site="eu-local")
+    good = GravityIOManager(topology=GravityTopology(sites_file=str(sites)), default_site="us-local")
     result = materialize([up], resources={"io_manager": good}, instance=instance)
-    assert meta_value(result.asset_materializations_for_node("up")[0].metadata, "gravity/site") == "eu-local"
+    assert meta_value(result.asset_materializations_for_node("up")[0].metadata, "gravity/site") == "us-local"
 
 
 def test_s3_site_that_refuses_fails_with_a_clear_error(tmp_path, instance):  # noqa: F811
@@ -314,7 +316,9 @@ def test_s3_site_that_refuses_fails_with_a_clear_error(tmp_path, instance):  # n
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sites = write_sites_yaml(tmp_path, f"http://127.0.0.1:{port}", ("dead-a", "dead-b"))
-    io = GravityIOManager(sites_file=str(sites), s3_connect_timeout_s=1, s3_read_timeout_s=1, s3_max_attempts=1)
+    io = GravityIOManager(
+        topology=GravityTopology(sites_file=str(sites)), s3_connect_timeout_s=1, s3_read_timeout_s=1, s3_max_attempts=1
+    )
     err = run_failure([up], "s3-a", io, instance)
     assert "refused the connection or timed out" in str(err)
     assert "'up'" in str(err) and "'s3-a'" in str(err) and "s3://dead-a/gravity/up.parquet" in str(err)

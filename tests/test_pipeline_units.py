@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 from dagster import build_asset_context
 
+from dagster_gravity import GravityCheckpoints, GravityTopology
 from dagster_gravity.checkpoints import CheckpointStore
 from dagster_gravity.topology import Topology
 from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
 from pipelines.model import promoted_model
 from pipelines.training import MODEL_NAME
-from resources import CheckpointsResource
+from resources import CHECKPOINT_SITE
 from sensors.drift import drift_scores
 from tests.support.pipeline import write_sites
 
@@ -109,7 +110,8 @@ def test_differencing_eu_segment_rows_cannot_isolate_one_customer():
 
 def test_importing_the_code_location_leaves_the_environment_alone(tmp_path):
     """No $GRAVITY_SITES appears because a test imported the definitions; resources resolve
-    it (else ./sites.yaml) when they are used, so a later setenv is honoured."""
+    it (else ./sites.yaml) when they are used, so a later setenv is honoured. The IO
+    manager, the checkpoints and the raw assets share the one `gravity_topology` resource."""
     import os
     import subprocess
     import sys
@@ -119,22 +121,27 @@ def test_importing_the_code_location_leaves_the_environment_alone(tmp_path):
         "import os\n"
         "import pipelines.definitions as d\n"
         "assert 'GRAVITY_SITES' not in os.environ, os.environ['GRAVITY_SITES']\n"
-        "io = d.defs.resources['io_manager']\n"
-        "default = set(io.topology().sites)\n"
+        "res = d.defs.resources\n"
+        "io, topology, checkpoints = res['io_manager'], res['gravity_topology'], res['checkpoints']\n"
+        "assert io.topology is topology and checkpoints.topology is topology\n"
+        "assert str(topology.path()) == os.path.abspath('sites.yaml'), topology.path()\n"
+        "default = set(io.load_topology().sites)\n"
         f"os.environ['GRAVITY_SITES'] = {str(sites)!r}\n"
-        "print(sorted(default), d.defs.resources['sites'].topology().site('onprem-dc').storage.path)\n"
+        "print(sorted(default), topology.load().site('onprem-dc').storage.path)\n"
+        "print(checkpoints.store().storage.uri(''))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "GRAVITY_SITES"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert str(tmp_path / "topo") in proc.stdout, proc.stdout
+    assert proc.stdout.count(str(tmp_path / "topo")) == 2, proc.stdout
 
 
 @pytest.fixture
 def checkpoints(tmp_path):
     sites = write_sites(tmp_path / "topo")
-    return CheckpointsResource(sites_file=str(sites)), CheckpointStore.for_site(Topology.from_yaml(sites), "onprem-dc")
+    resource = GravityCheckpoints(topology=GravityTopology(sites_file=str(sites)), site=CHECKPOINT_SITE)
+    return resource, CheckpointStore.for_site(Topology.from_yaml(sites), "onprem-dc")
 
 
 def evaluation(candidate_loss, promoted_loss):

@@ -23,8 +23,12 @@ def sensor(defs, name):
 
 
 def tick(defs, name, instance, cursor=None):
-    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as ctx:
-        result = sensor(defs, name).evaluate_tick(ctx)
+    # As Dagster's code server evaluates a sensor: with the top-level resources it requires
+    # (the landing sensors take the `gravity_topology` resource).
+    sensor_def = sensor(defs, name)
+    resources = {k: v for k, v in defs.resources.items() if k in sensor_def.required_resource_keys}
+    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources) as ctx:
+        result = sensor_def.evaluate_tick(ctx)
     return result
 
 

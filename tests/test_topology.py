@@ -126,3 +126,26 @@ def test_unknown_site_lookup_lists_known_sites(tmp_path):
         topo.site("z")
     with pytest.raises(KeyError, match="known zones: eu"):
         topo.zone_sites("us")
+
+
+def test_load_topology_parses_each_file_version_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dagster_gravity.topology import load_topology
+
+    _, path = load(tmp_path, BASE)
+    first = load_topology(path)
+    assert load_topology(path) is first
+    assert load_topology(str(tmp_path / "." / "sites.yaml")) is first  # keyed by the resolved path
+    path.write_text(textwrap.dedent(BASE).replace("name: b\n", "name: b2\n"))
+    later = path.stat().st_mtime_ns + 1_000_000  # a new version even on a coarse clock
+    os.utime(path, ns=(later, later))
+    edited = load_topology(path)
+    assert edited is not first and "b2" in edited.sites
+    with pytest.raises(TopologyError, match="missing.yaml"):
+        load_topology(tmp_path / "missing.yaml")
+    # importable, with the resolution rule, without Dagster
+    code = "import sys, dagster_gravity.topology, dagster_gravity.runtime; assert 'dagster' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
