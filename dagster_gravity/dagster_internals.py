@@ -10,6 +10,12 @@ dagster==1.13.27 (pinned in pyproject.toml).
 from __future__ import annotations
 
 from dagster._config import process_config
+from dagster._config.pythonic_config.resource import (
+    NestedResourcesResourceDefinition,
+    coerce_to_resource,
+    is_coercible_to_resource,
+)
+from dagster._core.definitions.definition_config_schema import ConfiguredDefinitionConfigSchema
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.errors import DagsterExecutionInterruptedError
@@ -48,6 +54,7 @@ from dagster._utils.error import SerializableErrorInfo, serializable_error_info_
 __all__ = [
     "ActiveExecution",
     "ChildProcessCrashException",
+    "ConfiguredDefinitionConfigSchema",
     "DagsterEvent",
     "DagsterEventType",
     "DagsterExecutionInterruptedError",
@@ -60,6 +67,7 @@ __all__ = [
     "InstanceConcurrencyContext",
     "InstanceRef",
     "KnownExecutionState",
+    "NestedResourcesResourceDefinition",
     "PlanExecutionContextManager",
     "PlanOrchestrationContext",
     "ReconstructableJob",
@@ -68,6 +76,7 @@ __all__ = [
     "SerializableErrorInfo",
     "StepDependencyConfig",
     "StepFailureData",
+    "coerce_to_resource",
     "create_compute_log_file_key",
     "create_context_free_log_manager",
     "create_execution_plan",
@@ -79,6 +88,7 @@ __all__ = [
     "get_retries_config",
     "get_tag_concurrency_limits_config",
     "interrupts",
+    "is_coercible_to_resource",
     "multiple_process_executor_requirements",
     "process_config",
     "serializable_error_info_from_exc_info",

@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from dagster import ConfigurableResource, ResourceDependency
-from dagster._config import process_config
-from dagster._config.pythonic_config.resource import (
-    NestedResourcesResourceDefinition,
-    coerce_to_resource,
-    is_coercible_to_resource,
-)
-from dagster._core.definitions.definition_config_schema import ConfiguredDefinitionConfigSchema
 from pydantic import Field
 
 from dagster_gravity import runtime
 from dagster_gravity.checkpoints import CheckpointStore
+from dagster_gravity.dagster_internals import (
+    ConfiguredDefinitionConfigSchema,
+    NestedResourcesResourceDefinition,
+    coerce_to_resource,
+    is_coercible_to_resource,
+    process_config,
+)
 from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.topology import Topology, load_topology, resolve_sites_path
 

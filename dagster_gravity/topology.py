@@ -217,11 +217,6 @@ def resolve_sites_path(explicit: str | os.PathLike | None = None) -> Path:
     return Path(os.path.abspath(chosen))
 
 
-def default_sites_path() -> Path:
-    """Deprecated alias of `resolve_sites_path()` (no explicit file)."""
-    return resolve_sites_path(None)
-
-
 _topologies: dict[tuple[str, int], Topology] = {}
 _topologies_lock = threading.Lock()
 

@@ -50,7 +50,7 @@ def test_steps_land_where_their_inputs_are(gravity):
         assert where["site"] == site, (key, where)
         # The executor's sites file travels with the site once the step runner passes it to
         # running_at; until then it is None, never another file.
-        assert where["run_sites_file"] in (None, str(gravity.sites_file)), where
+        assert where["run_sites_file"] == str(gravity.sites_file.resolve()), where
     # Every decision carries every pool's cost, and says what moved.
     rows = placed["follows_beta"]["gravity/candidates"]
     assert {r["pool"] for r in rows} == {"alpha/cpu", "alpha/gpu", "beta/cpu", "gamma/cpu"}

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, Union, runtime_checkable
 
 if TYPE_CHECKING:
-    from dagster._core.events import DagsterEvent
-    from dagster._core.execution.plan.state import KnownExecutionState
+    from dagster_gravity.dagster_internals import DagsterEvent, KnownExecutionState
 
     from dagster_gravity.step_runner import RunPayload
     from dagster_gravity.topology import Pool
