@@ -52,6 +52,7 @@ from dagster import (
 from pydantic import Field
 
 from dagster_gravity import metadata as md
+from dagster_gravity.metadata import DataLocation
 from dagster_gravity.resources import GravityTopology
 from dagster_gravity.runtime import current_site
 from dagster_gravity.storage import (
@@ -327,16 +328,17 @@ class GravityIOManager(ConfigurableIOManager):
         if partition is not None:
             base = f"{base}/{partition_segment(partition)}"
         record = _latest_materialization(context.instance, context.asset_key, partition)
-        meta = record.asset_materialization.metadata if record is not None else {}
-        loc = md.read_location(meta)
-        zone = loc["residency"] or self._definition_residency(context)
         if record is None:
             # never materialized at all (e.g. a direct load in a test): find the object
-            return self._load_unrecorded(context, base, label, zone)
-        if not loc["site"] or not loc["sha256"] or not loc["uri"]:
+            return self._load_unrecorded(context, base, label, self._definition_residency(context))
+        loc = DataLocation.from_metadata(
+            record.asset_materialization.metadata, what=f"the latest materialization of asset {label!r}"
+        )
+        zone = loc.residency or self._definition_residency(context)
+        if not loc.site or not loc.sha256 or not loc.uri:
             # Some other writer recorded the latest version: any object gravity holds is
             # older than it, so serving one would be serving stale data.
-            missing = [k for k, v in ((md.SITE, loc["site"]), (md.SHA256, loc["sha256"]), (md.URI, loc["uri"])) if not v]
+            missing = [k for k, v in ((md.SITE, loc.site), (md.SHA256, loc.sha256), (md.URI, loc.uri)) if not v]
             raise StorageError(
                 f"the latest materialization of this input{'' if partition is None else f' (partition {partition!r})'}"
                 f" (run {record.run_id or 'none: reported externally'}) was not written by the gravity IO "
@@ -345,34 +347,43 @@ class GravityIOManager(ConfigurableIOManager):
                 asset=label,
             )
 
-        extension = next((e for e in EXTENSIONS if loc["uri"].endswith(e)), ".parquet")
+        extension = next((e for e in EXTENSIONS if loc.uri.endswith(e)), ".parquet")
         key = base + extension
         here = self.site_here(label)
-        primary, sha = loc["site"], loc["sha256"]
         wanted = _wanted_type(context)
-        local = self.storage(here, label)
-        if primary == here:
+        primary_error: StorageError | None = None
+        if loc.site == here:
             try:
-                return _decode(self._read(here, key, sha, label), extension, wanted)
+                return _decode(self._read(here, key, loc.sha256, label), extension, wanted)
             except StorageError as err:
-                primary_error: StorageError | None = err  # lost or damaged: restore from a replica
+                primary_error = err  # lost or damaged: restore from a replica
         else:
-            primary_error = None
-            self.check_residency(zone, here, label, loc["uri"], "copy it to")
-            existing = self._head(local, key, label)
-            if existing is not None and existing.sha256 == sha:
+            self.check_residency(zone, here, label, loc.uri, "copy it to")
+            existing = self._head(self.storage(here, label), key, label)
+            if existing is not None and existing.sha256 == loc.sha256:
                 try:
-                    return _decode(self._read(here, key, sha, label), extension, wanted)
+                    return _decode(self._read(here, key, loc.sha256, label), extension, wanted)
                 except ChecksumMismatch as err:
                     context.log.warning(f"gravity: local replica is damaged, replicating again: {err}")
             elif existing is not None:
                 context.log.info(
                     f"gravity: the copy of {label} at {here} is stale (sha256 {existing.sha256[:12]}, latest "
-                    f"{sha[:12]}); replicating the latest from {primary}"
+                    f"{loc.sha256[:12]}); replicating the latest from {loc.site}"
                 )
+        data = self._replicate_here(context, record, loc, key, here, label, partition, single, primary_error)
+        return _decode(data, extension, wanted)
+
+    def _replicate_here(
+        self, context: InputContext, record, loc: DataLocation, key: str, here: str, label: str,
+        partition: str | None, single: bool, primary_error: StorageError | None,
+    ) -> bytes:
+        """Copy the recorded version to `here` from its primary site, else a current replica
+        (checksum verified), record the new replica, and return its bytes."""
+        primary, sha = loc.site, loc.sha256
         current_replicas = _current_replicas(context.instance, context.asset_key, partition, record)
         sources = ([] if primary == here else [primary]) + [s for s in current_replicas if s != here]
         errors: list[StorageError] = [primary_error] if primary_error is not None else []
+        local = self.storage(here, label)
         result = None
         for source_site in sources:
             try:
@@ -394,9 +405,8 @@ class GravityIOManager(ConfigurableIOManager):
             raise first
         source_site = result.source.site
         data = self._read(here, key, sha, label)
-        replicas = sorted((set(current_replicas) | {here}) - {primary})
         observation = {
-            md.REPLICAS: replicas,
+            md.REPLICAS: sorted((set(current_replicas) | {here}) - {primary}),
             md.SHA256: sha,
             BYTES_MOVED: result.bytes_moved,
             REPLICATED_FROM: source_site,
@@ -412,7 +422,7 @@ class GravityIOManager(ConfigurableIOManager):
             context.instance.report_runless_asset_event(
                 AssetObservation(asset_key=context.asset_key, partition=partition, metadata=observation)
             )
-        return _decode(data, extension, wanted)
+        return data
 
     def _load_unrecorded(self, context: InputContext, base: str, label: str, zone: str | None) -> Any:
         """No materialization says where the object is: try here, then the other sites."""

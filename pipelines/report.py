@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from dagster import AssetKey, DagsterEventType
 
 from dagster_gravity import metadata as gm
+from dagster_gravity.metadata import DataLocation
 from dagster_gravity.placement import InputData, PlanStep, format_bytes, plan_cost
 from dagster_gravity.topology import Topology
 
@@ -30,7 +31,7 @@ class StepRun:
     step: str
     site: str | None = None
     pool: str | None = None
-    materialized: dict[str, dict] = field(default_factory=dict)  # asset -> location metadata
+    materialized: dict[str, DataLocation] = field(default_factory=dict)  # asset -> where it was written
 
 
 def _value(v):
@@ -57,7 +58,7 @@ def collect_runs(instance, run_ids: list[str]) -> tuple[list[StepRun], int, list
                     sr.site, sr.pool = _value(md["gravity/site"]), _value(md["gravity/pool_id"])
             elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
                 mat = event.step_materialization_data.materialization
-                sr.materialized[mat.asset_key.to_user_string()] = gm.read_location(mat.metadata)
+                sr.materialized[mat.asset_key.to_user_string()] = DataLocation.from_metadata(mat.metadata, what=f"asset {mat.asset_key.to_user_string()!r}")
             elif event.event_type == DagsterEventType.ASSET_OBSERVATION:
                 obs = event.asset_observation_data.asset_observation
                 n = _value(obs.metadata.get("gravity/bytes_moved"))
@@ -86,7 +87,7 @@ def plan_steps(steps: list[StepRun], asset_graph, instance, landing_sizes: dict[
                     upstream.append((name, size))
                 else:
                     loc = _latest(instance, parent, s.partition)
-                    external.append(InputData(name, size, (loc["site"],), loc["residency"]))
+                    external.append(InputData(name, size, (loc.site,), loc.residency))
             out.append(PlanStep(f"{run_id[:8]}:{s.step}", tuple(external), tuple((f"{run_id[:8]}:{u}", b) for u, b in upstream)))
     return out
 
@@ -95,18 +96,20 @@ def _residency(asset_graph, key: AssetKey):
     return _value((asset_graph.get(key).metadata or {}).get(gm.RESIDENCY))
 
 
-def _latest(instance, key: AssetKey, partition: str) -> dict:
+def _latest(instance, key: AssetKey, partition: str) -> DataLocation:
     from dagster import AssetRecordsFilter
 
     recs = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    return gm.read_location(recs[0].asset_materialization.metadata) if recs else {"site": None, "residency": None, "size_bytes": 0}
+    if not recs:
+        return DataLocation()
+    return DataLocation.from_metadata(recs[0].asset_materialization.metadata, what=f"asset {key.to_user_string()!r}")
 
 
 def _size(instance, key: AssetKey, partition: str, in_run: dict) -> int:
     s = in_run.get(key.to_user_string())
     if s and key.to_user_string() in s.materialized:
-        return s.materialized[key.to_user_string()]["size_bytes"] or 0
-    return _latest(instance, key, partition)["size_bytes"] or 0
+        return s.materialized[key.to_user_string()].size_bytes
+    return _latest(instance, key, partition).size_bytes
 
 
 def blind_sites(topology: Topology, steps: list[PlanStep], hub: str) -> dict[str, str]:
@@ -134,7 +137,7 @@ def render(topology: Topology, instance, run_ids: list[str], asset_graph, landin
             _RESIDENT_OUTPUTS.add(key.to_user_string())
     steps, measured, moves = collect_runs(instance, run_ids)
     psteps = plan_steps(steps, asset_graph, instance, landing_sizes)
-    actual_sites = {f"{s.run_id[:8]}:{s.step}": s.site or s.materialized.get(s.step, {}).get("site") for s in steps}
+    actual_sites = {f"{s.run_id[:8]}:{s.step}": s.site or getattr(s.materialized.get(s.step), "site", None) for s in steps}
     aware_b, aware_s, aware_d, _ = plan_cost(topology, psteps, actual_sites)
     blind = blind_sites(topology, psteps, hub)
     blind_b, blind_s, blind_d, _ = plan_cost(topology, psteps, blind)
@@ -146,7 +149,7 @@ def render(topology: Topology, instance, run_ids: list[str], asset_graph, landin
         per_step[s.step].add(s.pool or s.site or "?")
         counts[s.step] += 1
     for step, pools in per_step.items():
-        asset_site = {s.materialized.get(step, {}).get("site") for s in steps if s.step == step} - {None}
+        asset_site = {getattr(s.materialized.get(step), "site", None) for s in steps if s.step == step} - {None}
         lines.append(f"  {step:22} {', '.join(sorted(pools)):30} x{counts[step]}  data at {', '.join(sorted(asset_site)) or '-'}")
     lines += ["", "Bytes moved across sites:"]
     for asset, to, n in moves:
