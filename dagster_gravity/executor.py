@@ -200,6 +200,7 @@ class _RunLoop:
             recon_job=plan_context.reconstructable_job,
             retry_mode=self.ex.retries,
             sites_file=str(self.topology.source),
+            resource_lifetime=self.config.resource_lifetime,
             repository_load_data=self.execution_plan.repository_load_data,
             execution_plan=self.execution_plan,
         )

@@ -25,6 +25,7 @@ from dagster_gravity.dagster_internals import RetryMode, get_retries_config, get
 from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.placement import Objective
 from dagster_gravity.pools.settings import backend_selector, with_defaults
+from dagster_gravity.step_runner import RESOURCE_LIFETIMES, STEP
 from dagster_gravity.topology import Topology
 
 # Every default, once: the schema below and `GravityConfig` both read them from here.
@@ -37,8 +38,14 @@ DEFAULTS: dict[str, Any] = {
     "worker_max_steps": 100,
     "unhealthy_after": 3,
     "disabled_pools": [],
+    "resource_lifetime": STEP,
     "pools": {"default": {"local": {}}, "per_site": {}, "per_pool": {}},
 }
+
+RESOURCE_LIFETIME = Enum(
+    "GravityResourceLifetime",
+    [EnumValue(name, description=description) for name, description in RESOURCE_LIFETIMES.items()],
+)
 
 OBJECTIVES = Enum(
     "GravityObjective",
@@ -92,6 +99,13 @@ GRAVITY_CONFIG = {
     "disabled_pools": _field(
         "disabled_pools", [str], "Compute pool ids ('site/name') or site names taken out of service for this run."
     ),
+    "resource_lifetime": _field(
+        "resource_lifetime",
+        RESOURCE_LIFETIME,
+        "How long a step's resources live in a worker. step: initialised for each step and torn "
+        "down when it ends, as under Dagster's multiprocess executor. run: kept by each worker for "
+        "later steps of the run that need the same resources (opt-in, for expensive resources).",
+    ),
     "pools": Field(
         {
             "default": Field(
@@ -134,6 +148,7 @@ class GravityConfig:
     worker_max_steps: int = DEFAULTS["worker_max_steps"]
     unhealthy_after: int = DEFAULTS["unhealthy_after"]
     disabled_pools: list[str] = field(default_factory=list)
+    resource_lifetime: str = DEFAULTS["resource_lifetime"]
     pools: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULTS["pools"]))
 
     @classmethod
@@ -150,6 +165,7 @@ class GravityConfig:
             worker_max_steps=int(get("worker_max_steps")),
             unhealthy_after=int(get("unhealthy_after")),
             disabled_pools=list(get("disabled_pools") or []),
+            resource_lifetime=get("resource_lifetime"),
             pools={**DEFAULTS["pools"], **(config.get("pools") or {})},
         )
         cfg._check()

@@ -10,15 +10,18 @@ What a worker builds for a run is kept per run id, so the cost of a step does no
 the size of the job and is close to an in-process step:
 
 * the instance, the job definition and the full execution plan are built once;
-* a *session* holds one Dagster `PlanExecutionContext` per run and per *set of resource
-  keys* a step needs: it is built on a one-step plan of the first step that needs that set,
-  so it initialises only those resources, as Dagster's multiprocess children do (a worker
-  never initialises the resources of steps that run elsewhere, and a resource that fails to
-  initialise fails only the steps that need it). Later steps with the same set reuse it, so
-  a worker holds at most a few sessions per run. Each step still gets its own
-  `StepExecutionContext` (`job_context.for_step(step, known_state)`), runs through Dagster's
-  own `dagster_event_sequence_for_step` (retries, `RetryRequested`, `Failure`, interrupts)
-  and its hooks, and is announced with a LOGS_CAPTURED event so the UI shows its logs;
+* a *session* is a Dagster `PlanExecutionContext` built on a one-step plan, so it
+  initialises only the resources that step needs, as Dagster's multiprocess children do (a
+  worker never initialises the resources of steps that run elsewhere, and a resource that
+  fails to initialise fails only the steps that need it). By default (`resource_lifetime:
+  step`) each step gets a new session that is ended when the step ends: its resources are
+  torn down then, and teardown errors are events of that step, exactly as under the
+  multiprocess executor. With `resource_lifetime: run` (opt-in, for expensive resources) a
+  session is kept per run and *set of resource keys* and reused by later steps with the
+  same set. Either way each step gets its own `StepExecutionContext`
+  (`job_context.for_step(step, known_state)`), runs through Dagster's own
+  `dagster_event_sequence_for_step` (retries, `RetryRequested`, `Failure`, interrupts) and
+  its hooks, and is announced with a LOGS_CAPTURED event so the UI shows its logs;
 * stdout/stderr capture (the compute log manager's process-wide redirect and its `tail -F`
   children) is held per run, and by at most one run of the process at a time: a run that
   needs it takes it from the run that held it (which closes its capture first), so
@@ -64,6 +67,18 @@ from dagster_gravity.dagster_internals import (
 from dagster_gravity import runtime
 
 
+# How long a step's resources live in a worker.
+STEP = "step"  # initialised for each step and torn down when it ends: Dagster's multiprocess semantics
+RUN = "run"  # opt-in: kept per worker, run and set of resource keys, torn down when the run ends
+RESOURCE_LIFETIMES = {
+    STEP: "initialised for each step and torn down when it ends, as under Dagster's multiprocess "
+    "executor (teardown errors are events of that step)",
+    RUN: "initialised once per worker, run and set of resource keys, reused by later steps on that "
+    "worker and torn down when the run ends (for expensive resources; teardown errors are then "
+    "logged by the worker, not events of a step)",
+}
+
+
 @dataclass
 class RunPayload:
     """Everything a worker needs to run any step of one run. Picklable.
@@ -80,6 +95,7 @@ class RunPayload:
     recon_job: ReconstructableJob
     retry_mode: RetryMode
     sites_file: str | None = None  # the topology file the executor resolved for the run
+    resource_lifetime: str = STEP  # STEP or RUN: see RESOURCE_LIFETIMES
     repository_load_data: Any = None
     execution_plan: ExecutionPlan | None = field(default=None, repr=False)
 
@@ -92,6 +108,7 @@ class RunPayload:
             recon_job=self.recon_job,
             retry_mode=self.retry_mode,
             sites_file=self.sites_file,
+            resource_lifetime=self.resource_lifetime,
             repository_load_data=self.repository_load_data,
         )
 
@@ -106,13 +123,14 @@ _STEP_END = object()  # marks the end of one step's events inside a session
 
 
 class _Session:
-    """One long-lived Dagster execution context for some steps of a run inside this worker.
+    """A Dagster execution context for one step, or for some steps of a run, in this worker.
 
     Wraps Dagster's own `ExecuteRunWithPlanIterable` (context + resources set-up and
     teardown, interrupt capture) around `_serve`, which runs one requested step at a time
     and then yields `_STEP_END`; between steps the generator stays suspended, keeping the
     context and resources alive. `plan` is a one-step plan: resources are those its step
-    (and every later step with the same resource keys) needs.
+    (and, with run-scoped resources, every later step with the same resource keys) needs.
+    `finish` ends it: resources are torn down and the teardown's events yielded.
     """
 
     def __init__(self, cache: "_RunCache", plan: ExecutionPlan):
@@ -174,6 +192,18 @@ class _Session:
             if not ended:  # abandoned mid-step: the context is in an unknown state
                 self.alive = False
                 self.close()
+
+    def finish(self) -> Iterator[DagsterEvent]:
+        """End the session now, as a step's own process would end: its resources are torn
+        down (context managers' exits run) and the events of the teardown (a teardown
+        failure, for one) are yielded with the step's."""
+        self._request = None
+        try:
+            for item in self._events:
+                if item is not _STEP_END:
+                    yield item
+        finally:
+            self.alive = False
 
     def close(self) -> None:
         self._request = None
@@ -267,11 +297,15 @@ class _RunCache:
         return keys
 
     def session_for(self, step_key: str, known_state: KnownExecutionState) -> _Session | None:
-        """The session for this step's resource keys, or None if no plan holds the step."""
+        """The session to run this step in, or None if no plan holds the step. Resources per
+        step (the default): a new session, ended after the step. Per run: the session for
+        this step's resource keys, kept for later steps."""
         full = self.full_plan(known_state)
         if not isinstance(full.step_dict_by_key.get(step_key), ExecutionStep):
             return None
         plan = self.plan_for(step_key, known_state)
+        if self.payload.resource_lifetime == STEP:
+            return _Session(self, plan)
         keys = self.resource_keys(step_key, plan)
         session = self.sessions.get(keys)
         if session is not None and not session.alive:
@@ -418,6 +452,8 @@ class StepRunner:
             if session is not None:
                 try:
                     yield from session.run(step_key, known_state)
+                    if payload.resource_lifetime == STEP and session.alive:
+                        yield from session.finish()
                 finally:
                     if not session.alive:
                         # It could not set up (a resource failed to initialise; the failure
