@@ -29,8 +29,10 @@ Wire protocol on each worker's duplex pipe (pickled tuples between our own proce
   worker -> parent: ("ready", pid) | ("start_failed", error_info)
                     | ("event", DagsterEvent) | ("done", step_key, attempt)
                     | ("error", step_key, attempt, error_info)
-A worker runs one step attempt at a time and takes the next only after its "done" (or
-"error") has been read, so every update is that attempt's.
+A worker runs one step attempt at a time. A step placed on a worker whose current step has
+already sent its terminal event (success, failure, retry) reserves the worker at once, but
+is only sent once that step's "done" (or "error") has been read: every update is then known
+to be the current attempt's, and the next step does not wait to be placed.
 """
 
 from __future__ import annotations
@@ -165,10 +167,12 @@ class _Worker:
     process: Any
     conn: Connection
     state: str = "starting"  # starting | ready | stopping
-    # The (step key, attempt) sent to the worker and not yet ended: at most one. The worker
-    # is free again only once that attempt's end ("done"/"error") has been read, so a retry
-    # of the same step can never be mistaken for the attempt before it.
+    # The (step key, attempt) the worker runs, then at most one reserved behind it; the
+    # reserved one is sent (with `held`, its known state) only when the first one's end has
+    # been read, so a retry of the same step is never mistaken for the attempt before it.
     queue: list[tuple[str, int]] = field(default_factory=list)
+    held: Any = None  # the reserved step's known state, until it is sent
+    head_finished: bool = False  # the running step sent its terminal event
     steps_run: int = 0
     max_steps: int = 100  # recycled after this many steps
     started_at: float = field(default_factory=time.monotonic)
@@ -190,7 +194,7 @@ class _Worker:
     def free(self) -> bool:
         if self.state == "stopping" or self.steps_run + len(self.queue) >= self.max_steps:
             return False
-        return not self.queue
+        return not self.queue or (len(self.queue) == 1 and self.head_finished)
 
 
 @dataclass
@@ -260,10 +264,10 @@ class LocalBackend:
                 raise RuntimeError(f"pool {pool_id} has no free slot ({state.pool.slots} busy)")
             worker = self._start_worker(state)
         worker.queue.append((request.step_key, request.attempt))
-        try:
-            worker.conn.send(("step", request.step_key, request.attempt, request.known_state))
-        except OSError:
-            pass  # the worker is dead: poll() reports it
+        if len(worker.queue) == 1:
+            self._send(worker, request.known_state)
+        else:  # its current step is finishing: sent when that step's end is read
+            worker.held = request.known_state
         return Submission(pool_id=pool_id, worker=f"pid {worker.pid}", pid=worker.pid)
 
     def poll(self, timeout: float) -> list[StepUpdate]:
@@ -354,6 +358,14 @@ class LocalBackend:
         free.sort(key=lambda w: len(w.queue))
         return free[0] if free else None
 
+    def _send(self, worker: _Worker, known_state) -> None:
+        """Send the worker its first queued step."""
+        step_key, attempt = worker.queue[0]
+        try:
+            worker.conn.send(("step", step_key, attempt, known_state))
+        except OSError:
+            pass  # the worker is dead: poll() reports it
+
     def _start_worker(self, state: _PoolState) -> _Worker:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
@@ -414,8 +426,11 @@ class LocalBackend:
                     )
                 )
             worker.queue.clear()
+            worker.held = None
         elif kind == "event":
             event = message[1]
+            if event.is_step_success or event.is_step_failure or event.is_step_up_for_retry:
+                worker.head_finished = True
             self._updates.append(StepEvent(event.step_key or worker.step_key, event, attempt=worker.attempt))
         elif kind in ("done", "error"):
             step_key, attempt = message[1], message[2]
@@ -423,6 +438,7 @@ class LocalBackend:
             state.consecutive_failures = 0
             if worker.queue and worker.queue[0] == (step_key, attempt):
                 worker.queue.pop(0)
+            worker.head_finished = False
             worker.steps_run += 1
             self._updates.append(
                 StepEnded(
@@ -435,6 +451,9 @@ class LocalBackend:
                     attempt=attempt,
                 )
             )
+            if worker.queue:
+                self._send(worker, worker.held)
+                worker.held = None
             if worker.steps_run >= self.worker_max_steps and not worker.queue:
                 self._remove(worker)
                 self._retire(worker)
@@ -464,6 +483,7 @@ class LocalBackend:
                     )
                 )
             worker.queue.clear()
+            worker.held = None
         self._forget(worker)
 
     def _record_failure(self, state: _PoolState, what: str) -> None:
