@@ -15,6 +15,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from dagster_gravity.errors import GravityError
 from dagster_gravity.placement import Objective, format_bytes
 from dagster_gravity.topology import Topology
 
@@ -92,7 +93,7 @@ def plan_job(
             placement = place_with_outputs(
                 topology, inputs, outputs, req, objective=objective, healthy=healthy, step=step.key
             )
-        except ValueError as exc:  # PlacementError, or a bad op tag / location metadata
+        except (GravityError, ValueError) as exc:  # PlacementError, or a bad op tag / location metadata
             out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), "\n".join([str(exc), *notes])))
             continue
         chosen = next(c for c in placement.candidates if c.pool == placement.pool)
