@@ -72,7 +72,7 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
-from dagster_gravity.errors import GravityError
+from dagster_gravity.errors import GravityConfigError, GravityError
 from dagster_gravity.topology import Topology
 
 # The exact solver builds tables of S^(k) entries for an induced width k-1; beyond this many
@@ -137,14 +137,14 @@ class Objective:
 
     def __post_init__(self):
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0.0 <= self.weight <= 1.0:
-            raise ValueError(f"objective weight: got {self.weight!r}; expected a number between 0 and 1")
+            raise GravityConfigError(f"objective weight: got {self.weight!r}; expected a number between 0 and 1")
         if (
             isinstance(self.usd_per_hour, bool)
             or not isinstance(self.usd_per_hour, (int, float))
             or not self.usd_per_hour > 0
             or math.isinf(self.usd_per_hour)
         ):
-            raise ValueError(f"objective usd_per_hour: got {self.usd_per_hour!r}; expected a positive number")
+            raise GravityConfigError(f"objective usd_per_hour: got {self.usd_per_hour!r}; expected a positive number")
 
     @classmethod
     def parse(cls, value) -> "Objective":
@@ -161,9 +161,9 @@ class Objective:
             try:
                 value = float(text)
             except ValueError:
-                raise ValueError(f"objective: got {value!r}; expected {expected}") from None
+                raise GravityConfigError(f"objective: got {value!r}; expected {expected}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"objective: got {value!r}; expected {expected}")
+            raise GravityConfigError(f"objective: got {value!r}; expected {expected}")
         return cls(float(value))
 
     @property
@@ -244,7 +244,7 @@ class CostModel:
         try:
             return self.index[site]
         except KeyError:
-            raise ValueError(f"{what}: {self.topology.unknown_site(site)}") from None
+            raise GravityConfigError(f"{what}: {self.topology.unknown_site(site)}") from None
 
 
 _COST_MODELS: "OrderedDict[int, tuple[Topology, CostModel]]" = OrderedDict()
@@ -383,10 +383,10 @@ def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objectiv
     cols = np.arange(n_sites)
     for item in inputs:
         if not item.sites:
-            raise ValueError(f"input {item.name!r} has no site holding a copy; expected at least one site")
+            raise GravityConfigError(f"input {item.name!r} has no site holding a copy; expected at least one site")
         size = item.size_bytes
         if size < 0:
-            raise ValueError(f"input {item.name!r}: size_bytes is {size}; expected >= 0")
+            raise GravityConfigError(f"input {item.name!r}: size_bytes is {size}; expected >= 0")
         if size == 0:
             continue
         rows = np.array([cm.site_index(s, f"input {item.name!r}") for s in item.sites], dtype=np.int64)
@@ -452,7 +452,7 @@ def place_step(
             reasons += residency_cache[pool.site]
         wait = float(waits.get(pool.id, 0.0))
         if wait < 0 or math.isnan(wait):
-            raise ValueError(f"expected_wait[{pool.id!r}] is {wait}; expected seconds >= 0")
+            raise GravityConfigError(f"expected_wait[{pool.id!r}] is {wait}; expected seconds >= 0")
         feasible = not reasons
         score = float(transfer_score[s]) + objective.score(wait, 0.0) if feasible else math.inf
         rows.append(
@@ -569,7 +569,7 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
     index: dict[str, int] = {}
     for i, s in enumerate(steps):
         if s.key in index:
-            raise ValueError(f"plan: step key {s.key!r} appears more than once; expected unique keys")
+            raise GravityConfigError(f"plan: step key {s.key!r} appears more than once; expected unique keys")
         index[s.key] = i
     n, n_sites = len(steps), len(cm.sites)
     unary = np.zeros((n, n_sites))
@@ -607,9 +607,9 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
             zones.append((step.output_residency, "output", f"{step.key} (its own output)"))
         for up_key, nbytes in step.upstream:
             if up_key not in index:
-                raise ValueError(f"plan: {what} reads upstream step {up_key!r}, which is not in the plan")
+                raise GravityConfigError(f"plan: {what} reads upstream step {up_key!r}, which is not in the plan")
             if nbytes < 0:
-                raise ValueError(f"plan: {what} reads {nbytes} bytes from {up_key!r}; expected >= 0")
+                raise GravityConfigError(f"plan: {what} reads {nbytes} bytes from {up_key!r}; expected >= 0")
             up = steps[index[up_key]]
             if up.output_residency is not None:
                 zones.append((up.output_residency, "output", f"{up_key} (upstream output)"))
@@ -619,9 +619,9 @@ def _build_problem(topology: Topology, steps: Sequence[PlanStep], objective: Obj
                 acc[1] += 1
         for item in step.external_inputs:
             if not item.sites:
-                raise ValueError(f"input {item.name!r} has no site holding a copy; expected at least one site")
+                raise GravityConfigError(f"input {item.name!r} has no site holding a copy; expected at least one site")
             if item.size_bytes < 0:
-                raise ValueError(f"input {item.name!r}: size_bytes is {item.size_bytes}; expected >= 0")
+                raise GravityConfigError(f"input {item.name!r}: size_bytes is {item.size_bytes}; expected >= 0")
             if item.size_bytes == 0:
                 continue
             if len(item.sites) == 1:
@@ -1229,7 +1229,7 @@ def _solve_milp(p: _Problem, time_limit: float | None = None) -> tuple[np.ndarra
         options["time_limit"] = time_limit
     res = milp(c, constraints=LinearConstraint(A, b, b), integrality=integrality, bounds=Bounds(0, 1), options=options)
     if res.x is None:
-        raise RuntimeError(f"MILP solver failed: {res.message}")
+        raise GravityError(f"MILP solver failed: {res.message}")
     x = res.x[:n_x]
     labels = np.zeros(len(p.keys), dtype=np.int64)
     for v in range(len(p.keys)):
@@ -1250,7 +1250,7 @@ def plan_lower_bound(topology: Topology, steps: Sequence[PlanStep], *, objective
     c, A, b, _, _ = _local_polytope(p)
     res = linprog(c, A_eq=A, b_eq=b, bounds=(0, 1), method="highs")
     if res.status != 0:
-        raise RuntimeError(f"LP solver failed: {res.message}")
+        raise GravityError(f"LP solver failed: {res.message}")
     return float(res.fun)
 
 
@@ -1312,7 +1312,7 @@ def place_plan(
     if method == "brute-force":
         return brute_force_plan(topology, steps, objective=objective, healthy=healthy)
     if method not in ("auto", "exact", "heuristic", "milp"):
-        raise ValueError(f"place_plan method: got {method!r}; expected auto, exact, heuristic, milp or brute-force")
+        raise GravityConfigError(f"place_plan method: got {method!r}; expected auto, exact, heuristic, milp or brute-force")
     p = _build_problem(topology, steps, objective, healthy)
     if not p.keys:
         return PlanPlacement({}, {}, 0, 0.0, 0.0, 0.0, method, 0.0, True)
@@ -1336,7 +1336,7 @@ def plan_cost(topology: Topology, steps: Sequence[PlanStep], sites: Mapping[str,
     where = {}
     for step in steps:
         if step.key not in sites:
-            raise ValueError(f"plan_cost: no site given for step {step.key!r}")
+            raise GravityConfigError(f"plan_cost: no site given for step {step.key!r}")
         where[step.key] = sites[step.key]
     total_b = 0
     total_s = total_d = 0.0
@@ -1388,7 +1388,7 @@ def check_plan(topology: Topology, steps: Sequence[PlanStep], sites: Mapping[str
 def brute_force_plan(topology: Topology, steps: Sequence[PlanStep], *, objective=Objective(), healthy=None, max_plans: int = 5_000_000) -> PlanPlacement:
     """The optimum by enumerating every assignment of feasible sites (vectorised, chunked).
 
-    Raises ValueError when there are more than ``max_plans`` assignments.
+    Raises `GravityConfigError` (a ValueError) when there are more than ``max_plans`` assignments.
     """
     objective = Objective.parse(objective)
     p = _build_problem(topology, steps, objective, healthy)
@@ -1398,7 +1398,7 @@ def brute_force_plan(topology: Topology, steps: Sequence[PlanStep], *, objective
     options = [np.nonzero(np.isfinite(p.unary[v]))[0] for v in range(n)]
     count = math.prod(len(o) for o in options)
     if count > max_plans:
-        raise ValueError(f"brute_force_plan: {count} assignments; expected at most {max_plans}")
+        raise GravityConfigError(f"brute_force_plan: {count} assignments; expected at most {max_plans}")
     best_score, best_labels = math.inf, None
     chunk_vars = 0
     # enumerate the last variables inside numpy, the first ones in Python
