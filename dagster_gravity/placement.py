@@ -18,7 +18,8 @@ Per-step decision (`place_step`): every pool of the topology gets a `Candidate` 
 that are unhealthy, excluded, fail the step's requirements (pin, pool kind, GPUs) or sit
 outside an input's residency zone are infeasible and say why. The feasible pool with the
 lowest score (transfer seconds + expected wait for a slot, and dollars) wins; ties go to
-fewer bytes moved, then to topology order, so the choice is deterministic.
+fewer bytes moved, then to fewer idle GPUs, then to topology order, so the choice is
+deterministic.
 
 Whole-plan decision (`place_plan`): outputs land where their step runs, so choosing a site
 per step is a pairwise labelling problem: a unary cost per (step, site) from external
@@ -27,37 +28,24 @@ between the two steps' sites. Plan cost counts transfers only, not waits for slo
 are a runtime matter: the executor re-decides each step with `place_step` as it runs), and
 counts each edge's transfer separately (two consumers at another site move the data twice).
 
-Solvers (measured by ``benchmarks/placement.py``):
+Solvers (kept apart from the problem; ``benchmarks/placement.py`` measures them, and
+``benchmarks/README.md`` records its figures):
 
-* ``"exact"`` – min-sum variable elimination (bucket elimination) with a min-fill
+* ``"exact"`` – min-sum variable elimination (bucket elimination) with a greedy min-degree
   order. On forests (chains, in-trees, out-trees) this is the O(n·S²) dynamic programme; on
-  DAGs it is exact in O(n·S^(w+1)) for induced width w. ML-shaped DAGs (features -> join ->
-  train -> evaluation fan-out) have w = 2-3.
-* ``"heuristic"`` – exact DP on a maximum-bytes spanning forest, then iterated conditional
-  modes over all edges until no single step can improve. Used when elimination would build
-  a table bigger than `EXACT_TABLE_LIMIT` entries.
+  DAGs it is exact in O(n·S^(w+1)) for induced width w, which stays small on ML-shaped
+  DAGs (features -> join -> train -> evaluation fan-out).
+* ``"heuristic"`` – exact DP on a maximum-bytes spanning forest, then alpha-expansion by
+  minimum cut alternated with tree-block coordinate descent until neither improves (block
+  descent alone, in a bounded number of rounds, once steps x sites exceeds
+  `EXPANSION_LIMIT`). ``auto`` uses it where elimination would build a table bigger than
+  `EXACT_TABLE_LIMIT` entries or the plan's elimination work would exceed `EXACT_WORK_LIMIT`.
 * ``"milp"`` – the same problem as a MILP (local-polytope linearisation) solved by HiGHS
   through `scipy.optimize.milp`; ``plan_lower_bound`` gives its LP relaxation. Used by the
   benchmark to measure the heuristic's gap.
+* ``"brute-force"`` – every assignment of feasible sites, for tests on small plans.
 * ``"auto"`` – per connected component: exact when the elimination stays within the
-  limits, else the heuristic (alpha-expansion by minimum cut + tree-block descent while
-  steps x sites <= `EXPANSION_LIMIT`, tree-block descent alone above).
-
-Measured by ``benchmarks/placement.py`` (2-core machine shared with other work, so times
-are inflated): equal to brute force on 100/100 plans of 4-10 steps x 3-4 sites; on
-1,000-step plans, exact on ML-shaped DAGs (8-12 sites, 0.2-0.5 s) and within 0.04-0.3% of
-the HiGHS MILP optimum on random DAGs (1-1.3 s vs 9-12 s for the MILP); spanning-forest DP
-plus ICM alone was 4-25% off, which is why the expansion moves are there. 10,000 steps x 50
-sites: about 0.9 s; `place_step` with 50 sites: about 0.4 ms.
-
-Bytes moved (the benchmark's ML-shaped workloads, seed 7): under ``time`` plans move 4.3-36x
-fewer bytes than location-blind (median 6.5x); the fewest-bytes plans would move 6.6-44x
-fewer but take about 2x the transfer seconds, because ``time`` sends larger data over
-fast links. That is the objective, not the solver: on 10,000 steps x 50 sites the
-heuristic is 2.4% above the proven optimum (HiGHS per connected component) and that
-optimum moves *more* bytes (4.1x fewer than blind vs the heuristic's 4.3x); on 1,000 x 50,
-1.9% above, optimum 5.2x vs 5.4x. ``cost`` moves the most bytes (links with no egress
-price make moving free); `CostModel.plan_matrices` breaks its $0 ties toward fewer seconds.
+  limits, else the heuristic.
 """
 
 from __future__ import annotations
@@ -79,11 +67,11 @@ from dagster_gravity.topology import Topology
 # entries in one table `auto` switches to the heuristic.
 EXACT_TABLE_LIMIT = 2_000_000
 # `auto` keeps the exact solver while the whole plan's elimination builds at most this many
-# table entries (about 0.3 s of numpy work), so large plans stay within their time budget.
+# table entries, so large plans stay within their time budget.
 EXACT_WORK_LIMIT = 30_000_000
 # The heuristic uses alpha-expansion (one minimum cut per site per sweep) while
 # steps x sites stays under this; larger plans get only tree-block descent, in a bounded
-# number of rounds, to keep 10,000 steps x 50 sites under a second.
+# number of rounds, so that the largest plans stay within their time budget.
 EXPANSION_LIMIT = 100_000
 LARGE_PLAN_BLOCK_ROUNDS = 4
 
@@ -227,9 +215,9 @@ class CostModel:
         """`matrices` plus, for the pure cost objective, a tie-break toward fewer seconds.
 
         Under ``cost`` every move over a link with no egress price scores 0, so many plans
-        tie and a solver would return any of them (measured: 21 GB moved where 0 B was
-        possible). `PLAN_TIE_BREAK` seconds per transfer second make the fastest of the
-        equally cheap plans win, as `place_step` prefers fewer bytes among equal scores.
+        tie and a solver would return any of them, however many bytes it moves.
+        `PLAN_TIE_BREAK` seconds per transfer second make the fastest of the equally cheap
+        plans win, as `place_step` prefers fewer bytes among equal scores.
         """
         per_byte, fixed = self.matrices(objective)
         if objective.weight < 1.0:
@@ -1150,8 +1138,8 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
         nodes = np.array(hard, dtype=np.int64)
         labels[nodes] = _forest_dp(p, p.unary, _spanning_forest(p, nodes), nodes)[nodes]
         if len(nodes) * S <= EXPANSION_LIMIT:
-            # alternate the two kinds of move until neither improves (measured: expansion
-            # first, then blocks, converges within 1% of the MILP optimum on 1,000-step DAGs)
+            # alternate the two kinds of move until neither improves: expansion makes the
+            # large jumps, block descent the local repairs
             score = p.score(labels)
             for round_ in range(4):
                 labels = _expansion(p, labels, nodes)
@@ -1303,8 +1291,9 @@ def place_plan(
     ``method``: ``"auto"`` (exact per connected component - forest DP, or variable
     elimination while its tables stay under `EXACT_TABLE_LIMIT` entries and the plan's
     total work under `EXACT_WORK_LIMIT` - else the heuristic for that component),
-    ``"exact"`` (always exact, however long it takes), ``"heuristic"`` (spanning-forest DP +
-    tree-block coordinate descent everywhere), ``"milp"`` (HiGHS), ``"brute-force"``.
+    ``"exact"`` (always exact, however long it takes), ``"heuristic"`` (spanning-forest DP,
+    then expansion and tree-block coordinate descent, everywhere), ``"milp"`` (HiGHS),
+    ``"brute-force"``.
     The result's ``exact`` says whether its score is proven optimal.
     Raises `PlacementError` naming the step when a step has no feasible site.
     """
