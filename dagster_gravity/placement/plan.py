@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import dataclass
 from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
-from dagster_gravity.errors import GravityConfigError, GravityError
+from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.placement.feasibility import _requirement_failures
 from dagster_gravity.placement.model import Objective
 from dagster_gravity.placement.problem import PlanStep, _build_problem, _Problem
+from dagster_gravity.placement.solvers.brute_force import _brute_force
 from dagster_gravity.placement.solvers.dispatch import _solve
-from dagster_gravity.placement.solvers.milp import _local_polytope, _solve_milp
+from dagster_gravity.placement.solvers.milp import _lp_bound, _solve_milp
 from dagster_gravity.topology import Topology
 
 
@@ -163,16 +162,7 @@ def check_plan(topology: Topology, steps: Sequence[PlanStep], sites: Mapping[str
 
 def plan_lower_bound(topology: Topology, steps: Sequence[PlanStep], *, objective=Objective(), healthy=None) -> float:
     """LP relaxation (local polytope) of the plan problem: a lower bound on any plan's score."""
-    from scipy.optimize import linprog
-
-    p = _build_problem(topology, steps, Objective.parse(objective), healthy)
-    if len(p.edge_u) == 0:
-        return float(np.min(p.unary, axis=1).sum())
-    c, A, b, _, _ = _local_polytope(p)
-    res = linprog(c, A_eq=A, b_eq=b, bounds=(0, 1), method="highs")
-    if res.status != 0:
-        raise GravityError(f"LP solver failed: {res.message}")
-    return float(res.fun)
+    return _lp_bound(_build_problem(topology, steps, Objective.parse(objective), healthy))
 
 
 def brute_force_plan(topology: Topology, steps: Sequence[PlanStep], *, objective=Objective(), healthy=None, max_plans: int = 5_000_000) -> PlanPlacement:
@@ -182,33 +172,7 @@ def brute_force_plan(topology: Topology, steps: Sequence[PlanStep], *, objective
     """
     objective = Objective.parse(objective)
     p = _build_problem(topology, steps, objective, healthy)
-    n = len(p.keys)
-    if n == 0:
+    if not p.keys:
         return PlanPlacement({}, {}, 0, 0.0, 0.0, 0.0, "brute-force", 0.0, True)
-    options = [np.nonzero(np.isfinite(p.unary[v]))[0] for v in range(n)]
-    count = math.prod(len(o) for o in options)
-    if count > max_plans:
-        raise GravityConfigError(f"brute_force_plan: {count} assignments; expected at most {max_plans}")
-    best_score, best_labels = math.inf, None
-    chunk_vars = 0
-    # enumerate the last variables inside numpy, the first ones in Python
-    inner = 1
-    while chunk_vars < n and inner * len(options[n - 1 - chunk_vars]) <= 200_000:
-        inner *= len(options[n - 1 - chunk_vars])
-        chunk_vars += 1
-    outer_vars = n - chunk_vars
-    grids = np.meshgrid(*options[outer_vars:], indexing="ij") if chunk_vars else []
-    inner_labels = np.stack([g.ravel() for g in grids], axis=1) if chunk_vars else np.zeros((1, 0), dtype=np.int64)
-    for prefix in itertools.product(*options[:outer_vars]):
-        labels = np.concatenate(
-            [np.broadcast_to(np.array(prefix, dtype=np.int64), (len(inner_labels), outer_vars)), inner_labels], axis=1
-        )
-        total = p.unary[np.arange(n)[None, :], labels].sum(axis=1)
-        for e in range(len(p.edge_u)):
-            a, b = labels[:, p.edge_u[e]], labels[:, p.edge_v[e]]
-            total = total + p.edge_bytes[e] * p.per_byte[a, b] + p.edge_count[e] * p.fixed[a, b]
-        k = int(np.argmin(total))
-        if total[k] < best_score:
-            best_score, best_labels = float(total[k]), labels[k].copy()
-    return _result(topology, steps, p, best_labels, objective, "brute-force", best_score, True)
-
+    labels, score = _brute_force(p, max_plans)
+    return _result(topology, steps, p, labels, objective, "brute-force", score, True)

@@ -10,4 +10,5 @@ knows about topologies, links or `PlanStep`s.
 * `heuristic` – spanning-forest start, tree-block coordinate descent, and how they alternate
   with `expansion` (alpha-expansion moves by minimum cut)
 * `milp` – MILP and LP relaxation on the local polytope (HiGHS through scipy)
+* `brute_force` – every assignment, for tests and the benchmark
 """

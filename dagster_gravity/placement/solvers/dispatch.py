@@ -8,15 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dagster_gravity.placement.solvers.elimination import _elimination_order, _solve_elimination
-from dagster_gravity.placement.solvers.expansion import _expansion
 from dagster_gravity.placement.solvers.forest import _forest_dp
 from dagster_gravity.placement.solvers.graph import _adjacency, _components
-from dagster_gravity.placement.solvers.heuristic import (
-    EXPANSION_LIMIT,
-    LARGE_PLAN_BLOCK_ROUNDS,
-    _block_descent,
-    _spanning_forest,
-)
+from dagster_gravity.placement.solvers.heuristic import _heuristic
 
 if TYPE_CHECKING:
     from dagster_gravity.placement.problem import _Problem
@@ -63,20 +57,6 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
         edges = np.nonzero(inside[p.edge_u])[0]
         labels[nodes] = _forest_dp(p, p.unary, edges, nodes)[nodes]
     if hard:
-        nodes = np.array(hard, dtype=np.int64)
-        labels[nodes] = _forest_dp(p, p.unary, _spanning_forest(p, nodes), nodes)[nodes]
-        if len(nodes) * S <= EXPANSION_LIMIT:
-            # alternate the two kinds of move until neither improves: expansion makes the
-            # large jumps, block descent the local repairs
-            score = p.score(labels)
-            for round_ in range(4):
-                labels = _expansion(p, labels, nodes)
-                labels = _block_descent(p, adj, labels, hard, seed=round_)
-                new = p.score(labels)
-                if new >= score - 1e-12 * max(1.0, abs(score)):
-                    break
-                score = new
-        else:
-            labels = _block_descent(p, adj, labels, hard, rounds=LARGE_PLAN_BLOCK_ROUNDS, patience=2)
+        labels = _heuristic(p, adj, labels, hard)
     return labels, not hard
 

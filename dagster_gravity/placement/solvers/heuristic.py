@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dagster_gravity.placement.solvers.expansion import _expansion
 from dagster_gravity.placement.solvers.forest import _forest_dp
 
 if TYPE_CHECKING:
@@ -21,6 +22,30 @@ if TYPE_CHECKING:
 # number of rounds, so that the largest plans stay within their time budget.
 EXPANSION_LIMIT = 100_000
 LARGE_PLAN_BLOCK_ROUNDS = 4
+
+
+
+def _heuristic(p: _Problem, adj, labels: np.ndarray, hard: list[int]) -> np.ndarray:
+    """Labels for the steps in `hard` (whole components), the other labels unchanged.
+
+    Writes the spanning-forest start into `labels`, then returns improved labels.
+    """
+    S = p.unary.shape[1]
+    nodes = np.array(hard, dtype=np.int64)
+    labels[nodes] = _forest_dp(p, p.unary, _spanning_forest(p, nodes), nodes)[nodes]
+    if len(nodes) * S > EXPANSION_LIMIT:
+        return _block_descent(p, adj, labels, hard, rounds=LARGE_PLAN_BLOCK_ROUNDS, patience=2)
+    # alternate the two kinds of move until neither improves: expansion makes the large
+    # jumps, block descent the local repairs
+    score = p.score(labels)
+    for round_ in range(4):
+        labels = _expansion(p, labels, nodes)
+        labels = _block_descent(p, adj, labels, hard, seed=round_)
+        new = p.score(labels)
+        if new >= score - 1e-12 * max(1.0, abs(score)):
+            break
+        score = new
+    return labels
 
 
 def _spanning_forest(p: _Problem, nodes: np.ndarray) -> np.ndarray:

@@ -84,3 +84,15 @@ def _solve_milp(p: _Problem, time_limit: float | None = None) -> tuple[np.ndarra
     bound = getattr(res, "mip_dual_bound", None)
     return labels, (float(bound) if bound is not None else float(res.fun)), bool(res.status == 0)
 
+
+def _lp_bound(p: _Problem) -> float:
+    """The LP relaxation's optimum: a lower bound on any plan's score."""
+    from scipy.optimize import linprog
+
+    if len(p.edge_u) == 0:
+        return float(np.min(p.unary, axis=1).sum())
+    c, A, b, _, _ = _local_polytope(p)
+    res = linprog(c, A_eq=A, b_eq=b, bounds=(0, 1), method="highs")
+    if res.status != 0:
+        raise GravityError(f"LP solver failed: {res.message}")
+    return float(res.fun)
