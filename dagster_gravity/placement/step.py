@@ -64,16 +64,7 @@ def place_step(
     rows = []
     for i, pool in enumerate(cm.pools):
         s = cm.pool_site[i]
-        reasons = []
-        if healthy_set is not None and pool.id not in healthy_set:
-            reasons.append("unhealthy")
-        if pool.id in exclude_set:
-            reasons.append("excluded")
-        reasons += _requirement_failures(pool, requirements)
-        if zones:
-            if pool.site not in residency_cache:
-                residency_cache[pool.site] = _residency_failures(topology, zones, pool.site)
-            reasons += residency_cache[pool.site]
+        reasons = _pool_failures(topology, pool, requirements, zones, healthy_set, exclude_set, residency_cache)
         wait = float(waits.get(pool.id, 0.0))
         if wait < 0 or math.isnan(wait):
             raise GravityConfigError(f"expected_wait[{pool.id!r}] is {wait}; expected seconds >= 0")
@@ -107,6 +98,22 @@ def place_step(
         raise PlacementError(f"no pool can run {what}:\n{lines}", candidates, step=step)
     reason = _explain(best, candidates, objective, inputs)
     return Placement(pool=best.pool, site=best.site, candidates=candidates, reason=reason)
+
+
+def _pool_failures(topology: Topology, pool, requirements: Requirements, zones, healthy_set, exclude_set, residency_cache) -> list[str]:
+    """Why `pool` may not run the step (empty when it may); residency is the same for every
+    pool of a site, so it is worked out once per site in `residency_cache`."""
+    reasons = []
+    if healthy_set is not None and pool.id not in healthy_set:
+        reasons.append("unhealthy")
+    if pool.id in exclude_set:
+        reasons.append("excluded")
+    reasons += _requirement_failures(pool, requirements)
+    if zones:
+        if pool.site not in residency_cache:
+            residency_cache[pool.site] = _residency_failures(topology, zones, pool.site)
+        reasons += residency_cache[pool.site]
+    return reasons
 
 
 def _explain(
