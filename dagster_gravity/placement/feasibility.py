@@ -45,4 +45,3 @@ def _check_requirements(topology: Topology, req: Requirements, what: str) -> Non
             f"known sites: {', '.join(topology.sites)}",
             step=what,
         )
-

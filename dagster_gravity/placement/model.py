@@ -168,11 +168,8 @@ class CostModel:
             raise GravityConfigError(f"{what}: {self.topology.unknown_site(site)}") from None
 
 
-
 _COST_MODELS: "OrderedDict[int, tuple[Topology, CostModel]]" = OrderedDict()
-
 _COST_MODELS_LOCK = threading.Lock()  # the executor may place steps from several threads
-
 
 
 def cost_model(topology: Topology) -> CostModel:
@@ -284,4 +281,3 @@ def format_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{int(n)} B"
-

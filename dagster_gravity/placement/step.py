@@ -137,4 +137,3 @@ def _explain(
     outputs = [f"{i.name} (residency {i.residency})" for i in inputs if i.role == "output" and i.residency]
     zone = f"; runs in the residency zone of its output {', '.join(outputs)}" if outputs else ""
     return f"{best.pool}: {what}; {alt}; objective {objective.describe()}{zone}"
-

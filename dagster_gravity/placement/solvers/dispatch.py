@@ -59,4 +59,3 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
     if hard:
         labels = _heuristic(p, adj, labels, hard)
     return labels, not hard
-

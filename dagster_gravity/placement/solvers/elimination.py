@@ -88,4 +88,3 @@ def _solve_elimination(p: _Problem, adj, order: list[int], labels: np.ndarray) -
             add(tuple(rest), np.min(total, axis=0))
     for v, rest, arg in reversed(record):
         labels[v] = int(arg[tuple(labels[x] for x in rest)]) if rest else int(arg)
-

@@ -142,4 +142,3 @@ def _forest_dp(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndar
         level, args = back[d]
         labels[level] = args[np.arange(len(level)), labels[parent[level]]]
     return labels
-

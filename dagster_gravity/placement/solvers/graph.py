@@ -34,4 +34,3 @@ def _components(adj) -> list[list[int]]:
                     stack.append(w)
         out.append(comp)
     return out
-

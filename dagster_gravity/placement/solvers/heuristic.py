@@ -24,7 +24,6 @@ EXPANSION_LIMIT = 100_000
 LARGE_PLAN_BLOCK_ROUNDS = 4
 
 
-
 def _heuristic(p: _Problem, adj, labels: np.ndarray, hard: list[int]) -> np.ndarray:
     """Labels for the steps in `hard` (whole components), the other labels unchanged.
 
@@ -141,4 +140,3 @@ def _block_descent(p: _Problem, adj, labels: np.ndarray, nodes: list[int], *, ro
             if stale >= patience:
                 break
     return labels
-
