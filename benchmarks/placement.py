@@ -44,18 +44,16 @@ from dagster_gravity.placement import (  # noqa: E402
     Objective,
     PlanStep,
     Requirements,
-    _Problem,
-    _adjacency,
-    _build_problem,
-    _components,
-    _solve,
-    _solve_milp,
     brute_force_plan,
     place_plan,
     place_step,
     plan_cost,
     plan_lower_bound,
 )
+from dagster_gravity.placement.problem import _build_problem, _Problem  # noqa: E402
+from dagster_gravity.placement.solvers.dispatch import _solve  # noqa: E402
+from dagster_gravity.placement.solvers.graph import _adjacency, _components  # noqa: E402
+from dagster_gravity.placement.solvers.milp import _solve_milp  # noqa: E402
 from dagster_gravity.topology import Topology  # noqa: E402
 
 MB, GB = 10**6, 10**9

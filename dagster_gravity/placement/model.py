@@ -1,0 +1,283 @@
+"""The cost model and what goes in and out of a decision.
+
+A topology's links become numpy matrices (`CostModel`, cached per topology by `cost_model`);
+an `Objective` turns seconds and dollars into one score. `InputData` and `Requirements`
+describe a step; `Candidate`, `Placement` and `PlacementError` are what a decision returns
+or raises.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from dagster_gravity.errors import GravityConfigError, GravityError
+from dagster_gravity.topology import Topology
+
+# Weight of transfer seconds added to the pure cost objective inside the plan solvers, to
+# break ties among equally cheap plans: small enough not to change which plan is cheaper
+# (one GB at $0.01/GB scores 9 s; the tie-break on it is about 1e-11 s).
+PLAN_TIE_BREAK = 1e-12
+
+# What one hour of waiting is worth in dollars, so that seconds and dollars add up: about
+# the on-demand price of one cloud GPU instance-hour (an A100 40GB is $3-4/h in 2024-2026).
+DEFAULT_USD_PER_HOUR = 4.0
+
+
+@dataclass(frozen=True)
+class InputData:
+    """One input of a step: data that already exists somewhere."""
+
+    name: str  # e.g. the asset key "raw/events" (for explanations)
+    size_bytes: int
+    sites: tuple[str, ...]  # sites holding a verified copy, primary first
+    residency: str | None = None  # zone the data may not leave (topology.zone_sites)
+    role: str = "input"  # how explanations name it: "input", or "output" for a 0-byte stand-in
+
+
+@dataclass(frozen=True)
+class Requirements:
+    gpus: int = 0  # pool.gpus must be >= this
+    pin: str | None = None  # site name the step must run at
+    pool_kind: str | None = None  # pool.kind must equal this
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a placement minimises, as one score in seconds.
+
+    ``score = (1 - weight) * seconds + weight * dollars * 3600 / usd_per_hour``
+
+    ``weight`` 0 is time only, 1 is dollars only (scaled to seconds), in between a mix.
+    ``usd_per_hour`` is the exchange rate: what one hour of waiting is worth. The default,
+    $4/h, is roughly one cloud GPU instance-hour, the thing an ML pipeline waits with.
+    """
+
+    weight: float = 0.0
+    usd_per_hour: float = DEFAULT_USD_PER_HOUR
+
+    def __post_init__(self):
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0.0 <= self.weight <= 1.0:
+            raise GravityConfigError(f"objective weight: got {self.weight!r}; expected a number between 0 and 1")
+        if (
+            isinstance(self.usd_per_hour, bool)
+            or not isinstance(self.usd_per_hour, (int, float))
+            or not self.usd_per_hour > 0
+            or math.isinf(self.usd_per_hour)
+        ):
+            raise GravityConfigError(f"objective usd_per_hour: got {self.usd_per_hour!r}; expected a positive number")
+
+    @classmethod
+    def parse(cls, value) -> "Objective":
+        """``"time"``, ``"cost"``, a weight in [0, 1] (number or numeric string), or an Objective."""
+        if isinstance(value, Objective):
+            return value
+        expected = "'time', 'cost' or a weight between 0 and 1"
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "time":
+                return cls(0.0)
+            if text in ("cost", "dollars"):
+                return cls(1.0)
+            try:
+                value = float(text)
+            except ValueError:
+                raise GravityConfigError(f"objective: got {value!r}; expected {expected}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise GravityConfigError(f"objective: got {value!r}; expected {expected}")
+        return cls(float(value))
+
+    @property
+    def seconds_per_dollar(self) -> float:
+        return 3600.0 / self.usd_per_hour
+
+    def score(self, seconds: float, dollars: float) -> float:
+        return (1.0 - self.weight) * seconds + self.weight * dollars * self.seconds_per_dollar
+
+    def describe(self) -> str:
+        if self.weight == 0:
+            return "time"
+        if self.weight == 1:
+            return "cost"
+        return f"{self.weight:g} cost / {1 - self.weight:g} time at ${self.usd_per_hour:g}/h"
+
+
+class CostModel:
+    """The topology's links as numpy matrices indexed by site position.
+
+    ``sec_per_byte[a, b]``, ``latency[a, b]`` and ``usd_per_byte[a, b]`` reproduce
+    `Link.seconds` / `Link.dollars` exactly (0 on the diagonal).
+    """
+
+    def __init__(self, topology: Topology):
+        self.topology = topology
+        self.sites: list[str] = list(topology.sites)
+        self.index: dict[str, int] = {s: i for i, s in enumerate(self.sites)}
+        n = len(self.sites)
+        self.sec_per_byte = np.zeros((n, n))
+        self.latency = np.zeros((n, n))
+        self.usd_per_byte = np.zeros((n, n))
+        for a, src in enumerate(self.sites):
+            for b, dst in enumerate(self.sites):
+                link = topology.link(src, dst)
+                if a != b:
+                    self.sec_per_byte[a, b] = 1.0 / link.bandwidth_bytes_per_s
+                    self.latency[a, b] = link.latency_s
+                self.usd_per_byte[a, b] = link.usd_per_gb / 1e9
+        self.pools = list(topology.pools)
+        self.pool_site = np.array([self.index[p.site] for p in self.pools], dtype=np.int64)
+        self._by_objective: dict[object, tuple[np.ndarray, np.ndarray]] = {}
+
+    def matrices(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
+        """(per_byte, fixed): moving n > 0 bytes a->b scores ``n * per_byte[a,b] + fixed[a,b]``."""
+        got = self._by_objective.get(objective)
+        if got is None:
+            per_byte = (1 - objective.weight) * self.sec_per_byte + objective.weight * objective.seconds_per_dollar * self.usd_per_byte
+            fixed = (1 - objective.weight) * self.latency
+            np.fill_diagonal(per_byte, 0.0)  # data already at the site costs nothing
+            np.fill_diagonal(fixed, 0.0)
+            got = self._by_objective[objective] = (per_byte, fixed)
+        return got
+
+    def plan_matrices(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
+        """`matrices` plus, for the pure cost objective, a tie-break toward fewer seconds.
+
+        Under ``cost`` every move over a link with no egress price scores 0, so many plans
+        tie and a solver would return any of them, however many bytes it moves.
+        `PLAN_TIE_BREAK` seconds per transfer second make the fastest of the equally cheap
+        plans win, as `place_step` prefers fewer bytes among equal scores.
+        """
+        per_byte, fixed = self.matrices(objective)
+        if objective.weight < 1.0:
+            return per_byte, fixed  # seconds already count
+        key = ("tie", objective)
+        got = self._by_objective.get(key)
+        if got is None:
+            got = self._by_objective[key] = (per_byte + PLAN_TIE_BREAK * self.sec_per_byte, fixed + PLAN_TIE_BREAK * self.latency)
+        return got
+
+    def site_index(self, site: str, what: str) -> int:
+        try:
+            return self.index[site]
+        except KeyError:
+            raise GravityConfigError(f"{what}: {self.topology.unknown_site(site)}") from None
+
+
+_COST_MODELS: "OrderedDict[int, tuple[Topology, CostModel]]" = OrderedDict()
+_COST_MODELS_LOCK = threading.Lock()  # the executor may place steps from several threads
+
+
+def cost_model(topology: Topology) -> CostModel:
+    """The (cached) CostModel of a topology; topologies are immutable, so keyed by identity."""
+    key = id(topology)
+    with _COST_MODELS_LOCK:
+        hit = _COST_MODELS.get(key)
+        if hit is not None and hit[0] is topology:
+            _COST_MODELS.move_to_end(key)
+            return hit[1]
+    model = CostModel(topology)
+    with _COST_MODELS_LOCK:
+        _COST_MODELS[key] = (topology, model)
+        while len(_COST_MODELS) > 16:
+            _COST_MODELS.popitem(last=False)
+    return model
+
+
+def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objective, matrices=None):
+    """Per candidate site: (bytes, seconds, dollars, score) of moving every input there.
+
+    Each input comes from its cheapest replica for the objective; inputs already at the
+    site cost nothing; transfers add up (sequential).
+    """
+    n_sites = len(cm.sites)
+    per_byte, fixed = matrices if matrices is not None else cm.matrices(objective)
+    total_bytes = np.zeros(n_sites)
+    total_sec = np.zeros(n_sites)
+    total_usd = np.zeros(n_sites)
+    total_score = np.zeros(n_sites)
+    cols = np.arange(n_sites)
+    for item in inputs:
+        if not item.sites:
+            raise GravityConfigError(f"input {item.name!r} has no site holding a copy; expected at least one site")
+        size = item.size_bytes
+        if size < 0:
+            raise GravityConfigError(f"input {item.name!r}: size_bytes is {size}; expected >= 0")
+        if size == 0:
+            continue
+        rows = np.array([cm.site_index(s, f"input {item.name!r}") for s in item.sites], dtype=np.int64)
+        scores = size * per_byte[rows] + fixed[rows]  # (replicas, sites)
+        held = np.zeros(n_sites, dtype=bool)
+        held[rows] = True
+        best = rows[np.argmin(scores, axis=0)]
+        moved = ~held
+        total_bytes += np.where(moved, size, 0)
+        total_sec += np.where(moved, cm.latency[best, cols] + size * cm.sec_per_byte[best, cols], 0.0)
+        total_usd += np.where(moved, size * cm.usd_per_byte[best, cols], 0.0)
+        total_score += np.where(moved, scores.min(axis=0), 0.0)
+    return total_bytes, total_sec, total_usd, total_score
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the explanation table."""
+
+    pool: str  # pool id "site/name"
+    site: str
+    bytes_moved: int
+    transfer_seconds: float
+    wait_seconds: float
+    dollars: float
+    score: float  # objective value (inf when infeasible)
+    feasible: bool
+    reason: str  # "" when feasible, else which constraint(s) failed
+
+
+@dataclass(frozen=True)
+class Placement:
+    pool: str
+    site: str
+    candidates: tuple[Candidate, ...]  # all pools, best first, infeasible last
+    reason: str  # one-line human explanation of the choice
+
+    def as_table(self) -> list[dict]:
+        """JSON-able rows (infinite scores become None)."""
+        rows = []
+        for c in self.candidates:
+            rows.append(
+                {
+                    "pool": c.pool,
+                    "site": c.site,
+                    "bytes_moved": int(c.bytes_moved),
+                    "transfer_seconds": round(float(c.transfer_seconds), 6),
+                    "wait_seconds": round(float(c.wait_seconds), 6),
+                    "dollars": round(float(c.dollars), 8),
+                    "score": None if math.isinf(c.score) else round(float(c.score), 6),
+                    "feasible": c.feasible,
+                    "reason": c.reason,
+                }
+            )
+        return rows
+
+
+class PlacementError(GravityError):
+    """No healthy pool/site meets a step's requirements and residency.
+
+    The message names the step and lists every pool (or site) with the constraint it fails.
+    """
+
+    def __init__(self, message: str, candidates: Sequence[Candidate] = (), step: str | None = None):
+        super().__init__(message)
+        self.candidates = tuple(candidates)
+        self.step = step
+
+
+def format_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
