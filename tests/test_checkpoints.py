@@ -15,7 +15,6 @@ from dagster_gravity.checkpoints import (
     CorruptCheckpointError,
     checkpoint_metadata,
 )
-from tests.support.s3 import s3_buckets, seaweedfs  # noqa: F401
 
 
 @pytest.fixture
@@ -308,7 +307,7 @@ def test_a_claimed_but_unfinished_version_is_not_reused(store):
     assert save(store, 2).version == 3
 
 
-def test_concurrent_saves_on_an_s3_site_get_distinct_versions(tmp_path, seaweedfs, s3_buckets):  # noqa: F811
+def test_concurrent_saves_on_an_s3_site_get_distinct_versions(tmp_path, seaweedfs, s3_buckets):
     from dagster_gravity.topology import Topology
 
     topology = Topology.from_dict({

@@ -12,7 +12,6 @@ import pytest
 from dagster import execute_job, reconstructable
 
 from tests.support import concurrency_jobs, jobs
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 

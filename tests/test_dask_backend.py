@@ -17,8 +17,7 @@ from dagster import DagsterEventType, execute_job, reconstructable
 
 from dagster_gravity.pools.dask import DaskBackend, site_resource
 from tests.support import dask_jobs
-from tests.support.dask_cluster import DaskCluster, dask_cluster  # noqa: F401  (fixture)
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
+from tests.support.dask_cluster import DaskCluster
 
 
 def write_sites(path: Path, site_names: list[str]) -> Path:

@@ -17,17 +17,8 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterRunStatus
 
-from tests.support.executor_runs import (
-    STALE_SITE,
-    dagster_home,  # noqa: F401  (fixture)
-    engine_messages,
-    gravity,  # noqa: F401  (fixture)
-    instance,  # noqa: F401  (fixture)
-    pid_alive,
-    placements,
-    worker_pids,
-)
 from tests.support import jobs
+from tests.support.executor_runs import STALE_SITE, engine_messages, pid_alive, placements
 from tests.support.jobs import MB, ran_at
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,7 +320,7 @@ with DagsterInstance.get() as instance:
 """
 
 
-def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):  # noqa: F811
+def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file)], cwd=REPO, env=env)
     try:

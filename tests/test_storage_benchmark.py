@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.s3 import seaweedfs  # noqa: F401
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_replication_benchmark_quick(seaweedfs, tmp_path):  # noqa: F811
+def test_replication_benchmark_quick(seaweedfs, tmp_path):
     proc = subprocess.run(
         [
             sys.executable,

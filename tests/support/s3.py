@@ -181,26 +181,14 @@ def _wait_until_writable(server: SeaweedFS, timeout: float) -> None:
     raise RuntimeError(f"SeaweedFS S3 at {server.endpoint_url} not writable after {timeout}s: {last}\n{server.log_tail()}")
 
 
-_shared: dict[str, object] = {"server": None, "users": 0}
-
-
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
-    """One SeaweedFS server for the whole session.
-
-    Each test module that imports this fixture gets its own session-scoped fixture
-    definition, so the server itself is shared through a reference count: the first user
-    starts it, and the last finalizer (all run at session end) stops it by its pid."""
-    if _shared["server"] is None:
-        _shared["server"] = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    _shared["users"] += 1
+    """One SeaweedFS server for the whole session, stopped by its pid at the end."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        yield _shared["server"]
+        yield server
     finally:
-        _shared["users"] -= 1
-        if _shared["users"] == 0:
-            server, _shared["server"] = _shared["server"], None
-            server.stop()
+        server.stop()
 
 
 @pytest.fixture
