@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterRunStatus
+from dagster import DagsterEventType, DagsterRunStatus
 
 from tests.support import jobs
 from tests.support.executor_runs import STALE_SITE, engine_messages, pid_alive, placements

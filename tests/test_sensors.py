@@ -7,8 +7,7 @@ import os
 import time
 from datetime import datetime, timezone
 
-import pytest
-from dagster import AssetKey, AssetMaterialization, SkipReason, build_schedule_context, build_sensor_context
+from dagster import AssetMaterialization, build_schedule_context, build_sensor_context
 
 from dagster_gravity.topology import Topology
 from pipelines.definitions import build_defs
