@@ -258,25 +258,6 @@ def test_backend_that_cannot_start_makes_its_pools_unhealthy(gravity, monkeypatc
     assert placements(result)["reads_landed"]["gravity/site"] == "gamma"  # the rest still runs
 
 
-def test_forking_backends_start_first_in_runs_mixed_with_other_backends(tmp_path):
-    from dagster_gravity.executor_config import GravityConfig
-    from dagster_gravity.pools import create_backends
-    from dagster_gravity.topology import Topology
-
-    topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
-
-    def groups(pools):
-        config = GravityConfig.from_executor_config({"pools": pools})
-        _, ordered = create_backends(topology, config.pool_settings(topology), worker_max_steps=100, unhealthy_after=3)
-        return [(backend.name, backend.capabilities.forks_run_process, sorted(p.id for p in group)) for backend, group in ordered]
-
-    # alpha (first in the topology) on Dask: the local backend, which forks the run process,
-    # still starts first (its workers fork before the Dask client's threads exist).
-    mixed = groups({"per_site": {"alpha": {"dask": {"scheduler": "tcp://127.0.0.1:9"}}}})
-    assert mixed == [("local", True, ["beta/cpu", "gamma/cpu"]), ("dask", False, ["alpha/cpu", "alpha/gpu"])]
-    assert groups({}) == [("local", True, ["alpha/cpu", "alpha/gpu", "beta/cpu", "gamma/cpu"])]
-
-
 def test_requirements_no_healthy_pool_can_meet_fail_clearly(gravity):
     result = gravity.run("requirements_job", disabled_pools=["alpha/gpu"])
     assert not result.success
