@@ -1,5 +1,5 @@
 """Unit tests of the placement engine: per-step decisions, their explanations and errors,
-the plan solvers against hand-computed optima, and the benchmark's quick mode."""
+and the plan solvers against hand-computed optima."""
 
 import json
 import math
@@ -277,15 +277,6 @@ def test_placement_does_not_import_dagster():
     code = "import sys, dagster_gravity.placement; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_benchmark_quick_mode_runs():
-    out = subprocess.run(
-        [sys.executable, "benchmarks/placement.py", "--quick"], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode in (0, 1), out.stderr
-    assert "Exactness: gravity == brute-force optimum on 20/20" in out.stdout
-    assert "RESULT:" in out.stdout
 
 
 def test_output_residency_stand_in_is_named_as_an_output():
