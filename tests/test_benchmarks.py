@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.executor
 @pytest.mark.timeout(180)
 def test_executor_overhead_benchmark_quick(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GRAVITY_SITES")}

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dagster_gravity.cli import build_parser, main
 
 
@@ -37,6 +39,7 @@ def test_parser_has_room_for_plan_and_no_command_prints_help(capsys):
     assert main([]) == 2
 
 
+@pytest.mark.slow
 def test_gravity_module_entry_point_runs():
     out = subprocess.run(
         [sys.executable, "-m", "dagster_gravity.cli", "sites", "--sites", "sites.yaml"], capture_output=True, text=True, timeout=120

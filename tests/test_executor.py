@@ -22,7 +22,7 @@ from tests.support.executor_runs import STALE_SITE, engine_messages, pid_alive, 
 from tests.support.jobs import MB, ran_at
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.executor, pytest.mark.timeout(120)]
 
 
 def test_steps_land_where_their_inputs_are(gravity):

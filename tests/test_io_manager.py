@@ -35,6 +35,10 @@ from dagster_gravity.storage import (
 from tests.support.files import flip_byte_s3, visible_files
 from tests.support.s3 import write_sites_yaml
 
+# Every test runs Dagster jobs in process on an on-disk instance (its compute-log capture
+# starts `tail` processes).
+pytestmark = pytest.mark.slow
+
 VERSION = {"n": 1}
 
 

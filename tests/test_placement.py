@@ -273,6 +273,7 @@ def test_unhealthy_pools_move_the_plan():
     assert plan.sites["clean"] == "aws" and plan.pools["clean"] == "aws/cpu"
 
 
+@pytest.mark.slow
 def test_placement_does_not_import_dagster():
     code = "import sys, dagster_gravity.placement; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -226,6 +226,7 @@ def kill_writer_mid_write(kind: str, target: str, key: str, tmp_path: Path) -> N
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_killed_local_writer_leaves_no_visible_object(tmp_path):
     root = tmp_path / "root"
     kill_writer_mid_write("local", str(root), "big/object.bin", tmp_path)
