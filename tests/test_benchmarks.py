@@ -35,13 +35,35 @@ def test_executor_overhead_benchmark_quick(tmp_path):
     assert "gravity per-step cost" in table
 
 
+# Targets of benchmarks/placement.py that depend on how loaded the machine is: its speed
+# targets, and the gap to a MILP bound that was cut short by the MILP's time limit.
+# Every other target is computed on seeded workloads and must be met.
+SPEED_TARGETS = re.compile(r"place_step median >= 1 ms|place_plan \d+ steps took [\d.]+ s")
+TIME_LIMITED_GAP = re.compile(r"auto gap [\d.]+% on random-dag \d+x\d+")
+
+
 def test_placement_benchmark_quick():
     out = subprocess.run(
         [sys.executable, "benchmarks/placement.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
-    assert out.returncode in (0, 1), out.stderr
-    assert "Exactness: gravity == brute-force optimum on 20/20" in out.stdout
-    assert "RESULT:" in out.stdout
+    text = out.stdout
+    assert "Exactness: gravity == brute-force optimum on 20/20" in text, (text, out.stderr[-3000:])
+    # The side-by-side table: a row per workload size, then each baseline against gravity.
+    for workload, steps, sites in [("ml", 10, 4), ("ml", 50, 10), ("ml", 200, 20), ("random-dag", 10, 4), ("random-dag", 100, 8)]:
+        assert re.search(rf"^{workload}\s+{steps}\s+{sites}\s", text, re.M), (workload, steps, sites, text)
+    for baseline in ("blind", "round-robin", "dask"):
+        assert re.search(rf"^  {baseline}\s+moves\s+[\d.]+x the bytes of gravity/time \(median\)$", text, re.M), text
+    [result] = re.findall(r"^RESULT: (.*)$", text, re.M)
+    if out.returncode == 0:
+        assert result == "all targets met"
+    else:
+        # Exit 1 is the benchmark saying a target was missed; only load-dependent ones may be.
+        assert out.returncode == 1 and result.startswith("MISSED: "), (out.returncode, out.stderr[-3000:])
+        for missed in result.removeprefix("MISSED: ").split("; "):
+            load_dependent = SPEED_TARGETS.fullmatch(missed) or (
+                TIME_LIMITED_GAP.fullmatch(missed) and "milp (time limit)" in text
+            )
+            assert load_dependent, f"missed a target that does not depend on machine load: {missed}\n{text}"
 
 
 def test_replication_benchmark_quick(seaweedfs, tmp_path):
