@@ -327,9 +327,10 @@ def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):
             proc.wait()
     logs = gravity.instance.all_logs(run_id)
     pids = {e.dagster_event.pid for e in logs if e.dagster_event and e.dagster_event.pid not in (None, proc.pid)}
-    assert worker in pids
+    assert not pid_alive(worker), "the step's worker outlived the run"
     assert not [p for p in pids if pid_alive(p)], "worker processes outlived the run"
-    assert gravity.instance.get_run_by_id(run_id).status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+    # An interrupt with no termination request from Dagster is a failed run, not a canceled one.
+    assert gravity.instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
     step_events = [e.dagster_event.event_type for e in logs if e.dagster_event and e.step_key == "sleeps_long"]
     assert DagsterEventType.STEP_FAILURE in step_events
     assert not (gravity.store / "sleeps_long.json").exists()
@@ -389,15 +390,17 @@ def test_a_step_that_ignores_the_interrupt_is_killed_after_the_grace_period(grav
         assert worker != proc.pid and pid_alive(worker)
         interrupted = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=grace + 25)  # the step would sleep on for a minute
-        assert time.monotonic() - interrupted < grace + 25
+        proc.wait(timeout=grace + 25)  # the step would sleep on for a minute: it must not
+        elapsed = time.monotonic() - interrupted
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     logs, failures, pids = _run_outcome(gravity, run_id, "ignores_interrupts")
-    assert worker in pids and not [p for p in pids if p != proc.pid and pid_alive(p)]
-    assert gravity.instance.get_run_by_id(run_id).status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+    assert not pid_alive(worker) and not [p for p in pids if p != proc.pid and pid_alive(p)]
+    assert gravity.instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    # The step got its grace period before the SIGKILL: it was not killed at the interrupt.
+    assert elapsed >= grace, elapsed
     assert len(failures) == 1
     assert f"did not stop within {grace} s of the run's interrupt" in failures[0].step_failure_data.error.message
     assert not (gravity.store / "ignores_interrupts.json").exists()
