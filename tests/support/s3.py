@@ -2,7 +2,8 @@
 
 `start_seaweedfs(workdir)` starts `weed server -s3` on free loopback ports and returns a
 handle with `.endpoint_url`, `.client()`, `.make_bucket(name)` and `.stop()`. The pytest
-fixture `seaweedfs` is session scoped; `s3_buckets` gives each test two fresh buckets.
+fixture `seaweedfs` is session scoped; `s3_buckets` gives each test two fresh buckets;
+`s3_credentials` gives a test of an unreachable endpoint dummy credentials.
 Any access key works (no identities are configured), so the fixture sets dummy
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when none are set.
 """
@@ -189,6 +190,17 @@ def seaweedfs(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch) -> None:
+    """Dummy S3 credentials for one test unless some are set. Without any, boto3 fails with
+    NoCredentialsError before it opens a connection, so a test of a dead or hanging endpoint
+    would pass without reaching the endpoint (or not, depending on whether an earlier test
+    started SeaweedFS, which sets them for the session)."""
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
 
 
 @pytest.fixture
