@@ -139,7 +139,7 @@ def test_dask_pool_health_follows_the_workers_that_declare_the_site(tmp_path, ca
         view = json.loads(capsys.readouterr().out)
     finally:
         cluster.stop()
-    assert not [p.pid for p in cluster.processes() if p.poll() is None]
+    assert not cluster.leftover_processes()
     health = {row["pool"]: row for row in view["pool_health"]}
     assert health["here/cpu"]["healthy"] and "1 Dask worker" in health["here/cpu"]["detail"]
     assert not health["there/cpu"]["healthy"]

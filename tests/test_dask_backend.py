@@ -412,7 +412,7 @@ def test_one_scheduler_per_site(dask_cluster, instance, tmp_path):
         aws.stop()
     assert outputs["at_onprem"]["worker"] == "onprem-dc-1"
     assert outputs["at_aws"]["worker"] == "aws-us-east-1-1"
-    assert all(proc.poll() is not None for proc in [aws.scheduler, *aws.workers.values()])
+    assert not aws.leftover_processes()
 
 
 def test_backend_reports_an_unreachable_scheduler_as_unhealthy():
