@@ -33,10 +33,13 @@ def test_sites_missing_file_is_a_clear_error(tmp_path, capsys):
     assert "none.yaml" in capsys.readouterr().err
 
 
-def test_parser_has_room_for_plan_and_no_command_prints_help(capsys):
+def test_parser_has_sites_and_plan_and_no_command_prints_help(capsys):
     parser = build_parser()
     assert parser.parse_args(["sites"]).command == "sites"
+    assert parser.parse_args(["plan", "-m", "tests.support.jobs", "-j", "locality_job"]).command == "plan"
     assert main([]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gravity") and "sites " in out and "plan " in out, out
 
 
 @pytest.mark.slow
