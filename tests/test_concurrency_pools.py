@@ -13,7 +13,7 @@ from dagster import execute_job, reconstructable
 
 from tests.support import concurrency_jobs, jobs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.executor]
 
 
 def _windows(directory) -> dict[str, tuple[float, float]]:
