@@ -132,6 +132,7 @@ def test_explicit_sites_file_must_be_the_executors(prod, stale_cwd, monkeypatch)
     assert f"the executor uses {prod}" in message
 
 
+@pytest.mark.slow
 def test_io_manager_with_default_topology_stores_by_gravity_sites_not_a_stale_cwd_file(
     prod, stale_cwd, monkeypatch, instance
 ):
@@ -147,6 +148,7 @@ def test_io_manager_with_default_topology_stores_by_gravity_sites_not_a_stale_cw
     assert latest_location(instance, "table").site == "us-local"
 
 
+@pytest.mark.slow
 def test_io_manager_under_the_executor_stores_by_the_executors_file(prod, stale_cwd, instance):
     io = GravityIOManager()
     with running_at("eu-local", str(prod)):
@@ -154,6 +156,7 @@ def test_io_manager_under_the_executor_stores_by_the_executors_file(prod, stale_
     assert stored(prod.parent, "eu") == ["table.parquet"] and stored(stale_cwd, "eu") == []
 
 
+@pytest.mark.slow
 def test_io_manager_stores_under_the_topology_of_its_resource(tmp_path, stale_cwd, instance):
     (tmp_path / "mine").mkdir()
     mine = write_sites_yaml(tmp_path / "mine")
@@ -170,6 +173,7 @@ def test_io_manager_stores_under_the_topology_of_its_resource(tmp_path, stale_cw
     assert stored(mine.parent, "us") == ["table.parquet"]
 
 
+@pytest.mark.slow
 def test_io_manager_with_another_file_than_the_executor_fails_the_step_naming_both(prod, stale_cwd, instance):
     io = GravityIOManager(topology=GravityTopology(sites_file="sites.yaml"))  # the stale one
     with running_at("us-local", str(prod)):
@@ -199,6 +203,7 @@ def arrays(seed: int) -> dict[str, np.ndarray]:
     return {"coef": np.full(3, float(seed))}
 
 
+@pytest.mark.slow
 def test_checkpoints_resource_keeps_versions_at_its_site_of_its_topology(prod, stale_cwd, monkeypatch, instance):
     monkeypatch.setenv("GRAVITY_SITES", str(prod))
     checkpoints = GravityCheckpoints(site="eu-local", prefix="models")
@@ -319,6 +324,7 @@ def test_job_topology_files_resource_bound_at_top_level_and_referenced_by_the_io
     }
 
 
+@pytest.mark.slow
 def test_job_topology_files_agree_with_what_the_steps_actually_use(tmp_path, instance):
     """What job_topology_files reports for the nested copy is the file the step reads."""
     (tmp_path / "a").mkdir()

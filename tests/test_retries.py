@@ -12,7 +12,7 @@ from dagster import DagsterEventType, execute_job, reconstructable
 
 from tests.support import jobs, retry_jobs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.executor]
 
 
 @pytest.fixture
