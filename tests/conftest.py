@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -94,3 +95,30 @@ def pytest_runtest_teardown(item, nextitem):
     global _started
     _started = None  # setup failed (no call phase), or teardown: not recorded
     return (yield)
+
+
+# -- the code under test is this checkout's --------------------------------------------
+# An editable install of another checkout in the same venv serves any module this checkout
+# lacks (its finder comes after sys.path), so a test could pass on someone else's code.
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_PACKAGES = ("dagster_gravity", "pipelines", "resources", "sensors", "tests")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    elsewhere = sorted(
+        f"{name} ({module.__file__})"
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in PROJECT_PACKAGES
+        and getattr(module, "__file__", None)
+        and not Path(module.__file__).resolve().is_relative_to(REPO)
+    )
+    if elsewhere:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"project modules imported from outside {REPO}: " + ", ".join(elsewhere)
+        if reporter is not None:
+            reporter.write_line("")  # after the progress line
+            reporter.write_line(message, red=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
