@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from dagster_gravity.checkpoints import (
     CorruptCheckpointError,
     checkpoint_metadata,
 )
-from tests.support.s3 import s3_buckets, seaweedfs  # noqa: F401
 
 
 @pytest.fixture
@@ -308,7 +306,7 @@ def test_a_claimed_but_unfinished_version_is_not_reused(store):
     assert save(store, 2).version == 3
 
 
-def test_concurrent_saves_on_an_s3_site_get_distinct_versions(tmp_path, seaweedfs, s3_buckets):  # noqa: F811
+def test_concurrent_saves_on_an_s3_site_get_distinct_versions(tmp_path, seaweedfs, s3_buckets):
     from dagster_gravity.topology import Topology
 
     topology = Topology.from_dict({

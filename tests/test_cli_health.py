@@ -10,6 +10,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from dagster_gravity.cli import main
 from tests.support.dask_cluster import DaskCluster
 from tests.support.s3 import free_ports
@@ -121,6 +123,8 @@ def test_dask_pool_on_a_closed_port_is_unhealthy(tmp_path, capsys):
     assert _row(text, "there/cpu").split()[2] == "healthy:"  # the local pool is unaffected
 
 
+@pytest.mark.slow
+@pytest.mark.dask
 def test_dask_pool_health_follows_the_workers_that_declare_the_site(tmp_path, capsys):
     cluster = DaskCluster(workdir=tmp_path)
     try:
@@ -135,7 +139,7 @@ def test_dask_pool_health_follows_the_workers_that_declare_the_site(tmp_path, ca
         view = json.loads(capsys.readouterr().out)
     finally:
         cluster.stop()
-    assert not [p.pid for p in cluster.processes() if p.poll() is None]
+    assert not cluster.leftover_processes()
     health = {row["pool"]: row for row in view["pool_health"]}
     assert health["here/cpu"]["healthy"] and "1 Dask worker" in health["here/cpu"]["detail"]
     assert not health["there/cpu"]["healthy"]

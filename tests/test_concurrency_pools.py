@@ -12,9 +12,8 @@ import pytest
 from dagster import execute_job, reconstructable
 
 from tests.support import concurrency_jobs, jobs
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.executor]
 
 
 def _windows(directory) -> dict[str, tuple[float, float]]:

@@ -17,8 +17,7 @@ from dagster import DagsterEventType, execute_job, reconstructable
 
 from dagster_gravity.pools.dask import DaskBackend, site_resource
 from tests.support import dask_jobs
-from tests.support.dask_cluster import DaskCluster, dask_cluster  # noqa: F401  (fixture)
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
+from tests.support.dask_cluster import DaskCluster
 
 
 def write_sites(path: Path, site_names: list[str]) -> Path:
@@ -413,7 +412,7 @@ def test_one_scheduler_per_site(dask_cluster, instance, tmp_path):
         aws.stop()
     assert outputs["at_onprem"]["worker"] == "onprem-dc-1"
     assert outputs["at_aws"]["worker"] == "aws-us-east-1-1"
-    assert all(proc.poll() is not None for proc in [aws.scheduler, *aws.workers.values()])
+    assert not aws.leftover_processes()
 
 
 def test_backend_reports_an_unreachable_scheduler_as_unhealthy():

@@ -15,23 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterEventType, DagsterRunStatus
+from dagster import DagsterEventType, DagsterRunStatus
 
-from tests.support.executor_runs import (
-    STALE_SITE,
-    dagster_home,  # noqa: F401  (fixture)
-    engine_messages,
-    gravity,  # noqa: F401  (fixture)
-    instance,  # noqa: F401  (fixture)
-    pid_alive,
-    placements,
-    worker_pids,
-)
 from tests.support import jobs
+from tests.support.executor_runs import STALE_SITE, engine_messages, pid_alive, placements
 from tests.support.jobs import MB, ran_at
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.executor, pytest.mark.timeout(120)]
 
 
 def test_steps_land_where_their_inputs_are(gravity):
@@ -267,25 +258,6 @@ def test_backend_that_cannot_start_makes_its_pools_unhealthy(gravity, monkeypatc
     assert placements(result)["reads_landed"]["gravity/site"] == "gamma"  # the rest still runs
 
 
-def test_forking_backends_start_first_in_runs_mixed_with_other_backends(tmp_path):
-    from dagster_gravity.executor_config import GravityConfig
-    from dagster_gravity.pools import create_backends
-    from dagster_gravity.topology import Topology
-
-    topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
-
-    def groups(pools):
-        config = GravityConfig.from_executor_config({"pools": pools})
-        _, ordered = create_backends(topology, config.pool_settings(topology), worker_max_steps=100, unhealthy_after=3)
-        return [(backend.name, backend.capabilities.forks_run_process, sorted(p.id for p in group)) for backend, group in ordered]
-
-    # alpha (first in the topology) on Dask: the local backend, which forks the run process,
-    # still starts first (its workers fork before the Dask client's threads exist).
-    mixed = groups({"per_site": {"alpha": {"dask": {"scheduler": "tcp://127.0.0.1:9"}}}})
-    assert mixed == [("local", True, ["beta/cpu", "gamma/cpu"]), ("dask", False, ["alpha/cpu", "alpha/gpu"])]
-    assert groups({}) == [("local", True, ["alpha/cpu", "alpha/gpu", "beta/cpu", "gamma/cpu"])]
-
-
 def test_requirements_no_healthy_pool_can_meet_fail_clearly(gravity):
     result = gravity.run("requirements_job", disabled_pools=["alpha/gpu"])
     assert not result.success
@@ -329,7 +301,7 @@ with DagsterInstance.get() as instance:
 """
 
 
-def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):  # noqa: F811
+def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):
     env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, str(gravity.sites_file)], cwd=REPO, env=env)
     try:
@@ -355,9 +327,10 @@ def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):  # noqa: F
             proc.wait()
     logs = gravity.instance.all_logs(run_id)
     pids = {e.dagster_event.pid for e in logs if e.dagster_event and e.dagster_event.pid not in (None, proc.pid)}
-    assert worker in pids
+    assert not pid_alive(worker), "the step's worker outlived the run"
     assert not [p for p in pids if pid_alive(p)], "worker processes outlived the run"
-    assert gravity.instance.get_run_by_id(run_id).status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+    # An interrupt with no termination request from Dagster is a failed run, not a canceled one.
+    assert gravity.instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
     step_events = [e.dagster_event.event_type for e in logs if e.dagster_event and e.step_key == "sleeps_long"]
     assert DagsterEventType.STEP_FAILURE in step_events
     assert not (gravity.store / "sleeps_long.json").exists()
@@ -417,15 +390,17 @@ def test_a_step_that_ignores_the_interrupt_is_killed_after_the_grace_period(grav
         assert worker != proc.pid and pid_alive(worker)
         interrupted = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=grace + 25)  # the step would sleep on for a minute
-        assert time.monotonic() - interrupted < grace + 25
+        proc.wait(timeout=grace + 25)  # the step would sleep on for a minute: it must not
+        elapsed = time.monotonic() - interrupted
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     logs, failures, pids = _run_outcome(gravity, run_id, "ignores_interrupts")
-    assert worker in pids and not [p for p in pids if p != proc.pid and pid_alive(p)]
-    assert gravity.instance.get_run_by_id(run_id).status in (DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+    assert not pid_alive(worker) and not [p for p in pids if p != proc.pid and pid_alive(p)]
+    assert gravity.instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE
+    # The step got its grace period before the SIGKILL: it was not killed at the interrupt.
+    assert elapsed >= grace, elapsed
     assert len(failures) == 1
     assert f"did not stop within {grace} s of the run's interrupt" in failures[0].step_failure_data.error.message
     assert not (gravity.store / "ignores_interrupts.json").exists()

@@ -6,10 +6,9 @@ from dagster import AssetMaterialization, AssetObservation
 
 from dagster_gravity import metadata as md
 from dagster_gravity.locations import DataLocation, latest_location
-from tests.support.instance import dagster_home, instance  # noqa: F401
 
 
-def materialize_at(instance, key, site, sha, size=100, partition=None, replicas=(), residency=None):  # noqa: F811
+def materialize_at(instance, key, site, sha, size=100, partition=None, replicas=(), residency=None):
     instance.report_runless_asset_event(
         AssetMaterialization(
             asset_key=key,
@@ -21,13 +20,13 @@ def materialize_at(instance, key, site, sha, size=100, partition=None, replicas=
     )
 
 
-def observe_replica(instance, key, sites, sha, partition=None):  # noqa: F811
+def observe_replica(instance, key, sites, sha, partition=None):
     instance.report_runless_asset_event(
         AssetObservation(asset_key=key, partition=partition, metadata={md.REPLICAS: list(sites), md.SHA256: sha})
     )
 
 
-def test_definition_metadata_is_the_fallback_then_unknown(instance):  # noqa: F811
+def test_definition_metadata_is_the_fallback_then_unknown(instance):
     assert latest_location(instance, "nothing/here") == DataLocation(
         "nothing/here", None, None, (), 0, None, None, "unknown"
     )
@@ -46,7 +45,7 @@ def test_definition_metadata_is_the_fallback_then_unknown(instance):  # noqa: F8
     assert loc.sites == ("onprem-dc", "aws-us-east-1")
 
 
-def test_materialization_is_the_truth_and_only_current_replicas_count(instance):  # noqa: F811
+def test_materialization_is_the_truth_and_only_current_replicas_count(instance):
     materialize_at(instance, "raw/events", "onprem-dc", "sha-1", size=42, residency="us")
     observe_replica(instance, "raw/events", ["aws-us-east-1"], "sha-1")
     loc = latest_location(instance, "raw/events", definition_metadata={md.SITE: "eu-colo"})
@@ -71,7 +70,7 @@ def test_materialization_is_the_truth_and_only_current_replicas_count(instance):
     assert latest_location(instance, "raw/events").replicas == ("onprem-dc",)
 
 
-def test_partitions_are_tracked_separately(instance):  # noqa: F811
+def test_partitions_are_tracked_separately(instance):
     materialize_at(instance, "events", "onprem-dc", "d1", partition="2024-01-01")
     materialize_at(instance, "events", "eu-colo", "d2", partition="2024-01-02")
     observe_replica(instance, "events", ["aws-us-east-1"], "d1", partition="2024-01-01")
@@ -83,7 +82,7 @@ def test_partitions_are_tracked_separately(instance):  # noqa: F811
     assert (any_partition.site, any_partition.partition) == ("eu-colo", "2024-01-02")
 
 
-def test_two_queries_whatever_the_history(instance):  # noqa: F811
+def test_two_queries_whatever_the_history(instance):
     for i in range(10):
         materialize_at(instance, "big", "onprem-dc", f"sha-{i}")
         observe_replica(instance, "big", ["aws-us-east-1"], f"sha-{i}")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType
 
 from dagster_gravity.checkpoints import CheckpointStore
@@ -19,8 +20,9 @@ from dagster_gravity.topology import Topology
 from pipelines.definitions import defs
 from pipelines.report import summary_numbers
 from pipelines.training import MODEL_NAME
-from tests.support.instance import dagster_home, instance  # noqa: F401
-from tests.support.pipeline import generate_days, pipeline_sites, run_job, training_run_config  # noqa: F401
+from tests.support.pipeline import generate_days, run_job, training_run_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.executor]
 
 DAY1, DAY2 = "2026-01-01", "2026-01-02"
 

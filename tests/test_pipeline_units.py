@@ -108,6 +108,7 @@ def test_differencing_eu_segment_rows_cannot_isolate_one_customer():
     assert 12345.0 not in set(out["eu_mean_spend"])
 
 
+@pytest.mark.slow
 def test_importing_the_code_location_leaves_the_environment_alone(tmp_path):
     """No $GRAVITY_SITES appears because a test imported the definitions; resources resolve
     it (else ./sites.yaml) when they are used, so a later setenv is honoured. The IO

@@ -1,5 +1,5 @@
 """Unit tests of the placement engine: per-step decisions, their explanations and errors,
-the plan solvers against hand-computed optima, and the benchmark's quick mode."""
+and the plan solvers against hand-computed optima."""
 
 import json
 import math
@@ -53,7 +53,7 @@ def by_pool(placement):
 def test_step_goes_to_the_data_and_explains_every_pool():
     events = InputData("raw/events", 5 * GB, ("dc",))
     placement = place_step(T, [events])
-    assert placement.site == "dc" and placement.pool in ("dc/gpu", "dc/cpu")
+    assert placement.site == "dc" and placement.pool == "dc/cpu"  # the GPU pool stays free for GPU steps
     rows = by_pool(placement)
     assert set(rows) == {"dc/gpu", "dc/cpu", "aws/cpu", "eu/cpu"}
     assert rows["dc/cpu"].bytes_moved == 0 and rows["dc/cpu"].transfer_seconds == 0
@@ -273,19 +273,11 @@ def test_unhealthy_pools_move_the_plan():
     assert plan.sites["clean"] == "aws" and plan.pools["clean"] == "aws/cpu"
 
 
+@pytest.mark.slow
 def test_placement_does_not_import_dagster():
     code = "import sys, dagster_gravity.placement; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_benchmark_quick_mode_runs():
-    out = subprocess.run(
-        [sys.executable, "benchmarks/placement.py", "--quick"], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode in (0, 1), out.stderr
-    assert "Exactness: gravity == brute-force optimum on 20/20" in out.stdout
-    assert "RESULT:" in out.stdout
 
 
 def test_output_residency_stand_in_is_named_as_an_output():

@@ -22,7 +22,6 @@ from dagster_gravity.locations import latest_location
 from dagster_gravity.resources import job_topology_files
 from dagster_gravity.runtime import current_site, run_sites_file, running_at
 from dagster_gravity.topology import resolve_sites_path
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 from tests.support.s3 import write_sites_yaml
 
 
@@ -133,8 +132,9 @@ def test_explicit_sites_file_must_be_the_executors(prod, stale_cwd, monkeypatch)
     assert f"the executor uses {prod}" in message
 
 
+@pytest.mark.slow
 def test_io_manager_with_default_topology_stores_by_gravity_sites_not_a_stale_cwd_file(
-    prod, stale_cwd, monkeypatch, instance  # noqa: F811
+    prod, stale_cwd, monkeypatch, instance
 ):
     """The bug this resource fixes: GRAVITY_SITES=prod.yaml and a stale ./sites.yaml."""
     monkeypatch.setenv("GRAVITY_SITES", str(prod))
@@ -148,14 +148,16 @@ def test_io_manager_with_default_topology_stores_by_gravity_sites_not_a_stale_cw
     assert latest_location(instance, "table").site == "us-local"
 
 
-def test_io_manager_under_the_executor_stores_by_the_executors_file(prod, stale_cwd, instance):  # noqa: F811
+@pytest.mark.slow
+def test_io_manager_under_the_executor_stores_by_the_executors_file(prod, stale_cwd, instance):
     io = GravityIOManager()
     with running_at("eu-local", str(prod)):
         assert materialize([table], resources={"io_manager": io}, instance=instance).success
     assert stored(prod.parent, "eu") == ["table.parquet"] and stored(stale_cwd, "eu") == []
 
 
-def test_io_manager_stores_under_the_topology_of_its_resource(tmp_path, stale_cwd, instance):  # noqa: F811
+@pytest.mark.slow
+def test_io_manager_stores_under_the_topology_of_its_resource(tmp_path, stale_cwd, instance):
     (tmp_path / "mine").mkdir()
     mine = write_sites_yaml(tmp_path / "mine")
     io = GravityIOManager(topology=GravityTopology(sites_file=str(mine)), default_site="eu-local")
@@ -171,7 +173,8 @@ def test_io_manager_stores_under_the_topology_of_its_resource(tmp_path, stale_cw
     assert stored(mine.parent, "us") == ["table.parquet"]
 
 
-def test_io_manager_with_another_file_than_the_executor_fails_the_step_naming_both(prod, stale_cwd, instance):  # noqa: F811
+@pytest.mark.slow
+def test_io_manager_with_another_file_than_the_executor_fails_the_step_naming_both(prod, stale_cwd, instance):
     io = GravityIOManager(topology=GravityTopology(sites_file="sites.yaml"))  # the stale one
     with running_at("us-local", str(prod)):
         with pytest.raises(Exception) as err:
@@ -200,7 +203,8 @@ def arrays(seed: int) -> dict[str, np.ndarray]:
     return {"coef": np.full(3, float(seed))}
 
 
-def test_checkpoints_resource_keeps_versions_at_its_site_of_its_topology(prod, stale_cwd, monkeypatch, instance):  # noqa: F811
+@pytest.mark.slow
+def test_checkpoints_resource_keeps_versions_at_its_site_of_its_topology(prod, stale_cwd, monkeypatch, instance):
     monkeypatch.setenv("GRAVITY_SITES", str(prod))
     checkpoints = GravityCheckpoints(site="eu-local", prefix="models")
     assert checkpoints.topology.sites_file is None  # default topology, resolved when used
@@ -320,7 +324,8 @@ def test_job_topology_files_resource_bound_at_top_level_and_referenced_by_the_io
     }
 
 
-def test_job_topology_files_agree_with_what_the_steps_actually_use(tmp_path, instance):  # noqa: F811
+@pytest.mark.slow
+def test_job_topology_files_agree_with_what_the_steps_actually_use(tmp_path, instance):
     """What job_topology_files reports for the nested copy is the file the step reads."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

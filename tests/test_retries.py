@@ -11,9 +11,8 @@ import pytest
 from dagster import DagsterEventType, execute_job, reconstructable
 
 from tests.support import jobs, retry_jobs
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.executor]
 
 
 @pytest.fixture
@@ -24,7 +23,7 @@ def attempts(tmp_path, monkeypatch):
     return directory
 
 
-def _run(instance, factory, tmp_path, **config):  # noqa: F811
+def _run(instance, factory, tmp_path, **config):
     run_config = {"execution": {"config": {"sites_file": str(jobs.write_test_sites(tmp_path)), "locality_wait": 0.0, **config}}}
     return execute_job(reconstructable(getattr(retry_jobs, factory)), instance=instance, run_config=run_config, raise_on_error=False)
 
@@ -33,7 +32,7 @@ def _events(result, step_key, event_type):
     return [e for e in result.all_events if e.step_key == step_key and e.event_type == event_type]
 
 
-def test_retry_policy_without_delay_never_crashes_the_run(instance, attempts, tmp_path):  # noqa: F811
+def test_retry_policy_without_delay_never_crashes_the_run(instance, attempts, tmp_path):
     for round_ in range(3):
         for path in attempts.iterdir():
             path.unlink()
@@ -46,13 +45,13 @@ def test_retry_policy_without_delay_never_crashes_the_run(instance, attempts, tm
                 assert json.loads((attempts / f"{key}.json").read_text()) == retry_jobs.FAILS_BEFORE_SUCCESS + 1
 
 
-def test_retry_requested_counts_every_attempt(instance, attempts, tmp_path):  # noqa: F811
+def test_retry_requested_counts_every_attempt(instance, attempts, tmp_path):
     with _run(instance, "retry_requested_job", tmp_path) as result:
         assert result.success
         assert len(_events(result, "asks_for_retry", DagsterEventType.STEP_UP_FOR_RETRY)) == retry_jobs.FAILS_BEFORE_SUCCESS
 
 
-def test_a_retry_limit_of_three_is_four_attempts_and_the_failure_hook_runs(instance, attempts, tmp_path):  # noqa: F811
+def test_a_retry_limit_of_three_is_four_attempts_and_the_failure_hook_runs(instance, attempts, tmp_path):
     with _run(instance, "exhausted_retries_job", tmp_path) as result:
         assert not result.success
         assert len(_events(result, "always_fails", DagsterEventType.STEP_UP_FOR_RETRY)) == 3
@@ -62,7 +61,7 @@ def test_a_retry_limit_of_three_is_four_attempts_and_the_failure_hook_runs(insta
     assert (attempts / "hooked_always_fails").read_text() == "failed"
 
 
-def test_a_resource_that_fails_to_initialise_is_retried_once_per_attempt(instance, attempts, tmp_path):  # noqa: F811
+def test_a_resource_that_fails_to_initialise_is_retried_once_per_attempt(instance, attempts, tmp_path):
     # Not entered as a context manager: that would initialise the broken resource again here.
     result = _run(instance, "broken_resource_retry_job", tmp_path)
     assert not result.success

@@ -16,9 +16,8 @@ from dagster import AssetKey, DagsterEventType, execute_job, reconstructable
 
 from dagster_gravity.locations import latest_location
 from tests.support import topology_jobs
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.executor]
 
 
 def _sites(path: Path, eu_site: str, store: Path) -> Path:
@@ -63,7 +62,7 @@ def _stored(root: Path, store: str) -> list[Path]:
     return list((root / store).rglob("*eu_table*")) if (root / store).exists() else []
 
 
-def test_gravity_sites_and_a_stale_sites_yaml_give_one_topology(instance, two_topologies):  # noqa: F811
+def test_gravity_sites_and_a_stale_sites_yaml_give_one_topology(instance, two_topologies):
     prod, stale, root = two_topologies
     with execute_job(reconstructable(topology_jobs.following_job), instance=instance) as result:
         assert result.success
@@ -75,7 +74,7 @@ def test_gravity_sites_and_a_stale_sites_yaml_give_one_topology(instance, two_to
     assert _stored(root, "stale-store") == []
 
 
-def test_a_file_named_by_the_io_managers_topology_is_the_runs_topology(instance, two_topologies, monkeypatch):  # noqa: F811
+def test_a_file_named_by_the_io_managers_topology_is_the_runs_topology(instance, two_topologies, monkeypatch):
     """Configured once, on the resource: the executor places by that file too."""
     prod, stale, root = two_topologies
     monkeypatch.setenv(topology_jobs.EXPLICIT_ENV, str(stale))
@@ -86,7 +85,7 @@ def test_a_file_named_by_the_io_managers_topology_is_the_runs_topology(instance,
     assert _stored(root, "prod-store") == []
 
 
-def test_an_io_manager_naming_another_file_fails_the_run_before_any_step(instance, two_topologies, monkeypatch):  # noqa: F811
+def test_an_io_manager_naming_another_file_fails_the_run_before_any_step(instance, two_topologies, monkeypatch):
     prod, stale, _ = two_topologies
     monkeypatch.setenv(topology_jobs.EXPLICIT_ENV, str(stale))
     run_config = {"execution": {"config": {"sites_file": str(prod)}}}

@@ -7,15 +7,12 @@ import os
 import time
 from datetime import datetime, timezone
 
-import pytest
-from dagster import AssetKey, AssetMaterialization, SkipReason, build_schedule_context, build_sensor_context
+from dagster import AssetMaterialization, build_schedule_context, build_sensor_context
 
 from dagster_gravity.topology import Topology
 from pipelines.definitions import build_defs
 from pipelines.jobs import daily_features_schedule
-from tests.support.instance import dagster_home, instance  # noqa: F401
-from tests.support.pipeline import SITES_YAML, generate_days, pipeline_sites, write_sites  # noqa: F401
-from tests.support.s3 import s3_buckets, seaweedfs  # noqa: F401
+from tests.support.pipeline import SITES_YAML, generate_days, write_sites
 
 
 def sensor(defs, name):

@@ -128,6 +128,7 @@ def test_unknown_site_lookup_lists_known_sites(tmp_path):
         topo.zone_sites("us")
 
 
+@pytest.mark.slow
 def test_load_topology_parses_each_file_version_once(tmp_path):
     import os
     import subprocess

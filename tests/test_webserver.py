@@ -18,6 +18,8 @@ from dagster_graphql import DagsterGraphQLClient
 
 from tests.support.instance import write_dagster_yaml
 
+pytestmark = [pytest.mark.slow, pytest.mark.webserver]
+
 REPO = Path(__file__).resolve().parents[1]
 EVENTS_QUERY = """
 query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {

@@ -69,6 +69,7 @@ class DaskCluster:
     address: str = ""
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
     _logs: list = field(default_factory=list)
+    _children: list = field(default_factory=list)  # what the scheduler and workers had started, at stop()
 
     def start_scheduler(self, timeout_s: float = 30.0) -> str:
         scheduler_file = self.workdir / "scheduler.json"
@@ -166,12 +167,48 @@ class DaskCluster:
         return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
 
     def stop(self) -> None:
+        self._children += self._descendants()
         for proc in self.workers.values():
             stop_process(proc)
         if self.scheduler is not None:
             stop_process(self.scheduler)
         for log in self._logs:
             log.close()
+
+    def _descendants(self) -> list:
+        import psutil
+
+        found = []
+        for proc in self.processes():
+            if proc.poll() is None:
+                try:
+                    found += psutil.Process(proc.pid).children(recursive=True)
+                except psutil.NoSuchProcess:
+                    pass
+        return found
+
+    def leftover_processes(self, wait_s: float = 10.0) -> list[str]:
+        """What of this cluster still runs after `stop()`: the scheduler and workers (which
+        `stop_process` reaps), and the processes they had started (compute-log `tail`s and
+        their watchers, ...), given `wait_s` to exit. Empty when nothing was left behind."""
+        import psutil
+
+        def running(p) -> bool:
+            try:
+                return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        deadline = time.monotonic() + wait_s
+        while (left := [p for p in self._children if running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        described = []
+        for p in left:
+            try:
+                described.append(f"{p.pid}: {' '.join(p.cmdline())[:200]}")
+            except psutil.Error:
+                described.append(str(p.pid))
+        return [f"{p.pid}: {p.args}" for p in self.processes() if p.poll() is None] + described
 
 
 @pytest.fixture(scope="module")
@@ -183,5 +220,5 @@ def dask_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
-    left = [p.pid for p in cluster.processes() if p.poll() is None]
+    left = cluster.leftover_processes()
     assert not left, f"dask processes still running after the tests: {left}"

@@ -12,7 +12,6 @@ import pytest
 from dagster import DagsterEventType, execute_job, reconstructable
 
 from tests.support import jobs
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
 STALE_SITE = "gamma"  # what $GRAVITY_SITE says in executor tests (used to be a second channel)
 
@@ -32,7 +31,7 @@ class GravityRunner:
 
 
 @pytest.fixture
-def gravity(instance, tmp_path, monkeypatch) -> GravityRunner:  # noqa: F811
+def gravity(instance, tmp_path, monkeypatch) -> GravityRunner:
     store = tmp_path / "store"
     store.mkdir()
     monkeypatch.setenv(jobs.STORE_ENV, str(store))

@@ -2,7 +2,8 @@
 
 `start_seaweedfs(workdir)` starts `weed server -s3` on free loopback ports and returns a
 handle with `.endpoint_url`, `.client()`, `.make_bucket(name)` and `.stop()`. The pytest
-fixture `seaweedfs` is session scoped; `s3_buckets` gives each test two fresh buckets.
+fixture `seaweedfs` is session scoped; `s3_buckets` gives each test two fresh buckets;
+`s3_credentials` gives a test of an unreachable endpoint dummy credentials.
 Any access key works (no identities are configured), so the fixture sets dummy
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when none are set.
 """
@@ -181,26 +182,25 @@ def _wait_until_writable(server: SeaweedFS, timeout: float) -> None:
     raise RuntimeError(f"SeaweedFS S3 at {server.endpoint_url} not writable after {timeout}s: {last}\n{server.log_tail()}")
 
 
-_shared: dict[str, object] = {"server": None, "users": 0}
-
-
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
-    """One SeaweedFS server for the whole session.
-
-    Each test module that imports this fixture gets its own session-scoped fixture
-    definition, so the server itself is shared through a reference count: the first user
-    starts it, and the last finalizer (all run at session end) stops it by its pid."""
-    if _shared["server"] is None:
-        _shared["server"] = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    _shared["users"] += 1
+    """One SeaweedFS server for the whole session, stopped by its pid at the end."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        yield _shared["server"]
+        yield server
     finally:
-        _shared["users"] -= 1
-        if _shared["users"] == 0:
-            server, _shared["server"] = _shared["server"], None
-            server.stop()
+        server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch) -> None:
+    """Dummy S3 credentials for one test unless some are set. Without any, boto3 fails with
+    NoCredentialsError before it opens a connection, so a test of a dead or hanging endpoint
+    would pass without reaching the endpoint (or not, depending on whether an earlier test
+    started SeaweedFS, which sets them for the session)."""
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
 
 
 @pytest.fixture

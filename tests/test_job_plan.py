@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 from dagster import DagsterInstance
 
-from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.job_plan import RUN_TIME, format_plan, load_job, plan_job
 from dagster_gravity.topology import Topology
 from tests.support import jobs
@@ -112,57 +110,3 @@ def test_plan_command_errors_are_messages_not_tracebacks(tmp_path, capsys, monke
 
     code, out, err = _cli(capsys, *base, "--sites", sites)
     assert code == 0 and "made_at_beta" in out and err == ""
-
-
-def test_pool_settings_merge_default_per_site_per_pool(tmp_path):
-    from dagster_gravity.executor_config import GravityConfig
-
-    topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
-    config = GravityConfig.from_executor_config(
-        {
-            "pools": {
-                "default": {"local": {"prestart": 1}},
-                "per_site": {"alpha": {"local": {"stop_grace_seconds": 2.0}}, "beta": {"dask": {"scheduler": "tcp://x:1"}}},
-                "per_pool": {"alpha/gpu": {"local": {"prestart": 0}}},
-            }
-        }
-    )
-    settings = config.pool_settings(topology)
-    # The same backend's settings merge, the narrower section winning; defaults fill the rest.
-    assert settings["alpha/cpu"] == ("local", {"prestart": 1, "stop_grace_seconds": 2.0, "env": {}, "startup_check": None})
-    assert settings["alpha/gpu"][1]["prestart"] == 0 and settings["alpha/gpu"][1]["stop_grace_seconds"] == 2.0
-    # Another backend replaces them.
-    assert settings["beta/cpu"] == (
-        "dask", {"scheduler": "tcp://x:1", "resources": {}, "connect_timeout_seconds": 10.0, "worker_refresh_seconds": 1.0}
-    )
-    assert settings["gamma/cpu"][1]["prestart"] == 1
-
-
-@pytest.mark.parametrize(
-    "executor_config, expected",
-    [
-        ({"objective": "fastest"}, 'root:execution:config:objective not in enum type GravityObjective got fastest'),
-        ({"pools": {"per_site": {"beta": {"backend": "dask"}}}}, 'unexpected config entry "backend"'),
-        ({"pools": {"per_site": {"beta": "dask"}}}, "pools:per_site:'beta'"),
-        ({"pools": {"default": {"local": {"prestrat": 1}}}}, 'unexpected config entry "prestrat"'),
-        ({"pools": {"default": {"dask": {}}}}, 'Missing required config entry "scheduler"'),
-        ({"locality_wait": "soon"}, "locality_wait"),
-    ],
-)
-def test_bad_executor_config_is_refused_by_dagster_before_the_run(executor_config, expected):
-    """What the launchpad validates: Dagster's config check, with no run launched."""
-    from dagster import DagsterInvalidConfigError, validate_run_config
-
-    with pytest.raises(DagsterInvalidConfigError) as err:
-        validate_run_config(jobs.defs.resolve_job_def("locality_job"), {"execution": {"config": executor_config}})
-    assert expected in str(err.value)
-
-
-def test_objective_and_cost_weight(tmp_path):
-    from dagster_gravity.executor_config import GravityConfig
-
-    assert GravityConfig.from_executor_config({}).objective.describe() == "time"
-    assert GravityConfig.from_executor_config({"objective": "cost"}).objective.weight == 1.0
-    assert GravityConfig.from_executor_config({"objective": "weighted", "cost_weight": 0.3}).objective.weight == 0.3
-    with pytest.raises(GravityConfigError, match=r"cost_weight: got 1.5; expected a weight in \[0, 1\]"):
-        GravityConfig.from_executor_config({"objective": "weighted", "cost_weight": 1.5})

@@ -13,8 +13,8 @@ import yaml
 from dagster_gravity.storage import S3Options, StorageError, storage_for_site
 from dagster_gravity.topology import Topology
 from resources.landing import LandingArea, s3_client
-from tests.support.s3 import s3_buckets, seaweedfs, write_sites_yaml  # noqa: F401
-from tests.test_storage import all_files, visible_files
+from tests.support.files import all_files, visible_files
+from tests.support.s3 import write_sites_yaml
 
 DAY = "2026-01-05"
 
@@ -51,7 +51,7 @@ def test_local_landing_write_is_the_storage_atomic_checksummed_write(tmp_path):
         area.read("items", "2026-01-06")
 
 
-def test_s3_landing_reads_missing_as_not_found_and_other_errors_as_storage_errors(tmp_path, seaweedfs, s3_buckets):  # noqa: F811
+def test_s3_landing_reads_missing_as_not_found_and_other_errors_as_storage_errors(tmp_path, seaweedfs, s3_buckets):
     area = LandingArea(s3_topology(tmp_path, seaweedfs.endpoint_url, s3_buckets[0]), "cloud")
     area.write_table("items", DAY, iter([frame(3)]))
     assert len(area.read("items", DAY)) == 3
@@ -77,7 +77,7 @@ def test_landing_s3_clients_use_the_site_storage_timeouts(tmp_path):
         assert config.retries == {"mode": "standard", "total_max_attempts": defaults.max_attempts + 1}
 
 
-def test_landing_read_from_a_hanging_s3_site_fails_fast_naming_it(tmp_path):
+def test_landing_read_from_a_hanging_s3_site_fails_fast_naming_it(tmp_path, s3_credentials):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # connections complete in the backlog; nothing ever answers
@@ -88,6 +88,6 @@ def test_landing_read_from_a_hanging_s3_site_fails_fast_naming_it(tmp_path):
         with pytest.raises(StorageError, match="unreachable") as err:
             area.read("items", DAY)
         assert time.monotonic() - started < 10
-        assert "'cloud'" in str(err.value) and "'b'" in str(err.value)
+        assert "ReadTimeoutError" in str(err.value) and "'cloud'" in str(err.value) and "'b'" in str(err.value)
     finally:
         silent.close()
