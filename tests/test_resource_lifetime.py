@@ -11,7 +11,6 @@ import yaml
 from dagster import DagsterEventType, execute_job, reconstructable
 
 from tests.support import resource_jobs
-from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +36,7 @@ PER_STEP = ["set up", "compute foo", "torn down", "set up", "compute foo", "torn
 
 
 @pytest.mark.parametrize("executor", ["gravity", "multiprocess"])
-def test_each_step_sets_up_and_tears_down_its_resources(executor, instance, one_worker):  # noqa: F811
+def test_each_step_sets_up_and_tears_down_its_resources(executor, instance, one_worker):
     recon = reconstructable(getattr(resource_jobs, f"lifetime_{executor}"))
     result = execute_job(recon, instance=instance, run_config=_config(executor, one_worker))
     assert result.success
@@ -47,7 +46,7 @@ def test_each_step_sets_up_and_tears_down_its_resources(executor, instance, one_
         assert len(pids) == 1  # one warm worker ran both steps, and still each had its own resources
 
 
-def test_run_scoped_resources_are_opt_in(instance, one_worker):  # noqa: F811
+def test_run_scoped_resources_are_opt_in(instance, one_worker):
     recon = reconstructable(resource_jobs.lifetime_gravity)
     config = _config("gravity", one_worker, resource_lifetime="run")
     assert execute_job(recon, instance=instance, run_config=config).success
@@ -55,7 +54,7 @@ def test_run_scoped_resources_are_opt_in(instance, one_worker):  # noqa: F811
 
 
 @pytest.mark.parametrize("executor", ["gravity", "multiprocess"])
-def test_a_teardown_error_reaches_the_runs_events(executor, instance, one_worker):  # noqa: F811
+def test_a_teardown_error_reaches_the_runs_events(executor, instance, one_worker):
     recon = reconstructable(getattr(resource_jobs, f"teardown_{executor}"))
     result = execute_job(recon, instance=instance, run_config=_config(executor, one_worker))
     assert result.success  # as in Dagster: a teardown error does not fail the step
