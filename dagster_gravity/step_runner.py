@@ -425,6 +425,11 @@ class StepRunner:
         """Build the per-run cache ahead of the first step (overlaps with the executor's work)."""
         self._cache(payload)
 
+    def open_capture(self, payload: RunPayload) -> None:
+        """Open the run's stdout/stderr capture now (it is kept for the run), so the
+        processes it starts exist before a step's own processes are counted."""
+        self._cache(payload).take_capture()
+
     def worker_started_event(
         self, payload: RunPayload, step_key: str, message: str, metadata: Mapping[str, Any]
     ) -> DagsterEvent:

@@ -51,6 +51,7 @@ from typing import Any, Mapping, Sequence
 from dagster_gravity.dagster_internals import interrupts, serializable_error_info_from_exc_info
 from dagster_gravity.errors import GravityConfigError
 
+from dagster_gravity.pools import process_tree
 from dagster_gravity.pools.settings import with_defaults
 from dagster_gravity.pools.base import (
     COMPLETED,
@@ -112,6 +113,10 @@ def _worker_main(
         except OSError:
             pass
     _PARENT_ENDS.clear()
+    # What a step starts must not outlive it, nor this worker (pools/process_tree.py).
+    process_tree.set_child_subreaper()
+    reaper = process_tree.start_group_reaper()
+    spare = {reaper} if reaper else set()
     # The executor's process captures SIGINT into a flag; a worker starts with it clear.
     # Until a run session installs Dagster's interrupt capture, a SIGINT (the executor
     # interrupting the step this worker was started for) is remembered the way that capture
@@ -147,8 +152,13 @@ def _worker_main(
         # Dagster's own interrupt capture (set up by the run's session) turns a SIGINT from
         # the executor into DagsterExecutionInterruptedError inside the step's user code.
         try:
-            for event in runner.run_step(payload, step_key, known_state):
-                conn.send(("event", event))
+            runner.open_capture(payload)  # the run's log capture is not the step's to kill
+            before = process_tree.descendants()
+            try:
+                for event in runner.run_step(payload, step_key, known_state):
+                    conn.send(("event", event))
+            finally:
+                process_tree.kill_new_descendants(before, spare)
             conn.send(("done", step_key, attempt))
         except BaseException:
             try:
