@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.topology import Topology, TopologyError, resolve_sites_path
 
 
@@ -129,7 +130,7 @@ def run_sites_command(args) -> int:
             return 2
         try:
             executor_config = health.executor_config_from_yaml(Path(args.config))
-        except ValueError as exc:
+        except GravityConfigError as exc:
             print(f"gravity sites: {exc}", file=sys.stderr)
             return 2
     path = resolve_sites_path(args.sites or executor_config.get("sites_file"))
@@ -148,7 +149,7 @@ def run_sites_command(args) -> int:
     timeout = args.timeout if args.timeout is not None else health.DEFAULT_TIMEOUT_S
     try:
         pools = health.pool_health(topology, executor_config, timeout_s=timeout)
-    except ValueError as exc:  # GravityConfigError: a bad executor config
+    except GravityConfigError as exc:  # a bad executor config
         print(f"gravity sites: {exc}", file=sys.stderr)
         return 2
     storage = health.storage_health(topology, timeout_s=timeout)

@@ -173,7 +173,7 @@ def run_plan_command(args) -> int:
         sys.path.insert(0, os.getcwd())  # `-m pipelines.definitions` from the project root
     try:
         objective = Objective.parse(args.objective)
-    except ValueError as exc:
+    except GravityConfigError as exc:
         return usage_error(str(exc))
     try:
         topology = Topology.from_yaml(resolve_sites_path(args.sites))
@@ -183,7 +183,7 @@ def run_plan_command(args) -> int:
         job_def = load_job(args.module, args.job, args.attribute)
     except ImportError as exc:
         return usage_error(f"cannot import module {args.module!r}: {exc}")
-    except ValueError as exc:
+    except GravityConfigError as exc:
         return usage_error(str(exc))
     unknown = [name for name in args.disable if name not in topology.sites and name not in {p.id for p in topology.pools}]
     if unknown:
