@@ -16,6 +16,8 @@ Executors:
   multiprocess_spawn       multiprocess_executor, default start method (spawn)
   multiprocess_forkserver  multiprocess_executor with forkserver
   gravity                  gravity_executor on the repository's sites.yaml, local pools
+  gravity_run_resources    the same with `resource_lifetime: run` (resources kept per worker
+                           for the run, the opt-in; the default initialises them per step)
   gravity_dask             gravity_executor, one site `bench` (a 2-slot pool) on the Dask
                            backend: two `dask worker` processes declaring `site-bench=1`
   dagster_dask             dagster-dask's stock `dask_executor` on the same two workers
@@ -88,6 +90,7 @@ EXECUTORS = [
     "multiprocess_spawn",
     "multiprocess_forkserver",
     "gravity",
+    "gravity_run_resources",
     "gravity_dask",
     "dagster_dask",
 ]
@@ -123,6 +126,7 @@ def _executor_def(name: str):
         "multiprocess_spawn": multiprocess_executor,
         "multiprocess_forkserver": multiprocess_executor,
         "gravity": gravity_executor,
+        "gravity_run_resources": gravity_executor,
         "gravity_dask": gravity_executor,
     }[name]
 
@@ -178,6 +182,8 @@ def run_config(executor: str, dask_sites: Path | None = None, scheduler: str = "
         return {"execution": {"config": {"start_method": {"forkserver": {}}}}}
     if executor == "gravity":
         return {"execution": {"config": {"sites_file": str(REPO / "sites.yaml")}}}
+    if executor == "gravity_run_resources":  # opt-in reuse of resources across a worker's steps
+        return {"execution": {"config": {"sites_file": str(REPO / "sites.yaml"), "resource_lifetime": "run"}}}
     if executor == "gravity_dask":
         return {
             "execution": {
@@ -228,6 +234,7 @@ def _start_dask(workdir: Path):
 def _ratio_lines(med: dict, labels: list[str]) -> list[str]:
     pairs = [  # (numerator, denominator, wording)
         ("gravity", "in_process", "{a}/{b} = {r:.2f}x"),
+        ("gravity", "gravity_run_resources", "{a}/{b} = {r:.2f}x"),
         ("multiprocess_spawn", "gravity", "{a}/{b} = {r:.1f}x faster"),
         ("multiprocess_forkserver", "gravity", "{a}/{b} = {r:.1f}x faster"),
         ("gravity_dask", "gravity", "{a}/{b} = {r:.2f}x"),

@@ -11,6 +11,7 @@ import yaml
 from dagster import DagsterEventType, execute_job, reconstructable
 
 from tests.support import resource_jobs
+from tests.support.executor_runs import worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_each_step_sets_up_and_tears_down_its_resources(executor, instance, one_
     recon = reconstructable(getattr(resource_jobs, f"lifetime_{executor}"))
     result = execute_job(recon, instance=instance, run_config=_config(executor, one_worker))
     assert result.success
-    pids = {e.pid for e in result.all_events if e.step_key in ("first", "second") and e.event_type == DagsterEventType.STEP_START}
+    pids = worker_pids(result)
     assert resource_jobs.lines() == PER_STEP
     if executor == "gravity":
         assert len(pids) == 1  # one warm worker ran both steps, and still each had its own resources
