@@ -32,7 +32,6 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 from dagster import MetadataValue, _check as check, executor
@@ -48,7 +47,6 @@ from dagster_gravity.dagster_internals import (
     Executor,
     InstanceConcurrencyContext,
     PlanOrchestrationContext,
-    ResolvedRunConfig,
     RetryMode,
     StepDependencyConfig,
     StepFailureData,
@@ -56,15 +54,15 @@ from dagster_gravity.dagster_internals import (
     multiple_process_executor_requirements,
     serializable_error_info_from_exc_info,
 )
-from dagster_gravity.errors import GravityConfigError, GravityError
+from dagster_gravity.errors import GravityError
 from dagster_gravity.executor_config import GRAVITY_CONFIG, GravityConfig
 from dagster_gravity.input_locations import InputLocations, requirements_for
 from dagster_gravity.placement import Placement, PlacementError, place_step
 from dagster_gravity.placement_events import placement_event, pool_unhealthy_event, unplaceable_events
 from dagster_gravity.pools import CRASHED, NOT_STARTED, PoolBackend, StepEnded, StepEvent, StepRequest, create_backends
-from dagster_gravity.resources import job_topology_files
+from dagster_gravity.resources import resolve_run_sites_file
 from dagster_gravity.step_runner import RunPayload
-from dagster_gravity.topology import Topology, load_topology, resolve_sites_path
+from dagster_gravity.topology import Topology, load_topology
 
 log = logging.getLogger(__name__)
 
@@ -108,31 +106,12 @@ class GravityExecutor(Executor):
 
     def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
         check.inst_param(plan_context, "plan_context", PlanOrchestrationContext)
-        sites_file = run_sites_file(self.config, plan_context)
-        topology = load_topology(sites_file)
+        # One topology for the run, or it fails here, before any step runs.
+        job_def = plan_context.job.get_definition()
+        topology = load_topology(resolve_run_sites_file(self.config.sites_file, job_def, plan_context.run_config))
         with ExitStack() as stack:
             loop = _RunLoop(self, plan_context, execution_plan, topology)
             yield from loop.run(stack)
-
-
-def run_sites_file(config: GravityConfig, plan_context: PlanOrchestrationContext) -> Path:
-    """The one topology file of this run: the executor's `sites_file`, else the one the
-    job's GravityTopology resources name, else $GRAVITY_SITES, else ./sites.yaml. A run
-    whose executor and resources name different files fails here, before any step runs."""
-    job_def = plan_context.job.get_definition()
-    resources = job_topology_files(job_def, ResolvedRunConfig.build(job_def, plan_context.run_config))
-    named = {label: resolve_sites_path(path) for label, path in resources.items() if path}
-    if config.sites_file:
-        named = {"the gravity executor's sites_file": resolve_sites_path(config.sites_file), **named}
-    files = {path.resolve() for path in named.values()}
-    if len(files) > 1:
-        listed = "; ".join(f"{label}: {path}" for label, path in named.items())
-        raise GravityConfigError(
-            f"this run names more than one topology file ({listed}); the executor and the IO "
-            "manager must place and store by the same one: configure it once, on the "
-            "GravityTopology resource or the executor's sites_file"
-        )
-    return next(iter(named.values())) if named else resolve_sites_path(None)
 
 
 @dataclass

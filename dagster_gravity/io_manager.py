@@ -66,7 +66,7 @@ from dagster_gravity.storage import (
     replicate,
     storage_for_site,
 )
-from dagster_gravity.topology import Topology, load_topology  # noqa: F401  (re-exported)
+from dagster_gravity.topology import Topology
 
 BYTES_MOVED = "gravity/bytes_moved"
 REPLICATED_FROM = "gravity/replicated_from"

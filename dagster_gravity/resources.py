@@ -23,6 +23,7 @@ from dagster_gravity.checkpoints import CheckpointStore
 from dagster_gravity.dagster_internals import (
     ConfiguredDefinitionConfigSchema,
     NestedResourcesResourceDefinition,
+    ResolvedRunConfig,
     coerce_to_resource,
     is_coercible_to_resource,
     process_config,
@@ -95,6 +96,25 @@ class GravityCheckpoints(ConfigurableResource):
 
 
 # -- what a job's resources say -------------------------------------------------------------
+
+
+def resolve_run_sites_file(executor_sites_file: str | None, job_def, run_config) -> Path:
+    """The one topology file of a run, resolved in the run process: the executor's
+    `sites_file`, else the one the job's GravityTopology resources name, else
+    $GRAVITY_SITES, else ./sites.yaml. Raises GravityConfigError naming every file when
+    the executor and the resources (or two resources) name different ones."""
+    resources = job_topology_files(job_def, ResolvedRunConfig.build(job_def, run_config))
+    named = {label: resolve_sites_path(path) for label, path in resources.items() if path}
+    if executor_sites_file:
+        named = {"the gravity executor's sites_file": resolve_sites_path(executor_sites_file), **named}
+    if len({path.resolve() for path in named.values()}) > 1:
+        listed = "; ".join(f"{label}: {path}" for label, path in named.items())
+        raise GravityConfigError(
+            f"this run names more than one topology file ({listed}); the executor and the IO "
+            "manager must place and store by the same one: configure it once, on the "
+            "GravityTopology resource or the executor's sites_file"
+        )
+    return next(iter(named.values())) if named else resolve_sites_path(None)
 
 
 def job_topology_files(job_def, resolved_run_config) -> dict[str, str | None]:

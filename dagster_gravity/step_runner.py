@@ -36,7 +36,6 @@ it (`MAX_CACHED_RUNS`).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from contextlib import ExitStack
