@@ -7,6 +7,10 @@ jobs of tests/support/dask_jobs.py with every pool on the Dask backend.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +21,10 @@ from dagster import DagsterEventType, execute_job, reconstructable
 
 from dagster_gravity.pools.dask import DaskBackend, site_resource
 from tests.support import dask_jobs
-from tests.support.dask_cluster import DaskCluster, dask_cluster  # noqa: F401  (fixture)
+from tests.support.dask_cluster import REPO_ROOT, DaskCluster, NotDaskServer, dask_cluster  # noqa: F401  (fixture)
 from tests.support.instance import dagster_home, instance  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.slow
 
 
 def write_sites(path: Path, site_names: list[str]) -> Path:
@@ -37,13 +43,16 @@ def write_sites(path: Path, site_names: list[str]) -> Path:
     return path
 
 
-def run_config(sites_file: Path, scheduler: str, **extra) -> dict:
+def run_config(sites_file: Path, scheduler: str, connect_timeout: float | None = None, **extra) -> dict:
+    dask = {"scheduler": scheduler}
+    if connect_timeout is not None:
+        dask["connect_timeout_seconds"] = connect_timeout
     return {
         "execution": {
             "config": {
                 "sites_file": str(sites_file),
                 "locality_wait": 0.0,
-                "pools": {"default": {"dask": {"scheduler": scheduler}}},
+                "pools": {"default": {"dask": dask}},
             }
         },
         **extra,
@@ -448,3 +457,137 @@ def test_backend_settings_errors_name_the_setting(settings, expected):
     with pytest.raises(ValueError) as err:
         DaskBackend(settings)
     assert expected in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Faults: a scheduler address that is not a scheduler, a worker still busy with an abandoned
+# step, a scheduler that dies mid-step, processes a step leaves behind.
+# ---------------------------------------------------------------------------------------
+
+# Runs a job of tests/support/dask_jobs.py in a process of its own, so a test can SIGINT it.
+RUN_SCRIPT = """
+import json, sys
+from dagster import DagsterInstance, execute_job, reconstructable
+from tests.support import dask_jobs
+with DagsterInstance.get() as instance:
+    execute_job(reconstructable(getattr(dask_jobs, sys.argv[1])), instance=instance,
+                run_config=json.loads(sys.argv[2]))
+"""
+
+
+def start_run_process(job_name: str, config: dict) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, job_name, json.dumps(config)], cwd=REPO_ROOT, env=env)
+
+
+def stop_run_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def run_messages(instance, run_id: str) -> list[str]:
+    """Every message of the run's events, with the text of each error they carry."""
+    out = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        out.append(entry.message or "")
+        if event is None:
+            continue
+        data = event.event_specific_data
+        error = getattr(data, "error", None)
+        if error is not None:
+            out.append(error.to_string())
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [("garbage", "not a Dask scheduler: it answered b'HTTP/1.1 400"), ("http", "timed out after 3 s")],
+)
+def test_a_scheduler_address_that_is_not_dask_fails_the_run_within_its_timeout(instance, tmp_path, kind, expected):
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    timeout = 3.0
+    with NotDaskServer(kind) as server:
+        started = time.monotonic()
+        result = execute_job(
+            reconstructable(dask_jobs.failover_job),
+            instance,
+            run_config=run_config(sites, server.address, connect_timeout=timeout),
+            raise_on_error=False,
+        )
+        took = time.monotonic() - started
+        assert server.accepted.is_set()
+    print(f"{kind}: the run failed after {took:.1f} s")
+    assert not result.success
+    assert took < timeout + 10, f"the run took {took:.1f} s with connect_timeout_seconds={timeout}"
+    events = step_events(instance, result.run_id)
+    unhealthy = [
+        e.message for e in events
+        if e.event_type == DagsterEventType.ENGINE_EVENT and "marked unhealthy" in (e.message or "")
+    ]
+    assert any(server.address in m and expected in m for m in unhealthy), "\n".join(run_messages(instance, result.run_id))
+    failures = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failures] == ["first_choice"]
+    assert f"{dask_jobs.ONPREM}/cpu: unhealthy" in failures[0].event_specific_data.error.message
+    assert not any("KeyError" in m or "MemoryError" in m for m in run_messages(instance, result.run_id))
+
+
+def test_a_run_interrupted_while_connecting_to_a_silent_port_ends_in_seconds(dagster_home, tmp_path):
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    with NotDaskServer("silent") as server:
+        # A minute to connect: the interrupt, not the deadline, must end this run.
+        proc = start_run_process("failover_job", run_config(sites, server.address, connect_timeout=60))
+        try:
+            assert server.accepted.wait(60), "the run never connected"
+            time.sleep(0.5)
+            interrupted = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            stop_run_process(proc)
+    print(f"the interrupted run ended {took:.1f} s after SIGINT")
+    assert took < 10, f"the run took {took:.1f} s to end after SIGINT"
+
+
+def test_sites_health_against_a_port_that_is_not_dask_answers_within_its_timeout(tmp_path, capsys):
+    from dagster_gravity.cli import main
+
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    (tmp_path / "storage" / dask_jobs.ONPREM).mkdir(parents=True)
+    for kind in ("http", "garbage"):
+        with NotDaskServer(kind) as server:
+            config = tmp_path / f"{kind}.yaml"
+            config.write_text(yaml.safe_dump({"pools": {"default": {"dask": {"scheduler": server.address}}}}))
+            started = time.monotonic()
+            rc = main(["sites", "--health", "--timeout", "3", "--sites", str(sites), "--config", str(config)])
+            took = time.monotonic() - started
+        out = capsys.readouterr().out
+        with capsys.disabled():
+            print(f"{kind}: gravity sites --health answered in {took:.1f} s")
+        row = next(line for line in out.splitlines() if line.startswith(f"{dask_jobs.ONPREM}/cpu ") and "dask" in line)
+        assert rc == 1 and took < 10, (took, out)
+        assert "unhealthy" in row and server.address in row, row
+
+
+def test_sites_health_stops_on_sigint_while_a_silent_port_holds_it(tmp_path):
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    gravity = Path(sys.executable).with_name("gravity")
+    with NotDaskServer("silent") as server:
+        config = tmp_path / "silent.yaml"
+        config.write_text(yaml.safe_dump({"pools": {"default": {"dask": {"scheduler": server.address}}}}))
+        proc = subprocess.Popen(
+            [str(gravity), "sites", "--health", "--timeout", "120", "--sites", str(sites), "--config", str(config)],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            assert server.accepted.wait(60), "gravity sites --health never connected"
+            interrupted = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            stop_run_process(proc)
+    print(f"gravity sites --health ended {took:.1f} s after SIGINT")
+    assert took < 5, took

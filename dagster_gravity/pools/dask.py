@@ -48,10 +48,16 @@ best effort with a short timeout; a worker that misses it still evicts the run a
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
+import pickle
 import queue
+import socket
+import struct
+import sys
 import threading
 import time
 import uuid
@@ -185,6 +191,238 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
 
 
 # ---------------------------------------------------------------------------------------
+# Executor side: talking to the scheduler within a deadline.
+# ---------------------------------------------------------------------------------------
+
+
+class SchedulerUnavailable(Exception):
+    """A call to a Dask scheduler failed or did not answer in time; the message names it."""
+
+
+def _interrupted() -> bool:
+    """Whether the run's process received SIGINT (Dagster captures it during a run and the
+    executor picks it up between steps): a wait on the scheduler then gives up at once."""
+    from dagster_gravity.dagster_internals import interrupts
+
+    return interrupts.check_captured_interrupt()
+
+
+def _wait(future: concurrent.futures.Future, timeout: float, what: str, *, budget: float | None = None, cancel: bool = True):
+    """`future`'s result within `timeout` seconds; SchedulerUnavailable naming `what` (and
+    `budget`, the deadline to report if not `timeout`) when it takes longer or the run is
+    interrupted, after cancelling `future` if `cancel`. Waits in short slices, so SIGINT is
+    noticed (KeyboardInterrupt outside a run, the captured interrupt inside one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        done, _ = concurrent.futures.wait([future], timeout=max(0.0, min(0.1, remaining)))
+        if done:
+            try:
+                return future.result()
+            except concurrent.futures.CancelledError:
+                raise SchedulerUnavailable(f"{what}: cancelled") from None
+        if remaining <= 0 or _interrupted():
+            if cancel:
+                future.cancel()
+            if remaining <= 0:
+                raise SchedulerUnavailable(f"{what}: timed out after {budget or timeout:g} s")
+            raise SchedulerUnavailable(f"{what}: given up, the run was interrupted")
+
+
+def _on_loop(client, coro, timeout: float, what: str):
+    """Run `coro` (a coroutine of `client`, e.g. from `client.cancel(..., asynchronous=True)`)
+    on the client's event loop and wait for it within `timeout` (see `_wait`)."""
+    loop = getattr(getattr(client, "loop", None), "asyncio_loop", None)
+    if loop is None or loop.is_closed():
+        coro.close()
+        raise SchedulerUnavailable(f"{what}: the Dask client is closed")
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError as exc:  # the loop stopped meanwhile
+        coro.close()
+        raise SchedulerUnavailable(f"{what}: the Dask client is closed ({exc})") from None
+    return _wait(future, timeout, what)
+
+
+MAX_HANDSHAKE_BYTES = 1 << 16  # a Dask handshake is some 60 bytes
+
+
+def check_dask_handshake(address: str, timeout: float) -> None:
+    """Raise SchedulerUnavailable unless something at `address` speaks Dask's protocol
+    within `timeout` seconds.
+
+    A Dask server writes its handshake (a length-prefixed msgpack message) as soon as it
+    accepts a connection; Dask's own `connect` then reads it without a timeout, so a port
+    that accepts and stays silent (an HTTP server such as the scheduler's dashboard) would
+    block a `Client` forever, and one that sends other bytes makes it read them as a frame
+    length. Only plain `tcp://` addresses are checked here; the answer is read over a plain
+    socket and decoded with msgpack alone (nothing is unpickled), and a Dask handshake is
+    sent back so the scheduler does not log a half-open connection."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme != "tcp":
+            return  # tls://, ws://, ...: the Client's own connection is bounded instead
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError):
+        return  # the Client reports a malformed address itself
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=max(0.01, timeout))
+    except socket.timeout:
+        raise SchedulerUnavailable(
+            f"dask scheduler {address} is unreachable: connecting timed out after {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        raise SchedulerUnavailable(f"dask scheduler {address} is unreachable: {exc}") from None
+    with sock:
+        data, why = _read_handshake(sock, deadline)
+        if why == "complete" and _is_handshake(data[8:]):
+            try:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                sock.sendall(_handshake_reply())
+            except OSError:
+                pass  # it spoke Dask; what it makes of our half is its business
+            return
+    where = f"dask scheduler {address}"
+    if why == "interrupted":
+        raise SchedulerUnavailable(f"{where}: given up, the run was interrupted")
+    if why.startswith("failed"):
+        raise SchedulerUnavailable(f"{where}: the connection {why}")
+    if not data:
+        if why == "closed":
+            raise SchedulerUnavailable(
+                f"{where}: not a Dask scheduler: it accepted the connection and closed it without a Dask handshake"
+            )
+        raise SchedulerUnavailable(
+            f"{where}: timed out after {timeout:g} s waiting for a Dask handshake: something accepts "
+            "connections there but sends nothing (an HTTP server such as the scheduler's dashboard? "
+            "a scheduler listens on 8786 by default)"
+        )
+    then = {"closed": " and closed the connection", "timeout": f" and then nothing for {timeout:g} s"}.get(why, "")
+    raise SchedulerUnavailable(f"{where}: not a Dask scheduler: it answered {data[:64]!r}{then}")
+
+
+def _read_handshake(sock: socket.socket, deadline: float) -> tuple[bytes, str]:
+    """What the peer sends first, up to one length-prefixed message, and why reading stopped:
+    "complete", "garbled" (the length prefix is not a handshake's), "closed", "timeout",
+    "interrupted" or "failed: <error>"."""
+    data = b""
+    need = 8
+    while True:
+        if len(data) >= need:
+            if need > 8:
+                return data[:need], "complete"
+            (size,) = struct.unpack("<Q", data[:8])
+            if not 16 <= size <= MAX_HANDSHAKE_BYTES:
+                return data, "garbled"
+            need = 8 + size
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return data, "timeout"
+        if _interrupted():
+            return data, "interrupted"
+        sock.settimeout(min(0.1, remaining))
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError as exc:
+            return data, f"failed: {exc}"
+        if not chunk:
+            return data, "closed"
+        data += chunk
+
+
+def _is_handshake(payload: bytes) -> bool:
+    """Whether `payload` (a message without its length prefix) is frames whose first one is
+    a msgpack map: what a Dask handshake is."""
+    import msgpack
+
+    try:
+        (count,) = struct.unpack_from("<Q", payload, 0)
+        if not 1 <= count <= 16:
+            return False
+        sizes = struct.unpack_from(f"<{count}Q", payload, 8)
+        start = 8 + 8 * count
+        if start + sum(sizes) != len(payload):
+            return False
+        header = msgpack.unpackb(payload[start : start + sizes[0]], raw=False, strict_map_key=False)
+    except Exception:
+        return False
+    return isinstance(header, dict)
+
+
+def _handshake_reply() -> bytes:
+    import msgpack
+
+    info = msgpack.packb(
+        {"compression": None, "python": list(sys.version_info[:3]), "pickle-protocol": pickle.HIGHEST_PROTOCOL}
+    )
+    message = struct.pack("<QQ", 1, len(info)) + info
+    return struct.pack("<Q", len(message)) + message
+
+
+def connect_client(address: str, timeout: float):
+    """A `distributed.Client` connected to `address` within `timeout` seconds, or
+    SchedulerUnavailable naming the address.
+
+    The Client is created in a helper thread: its constructor blocks in Dask's own connect,
+    which has no overall deadline. If the deadline passes, the thread is abandoned (it
+    closes the Client if it ever gets one); `check_dask_handshake` first makes that
+    unlikely."""
+    from distributed import Client
+
+    started = time.monotonic()
+    check_dask_handshake(address, timeout)
+    remaining = max(0.5, timeout - (time.monotonic() - started))
+    result: concurrent.futures.Future = concurrent.futures.Future()
+    lock = threading.Lock()
+    abandoned = []
+
+    def connect() -> None:
+        try:
+            client = Client(address, timeout=remaining, set_as_default=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            with lock:
+                if not abandoned:
+                    result.set_exception(exc)
+            return
+        with lock:
+            if not abandoned:
+                result.set_result(client)
+                return
+        _close_client(client, remaining, address)
+
+    thread = threading.Thread(target=connect, name=f"gravity-dask-connect {address}", daemon=True)
+    thread.start()
+    try:
+        return _wait(result, remaining, f"dask scheduler {address}: connecting", budget=timeout, cancel=False)
+    except SchedulerUnavailable:
+        with lock:
+            if result.done() and result.exception() is None:
+                return result.result()  # it connected just now
+            abandoned.append(True)
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnavailable(f"dask scheduler {address} is unreachable: {exc}") from None
+    except Exception as exc:
+        raise SchedulerUnavailable(
+            f"dask scheduler {address}: connecting failed: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _close_client(client, timeout: float, address: str) -> None:
+    """Close `client` within `timeout`; failures are logged, never raised."""
+    try:
+        client.close(timeout=timeout)
+    except Exception as exc:
+        log.warning("gravity: dask scheduler %s: closing the client failed: %s: %s", address, type(exc).__name__, exc)
+
+
+# ---------------------------------------------------------------------------------------
 # Executor side.
 # ---------------------------------------------------------------------------------------
 
@@ -268,23 +506,29 @@ class DaskBackend:
     # -- protocol ------------------------------------------------------------------------
 
     def start(self, run, pools: Sequence[Any], *, warm_all: bool = False) -> None:
-        """Connect to the scheduler and subscribe to step events; `warm_all` does not apply
-        (workers are Dask's own processes)."""
-        from distributed import Client
-
+        """Connect to the scheduler and subscribe to step events, all within
+        `connect_timeout_seconds`; a scheduler that cannot be reached, or is not one, leaves
+        the pools unhealthy (`health` says why). `warm_all` does not apply (workers are
+        Dask's own processes)."""
         # The worker builds the plan itself: the executor's in-memory plan is not shipped.
         self._payload = run.without_plan() if hasattr(run, "without_plan") else run
         self._pools = {pool.id: pool for pool in pools}
         self._key_prefix = f"gravity-{run.run_id}-"
         sched = self._scheduler
+        started = time.monotonic()
         try:
-            sched.client = Client(sched.address, timeout=self.connect_timeout, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            sched.error = f"dask scheduler {sched.address} is unreachable: {exc}"
+            client = connect_client(sched.address, self.connect_timeout)
+        except SchedulerUnavailable as exc:
+            sched.error = str(exc)
             return
-        sched.client.subscribe_topic(EVENT_TOPIC, self._on_step_message)
-        sched.client.subscribe_topic("all", self._on_cluster_message)
-        self._refresh(force=True)
+        sched.client = client
+        try:  # both only queue a message for the client's loop
+            client.subscribe_topic(EVENT_TOPIC, self._on_step_message)
+            client.subscribe_topic("all", self._on_cluster_message)
+        except Exception as exc:
+            sched.error = f"dask scheduler {sched.address}: subscribing to events failed: {type(exc).__name__}: {exc}"
+            return
+        self._refresh(force=True, timeout=max(0.5, self.connect_timeout - (time.monotonic() - started)))
 
     def free_slots(self, pool_id: str) -> int:
         """The site's capacity minus the steps in flight of every pool of the site on this
@@ -378,7 +622,7 @@ class DaskBackend:
         live = [s for s in self._steps.values() if not s.finished]
         if not live or self._scheduler.client is None:
             return
-        self._scheduler.client.cancel([s.future for s in live], force=True)
+        self._cancel([s.future for s in live])
         for step in live:
             self._finish_cancelled(step, "run interrupted: the Dask task on {where} was cancelled", self._ended, count_failure=False)
 
@@ -402,40 +646,61 @@ class DaskBackend:
             self.stop()
 
     def stop(self) -> None:
+        """Cancel what is left, ask the workers to close the run, close the client. Never
+        raises: a failure here (the scheduler is gone, a call times out) is logged, so it
+        cannot hide why the run failed."""
         sched = self._scheduler
-        if sched.client is None:
-            return
+        client, sched.client = sched.client, None
         live = [s.future for s in self._steps.values() if not s.finished]
+        for step in list(self._steps.values()):
+            self._forget(step)
+        self._steps.clear()
+        if client is None:
+            return
         try:
-            if live:
-                sched.client.cancel(live, force=True)
-            for topic in (EVENT_TOPIC, "all"):
-                try:
-                    sched.client.unsubscribe_topic(topic)
-                except ValueError:
-                    pass
-            self._close_run_on_workers()
+            if getattr(client, "status", "running") == "running":
+                if live:
+                    self._cancel(live, client)
+                for topic in (EVENT_TOPIC, "all"):
+                    try:
+                        client.unsubscribe_topic(topic)
+                    except ValueError:  # never subscribed
+                        pass
+                self._close_run_on_workers(client)
+        except Exception as exc:
+            log.warning(
+                "gravity: dask scheduler %s: stopping the backend: %s: %s", self.address, type(exc).__name__, exc
+            )
         finally:
-            sched.client.close()
-            sched.client = None
-            for step in list(self._steps.values()):
-                self._forget(step)
-            self._steps.clear()
+            _close_client(client, self.connect_timeout, self.address)
 
-    def _close_run_on_workers(self) -> None:
+    def _cancel(self, futures: list, client=None) -> None:
+        """Cancel `futures` on the scheduler, within the deadline; a failure is logged (the
+        futures of a lost scheduler are gone anyway)."""
+        client = client or self._scheduler.client
+        if client is None or not futures:
+            return
+        try:
+            _on_loop(
+                client,
+                client.cancel(futures, force=True, asynchronous=True),
+                self.connect_timeout,
+                f"dask scheduler {self.address}: cancelling {len(futures)} task(s)",
+            )
+        except Exception as exc:
+            log.warning("gravity: %s", exc if isinstance(exc, SchedulerUnavailable) else f"{type(exc).__name__}: {exc}")
+
+    def _close_run_on_workers(self, client) -> None:
         """Best effort: the workers release the run's sessions, resources and log capture."""
         run_id = getattr(self._payload, "run_id", None)
-        client = self._scheduler.client
-        if not run_id or client is None:
+        if not run_id:
             return
         try:
-            # `Client.run` passes extra keywords to the function: the timeout goes to sync.
-            client.sync(
-                client._run,
-                close_run_on_worker,
-                run_id,
-                on_error="ignore",
-                callback_timeout=self.CLOSE_RUN_TIMEOUT_S,
+            _on_loop(
+                client,
+                client.run(close_run_on_worker, run_id, on_error="ignore", asynchronous=True),
+                self.CLOSE_RUN_TIMEOUT_S,
+                f"dask scheduler {self.address}: asking the workers to close run {run_id}",
             )
         except Exception as exc:  # the run is over either way; say why workers may lag
             log.warning(
@@ -504,14 +769,31 @@ class DaskBackend:
         if future.status == "finished":
             if step.end is None or step.next_seq < step.end:
                 # A streamed message went missing: the return value holds every event.
-                events = future.result()
+                try:
+                    client = self._scheduler.client
+                    if client is None:
+                        raise SchedulerUnavailable(f"dask scheduler {self.address}: the backend is stopped")
+                    (events,) = _on_loop(
+                        client,
+                        client.gather([future], asynchronous=True),
+                        self.connect_timeout,
+                        f"dask scheduler {self.address}: fetching the events of step {step.step_key}",
+                    )
+                except Exception as exc:
+                    where = f"dask worker {step.worker_name or step.worker_address}"
+                    message = f"the step ended on {where}, but some of its events could not be fetched: {exc}"
+                    self._finish(step, StepEnded(step.step_key, CRASHED, step.pool_id, message=message), updates)
+                    return
                 for seq in range(step.next_seq, len(events)):
                     step.pending[seq] = events[seq]
                 step.end = len(events)
                 self._emit_in_order(step, updates)
             self._finish(step, StepEnded(step.step_key, COMPLETED, step.pool_id), updates)
         elif future.status == "error":
-            exc = future.exception()
+            try:
+                exc = future.exception(timeout=self.connect_timeout)
+            except Exception as failed:  # the task's error is held by the client: this is rare
+                exc = failed
             error = _error_info(exc)
             lost_worker = type(exc).__name__ == "KilledWorker"
             where = f"dask worker {step.worker_name or step.worker_address} at site {self._pools[step.pool_id].site}"
@@ -548,7 +830,7 @@ class DaskBackend:
                     step.step_key, NOT_STARTED, step.pool_id,
                     message=f"dask worker {name} ({address}) at site {site} left the cluster before the step started",
                 )
-            step.future.cancel()
+            self._cancel([step.future])
             self._finish(step, ended, updates)
 
     def _check_orphans(self, updates: list[StepUpdate]) -> None:
@@ -589,17 +871,34 @@ class DaskBackend:
         elif count_failure:
             self._failures[step.pool_id] = self._failures.get(step.pool_id, 0) + 1
 
-    def _refresh(self, force: bool = False) -> None:
+    def _refresh(self, force: bool = False, timeout: float | None = None) -> None:
+        """Re-read the workers from the scheduler (at most every `worker_refresh_seconds`
+        unless forced), within the deadline. A failure empties the worker list and sets
+        `error`, so the pools are unhealthy until a later refresh succeeds."""
         sched = self._scheduler
-        if sched.client is None:
+        client = sched.client
+        if client is None:
             return
         now = time.monotonic()
         if not force and not sched.stale and now - sched.refreshed_at < self.refresh_seconds:
             return
+        sched.refreshed_at, sched.stale = now, False
         try:
-            info = sched.client.scheduler_info(n_workers=-1)
-        except (OSError, TimeoutError) as exc:
-            sched.error = f"dask scheduler {sched.address} is unreachable: {exc}"
+            info = _on_loop(
+                client,
+                client.scheduler.identity(n_workers=-1),
+                timeout or self.connect_timeout,
+                f"dask scheduler {sched.address}: reading its workers",
+            )
+            if not isinstance(info, dict) or not isinstance(info.get("workers"), dict):
+                kind = info.get("type") if isinstance(info, dict) else type(info).__name__
+                raise SchedulerUnavailable(
+                    f"dask scheduler {sched.address}: not a Dask scheduler: it identifies as {kind!r}"
+                )
+        except Exception as exc:
+            if not isinstance(exc, SchedulerUnavailable):
+                exc = f"dask scheduler {sched.address} is unreachable: {type(exc).__name__}: {exc}"
+            sched.error = str(exc)
             sched.workers, sched.names = {}, {}
             return
         sched.error = ""
@@ -609,8 +908,6 @@ class DaskBackend:
             if w.get("status", "running") == "running"
         }
         sched.names = {addr: str(w.get("name", addr)) for addr, w in info["workers"].items()}
-        sched.refreshed_at = now
-        sched.stale = False
 
     def _capacity(self, resources: Mapping[str, float], site: str) -> float:
         """How many steps of `site` a worker with these resources can run at once."""
