@@ -591,3 +591,52 @@ def test_sites_health_stops_on_sigint_while_a_silent_port_holds_it(tmp_path):
             stop_run_process(proc)
     print(f"gravity sites --health ended {took:.1f} s after SIGINT")
     assert took < 5, took
+
+
+def test_a_worker_still_running_an_interrupted_runs_step_gets_no_new_steps(dagster_home, instance, dask_cluster, tmp_path):
+    """Run 1's step hangs on one of the site's two workers and run 1 is interrupted: Dask
+    cannot stop the step's thread, so that worker stays busy. Later runs (other processes,
+    which know nothing of run 1) must go to the idle worker, not queue behind the step."""
+    workers = {"onprem-dc-1": dask_jobs.ONPREM, "onprem-dc-2": dask_jobs.ONPREM}
+    ensure_workers(dask_cluster, workers)
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    config = run_config(sites, dask_cluster.address, ops={"hangs": {"config": {"marker_dir": str(markers)}}})
+    stuck = None
+    proc = start_run_process("hang_job", config)
+    try:
+        marker = markers / "hang.json"
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "run 1 ended before its step started"
+            assert time.monotonic() < deadline, "run 1's step did not start within 60 s"
+            time.sleep(0.05)
+        stuck = json.loads(marker.read_text())["worker"]
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        print(f"run 1 ended {time.monotonic() - interrupted:.1f} s after SIGINT; its step still runs on {stuck}")
+        idle = (set(workers) - {stuck}).pop()
+
+        for attempt in (2, 3):
+            outcome: dict = {}
+
+            def run() -> None:
+                with execute_job(reconstructable(dask_jobs.where_job), instance,
+                                 run_config=run_config(sites, dask_cluster.address)) as result:
+                    outcome["success"] = result.success
+                    outcome["output"] = result.output_for_node("where_it_ran") if result.success else None
+
+            started = time.monotonic()
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            thread.join(timeout=30)
+            assert not thread.is_alive(), f"run {attempt} did not finish within 30 s: queued behind the stuck step on {stuck}?"
+            print(f"run {attempt} ran on {outcome['output']['worker']} in {time.monotonic() - started:.1f} s")
+            assert outcome["success"], outcome
+            assert outcome["output"]["worker"] == idle, (outcome, stuck)
+    finally:
+        stop_run_process(proc)
+        if stuck is not None:
+            dask_cluster.kill_worker(stuck)  # the hanging step would hold it for two minutes

@@ -55,12 +55,14 @@ import logging
 import os
 import pickle
 import queue
+import random
 import socket
 import struct
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
@@ -439,6 +441,20 @@ def _in_flight(address: str, site: str) -> dict[str, str]:
         return dict(_IN_FLIGHT.get((address, site), {}))
 
 
+# Task key prefixes of the runs with a backend started in this process (prefix -> backends):
+# their tasks are counted in _IN_FLIGHT, so the scheduler's view of them is not added again.
+_LOCAL_RUNS: dict[str, int] = {}
+
+# Whose turn it is among equally free workers. Shared by every backend of the process, and
+# starting at a random place, so runs in separate processes do not all pick the same worker.
+_TURNS = itertools.count(random.randrange(1 << 20))
+
+
+def _local_prefixes() -> tuple[str, ...]:
+    with _IN_FLIGHT_LOCK:
+        return tuple(_LOCAL_RUNS)
+
+
 @dataclass
 class _Step:
     key: str  # the Dask task key
@@ -463,6 +479,10 @@ class _Scheduler:
     client: Any = None
     workers: dict[str, Mapping[str, float]] = field(default_factory=dict)  # address -> resources
     names: dict[str, str] = field(default_factory=dict)  # address -> worker name
+    # address -> steps the scheduler sees busy there that _IN_FLIGHT does not hold: tasks of
+    # other processes' runs, and tasks cancelled while running (an interrupted run's step
+    # that goes on in its worker thread until it returns)
+    busy: dict[str, int] = field(default_factory=dict)
     refreshed_at: float = 0.0
     stale: bool = True
     error: str = ""
@@ -498,9 +518,9 @@ class DaskBackend:
         self._key_prefix = "gravity-"
         self._steps: dict[str, _Step] = {}  # task key -> step
         self._inbox: queue.Queue = queue.Queue()  # from the client's thread to poll()
-        self._round_robin = itertools.count()
         self.unhealthy_after = max(1, int(unhealthy_after))
         self._failures: dict[str, int] = {}  # pool id -> consecutive lost workers
+        self._registered = False  # this run's key prefix is in _LOCAL_RUNS
         self._ended: list[StepUpdate] = []  # ends decided outside poll(), reported by it
 
     # -- protocol ------------------------------------------------------------------------
@@ -514,6 +534,9 @@ class DaskBackend:
         self._payload = run.without_plan() if hasattr(run, "without_plan") else run
         self._pools = {pool.id: pool for pool in pools}
         self._key_prefix = f"gravity-{run.run_id}-"
+        with _IN_FLIGHT_LOCK:
+            _LOCAL_RUNS[self._key_prefix] = _LOCAL_RUNS.get(self._key_prefix, 0) + 1
+        self._registered = True
         sched = self._scheduler
         started = time.monotonic()
         try:
@@ -531,13 +554,12 @@ class DaskBackend:
         self._refresh(force=True, timeout=max(0.5, self.connect_timeout - (time.monotonic() - started)))
 
     def free_slots(self, pool_id: str) -> int:
-        """The site's capacity minus the steps in flight of every pool of the site on this
-        scheduler (see "Capacity" in the module docstring)."""
+        """The free slots of the site's workers: each one's capacity minus the steps in
+        flight there from this process and what the scheduler sees busy there (see
+        "Capacity" in the module docstring)."""
         pool = self._pools[pool_id]
         self._refresh()
-        capacity = sum(self._capacity(res, pool.site) for res in self._scheduler.workers.values())
-        busy = len(_in_flight(self.address, pool.site))
-        return max(0, int(capacity) - busy)
+        return sum(max(0, free) for free in self._free_by_worker(pool.site).values())
 
     def health(self, pool_id: str) -> PoolHealth:
         pool = self._pools[pool_id]
@@ -655,6 +677,12 @@ class DaskBackend:
         for step in list(self._steps.values()):
             self._forget(step)
         self._steps.clear()
+        if self._registered:
+            self._registered = False
+            with _IN_FLIGHT_LOCK:
+                left = _LOCAL_RUNS.pop(self._key_prefix, 1) - 1
+                if left > 0:
+                    _LOCAL_RUNS[self._key_prefix] = left
         if client is None:
             return
         try:
@@ -895,11 +923,17 @@ class DaskBackend:
                 raise SchedulerUnavailable(
                     f"dask scheduler {sched.address}: not a Dask scheduler: it identifies as {kind!r}"
                 )
+            processing = _on_loop(
+                client,
+                client.scheduler.processing(),
+                timeout or self.connect_timeout,
+                f"dask scheduler {sched.address}: reading what its workers run",
+            )
         except Exception as exc:
             if not isinstance(exc, SchedulerUnavailable):
                 exc = f"dask scheduler {sched.address} is unreachable: {type(exc).__name__}: {exc}"
             sched.error = str(exc)
-            sched.workers, sched.names = {}, {}
+            sched.workers, sched.names, sched.busy = {}, {}, {}
             return
         sched.error = ""
         sched.workers = {
@@ -908,6 +942,7 @@ class DaskBackend:
             if w.get("status", "running") == "running"
         }
         sched.names = {addr: str(w.get("name", addr)) for addr, w in info["workers"].items()}
+        sched.busy = _busy_elsewhere(info["workers"], processing, _local_prefixes())
 
     def _capacity(self, resources: Mapping[str, float], site: str) -> float:
         """How many steps of `site` a worker with these resources can run at once."""
@@ -917,20 +952,44 @@ class DaskBackend:
     def _site_workers(self, site: str) -> list[str]:
         return [a for a, res in self._scheduler.workers.items() if self._capacity(res, site) >= 1]
 
+    def _free_by_worker(self, site: str) -> dict[str, int]:
+        """worker address -> free slots (negative when over-committed) of each worker of
+        `site`: its capacity, minus this process's steps in flight there, minus the steps
+        the scheduler saw busy there at the last refresh that this process does not hold."""
+        mine = Counter(_in_flight(self.address, site).values())
+        busy = self._scheduler.busy
+        return {
+            addr: int(self._capacity(res, site)) - mine.get(addr, 0) - busy.get(addr, 0)
+            for addr, res in self._scheduler.workers.items()
+            if self._capacity(res, site) >= 1
+        }
+
     def _choose_worker(self, pool) -> str | None:
-        """The site's worker with the most free capacity (round robin among equals)."""
-        candidates = self._site_workers(pool.site)
-        if not candidates:
+        """The site's worker with the most free slots; round robin among equals."""
+        free = self._free_by_worker(pool.site)
+        if not free:
             return None
-        busy: dict[str, int] = {}
-        for worker in _in_flight(self.address, pool.site).values():
-            busy[worker] = busy.get(worker, 0) + 1
-        turn = next(self._round_robin)
-        ordered = candidates[turn % len(candidates):] + candidates[: turn % len(candidates)]
-        return max(
-            ordered,
-            key=lambda a: self._capacity(self._scheduler.workers[a], pool.site) - busy.get(a, 0),
+        candidates = list(free)
+        turn = next(_TURNS) % len(candidates)
+        return max(candidates[turn:] + candidates[:turn], key=free.__getitem__)
+
+
+def _busy_elsewhere(workers: Mapping[str, Any], processing: Mapping[str, Any], mine: tuple[str, ...]) -> dict[str, int]:
+    """worker address -> gravity steps busy there that this process does not track, from the
+    scheduler's `identity` (`workers`) and `processing`: the gravity tasks of other
+    processes' runs it has assigned there, plus the tasks the worker reports cancelled but
+    still running (its last heartbeat's `metrics.task_counts`), which hold its thread."""
+    out: dict[str, int] = {}
+    for addr, worker in workers.items():
+        counts = (worker.get("metrics") or {}).get("task_counts") or {}
+        abandoned = int(counts.get("cancelled", 0) or 0)
+        others = sum(
+            1 for key in processing.get(addr, ()) or ()
+            if isinstance(key, str) and key.startswith("gravity-") and not (mine and key.startswith(mine))
         )
+        if abandoned + others:
+            out[addr] = abandoned + others
+    return out
 
 
 def _error_info(exc: BaseException):

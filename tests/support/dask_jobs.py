@@ -148,3 +148,32 @@ def needs_broken(upstream: dict) -> dict:
 @job(executor_def=gravity_executor, resource_defs={"broken": broken_resource})
 def broken_resource_job():
     needs_broken(needs_no_resource())
+
+
+class HangConfig(Config):
+    marker_dir: str  # the step writes hang.json there (its worker and pid) when it starts
+    sleep_seconds: float = 120.0
+
+
+@op(tags={TAG_PIN: ONPREM})
+def hangs(config: HangConfig) -> dict:
+    """Announces where it runs, then sleeps long: the test interrupts its run meanwhile."""
+    info = {"worker": _worker_name(), "pid": os.getpid(), "site": current_site()}
+    (Path(config.marker_dir) / "hang.json").write_text(json.dumps(info))
+    time.sleep(config.sleep_seconds)
+    return info
+
+
+@job(executor_def=gravity_executor)
+def hang_job():
+    hangs()
+
+
+@op(tags={TAG_PIN: ONPREM})
+def where_it_ran() -> dict:
+    return {"site": current_site(), "worker": _worker_name()}
+
+
+@job(executor_def=gravity_executor)
+def where_job():
+    where_it_ran()
