@@ -640,3 +640,58 @@ def test_a_worker_still_running_an_interrupted_runs_step_gets_no_new_steps(dagst
         stop_run_process(proc)
         if stuck is not None:
             dask_cluster.kill_worker(stuck)  # the hanging step would hold it for two minutes
+
+
+@pytest.mark.parametrize("job_name, op_name", [("hang_job", "hangs"), ("hang_retry_job", "hangs_then_retries")])
+def test_a_scheduler_killed_mid_step_fails_the_step_naming_the_scheduler(instance, tmp_path, job_name, op_name):
+    """The only scheduler dies while a step runs: the step fails as crashed, naming the
+    scheduler; with a RetryPolicy the retry is asked for, and finds the pool unhealthy."""
+    cluster = DaskCluster(workdir=tmp_path / "doomed")
+    cluster.workdir.mkdir()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    outcome: dict = {}
+    try:
+        address = cluster.start_scheduler()
+        cluster.start_worker("onprem-dc-1", dask_jobs.ONPREM)
+        config = run_config(sites, address, connect_timeout=3, ops={op_name: {"config": {"marker_dir": str(markers)}}})
+
+        def run() -> None:
+            job_def = getattr(dask_jobs, job_name)
+            outcome["result"] = execute_job(reconstructable(job_def), instance, run_config=config, raise_on_error=False)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not (markers / "hang.json").exists():
+            assert thread.is_alive(), "the run ended before its step started"
+            assert time.monotonic() < deadline, "the step did not start within 60 s"
+            time.sleep(0.05)
+        killed = time.monotonic()
+        os.kill(cluster.scheduler.pid, signal.SIGKILL)
+        cluster.scheduler.wait(timeout=10)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the run did not end within 30 s of its scheduler's death"
+        print(f"{job_name}: the run ended {time.monotonic() - killed:.1f} s after its scheduler was killed")
+    finally:
+        cluster.stop()
+    result = outcome["result"]
+    assert not result.success
+    messages = run_messages(instance, result.run_id)
+    assert not [m for m in messages if "KeyError" in m or "ClosedClientError" in m], "\n".join(messages)
+    events = [e for e in step_events(instance, result.run_id) if e.step_key == op_name]
+    crash = next(
+        e for e in events
+        if e.event_type in (DagsterEventType.STEP_FAILURE, DagsterEventType.STEP_UP_FOR_RETRY)
+    )
+    error = crash.event_specific_data.error.to_string()
+    assert f"lost the connection to dask scheduler {address}" in error and "onprem-dc-1" in error, error
+    failures = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert len(failures) == 1, "\n".join(messages)
+    if job_name == "hang_retry_job":
+        assert crash.event_type == DagsterEventType.STEP_UP_FOR_RETRY
+        assert f"{dask_jobs.ONPREM}/cpu: unhealthy" in failures[0].event_specific_data.error.message
+        unhealthy = [m for m in messages if "marked unhealthy" in m]
+        assert any(address in m for m in unhealthy), unhealthy
+        assert not (markers / "hang-1.json").exists(), "the retry ran without a scheduler"

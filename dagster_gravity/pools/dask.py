@@ -486,6 +486,7 @@ class _Scheduler:
     refreshed_at: float = 0.0
     stale: bool = True
     error: str = ""
+    lost: bool = False  # the client lost its connection (it reconnects, then closes if it cannot)
 
 
 class DaskBackend:
@@ -593,6 +594,8 @@ class DaskBackend:
         if sched.client is None:
             raise RuntimeError(f"pool {pool_id}: {sched.error or 'the Dask backend was not started'}")
         self._refresh()
+        if sched.error:
+            raise RuntimeError(f"pool {pool_id} is unhealthy: {sched.error}")
         worker = self._choose_worker(pool)
         if worker is None:
             raise RuntimeError(
@@ -706,8 +709,8 @@ class DaskBackend:
         """Cancel `futures` on the scheduler, within the deadline; a failure is logged (the
         futures of a lost scheduler are gone anyway)."""
         client = client or self._scheduler.client
-        if client is None or not futures:
-            return
+        if client is None or not futures or getattr(client, "status", "running") != "running":
+            return  # a lost scheduler has dropped its tasks already
         try:
             _on_loop(
                 client,
@@ -833,12 +836,15 @@ class DaskBackend:
                 message = f"{where} raised: {error.message.strip()}"
             self._finish(step, StepEnded(step.step_key, outcome, step.pool_id, message=message, error=error), updates)
         else:  # "cancelled" by someone else: we drop the steps we cancel before this runs
-            self._finish_cancelled(
-                step,
-                f"the Dask task on {{where}} was cancelled (scheduler {self.address} "
-                "connection lost or task cancelled outside this run)",
-                updates,
-            )
+            self._refresh()
+            if self._scheduler.lost:
+                self._finish_lost(step, updates)
+            else:
+                self._finish_cancelled(
+                    step,
+                    f"the Dask task on {{where}} was cancelled outside this run (dask scheduler {self.address})",
+                    updates,
+                )
 
     def _on_worker_removed(self, address: str, updates: list[StepUpdate]) -> None:
         self._scheduler.workers.pop(address, None)
@@ -862,10 +868,17 @@ class DaskBackend:
             self._finish(step, ended, updates)
 
     def _check_orphans(self, updates: list[StepUpdate]) -> None:
-        """A step whose worker vanished without a remove-worker message reaching us."""
+        """A step whose worker vanished without a remove-worker message reaching us, and
+        every step of a scheduler the client lost its connection to (the client cancels
+        their futures; this does not wait for that to be reported)."""
         if not any(not s.finished for s in self._steps.values()):
             return
         self._refresh()
+        if self._scheduler.lost:
+            for step in list(self._steps.values()):
+                if not step.finished:
+                    self._finish_lost(step, updates)
+            return
         if self._scheduler.error or self._scheduler.stale:
             return  # no reliable worker list: a lost connection cancels the futures instead
         for step in list(self._steps.values()):
@@ -880,6 +893,17 @@ class DaskBackend:
                 keys.pop(step.key, None)
                 if not keys:
                     del _IN_FLIGHT[(self.address, site)]
+
+    def _finish_lost(self, step: _Step, updates: list[StepUpdate]) -> None:
+        """End a step whose scheduler connection was lost: crashed if it had started (the
+        RetryPolicy decides), else not started (placed again: this pool is unhealthy now)."""
+        where = f"dask worker {step.worker_name or self._scheduler.names.get(step.worker_address) or step.worker_address}"
+        when = "while it ran the step" if step.started else "before the step started"
+        message = (
+            f"lost the connection to dask scheduler {self.address} {when} on {where} (the scheduler "
+            "died or the network failed); Dask cannot report how the step ends"
+        )
+        self._finish(step, StepEnded(step.step_key, CRASHED if step.started else NOT_STARTED, step.pool_id, message=message), updates)
 
     def _finish_cancelled(self, step: _Step, message: str, updates: list[StepUpdate], count_failure: bool = True) -> None:
         """End a step whose Dask task was cancelled: crashed if it had started, else not started.
@@ -907,6 +931,25 @@ class DaskBackend:
         client = sched.client
         if client is None:
             return
+        status = getattr(client, "status", "running")
+        if status != "running":
+            if not sched.lost:
+                log.warning("gravity: lost the connection to dask scheduler %s (the Dask client is %s)", sched.address, status)
+            sched.lost = True
+            again = "reconnecting" if status == "connecting" else f"the Dask client is {status}"
+            sched.error = f"dask scheduler {sched.address}: the connection to it was lost ({again})"
+            sched.workers, sched.busy = {}, {}
+            return
+        if sched.lost:  # the client reconnected: a scheduler that restarted knows no subscriptions
+            sched.lost = False
+            log.warning("gravity: reconnected to dask scheduler %s", sched.address)
+            try:
+                client.subscribe_topic(EVENT_TOPIC, self._on_step_message)
+                client.subscribe_topic("all", self._on_cluster_message)
+            except Exception as exc:
+                sched.error = f"dask scheduler {sched.address}: subscribing to events failed: {type(exc).__name__}: {exc}"
+                return
+            force = True
         now = time.monotonic()
         if not force and not sched.stale and now - sched.refreshed_at < self.refresh_seconds:
             return
@@ -933,7 +976,7 @@ class DaskBackend:
             if not isinstance(exc, SchedulerUnavailable):
                 exc = f"dask scheduler {sched.address} is unreachable: {type(exc).__name__}: {exc}"
             sched.error = str(exc)
-            sched.workers, sched.names, sched.busy = {}, {}, {}
+            sched.workers, sched.busy = {}, {}
             return
         sched.error = ""
         sched.workers = {

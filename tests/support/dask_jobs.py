@@ -177,3 +177,19 @@ def where_it_ran() -> dict:
 @job(executor_def=gravity_executor)
 def where_job():
     where_it_ran()
+
+
+@op(tags={TAG_PIN: ONPREM}, retry_policy=RetryPolicy(max_retries=1))
+def hangs_then_retries(context: OpExecutionContext, config: HangConfig) -> dict:
+    """`hangs` with a retry policy: the first attempt hangs, a retry returns at once."""
+    info = {"worker": _worker_name(), "pid": os.getpid(), "site": current_site(), "attempt": context.retry_number}
+    (Path(config.marker_dir) / f"hang-{context.retry_number}.json").write_text(json.dumps(info))
+    if context.retry_number == 0:
+        (Path(config.marker_dir) / "hang.json").write_text(json.dumps(info))
+        time.sleep(config.sleep_seconds)
+    return info
+
+
+@job(executor_def=gravity_executor)
+def hang_retry_job():
+    hangs_then_retries()
