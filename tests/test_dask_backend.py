@@ -695,3 +695,53 @@ def test_a_scheduler_killed_mid_step_fails_the_step_naming_the_scheduler(instanc
         unhealthy = [m for m in messages if "marked unhealthy" in m]
         assert any(address in m for m in unhealthy), unhealthy
         assert not (markers / "hang-1.json").exists(), "the retry ran without a scheduler"
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_processes_a_failing_step_starts_do_not_survive_it(dask_cluster, instance, tmp_path):
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    config = run_config(sites, dask_cluster.address, ops={"spawns_then_fails": {"config": {"marker_dir": str(tmp_path)}}})
+    started = time.monotonic()
+    result = execute_job(reconstructable(dask_jobs.leaves_children_job), instance, run_config=config, raise_on_error=False)
+    print(f"the run with a step that left processes took {time.monotonic() - started:.1f} s")
+    pids = json.loads((tmp_path / "children.json").read_text())
+    try:
+        assert not result.success
+        failure = next(e for e in step_events(instance, result.run_id) if e.event_type == DagsterEventType.STEP_FAILURE)
+        assert "fails on purpose" in failure.event_specific_data.error.to_string()
+        assert not {name: pid for name, pid in pids.items() if pid_alive(pid)}, pids
+    finally:
+        for pid in pids.values():  # never leave them behind, whatever the outcome
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_processes_a_step_starts_are_stopped_before_the_next_step_and_log_capture_survives(dask_cluster, instance, tmp_path):
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    config = run_config(sites, dask_cluster.address, ops={"spawns_then_succeeds": {"config": {"marker_dir": str(tmp_path)}}})
+    try:
+        with execute_job(reconstructable(dask_jobs.children_then_next_step_job), instance, run_config=config) as result:
+            assert result.success
+            seen = result.output_for_node("looks_around")
+            logs = [e for e in step_events(instance, result.run_id) if e.event_type == DagsterEventType.LOGS_CAPTURED]
+    finally:
+        for pid in json.loads((tmp_path / "children.json").read_text()).values():
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert seen["worker"] == "onprem-dc-1"
+    assert seen["still_running"] == {}, seen
+    assert seen["tails"], f"the worker's compute-log capture was stopped with the step's processes: {seen}"
+    assert logs

@@ -193,3 +193,75 @@ def hangs_then_retries(context: OpExecutionContext, config: HangConfig) -> dict:
 @job(executor_def=gravity_executor)
 def hang_retry_job():
     hangs_then_retries()
+
+
+class ChildrenConfig(Config):
+    marker_dir: str  # the step writes children.json there: the pids it started
+
+
+def _start_children(marker_dir: str) -> dict:
+    """A child (`sleep 600`) and a grandchild (a shell's background `sleep 600`)."""
+    import subprocess
+
+    marker = Path(marker_dir)
+    child = subprocess.Popen(["sleep", "600"])
+    shell = subprocess.Popen(["sh", "-c", f"sleep 600 & echo $! > {marker / 'grandchild.pid'}; wait"])
+    deadline = time.monotonic() + 10
+    while not (marker / "grandchild.pid").exists() or not (marker / "grandchild.pid").read_text().strip():
+        assert time.monotonic() < deadline, "the shell did not start its background sleep"
+        time.sleep(0.02)
+    pids = {"child": child.pid, "shell": shell.pid, "grandchild": int((marker / "grandchild.pid").read_text())}
+    (marker / "children.json").write_text(json.dumps(pids))
+    return pids
+
+
+@op(tags={TAG_PIN: ONPREM})
+def spawns_then_fails(config: ChildrenConfig) -> None:
+    _start_children(config.marker_dir)
+    raise RuntimeError("fails on purpose, leaving its processes behind")
+
+
+@job(executor_def=gravity_executor)
+def leaves_children_job():
+    spawns_then_fails()
+
+
+@op(tags={TAG_PIN: ONPREM})
+def spawns_then_succeeds(config: ChildrenConfig) -> dict:
+    return _start_children(config.marker_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@op(tags={TAG_PIN: ONPREM})
+def looks_around(upstream: dict) -> dict:
+    """On the same worker, right after `spawns_then_succeeds`: which of its processes still
+    run, and the worker's compute-log capture processes (`tail`), which must survive it."""
+    me = os.getpid()
+    tails = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me and cmdline[0] == b"tail":
+            tails.append(int(entry.name))
+    return {
+        "worker": _worker_name(),
+        "still_running": {name: pid for name, pid in upstream.items() if _alive(pid)},
+        "tails": tails,
+    }
+
+
+@job(executor_def=gravity_executor)
+def children_then_next_step_job():
+    looks_around(spawns_then_succeeds())
