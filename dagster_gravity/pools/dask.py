@@ -588,7 +588,12 @@ def _close_client(client, timeout: float, address: str) -> None:
     try:
         client.close(timeout=timeout)
     except Exception as exc:
-        log.warning("gravity: dask scheduler %s: closing the client failed: %s: %s", address, type(exc).__name__, exc)
+        log.warning("gravity: dask scheduler %s: closing the client failed: %s", address, _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for a log line: a SchedulerUnavailable's message already says it all."""
+    return str(exc) if isinstance(exc, SchedulerUnavailable) else f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -866,9 +871,7 @@ class DaskBackend:
                         pass
                 self._close_run_on_workers(client)
         except Exception as exc:
-            log.warning(
-                "gravity: dask scheduler %s: stopping the backend: %s: %s", self.address, type(exc).__name__, exc
-            )
+            log.warning("gravity: dask scheduler %s: stopping the backend: %s", self.address, _describe(exc))
         finally:
             _close_client(client, self.connect_timeout, self.address)
 
@@ -886,7 +889,7 @@ class DaskBackend:
                 f"dask scheduler {self.address}: cancelling {len(futures)} task(s)",
             )
         except Exception as exc:
-            log.warning("gravity: %s", exc if isinstance(exc, SchedulerUnavailable) else f"{type(exc).__name__}: {exc}")
+            log.warning("gravity: dask scheduler %s: cancelling %d task(s): %s", self.address, len(futures), _describe(exc))
 
     def _close_run_on_workers(self, client) -> None:
         """Best effort: the workers release the run's sessions, resources and log capture."""
@@ -902,8 +905,8 @@ class DaskBackend:
             )
         except Exception as exc:  # the run is over either way; say why workers may lag
             log.warning(
-                "gravity: dask scheduler %s: could not ask the workers to close run %s: %s: %s",
-                self.address, run_id, type(exc).__name__, exc,
+                "gravity: dask scheduler %s: could not ask the workers to close run %s: %s",
+                self.address, run_id, _describe(exc),
             )
 
     # -- extras (tests, `gravity sites`) -------------------------------------------------
