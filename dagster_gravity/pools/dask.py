@@ -22,6 +22,27 @@ Health. A pool is healthy while its scheduler is reachable and at least one work
 was waiting for a worker of a site that lost all of them is reported NOT_STARTED, so the
 executor places it elsewhere.
 
+Deadlines. Nothing waits on the scheduler without a deadline (`connect_timeout_seconds`),
+and waiting for its answers gives up within a tenth of a second of the run's interrupt
+(SIGINT; the TCP connect itself and closing the client are bounded by the deadline only):
+connecting (`connect_client`: first `check_dask_handshake` over a plain socket, because Dask's
+own connect reads the peer's handshake without a timeout, so a port that accepts and stays
+silent, such as the dashboard's HTTP port, would block it forever; then the Client, created in
+a helper thread), each refresh of the worker list, cancelling, fetching a result, asking the
+workers to close the run (`CLOSE_RUN_TIMEOUT_S`) and closing the client. A scheduler address
+that does not answer as Dask leaves the pools unhealthy with a reason that names the address
+and what answered ("not a Dask scheduler: it answered b'HTTP/1.1 400 ..." or "timed out after
+N s waiting for a Dask handshake").
+
+A lost scheduler. When the client loses its connection (the scheduler died, the network
+failed), the pools are unhealthy while it lasts and every step in flight ends at once:
+CRASHED if it had started (the RetryPolicy decides; the executor places a retry on a healthy
+pool), NOT_STARTED otherwise, with a message naming the scheduler and the worker. The step
+may in fact go on in its worker thread; Dask can no longer say how it ends. If the client
+reconnects (it tries for `connect_timeout_seconds`, then closes), the subscriptions are
+renewed and the pools are healthy again. `stop()` never raises: what fails at the end of a run
+is logged, so it cannot hide why the run failed.
+
 Configuration (executor config, per site or as the default):
 
     pools:
@@ -35,10 +56,29 @@ start workers with ``--nthreads 1`` (scale with ``--nworkers N``) and ``site-<si
 
 Capacity. A site's capacity on a scheduler is what its workers declare as ``site-<site>``.
 Several pools of one site on one scheduler (``onprem-dc/cpu`` and ``onprem-dc/gpu`` both on
-Dask, even with different settings) share those workers: a pool's free slots are the
-site's capacity minus the steps in flight of *every* pool of that site on that scheduler
-from this process (counted in `_IN_FLIGHT`, shared by all backend instances). Give pools
-workers of their own by running them on separate schedulers.
+Dask, even with different settings) share those workers. A worker's free slots are its
+capacity minus the steps in flight there of *every* pool of the site from this process
+(counted in `_IN_FLIGHT`, shared by all backend instances, so a step just submitted counts at
+once) minus what the scheduler saw busy there at the last refresh that this process does not
+hold: gravity tasks of other processes' runs (`Scheduler.processing`), and tasks the worker
+reports cancelled but still running (its heartbeat's ``metrics.task_counts``): the step of an
+interrupted run, which Dask cannot stop, holds its worker's thread until it returns. A step
+goes to the worker with the most free slots, round robin among equals (from a random start in
+each process). Give pools workers of their own by running them on separate schedulers.
+
+Child processes. With ``--nthreads 1`` the task stops what its step left running: it
+snapshots the worker process's descendants when the step starts (STEP_START; the run's
+session resources and its log capture, which outlive the step, are set up before that) and,
+when the step ends and before its end is reported, sends SIGTERM to every descendant that is
+newer, SIGKILL to those left after `CHILD_STOP_GRACE_S`, and reaps the ones that are its own
+children; the stopped processes are logged (the step's captured stderr, the worker's log).
+The tree is read from /proc on Linux, else from psutil if it is installed (else nothing is
+done, with one warning). Not covered: a process that left the tree before the step ended (it
+daemonised, or its parent exited and it was reparented to init); a step whose STEP_START never
+came (its resources failed to initialise); a worker killed outright (its children are
+orphaned: nothing of the backend runs there any more); workers with more than one thread (the
+tree would hold other steps' processes, so nothing is stopped). A process that a resource kept
+for the whole run starts lazily during a step counts as that step's, and is stopped with it.
 
 End of a run. `stop()` asks every worker to close what it holds for the run
 (`close_run_on_worker`: its Dagster sessions, their resources, its stdout/stderr capture),
