@@ -593,7 +593,7 @@ def test_sites_health_stops_on_sigint_while_a_silent_port_holds_it(tmp_path):
     assert took < 5, took
 
 
-def test_a_worker_still_running_an_interrupted_runs_step_gets_no_new_steps(dagster_home, instance, dask_cluster, tmp_path):
+def test_a_worker_still_running_an_interrupted_runs_step_gets_no_new_steps(instance, dask_cluster, tmp_path):
     """Run 1's step hangs on one of the site's two workers and run 1 is interrupted: Dask
     cannot stop the step's thread, so that worker stays busy. Later runs (other processes,
     which know nothing of run 1) must go to the idle worker, not queue behind the step."""

@@ -506,8 +506,8 @@ def check_dask_handshake(address: str, timeout: float) -> None:
             )
         raise SchedulerUnavailable(
             f"{where}: timed out after {timeout:g} s waiting for a Dask handshake: something accepts "
-            "connections there but sends nothing (an HTTP server such as the scheduler's dashboard? "
-            "a scheduler listens on 8786 by default)"
+            "connections there but sends nothing (not a Dask scheduler, e.g. an HTTP server such as its "
+            "dashboard, which waits for a request; a scheduler listens on 8786 by default)"
         )
     then = {"closed": " and closed the connection", "timeout": f" and then nothing for {timeout:g} s"}.get(why, "")
     raise SchedulerUnavailable(f"{where}: not a Dask scheduler: it answered {data[:64]!r}{then}")
