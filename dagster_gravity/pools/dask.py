@@ -621,6 +621,10 @@ def connect_client(address: str, timeout: float):
         raise SchedulerUnavailable(
             f"dask scheduler {address}: connecting failed: {type(exc).__name__}: {exc}"
         ) from None
+    except BaseException:  # KeyboardInterrupt (outside a run): a Client made later is closed
+        with lock:
+            abandoned.append(True)
+        raise
 
 
 def _close_client(client, timeout: float, address: str) -> None:
