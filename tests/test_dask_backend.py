@@ -7,6 +7,10 @@ jobs of tests/support/dask_jobs.py with every pool on the Dask backend.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +21,9 @@ from dagster import DagsterEventType, execute_job, reconstructable
 
 from dagster_gravity.pools.dask import DaskBackend, site_resource
 from tests.support import dask_jobs
-from tests.support.dask_cluster import DaskCluster
+from tests.support.dask_cluster import REPO_ROOT, DaskCluster, NotDaskServer
+
+pytestmark = pytest.mark.slow
 
 
 def write_sites(path: Path, site_names: list[str]) -> Path:
@@ -36,13 +42,16 @@ def write_sites(path: Path, site_names: list[str]) -> Path:
     return path
 
 
-def run_config(sites_file: Path, scheduler: str, **extra) -> dict:
+def run_config(sites_file: Path, scheduler: str, connect_timeout: float | None = None, **extra) -> dict:
+    dask = {"scheduler": scheduler}
+    if connect_timeout is not None:
+        dask["connect_timeout_seconds"] = connect_timeout
     return {
         "execution": {
             "config": {
                 "sites_file": str(sites_file),
                 "locality_wait": 0.0,
-                "pools": {"default": {"dask": {"scheduler": scheduler}}},
+                "pools": {"default": {"dask": dask}},
             }
         },
         **extra,
@@ -447,3 +456,291 @@ def test_backend_settings_errors_name_the_setting(settings, expected):
     with pytest.raises(ValueError) as err:
         DaskBackend(settings)
     assert expected in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------
+# Faults: a scheduler address that is not a scheduler, a worker still busy with an abandoned
+# step, a scheduler that dies mid-step, processes a step leaves behind.
+# ---------------------------------------------------------------------------------------
+
+# Runs a job of tests/support/dask_jobs.py in a process of its own, so a test can SIGINT it.
+RUN_SCRIPT = """
+import json, sys
+from dagster import DagsterInstance, execute_job, reconstructable
+from tests.support import dask_jobs
+with DagsterInstance.get() as instance:
+    execute_job(reconstructable(getattr(dask_jobs, sys.argv[1])), instance=instance,
+                run_config=json.loads(sys.argv[2]))
+"""
+
+
+def start_run_process(job_name: str, config: dict) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, job_name, json.dumps(config)], cwd=REPO_ROOT, env=env)
+
+
+def stop_run_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def run_messages(instance, run_id: str) -> list[str]:
+    """Every message of the run's events, with the text of each error they carry."""
+    out = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        out.append(entry.message or "")
+        if event is None:
+            continue
+        data = event.event_specific_data
+        error = getattr(data, "error", None)
+        if error is not None:
+            out.append(error.to_string())
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [("garbage", "not a Dask scheduler: it answered b'HTTP/1.1 400"), ("http", "timed out after 3 s")],
+)
+def test_a_scheduler_address_that_is_not_dask_fails_the_run_within_its_timeout(instance, tmp_path, kind, expected):
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    timeout = 3.0
+    with NotDaskServer(kind) as server:
+        started = time.monotonic()
+        result = execute_job(
+            reconstructable(dask_jobs.failover_job),
+            instance,
+            run_config=run_config(sites, server.address, connect_timeout=timeout),
+            raise_on_error=False,
+        )
+        took = time.monotonic() - started
+        assert server.accepted.is_set()
+    print(f"{kind}: the run failed after {took:.1f} s")
+    assert not result.success
+    assert took < timeout + 10, f"the run took {took:.1f} s with connect_timeout_seconds={timeout}"
+    events = step_events(instance, result.run_id)
+    unhealthy = [
+        e.message for e in events
+        if e.event_type == DagsterEventType.ENGINE_EVENT and "marked unhealthy" in (e.message or "")
+    ]
+    assert any(server.address in m and expected in m for m in unhealthy), "\n".join(run_messages(instance, result.run_id))
+    failures = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert [e.step_key for e in failures] == ["first_choice"]
+    assert f"{dask_jobs.ONPREM}/cpu: unhealthy" in failures[0].event_specific_data.error.message
+    assert not any("KeyError" in m or "MemoryError" in m for m in run_messages(instance, result.run_id))
+
+
+def test_a_run_interrupted_while_connecting_to_a_silent_port_ends_in_seconds(dagster_home, tmp_path):
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    with NotDaskServer("silent") as server:
+        # A minute to connect: the interrupt, not the deadline, must end this run.
+        proc = start_run_process("failover_job", run_config(sites, server.address, connect_timeout=60))
+        try:
+            assert server.accepted.wait(60), "the run never connected"
+            time.sleep(0.5)
+            interrupted = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            stop_run_process(proc)
+    print(f"the interrupted run ended {took:.1f} s after SIGINT")
+    assert took < 10, f"the run took {took:.1f} s to end after SIGINT"
+
+
+def test_sites_health_against_a_port_that_is_not_dask_answers_within_its_timeout(tmp_path, capsys):
+    from dagster_gravity.cli import main
+
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    (tmp_path / "storage" / dask_jobs.ONPREM).mkdir(parents=True)
+    for kind in ("http", "garbage"):
+        with NotDaskServer(kind) as server:
+            config = tmp_path / f"{kind}.yaml"
+            config.write_text(yaml.safe_dump({"pools": {"default": {"dask": {"scheduler": server.address}}}}))
+            started = time.monotonic()
+            rc = main(["sites", "--health", "--timeout", "3", "--sites", str(sites), "--config", str(config)])
+            took = time.monotonic() - started
+        out = capsys.readouterr().out
+        with capsys.disabled():
+            print(f"{kind}: gravity sites --health answered in {took:.1f} s")
+        row = next(line for line in out.splitlines() if line.startswith(f"{dask_jobs.ONPREM}/cpu ") and "dask" in line)
+        assert rc == 1 and took < 10, (took, out)
+        assert "unhealthy" in row and server.address in row, row
+
+
+def test_sites_health_stops_on_sigint_while_a_silent_port_holds_it(tmp_path):
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    gravity = Path(sys.executable).with_name("gravity")
+    with NotDaskServer("silent") as server:
+        config = tmp_path / "silent.yaml"
+        config.write_text(yaml.safe_dump({"pools": {"default": {"dask": {"scheduler": server.address}}}}))
+        proc = subprocess.Popen(
+            [str(gravity), "sites", "--health", "--timeout", "120", "--sites", str(sites), "--config", str(config)],
+            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            assert server.accepted.wait(60), "gravity sites --health never connected"
+            interrupted = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+            took = time.monotonic() - interrupted
+        finally:
+            stop_run_process(proc)
+    print(f"gravity sites --health ended {took:.1f} s after SIGINT")
+    assert took < 5, took
+
+
+def test_a_worker_still_running_an_interrupted_runs_step_gets_no_new_steps(instance, dask_cluster, tmp_path):
+    """Run 1's step hangs on one of the site's two workers and run 1 is interrupted: Dask
+    cannot stop the step's thread, so that worker stays busy. Later runs (other processes,
+    which know nothing of run 1) must go to the idle worker, not queue behind the step."""
+    workers = {"onprem-dc-1": dask_jobs.ONPREM, "onprem-dc-2": dask_jobs.ONPREM}
+    ensure_workers(dask_cluster, workers)
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    config = run_config(sites, dask_cluster.address, ops={"hangs": {"config": {"marker_dir": str(markers)}}})
+    stuck = None
+    proc = start_run_process("hang_job", config)
+    try:
+        marker = markers / "hang.json"
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, "run 1 ended before its step started"
+            assert time.monotonic() < deadline, "run 1's step did not start within 60 s"
+            time.sleep(0.05)
+        stuck = json.loads(marker.read_text())["worker"]
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        print(f"run 1 ended {time.monotonic() - interrupted:.1f} s after SIGINT; its step still runs on {stuck}")
+        idle = (set(workers) - {stuck}).pop()
+
+        for attempt in (2, 3):
+            outcome: dict = {}
+
+            def run() -> None:
+                with execute_job(reconstructable(dask_jobs.where_job), instance,
+                                 run_config=run_config(sites, dask_cluster.address)) as result:
+                    outcome["success"] = result.success
+                    outcome["output"] = result.output_for_node("where_it_ran") if result.success else None
+
+            started = time.monotonic()
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            thread.join(timeout=30)
+            assert not thread.is_alive(), f"run {attempt} did not finish within 30 s: queued behind the stuck step on {stuck}?"
+            print(f"run {attempt} ran on {outcome['output']['worker']} in {time.monotonic() - started:.1f} s")
+            assert outcome["success"], outcome
+            assert outcome["output"]["worker"] == idle, (outcome, stuck)
+    finally:
+        stop_run_process(proc)
+        if stuck is not None:
+            dask_cluster.kill_worker(stuck)  # the hanging step would hold it for two minutes
+
+
+@pytest.mark.parametrize("job_name, op_name", [("hang_job", "hangs"), ("hang_retry_job", "hangs_then_retries")])
+def test_a_scheduler_killed_mid_step_fails_the_step_naming_the_scheduler(instance, tmp_path, job_name, op_name):
+    """The only scheduler dies while a step runs: the step fails as crashed, naming the
+    scheduler; with a RetryPolicy the retry is asked for, and finds the pool unhealthy."""
+    cluster = DaskCluster(workdir=tmp_path / "doomed")
+    cluster.workdir.mkdir()
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    outcome: dict = {}
+    try:
+        address = cluster.start_scheduler()
+        cluster.start_worker("onprem-dc-1", dask_jobs.ONPREM)
+        config = run_config(sites, address, connect_timeout=3, ops={op_name: {"config": {"marker_dir": str(markers)}}})
+
+        def run() -> None:
+            job_def = getattr(dask_jobs, job_name)
+            outcome["result"] = execute_job(reconstructable(job_def), instance, run_config=config, raise_on_error=False)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not (markers / "hang.json").exists():
+            assert thread.is_alive(), "the run ended before its step started"
+            assert time.monotonic() < deadline, "the step did not start within 60 s"
+            time.sleep(0.05)
+        killed = time.monotonic()
+        os.kill(cluster.scheduler.pid, signal.SIGKILL)
+        cluster.scheduler.wait(timeout=10)
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the run did not end within 30 s of its scheduler's death"
+        print(f"{job_name}: the run ended {time.monotonic() - killed:.1f} s after its scheduler was killed")
+    finally:
+        cluster.stop()
+    result = outcome["result"]
+    assert not result.success
+    messages = run_messages(instance, result.run_id)
+    assert not [m for m in messages if "KeyError" in m or "ClosedClientError" in m], "\n".join(messages)
+    events = [e for e in step_events(instance, result.run_id) if e.step_key == op_name]
+    crash = next(
+        e for e in events
+        if e.event_type in (DagsterEventType.STEP_FAILURE, DagsterEventType.STEP_UP_FOR_RETRY)
+    )
+    error = crash.event_specific_data.error.to_string()
+    assert f"lost the connection to dask scheduler {address}" in error and "onprem-dc-1" in error, error
+    failures = [e for e in events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert len(failures) == 1, "\n".join(messages)
+    if job_name == "hang_retry_job":
+        assert crash.event_type == DagsterEventType.STEP_UP_FOR_RETRY
+        assert f"{dask_jobs.ONPREM}/cpu: unhealthy" in failures[0].event_specific_data.error.message
+        unhealthy = [m for m in messages if "marked unhealthy" in m]
+        assert any(address in m for m in unhealthy), unhealthy
+        assert not (markers / "hang-1.json").exists(), "the retry ran without a scheduler"
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_processes_a_failing_step_starts_do_not_survive_it(dask_cluster, instance, tmp_path):
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    config = run_config(sites, dask_cluster.address, ops={"spawns_then_fails": {"config": {"marker_dir": str(tmp_path)}}})
+    started = time.monotonic()
+    result = execute_job(reconstructable(dask_jobs.leaves_children_job), instance, run_config=config, raise_on_error=False)
+    print(f"the run with a step that left processes took {time.monotonic() - started:.1f} s")
+    pids = json.loads((tmp_path / "children.json").read_text())
+    try:
+        assert not result.success
+        failure = next(e for e in step_events(instance, result.run_id) if e.event_type == DagsterEventType.STEP_FAILURE)
+        assert "fails on purpose" in failure.event_specific_data.error.to_string()
+        assert not {name: pid for name, pid in pids.items() if pid_alive(pid)}, pids
+    finally:
+        for pid in pids.values():  # never leave them behind, whatever the outcome
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_processes_a_step_starts_are_stopped_before_the_next_step_and_log_capture_survives(dask_cluster, instance, tmp_path):
+    ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM})
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    config = run_config(sites, dask_cluster.address, ops={"spawns_then_succeeds": {"config": {"marker_dir": str(tmp_path)}}})
+    try:
+        with execute_job(reconstructable(dask_jobs.children_then_next_step_job), instance, run_config=config) as result:
+            assert result.success
+            seen = result.output_for_node("looks_around")
+            logs = [e for e in step_events(instance, result.run_id) if e.event_type == DagsterEventType.LOGS_CAPTURED]
+    finally:
+        for pid in json.loads((tmp_path / "children.json").read_text()).values():
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert seen["worker"] == "onprem-dc-1"
+    assert seen["still_running"] == {}, seen
+    assert seen["tails"], f"the worker's compute-log capture was stopped with the step's processes: {seen}"
+    assert logs

@@ -22,6 +22,27 @@ Health. A pool is healthy while its scheduler is reachable and at least one work
 was waiting for a worker of a site that lost all of them is reported NOT_STARTED, so the
 executor places it elsewhere.
 
+Deadlines. Nothing waits on the scheduler without a deadline (`connect_timeout_seconds`),
+and waiting for its answers gives up within a tenth of a second of the run's interrupt
+(SIGINT; the TCP connect itself and closing the client are bounded by the deadline only):
+connecting (`connect_client`: first `check_dask_handshake` over a plain socket, because Dask's
+own connect reads the peer's handshake without a timeout, so a port that accepts and stays
+silent, such as the dashboard's HTTP port, would block it forever; then the Client, created in
+a helper thread), each refresh of the worker list, cancelling, fetching a result, asking the
+workers to close the run (`CLOSE_RUN_TIMEOUT_S`) and closing the client. A scheduler address
+that does not answer as Dask leaves the pools unhealthy with a reason that names the address
+and what answered ("not a Dask scheduler: it answered b'HTTP/1.1 400 ..." or "timed out after
+N s waiting for a Dask handshake").
+
+A lost scheduler. When the client loses its connection (the scheduler died, the network
+failed), the pools are unhealthy while it lasts and every step in flight ends at once:
+CRASHED if it had started (the RetryPolicy decides; the executor places a retry on a healthy
+pool), NOT_STARTED otherwise, with a message naming the scheduler and the worker. The step
+may in fact go on in its worker thread; Dask can no longer say how it ends. If the client
+reconnects (it tries for `connect_timeout_seconds`, then closes), the subscriptions are
+renewed and the pools are healthy again. `stop()` never raises: what fails at the end of a run
+is logged, so it cannot hide why the run failed.
+
 Configuration (executor config, per site or as the default):
 
     pools:
@@ -35,10 +56,29 @@ start workers with ``--nthreads 1`` (scale with ``--nworkers N``) and ``site-<si
 
 Capacity. A site's capacity on a scheduler is what its workers declare as ``site-<site>``.
 Several pools of one site on one scheduler (``onprem-dc/cpu`` and ``onprem-dc/gpu`` both on
-Dask, even with different settings) share those workers: a pool's free slots are the
-site's capacity minus the steps in flight of *every* pool of that site on that scheduler
-from this process (counted in `_IN_FLIGHT`, shared by all backend instances). Give pools
-workers of their own by running them on separate schedulers.
+Dask, even with different settings) share those workers. A worker's free slots are its
+capacity minus the steps in flight there of *every* pool of the site from this process
+(counted in `_IN_FLIGHT`, shared by all backend instances, so a step just submitted counts at
+once) minus what the scheduler saw busy there at the last refresh that this process does not
+hold: gravity tasks of other processes' runs (`Scheduler.processing`), and tasks the worker
+reports cancelled but still running (its heartbeat's ``metrics.task_counts``): the step of an
+interrupted run, which Dask cannot stop, holds its worker's thread until it returns. A step
+goes to the worker with the most free slots, round robin among equals (from a random start in
+each process). Give pools workers of their own by running them on separate schedulers.
+
+Child processes. With ``--nthreads 1`` the task stops what its step left running: it
+snapshots the worker process's descendants when the step starts (STEP_START; the run's
+session resources and its log capture, which outlive the step, are set up before that) and,
+when the step ends and before its end is reported, sends SIGTERM to every descendant that is
+newer, SIGKILL to those left after `CHILD_STOP_GRACE_S`, and reaps the ones that are its own
+children; the stopped processes are logged (the step's captured stderr, the worker's log).
+The tree is read from /proc on Linux, else from psutil if it is installed (else nothing is
+done, with one warning). Not covered: a process that left the tree before the step ended (it
+daemonised, or its parent exited and it was reparented to init); a step whose STEP_START never
+came (its resources failed to initialise); a worker killed outright (its children are
+orphaned: nothing of the backend runs there any more); workers with more than one thread (the
+tree would hold other steps' processes, so nothing is stopped). A process that a resource kept
+for the whole run starts lazily during a step counts as that step's, and is stopped with it.
 
 End of a run. `stop()` asks every worker to close what it holds for the run
 (`close_run_on_worker`: its Dagster sessions, their resources, its stdout/stderr capture),
@@ -48,13 +88,22 @@ best effort with a short timeout; a worker that misses it still evicts the run a
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
+import pickle
 import queue
+import random
+import signal
+import socket
+import struct
+import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
@@ -175,13 +224,420 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
             },
         )
 
+    # Processes the step starts are stopped when it ends, if this task is the only one the
+    # worker runs at a time (see "Child processes" in the module docstring). The snapshot is
+    # taken at the step's start: the run's session (resources) and its log capture, which
+    # outlive the step, are set up before it.
+    clean_up = getattr(worker.state, "nthreads", getattr(worker, "nthreads", 0)) == 1
+    before: dict[int, Any] | None = None
     events: list[str] = []
-    for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state)):
-        text = serialize_value(event)
-        worker.log_event(EVENT_TOPIC, {"key": task_key, "seq": len(events), "event": text})
-        events.append(text)
+    try:
+        for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state)):
+            if clean_up and before is None and event.step_key == step_key and event.event_type_value in _STEP_STARTS:
+                before = descendants(os.getpid())
+            text = serialize_value(event)
+            worker.log_event(EVENT_TOPIC, {"key": task_key, "seq": len(events), "event": text})
+            events.append(text)
+    finally:
+        if before is not None:
+            stop_new_descendants(before, f"step {step_key} on dask worker {worker.name}")
     worker.log_event(EVENT_TOPIC, {"key": task_key, "end": len(events)})
     return events
+
+
+_STEP_STARTS = ("STEP_START", "STEP_RESTARTED")
+_HAVE_PROC = os.path.exists("/proc/self/stat")  # Linux
+CHILD_STOP_GRACE_S = 2.0  # SIGTERM, then this long before SIGKILL
+
+
+def _proc_table() -> dict[int, tuple[int, int, str]] | None:
+    """pid -> (parent pid, start time in clock ticks, state) of every process, from /proc;
+    None where there is no Linux /proc."""
+    if not _HAVE_PROC:
+        return None
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    table = {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # it exited meanwhile
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) "
+        try:
+            table[int(name)] = (int(fields[1]), int(fields[19]), fields[0].decode())
+        except (IndexError, ValueError):
+            continue
+    return table
+
+
+_NO_PROCESS_TABLE_WARNED = []
+
+
+def descendants(root: int) -> dict[int, Any]:
+    """pid -> identity (start time) of each live process below `root` in the process tree:
+    from /proc on Linux, else from psutil if it is installed; {} (with one warning) where
+    neither is available."""
+    table = _proc_table()
+    if table is not None:
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        out: dict[int, Any] = {}
+        stack = [root]
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                if child not in out:
+                    out[child] = table[child][1]
+                    stack.append(child)
+        return {pid: start for pid, start in out.items() if table[pid][2] != "Z"}
+    try:
+        import psutil
+    except ImportError:
+        if not _NO_PROCESS_TABLE_WARNED:
+            _NO_PROCESS_TABLE_WARNED.append(True)
+            log.warning("gravity: no /proc and no psutil here: processes a step leaves running are not stopped")
+        return {}
+    try:
+        return {
+            p.pid: p.create_time()
+            for p in psutil.Process(root).children(recursive=True)
+            if p.status() != psutil.STATUS_ZOMBIE
+        }
+    except psutil.Error:
+        return {}
+
+
+def stop_new_descendants(before: Mapping[int, Any], what: str) -> list[int]:
+    """SIGTERM every process below this one that is not in `before` (a `descendants`
+    snapshot), then SIGKILL those left after CHILD_STOP_GRACE_S; reap the ones that are our
+    own children. Returns their pids; logs what it stopped."""
+    new = {pid: ident for pid, ident in descendants(os.getpid()).items() if before.get(pid) != ident}
+    if not new:
+        return []
+    commands = {pid: _command(pid) for pid in new}
+    log.warning(
+        "gravity: %s left %d process(es) running; stopping them: %s",
+        what, len(new), "; ".join(f"pid {pid}: {cmd}" for pid, cmd in commands.items()),
+    )
+    _signal_all(new, signal.SIGTERM)
+    left = _wait_gone(new, CHILD_STOP_GRACE_S)
+    if left:
+        log.warning("gravity: %s: SIGKILL to pid(s) %s, still running %g s after SIGTERM", what, sorted(left), CHILD_STOP_GRACE_S)
+        _signal_all(left, signal.SIGKILL)
+        left = _wait_gone(left, 1.0)
+        if left:
+            log.warning("gravity: %s: pid(s) %s survived SIGKILL", what, sorted(left))
+    return sorted(new)
+
+
+def _signal_all(pids: Mapping[int, Any], signum: int) -> None:
+    for pid, ident in pids.items():
+        if _identity(pid) != ident:
+            continue  # gone, or the pid now names another process
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_gone(pids: Mapping[int, Any], timeout: float) -> dict[int, Any]:
+    """Wait up to `timeout` for `pids` to exit, reaping those that are our children (so
+    they do not stay zombies of the worker); the ones still running. A process whose
+    parent exited first is reparented out of our tree: it is followed by pid and start
+    time, not by ancestry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (its parent reaps it), or reaped
+                pass
+        alive = {pid: ident for pid, ident in pids.items() if _identity(pid) == ident}
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _identity(pid: int) -> Any:
+    """What `descendants` records for a live process `pid` (its start time); None when it
+    has exited (a zombie counts as exited)."""
+    if _HAVE_PROC:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return None if fields[0] == b"Z" else int(fields[19])
+        except (OSError, IndexError, ValueError):
+            return None
+    try:
+        import psutil
+
+        proc = psutil.Process(pid)
+        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
+    except ImportError:
+        return None
+    except psutil.Error:
+        return None
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200] or "?"
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return " ".join(psutil.Process(pid).cmdline())[:200] or "?"
+    except Exception:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------
+# Executor side: talking to the scheduler within a deadline.
+# ---------------------------------------------------------------------------------------
+
+
+class SchedulerUnavailable(Exception):
+    """A call to a Dask scheduler failed or did not answer in time; the message names it."""
+
+
+def _interrupted() -> bool:
+    """Whether the run's process received SIGINT (Dagster captures it during a run and the
+    executor picks it up between steps): a wait on the scheduler then gives up at once."""
+    from dagster_gravity.dagster_internals import interrupts
+
+    return interrupts.check_captured_interrupt()
+
+
+def _wait(future: concurrent.futures.Future, timeout: float, what: str, *, budget: float | None = None, cancel: bool = True):
+    """`future`'s result within `timeout` seconds; SchedulerUnavailable naming `what` (and
+    `budget`, the deadline to report if not `timeout`) when it takes longer or the run is
+    interrupted, after cancelling `future` if `cancel`. Waits in short slices, so SIGINT is
+    noticed (KeyboardInterrupt outside a run, the captured interrupt inside one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        done, _ = concurrent.futures.wait([future], timeout=max(0.0, min(0.1, remaining)))
+        if done:
+            try:
+                return future.result()
+            except concurrent.futures.CancelledError:
+                raise SchedulerUnavailable(f"{what}: cancelled") from None
+        if remaining <= 0 or _interrupted():
+            if cancel:
+                future.cancel()
+            if remaining <= 0:
+                raise SchedulerUnavailable(f"{what}: timed out after {budget or timeout:g} s")
+            raise SchedulerUnavailable(f"{what}: given up, the run was interrupted")
+
+
+def _on_loop(client, coro, timeout: float, what: str):
+    """Run `coro` (a coroutine of `client`, e.g. from `client.cancel(..., asynchronous=True)`)
+    on the client's event loop and wait for it within `timeout` (see `_wait`)."""
+    loop = getattr(getattr(client, "loop", None), "asyncio_loop", None)
+    if loop is None or loop.is_closed():
+        coro.close()
+        raise SchedulerUnavailable(f"{what}: the Dask client is closed")
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError as exc:  # the loop stopped meanwhile
+        coro.close()
+        raise SchedulerUnavailable(f"{what}: the Dask client is closed ({exc})") from None
+    return _wait(future, timeout, what)
+
+
+MAX_HANDSHAKE_BYTES = 1 << 16  # a Dask handshake is some 60 bytes
+
+
+def check_dask_handshake(address: str, timeout: float) -> None:
+    """Raise SchedulerUnavailable unless something at `address` speaks Dask's protocol
+    within `timeout` seconds.
+
+    A Dask server writes its handshake (a length-prefixed msgpack message) as soon as it
+    accepts a connection; Dask's own `connect` then reads it without a timeout, so a port
+    that accepts and stays silent (an HTTP server such as the scheduler's dashboard) would
+    block a `Client` forever, and one that sends other bytes makes it read them as a frame
+    length. Only plain `tcp://` addresses are checked here; the answer is read over a plain
+    socket and decoded with msgpack alone (nothing is unpickled), and a Dask handshake is
+    sent back so the scheduler does not log a half-open connection."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme != "tcp":
+            return  # tls://, ws://, ...: the Client's own connection is bounded instead
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError):
+        return  # the Client reports a malformed address itself
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=max(0.01, timeout))
+    except socket.timeout:
+        raise SchedulerUnavailable(
+            f"dask scheduler {address} is unreachable: connecting timed out after {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        raise SchedulerUnavailable(f"dask scheduler {address} is unreachable: {exc}") from None
+    with sock:
+        data, why = _read_handshake(sock, deadline)
+        if why == "complete" and _is_handshake(data[8:]):
+            try:
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                sock.sendall(_handshake_reply())
+            except OSError:
+                pass  # it spoke Dask; what it makes of our half is its business
+            return
+    where = f"dask scheduler {address}"
+    if why == "interrupted":
+        raise SchedulerUnavailable(f"{where}: given up, the run was interrupted")
+    if why.startswith("failed"):
+        raise SchedulerUnavailable(f"{where}: the connection {why}")
+    if not data:
+        if why == "closed":
+            raise SchedulerUnavailable(
+                f"{where}: not a Dask scheduler: it accepted the connection and closed it without a Dask handshake"
+            )
+        raise SchedulerUnavailable(
+            f"{where}: timed out after {timeout:g} s waiting for a Dask handshake: something accepts "
+            "connections there but sends nothing (not a Dask scheduler, e.g. an HTTP server such as its "
+            "dashboard, which waits for a request; a scheduler listens on 8786 by default)"
+        )
+    then = {"closed": " and closed the connection", "timeout": f" and then nothing for {timeout:g} s"}.get(why, "")
+    raise SchedulerUnavailable(f"{where}: not a Dask scheduler: it answered {data[:64]!r}{then}")
+
+
+def _read_handshake(sock: socket.socket, deadline: float) -> tuple[bytes, str]:
+    """What the peer sends first, up to one length-prefixed message, and why reading stopped:
+    "complete", "garbled" (the length prefix is not a handshake's), "closed", "timeout",
+    "interrupted" or "failed: <error>"."""
+    data = b""
+    need = 8
+    while True:
+        if len(data) >= need:
+            if need > 8:
+                return data[:need], "complete"
+            (size,) = struct.unpack("<Q", data[:8])
+            if not 16 <= size <= MAX_HANDSHAKE_BYTES:
+                return data, "garbled"
+            need = 8 + size
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return data, "timeout"
+        if _interrupted():
+            return data, "interrupted"
+        sock.settimeout(min(0.1, remaining))
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError as exc:
+            return data, f"failed: {exc}"
+        if not chunk:
+            return data, "closed"
+        data += chunk
+
+
+def _is_handshake(payload: bytes) -> bool:
+    """Whether `payload` (a message without its length prefix) is frames whose first one is
+    a msgpack map: what a Dask handshake is."""
+    import msgpack
+
+    try:
+        (count,) = struct.unpack_from("<Q", payload, 0)
+        if not 1 <= count <= 16:
+            return False
+        sizes = struct.unpack_from(f"<{count}Q", payload, 8)
+        start = 8 + 8 * count
+        if start + sum(sizes) != len(payload):
+            return False
+        header = msgpack.unpackb(payload[start : start + sizes[0]], raw=False, strict_map_key=False)
+    except Exception:
+        return False
+    return isinstance(header, dict)
+
+
+def _handshake_reply() -> bytes:
+    import msgpack
+
+    info = msgpack.packb(
+        {"compression": None, "python": list(sys.version_info[:3]), "pickle-protocol": pickle.HIGHEST_PROTOCOL}
+    )
+    message = struct.pack("<QQ", 1, len(info)) + info
+    return struct.pack("<Q", len(message)) + message
+
+
+def connect_client(address: str, timeout: float):
+    """A `distributed.Client` connected to `address` within `timeout` seconds, or
+    SchedulerUnavailable naming the address.
+
+    The Client is created in a helper thread: its constructor blocks in Dask's own connect,
+    which has no overall deadline. If the deadline passes, the thread is abandoned (it
+    closes the Client if it ever gets one); `check_dask_handshake` first makes that
+    unlikely."""
+    from distributed import Client
+
+    started = time.monotonic()
+    check_dask_handshake(address, timeout)
+    remaining = max(0.5, timeout - (time.monotonic() - started))
+    result: concurrent.futures.Future = concurrent.futures.Future()
+    lock = threading.Lock()
+    abandoned = []
+
+    def connect() -> None:
+        try:
+            client = Client(address, timeout=remaining, set_as_default=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            with lock:
+                if not abandoned:
+                    result.set_exception(exc)
+            return
+        with lock:
+            if not abandoned:
+                result.set_result(client)
+                return
+        _close_client(client, remaining, address)
+
+    thread = threading.Thread(target=connect, name=f"gravity-dask-connect {address}", daemon=True)
+    thread.start()
+    try:
+        return _wait(result, remaining, f"dask scheduler {address}: connecting", budget=timeout, cancel=False)
+    except SchedulerUnavailable:
+        with lock:
+            if result.done() and result.exception() is None:
+                return result.result()  # it connected just now
+            abandoned.append(True)
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnavailable(f"dask scheduler {address} is unreachable: {exc}") from None
+    except Exception as exc:
+        raise SchedulerUnavailable(
+            f"dask scheduler {address}: connecting failed: {type(exc).__name__}: {exc}"
+        ) from None
+    except BaseException:  # KeyboardInterrupt (outside a run): a Client made later is closed
+        with lock:
+            abandoned.append(True)
+        raise
+
+
+def _close_client(client, timeout: float, address: str) -> None:
+    """Close `client` within `timeout`; failures are logged, never raised."""
+    try:
+        client.close(timeout=timeout)
+    except Exception as exc:
+        log.warning("gravity: dask scheduler %s: closing the client failed: %s", address, _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for a log line: a SchedulerUnavailable's message already says it all."""
+    return str(exc) if isinstance(exc, SchedulerUnavailable) else f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,6 +655,20 @@ def _in_flight(address: str, site: str) -> dict[str, str]:
     """A copy of the steps in flight at `site` on scheduler `address` (task key -> worker)."""
     with _IN_FLIGHT_LOCK:
         return dict(_IN_FLIGHT.get((address, site), {}))
+
+
+# Task key prefixes of the runs with a backend started in this process (prefix -> backends):
+# their tasks are counted in _IN_FLIGHT, so the scheduler's view of them is not added again.
+_LOCAL_RUNS: dict[str, int] = {}
+
+# Whose turn it is among equally free workers. Shared by every backend of the process, and
+# starting at a random place, so runs in separate processes do not all pick the same worker.
+_TURNS = itertools.count(random.randrange(1 << 20))
+
+
+def _local_prefixes() -> tuple[str, ...]:
+    with _IN_FLIGHT_LOCK:
+        return tuple(_LOCAL_RUNS)
 
 
 @dataclass
@@ -225,9 +695,14 @@ class _Scheduler:
     client: Any = None
     workers: dict[str, Mapping[str, float]] = field(default_factory=dict)  # address -> resources
     names: dict[str, str] = field(default_factory=dict)  # address -> worker name
+    # address -> steps the scheduler sees busy there that _IN_FLIGHT does not hold: tasks of
+    # other processes' runs, and tasks cancelled while running (an interrupted run's step
+    # that goes on in its worker thread until it returns)
+    busy: dict[str, int] = field(default_factory=dict)
     refreshed_at: float = 0.0
     stale: bool = True
     error: str = ""
+    lost: bool = False  # the client lost its connection (it reconnects, then closes if it cannot)
 
 
 class DaskBackend:
@@ -260,40 +735,48 @@ class DaskBackend:
         self._key_prefix = "gravity-"
         self._steps: dict[str, _Step] = {}  # task key -> step
         self._inbox: queue.Queue = queue.Queue()  # from the client's thread to poll()
-        self._round_robin = itertools.count()
         self.unhealthy_after = max(1, int(unhealthy_after))
         self._failures: dict[str, int] = {}  # pool id -> consecutive lost workers
+        self._registered = False  # this run's key prefix is in _LOCAL_RUNS
         self._ended: list[StepUpdate] = []  # ends decided outside poll(), reported by it
 
     # -- protocol ------------------------------------------------------------------------
 
     def start(self, run, pools: Sequence[Any], *, warm_all: bool = False) -> None:
-        """Connect to the scheduler and subscribe to step events; `warm_all` does not apply
-        (workers are Dask's own processes)."""
-        from distributed import Client
-
+        """Connect to the scheduler and subscribe to step events, all within
+        `connect_timeout_seconds`; a scheduler that cannot be reached, or is not one, leaves
+        the pools unhealthy (`health` says why). `warm_all` does not apply (workers are
+        Dask's own processes)."""
         # The worker builds the plan itself: the executor's in-memory plan is not shipped.
         self._payload = run.without_plan() if hasattr(run, "without_plan") else run
         self._pools = {pool.id: pool for pool in pools}
         self._key_prefix = f"gravity-{run.run_id}-"
+        with _IN_FLIGHT_LOCK:
+            _LOCAL_RUNS[self._key_prefix] = _LOCAL_RUNS.get(self._key_prefix, 0) + 1
+        self._registered = True
         sched = self._scheduler
+        started = time.monotonic()
         try:
-            sched.client = Client(sched.address, timeout=self.connect_timeout, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            sched.error = f"dask scheduler {sched.address} is unreachable: {exc}"
+            client = connect_client(sched.address, self.connect_timeout)
+        except SchedulerUnavailable as exc:
+            sched.error = str(exc)
             return
-        sched.client.subscribe_topic(EVENT_TOPIC, self._on_step_message)
-        sched.client.subscribe_topic("all", self._on_cluster_message)
-        self._refresh(force=True)
+        sched.client = client
+        try:  # both only queue a message for the client's loop
+            client.subscribe_topic(EVENT_TOPIC, self._on_step_message)
+            client.subscribe_topic("all", self._on_cluster_message)
+        except Exception as exc:
+            sched.error = f"dask scheduler {sched.address}: subscribing to events failed: {type(exc).__name__}: {exc}"
+            return
+        self._refresh(force=True, timeout=max(0.5, self.connect_timeout - (time.monotonic() - started)))
 
     def free_slots(self, pool_id: str) -> int:
-        """The site's capacity minus the steps in flight of every pool of the site on this
-        scheduler (see "Capacity" in the module docstring)."""
+        """The free slots of the site's workers: each one's capacity minus the steps in
+        flight there from this process and what the scheduler sees busy there (see
+        "Capacity" in the module docstring)."""
         pool = self._pools[pool_id]
         self._refresh()
-        capacity = sum(self._capacity(res, pool.site) for res in self._scheduler.workers.values())
-        busy = len(_in_flight(self.address, pool.site))
-        return max(0, int(capacity) - busy)
+        return sum(max(0, free) for free in self._free_by_worker(pool.site).values())
 
     def health(self, pool_id: str) -> PoolHealth:
         pool = self._pools[pool_id]
@@ -327,6 +810,8 @@ class DaskBackend:
         if sched.client is None:
             raise RuntimeError(f"pool {pool_id}: {sched.error or 'the Dask backend was not started'}")
         self._refresh()
+        if sched.error:
+            raise RuntimeError(f"pool {pool_id} is unhealthy: {sched.error}")
         worker = self._choose_worker(pool)
         if worker is None:
             raise RuntimeError(
@@ -378,7 +863,7 @@ class DaskBackend:
         live = [s for s in self._steps.values() if not s.finished]
         if not live or self._scheduler.client is None:
             return
-        self._scheduler.client.cancel([s.future for s in live], force=True)
+        self._cancel([s.future for s in live])
         for step in live:
             self._finish_cancelled(step, "run interrupted: the Dask task on {where} was cancelled", self._ended, count_failure=False)
 
@@ -402,45 +887,70 @@ class DaskBackend:
             self.stop()
 
     def stop(self) -> None:
+        """Cancel what is left, ask the workers to close the run, close the client. Never
+        raises: a failure here (the scheduler is gone, a call times out) is logged, so it
+        cannot hide why the run failed."""
         sched = self._scheduler
-        if sched.client is None:
-            return
+        client, sched.client = sched.client, None
         live = [s.future for s in self._steps.values() if not s.finished]
+        for step in list(self._steps.values()):
+            self._forget(step)
+        self._steps.clear()
+        if self._registered:
+            self._registered = False
+            with _IN_FLIGHT_LOCK:
+                left = _LOCAL_RUNS.pop(self._key_prefix, 1) - 1
+                if left > 0:
+                    _LOCAL_RUNS[self._key_prefix] = left
+        if client is None:
+            return
         try:
-            if live:
-                sched.client.cancel(live, force=True)
-            for topic in (EVENT_TOPIC, "all"):
-                try:
-                    sched.client.unsubscribe_topic(topic)
-                except ValueError:
-                    pass
-            self._close_run_on_workers()
+            if getattr(client, "status", "running") == "running":
+                if live:
+                    self._cancel(live, client)
+                for topic in (EVENT_TOPIC, "all"):
+                    try:
+                        client.unsubscribe_topic(topic)
+                    except ValueError:  # never subscribed
+                        pass
+                self._close_run_on_workers(client)
+        except Exception as exc:
+            log.warning("gravity: dask scheduler %s: stopping the backend: %s", self.address, _describe(exc))
         finally:
-            sched.client.close()
-            sched.client = None
-            for step in list(self._steps.values()):
-                self._forget(step)
-            self._steps.clear()
+            _close_client(client, self.connect_timeout, self.address)
 
-    def _close_run_on_workers(self) -> None:
+    def _cancel(self, futures: list, client=None) -> None:
+        """Cancel `futures` on the scheduler, within the deadline; a failure is logged (the
+        futures of a lost scheduler are gone anyway)."""
+        client = client or self._scheduler.client
+        if client is None or not futures or getattr(client, "status", "running") != "running":
+            return  # a lost scheduler has dropped its tasks already
+        try:
+            _on_loop(
+                client,
+                client.cancel(futures, force=True, asynchronous=True),
+                self.connect_timeout,
+                f"dask scheduler {self.address}: cancelling {len(futures)} task(s)",
+            )
+        except Exception as exc:
+            log.warning("gravity: dask scheduler %s: cancelling %d task(s): %s", self.address, len(futures), _describe(exc))
+
+    def _close_run_on_workers(self, client) -> None:
         """Best effort: the workers release the run's sessions, resources and log capture."""
         run_id = getattr(self._payload, "run_id", None)
-        client = self._scheduler.client
-        if not run_id or client is None:
+        if not run_id:
             return
         try:
-            # `Client.run` passes extra keywords to the function: the timeout goes to sync.
-            client.sync(
-                client._run,
-                close_run_on_worker,
-                run_id,
-                on_error="ignore",
-                callback_timeout=self.CLOSE_RUN_TIMEOUT_S,
+            _on_loop(
+                client,
+                client.run(close_run_on_worker, run_id, on_error="ignore", asynchronous=True),
+                self.CLOSE_RUN_TIMEOUT_S,
+                f"dask scheduler {self.address}: asking the workers to close run {run_id}",
             )
         except Exception as exc:  # the run is over either way; say why workers may lag
             log.warning(
-                "gravity: dask scheduler %s: could not ask the workers to close run %s: %s: %s",
-                self.address, run_id, type(exc).__name__, exc,
+                "gravity: dask scheduler %s: could not ask the workers to close run %s: %s",
+                self.address, run_id, _describe(exc),
             )
 
     # -- extras (tests, `gravity sites`) -------------------------------------------------
@@ -504,14 +1014,31 @@ class DaskBackend:
         if future.status == "finished":
             if step.end is None or step.next_seq < step.end:
                 # A streamed message went missing: the return value holds every event.
-                events = future.result()
+                try:
+                    client = self._scheduler.client
+                    if client is None:
+                        raise SchedulerUnavailable(f"dask scheduler {self.address}: the backend is stopped")
+                    (events,) = _on_loop(
+                        client,
+                        client.gather([future], asynchronous=True),
+                        self.connect_timeout,
+                        f"dask scheduler {self.address}: fetching the events of step {step.step_key}",
+                    )
+                except Exception as exc:
+                    where = f"dask worker {step.worker_name or step.worker_address}"
+                    message = f"the step ended on {where}, but some of its events could not be fetched: {exc}"
+                    self._finish(step, StepEnded(step.step_key, CRASHED, step.pool_id, message=message), updates)
+                    return
                 for seq in range(step.next_seq, len(events)):
                     step.pending[seq] = events[seq]
                 step.end = len(events)
                 self._emit_in_order(step, updates)
             self._finish(step, StepEnded(step.step_key, COMPLETED, step.pool_id), updates)
         elif future.status == "error":
-            exc = future.exception()
+            try:
+                exc = future.exception(timeout=self.connect_timeout)
+            except Exception as failed:  # the task's error is held by the client: this is rare
+                exc = failed
             error = _error_info(exc)
             lost_worker = type(exc).__name__ == "KilledWorker"
             where = f"dask worker {step.worker_name or step.worker_address} at site {self._pools[step.pool_id].site}"
@@ -523,12 +1050,15 @@ class DaskBackend:
                 message = f"{where} raised: {error.message.strip()}"
             self._finish(step, StepEnded(step.step_key, outcome, step.pool_id, message=message, error=error), updates)
         else:  # "cancelled" by someone else: we drop the steps we cancel before this runs
-            self._finish_cancelled(
-                step,
-                f"the Dask task on {{where}} was cancelled (scheduler {self.address} "
-                "connection lost or task cancelled outside this run)",
-                updates,
-            )
+            self._refresh()
+            if self._scheduler.lost:
+                self._finish_lost(step, updates)
+            else:
+                self._finish_cancelled(
+                    step,
+                    f"the Dask task on {{where}} was cancelled outside this run (dask scheduler {self.address})",
+                    updates,
+                )
 
     def _on_worker_removed(self, address: str, updates: list[StepUpdate]) -> None:
         self._scheduler.workers.pop(address, None)
@@ -548,14 +1078,21 @@ class DaskBackend:
                     step.step_key, NOT_STARTED, step.pool_id,
                     message=f"dask worker {name} ({address}) at site {site} left the cluster before the step started",
                 )
-            step.future.cancel()
+            self._cancel([step.future])
             self._finish(step, ended, updates)
 
     def _check_orphans(self, updates: list[StepUpdate]) -> None:
-        """A step whose worker vanished without a remove-worker message reaching us."""
+        """A step whose worker vanished without a remove-worker message reaching us, and
+        every step of a scheduler the client lost its connection to (the client cancels
+        their futures; this does not wait for that to be reported)."""
         if not any(not s.finished for s in self._steps.values()):
             return
         self._refresh()
+        if self._scheduler.lost:
+            for step in list(self._steps.values()):
+                if not step.finished:
+                    self._finish_lost(step, updates)
+            return
         if self._scheduler.error or self._scheduler.stale:
             return  # no reliable worker list: a lost connection cancels the futures instead
         for step in list(self._steps.values()):
@@ -570,6 +1107,17 @@ class DaskBackend:
                 keys.pop(step.key, None)
                 if not keys:
                     del _IN_FLIGHT[(self.address, site)]
+
+    def _finish_lost(self, step: _Step, updates: list[StepUpdate]) -> None:
+        """End a step whose scheduler connection was lost: crashed if it had started (the
+        RetryPolicy decides), else not started (placed again: this pool is unhealthy now)."""
+        where = f"dask worker {step.worker_name or self._scheduler.names.get(step.worker_address) or step.worker_address}"
+        when = "while it ran the step" if step.started else "before the step started"
+        message = (
+            f"lost the connection to dask scheduler {self.address} {when} on {where} (the scheduler "
+            "died or the network failed); Dask cannot report how the step ends"
+        )
+        self._finish(step, StepEnded(step.step_key, CRASHED if step.started else NOT_STARTED, step.pool_id, message=message), updates)
 
     def _finish_cancelled(self, step: _Step, message: str, updates: list[StepUpdate], count_failure: bool = True) -> None:
         """End a step whose Dask task was cancelled: crashed if it had started, else not started.
@@ -589,18 +1137,60 @@ class DaskBackend:
         elif count_failure:
             self._failures[step.pool_id] = self._failures.get(step.pool_id, 0) + 1
 
-    def _refresh(self, force: bool = False) -> None:
+    def _refresh(self, force: bool = False, timeout: float | None = None) -> None:
+        """Re-read the workers from the scheduler (at most every `worker_refresh_seconds`
+        unless forced), within the deadline. A failure empties the worker list and sets
+        `error`, so the pools are unhealthy until a later refresh succeeds."""
         sched = self._scheduler
-        if sched.client is None:
+        client = sched.client
+        if client is None:
             return
+        status = getattr(client, "status", "running")
+        if status != "running":
+            if not sched.lost:
+                log.warning("gravity: lost the connection to dask scheduler %s (the Dask client is %s)", sched.address, status)
+            sched.lost = True
+            again = "reconnecting" if status == "connecting" else f"the Dask client is {status}"
+            sched.error = f"dask scheduler {sched.address}: the connection to it was lost ({again})"
+            sched.workers, sched.busy = {}, {}
+            return
+        if sched.lost:  # the client reconnected: a scheduler that restarted knows no subscriptions
+            sched.lost = False
+            log.warning("gravity: reconnected to dask scheduler %s", sched.address)
+            try:
+                client.subscribe_topic(EVENT_TOPIC, self._on_step_message)
+                client.subscribe_topic("all", self._on_cluster_message)
+            except Exception as exc:
+                sched.error = f"dask scheduler {sched.address}: subscribing to events failed: {type(exc).__name__}: {exc}"
+                return
+            force = True
         now = time.monotonic()
         if not force and not sched.stale and now - sched.refreshed_at < self.refresh_seconds:
             return
+        sched.refreshed_at, sched.stale = now, False
         try:
-            info = sched.client.scheduler_info(n_workers=-1)
-        except (OSError, TimeoutError) as exc:
-            sched.error = f"dask scheduler {sched.address} is unreachable: {exc}"
-            sched.workers, sched.names = {}, {}
+            info = _on_loop(
+                client,
+                client.scheduler.identity(n_workers=-1),
+                timeout or self.connect_timeout,
+                f"dask scheduler {sched.address}: reading its workers",
+            )
+            if not isinstance(info, dict) or not isinstance(info.get("workers"), dict):
+                kind = info.get("type") if isinstance(info, dict) else type(info).__name__
+                raise SchedulerUnavailable(
+                    f"dask scheduler {sched.address}: not a Dask scheduler: it identifies as {kind!r}"
+                )
+            processing = _on_loop(
+                client,
+                client.scheduler.processing(),
+                timeout or self.connect_timeout,
+                f"dask scheduler {sched.address}: reading what its workers run",
+            )
+        except Exception as exc:
+            if not isinstance(exc, SchedulerUnavailable):
+                exc = f"dask scheduler {sched.address} is unreachable: {type(exc).__name__}: {exc}"
+            sched.error = str(exc)
+            sched.workers, sched.busy = {}, {}
             return
         sched.error = ""
         sched.workers = {
@@ -609,8 +1199,7 @@ class DaskBackend:
             if w.get("status", "running") == "running"
         }
         sched.names = {addr: str(w.get("name", addr)) for addr, w in info["workers"].items()}
-        sched.refreshed_at = now
-        sched.stale = False
+        sched.busy = _busy_elsewhere(info["workers"], processing, _local_prefixes())
 
     def _capacity(self, resources: Mapping[str, float], site: str) -> float:
         """How many steps of `site` a worker with these resources can run at once."""
@@ -620,20 +1209,44 @@ class DaskBackend:
     def _site_workers(self, site: str) -> list[str]:
         return [a for a, res in self._scheduler.workers.items() if self._capacity(res, site) >= 1]
 
+    def _free_by_worker(self, site: str) -> dict[str, int]:
+        """worker address -> free slots (negative when over-committed) of each worker of
+        `site`: its capacity, minus this process's steps in flight there, minus the steps
+        the scheduler saw busy there at the last refresh that this process does not hold."""
+        mine = Counter(_in_flight(self.address, site).values())
+        busy = self._scheduler.busy
+        return {
+            addr: int(self._capacity(res, site)) - mine.get(addr, 0) - busy.get(addr, 0)
+            for addr, res in self._scheduler.workers.items()
+            if self._capacity(res, site) >= 1
+        }
+
     def _choose_worker(self, pool) -> str | None:
-        """The site's worker with the most free capacity (round robin among equals)."""
-        candidates = self._site_workers(pool.site)
-        if not candidates:
+        """The site's worker with the most free slots; round robin among equals."""
+        free = self._free_by_worker(pool.site)
+        if not free:
             return None
-        busy: dict[str, int] = {}
-        for worker in _in_flight(self.address, pool.site).values():
-            busy[worker] = busy.get(worker, 0) + 1
-        turn = next(self._round_robin)
-        ordered = candidates[turn % len(candidates):] + candidates[: turn % len(candidates)]
-        return max(
-            ordered,
-            key=lambda a: self._capacity(self._scheduler.workers[a], pool.site) - busy.get(a, 0),
+        candidates = list(free)
+        turn = next(_TURNS) % len(candidates)
+        return max(candidates[turn:] + candidates[:turn], key=free.__getitem__)
+
+
+def _busy_elsewhere(workers: Mapping[str, Any], processing: Mapping[str, Any], mine: tuple[str, ...]) -> dict[str, int]:
+    """worker address -> gravity steps busy there that this process does not track, from the
+    scheduler's `identity` (`workers`) and `processing`: the gravity tasks of other
+    processes' runs it has assigned there, plus the tasks the worker reports cancelled but
+    still running (its last heartbeat's `metrics.task_counts`), which hold its thread."""
+    out: dict[str, int] = {}
+    for addr, worker in workers.items():
+        counts = (worker.get("metrics") or {}).get("task_counts") or {}
+        abandoned = int(counts.get("cancelled", 0) or 0)
+        others = sum(
+            1 for key in processing.get(addr, ()) or ()
+            if isinstance(key, str) and key.startswith("gravity-") and not (mine and key.startswith(mine))
         )
+        if abandoned + others:
+            out[addr] = abandoned + others
+    return out
 
 
 def _error_info(exc: BaseException):

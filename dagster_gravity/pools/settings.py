@@ -54,7 +54,8 @@ SETTINGS: dict[str, dict[str, Field]] = {
         ),
         "connect_timeout_seconds": _field(
             "dask", "connect_timeout_seconds", float,
-            "Seconds to wait for the scheduler when the run starts; an unreachable one makes its pools unhealthy.",
+            "Seconds to wait for the scheduler: to connect when the run starts (an unreachable scheduler, or an "
+            "address that does not answer as a Dask scheduler, makes its pools unhealthy) and for each later call to it.",
         ),
         "worker_refresh_seconds": _field(
             "dask", "worker_refresh_seconds", float, "How often the list of workers is re-read from the scheduler."

@@ -10,11 +10,14 @@ Each worker declares its site the way the Dask backend expects: the resource
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +212,85 @@ class DaskCluster:
             except psutil.Error:
                 described.append(str(p.pid))
         return [f"{p.pid}: {p.args}" for p in self.processes() if p.poll() is None] + described
+
+
+class NotDaskServer:
+    """A loopback TCP server at a Dask scheduler's address that does not speak Dask.
+
+    kind "garbage": sends `answer` as soon as it accepts a connection, then holds it open
+    (a service that talks first); "silent": accepts and says nothing; "http": Python's
+    `http.server`, which waits for a request, as the scheduler's dashboard does. Runs in a
+    thread of the test; `close()` (or leaving the `with` block) stops it.
+    """
+
+    def __init__(self, kind: str = "garbage", answer: bytes = b"HTTP/1.1 400 Bad Request\r\nServer: not-dask\r\n\r\n"):
+        self.kind = kind
+        self.answer = answer
+        self.accepted = threading.Event()  # set at the first connection
+        self._stop = threading.Event()
+        self._connections: list[socket.socket] = []
+        if kind == "http":
+            server = self
+
+            class Handler(http.server.BaseHTTPRequestHandler):
+                def setup(self):
+                    server.accepted.set()
+                    super().setup()
+
+                def do_GET(self):
+                    self.send_error(404)
+
+                def log_message(self, *args):
+                    pass
+
+            self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            self._http.daemon_threads = True
+            self.port = self._http.server_address[1]
+            self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        elif kind in ("garbage", "silent"):
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._sock.bind(("127.0.0.1", 0))
+            self._sock.listen(16)
+            self._sock.settimeout(0.1)
+            self.port = self._sock.getsockname()[1]
+            self._thread = threading.Thread(target=self._serve, daemon=True)
+        else:
+            raise ValueError(f"NotDaskServer kind {kind!r}; expected garbage, silent or http")
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._connections.append(conn)
+            self.accepted.set()
+            if self.kind == "garbage":
+                try:
+                    conn.sendall(self.answer)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.kind == "http":
+            self._http.shutdown()
+            self._http.server_close()
+        else:
+            self._sock.close()
+        self._thread.join(timeout=5)
+        for conn in self._connections:
+            conn.close()
+
+    def __enter__(self) -> "NotDaskServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @pytest.fixture(scope="module")

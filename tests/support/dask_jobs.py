@@ -148,3 +148,120 @@ def needs_broken(upstream: dict) -> dict:
 @job(executor_def=gravity_executor, resource_defs={"broken": broken_resource})
 def broken_resource_job():
     needs_broken(needs_no_resource())
+
+
+class HangConfig(Config):
+    marker_dir: str  # the step writes hang.json there (its worker and pid) when it starts
+    sleep_seconds: float = 120.0
+
+
+@op(tags={TAG_PIN: ONPREM})
+def hangs(config: HangConfig) -> dict:
+    """Announces where it runs, then sleeps long: the test interrupts its run meanwhile."""
+    info = {"worker": _worker_name(), "pid": os.getpid(), "site": current_site()}
+    (Path(config.marker_dir) / "hang.json").write_text(json.dumps(info))
+    time.sleep(config.sleep_seconds)
+    return info
+
+
+@job(executor_def=gravity_executor)
+def hang_job():
+    hangs()
+
+
+@op(tags={TAG_PIN: ONPREM})
+def where_it_ran() -> dict:
+    return {"site": current_site(), "worker": _worker_name()}
+
+
+@job(executor_def=gravity_executor)
+def where_job():
+    where_it_ran()
+
+
+@op(tags={TAG_PIN: ONPREM}, retry_policy=RetryPolicy(max_retries=1))
+def hangs_then_retries(context: OpExecutionContext, config: HangConfig) -> dict:
+    """`hangs` with a retry policy: the first attempt hangs, a retry returns at once."""
+    info = {"worker": _worker_name(), "pid": os.getpid(), "site": current_site(), "attempt": context.retry_number}
+    (Path(config.marker_dir) / f"hang-{context.retry_number}.json").write_text(json.dumps(info))
+    if context.retry_number == 0:
+        (Path(config.marker_dir) / "hang.json").write_text(json.dumps(info))
+        time.sleep(config.sleep_seconds)
+    return info
+
+
+@job(executor_def=gravity_executor)
+def hang_retry_job():
+    hangs_then_retries()
+
+
+class ChildrenConfig(Config):
+    marker_dir: str  # the step writes children.json there: the pids it started
+
+
+def _start_children(marker_dir: str) -> dict:
+    """A child (`sleep 600`) and a grandchild (a shell's background `sleep 600`)."""
+    import subprocess
+
+    marker = Path(marker_dir)
+    child = subprocess.Popen(["sleep", "600"])
+    shell = subprocess.Popen(["sh", "-c", f"sleep 600 & echo $! > {marker / 'grandchild.pid'}; wait"])
+    deadline = time.monotonic() + 10
+    while not (marker / "grandchild.pid").exists() or not (marker / "grandchild.pid").read_text().strip():
+        assert time.monotonic() < deadline, "the shell did not start its background sleep"
+        time.sleep(0.02)
+    pids = {"child": child.pid, "shell": shell.pid, "grandchild": int((marker / "grandchild.pid").read_text())}
+    (marker / "children.json").write_text(json.dumps(pids))
+    return pids
+
+
+@op(tags={TAG_PIN: ONPREM})
+def spawns_then_fails(config: ChildrenConfig) -> None:
+    _start_children(config.marker_dir)
+    raise RuntimeError("fails on purpose, leaving its processes behind")
+
+
+@job(executor_def=gravity_executor)
+def leaves_children_job():
+    spawns_then_fails()
+
+
+@op(tags={TAG_PIN: ONPREM})
+def spawns_then_succeeds(config: ChildrenConfig) -> dict:
+    return _start_children(config.marker_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@op(tags={TAG_PIN: ONPREM})
+def looks_around(upstream: dict) -> dict:
+    """On the same worker, right after `spawns_then_succeeds`: which of its processes still
+    run, and the worker's compute-log capture processes (`tail`), which must survive it."""
+    me = os.getpid()
+    tails = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me and cmdline[0] == b"tail":
+            tails.append(int(entry.name))
+    return {
+        "worker": _worker_name(),
+        "still_running": {name: pid for name, pid in upstream.items() if _alive(pid)},
+        "tails": tails,
+    }
+
+
+@job(executor_def=gravity_executor)
+def children_then_next_step_job():
+    looks_around(spawns_then_succeeds())
