@@ -70,10 +70,10 @@ Child processes. With ``--nthreads 1`` the task stops what its step left running
 snapshots the worker process's descendants when the step starts (STEP_START; the run's
 session resources and its log capture, which outlive the step, are set up before that) and,
 when the step ends and before its end is reported, sends SIGTERM to every descendant that is
-newer, SIGKILL to those left after `CHILD_STOP_GRACE_S`, and reaps the ones that are its own
-children; the stopped processes are logged (the step's captured stderr, the worker's log).
-The tree is read from /proc on Linux, else from psutil if it is installed (else nothing is
-done, with one warning). Not covered: a process that left the tree before the step ended (it
+newer, SIGKILL to those left after `process_tree.STOP_GRACE_S`, and reaps the ones that are
+its own children; the stopped processes are logged (the step's captured stderr, the worker's
+log). The tree is read from /proc (`pools/process_tree.py`; Linux only, elsewhere nothing is
+done). Not covered: a process that left the tree before the step ended (it
 daemonised, or its parent exited and it was reparented to init); a step whose STEP_START never
 came (its resources failed to initialise); a worker killed outright (its children are
 orphaned: nothing of the backend runs there any more); workers with more than one thread (the
@@ -96,7 +96,6 @@ import os
 import pickle
 import queue
 import random
-import signal
 import socket
 import struct
 import sys
@@ -107,7 +106,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.errors import GravityConfigError, GravityError
 from dagster_gravity.pools.base import (
     COMPLETED,
     CRASHED,
@@ -120,6 +119,7 @@ from dagster_gravity.pools.base import (
     StepUpdate,
     Submission,
 )
+from dagster_gravity.pools import process_tree
 from dagster_gravity.pools.settings import with_defaults
 
 log = logging.getLogger(__name__)
@@ -229,174 +229,23 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
     # taken at the step's start: the run's session (resources) and its log capture, which
     # outlive the step, are set up before it.
     clean_up = getattr(worker.state, "nthreads", getattr(worker, "nthreads", 0)) == 1
-    before: dict[int, Any] | None = None
+    before: dict[int, int] | None = None
     events: list[str] = []
     try:
         for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state)):
             if clean_up and before is None and event.step_key == step_key and event.event_type_value in _STEP_STARTS:
-                before = descendants(os.getpid())
+                before = process_tree.descendants()
             text = serialize_value(event)
             worker.log_event(EVENT_TOPIC, {"key": task_key, "seq": len(events), "event": text})
             events.append(text)
     finally:
         if before is not None:
-            stop_new_descendants(before, f"step {step_key} on dask worker {worker.name}")
+            process_tree.stop_new_descendants(before, f"step {step_key} on dask worker {worker.name}")
     worker.log_event(EVENT_TOPIC, {"key": task_key, "end": len(events)})
     return events
 
 
 _STEP_STARTS = ("STEP_START", "STEP_RESTARTED")
-_HAVE_PROC = os.path.exists("/proc/self/stat")  # Linux
-CHILD_STOP_GRACE_S = 2.0  # SIGTERM, then this long before SIGKILL
-
-
-def _proc_table() -> dict[int, tuple[int, int, str]] | None:
-    """pid -> (parent pid, start time in clock ticks, state) of every process, from /proc;
-    None where there is no Linux /proc."""
-    if not _HAVE_PROC:
-        return None
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return None
-    table = {}
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # it exited meanwhile
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) "
-        try:
-            table[int(name)] = (int(fields[1]), int(fields[19]), fields[0].decode())
-        except (IndexError, ValueError):
-            continue
-    return table
-
-
-_NO_PROCESS_TABLE_WARNED = []
-
-
-def descendants(root: int) -> dict[int, Any]:
-    """pid -> identity (start time) of each live process below `root` in the process tree:
-    from /proc on Linux, else from psutil if it is installed; {} (with one warning) where
-    neither is available."""
-    table = _proc_table()
-    if table is not None:
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        out: dict[int, Any] = {}
-        stack = [root]
-        while stack:
-            for child in children.get(stack.pop(), ()):
-                if child not in out:
-                    out[child] = table[child][1]
-                    stack.append(child)
-        return {pid: start for pid, start in out.items() if table[pid][2] != "Z"}
-    try:
-        import psutil
-    except ImportError:
-        if not _NO_PROCESS_TABLE_WARNED:
-            _NO_PROCESS_TABLE_WARNED.append(True)
-            log.warning("gravity: no /proc and no psutil here: processes a step leaves running are not stopped")
-        return {}
-    try:
-        return {
-            p.pid: p.create_time()
-            for p in psutil.Process(root).children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE
-        }
-    except psutil.Error:
-        return {}
-
-
-def stop_new_descendants(before: Mapping[int, Any], what: str) -> list[int]:
-    """SIGTERM every process below this one that is not in `before` (a `descendants`
-    snapshot), then SIGKILL those left after CHILD_STOP_GRACE_S; reap the ones that are our
-    own children. Returns their pids; logs what it stopped."""
-    new = {pid: ident for pid, ident in descendants(os.getpid()).items() if before.get(pid) != ident}
-    if not new:
-        return []
-    commands = {pid: _command(pid) for pid in new}
-    log.warning(
-        "gravity: %s left %d process(es) running; stopping them: %s",
-        what, len(new), "; ".join(f"pid {pid}: {cmd}" for pid, cmd in commands.items()),
-    )
-    _signal_all(new, signal.SIGTERM)
-    left = _wait_gone(new, CHILD_STOP_GRACE_S)
-    if left:
-        log.warning("gravity: %s: SIGKILL to pid(s) %s, still running %g s after SIGTERM", what, sorted(left), CHILD_STOP_GRACE_S)
-        _signal_all(left, signal.SIGKILL)
-        left = _wait_gone(left, 1.0)
-        if left:
-            log.warning("gravity: %s: pid(s) %s survived SIGKILL", what, sorted(left))
-    return sorted(new)
-
-
-def _signal_all(pids: Mapping[int, Any], signum: int) -> None:
-    for pid, ident in pids.items():
-        if _identity(pid) != ident:
-            continue  # gone, or the pid now names another process
-        try:
-            os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _wait_gone(pids: Mapping[int, Any], timeout: float) -> dict[int, Any]:
-    """Wait up to `timeout` for `pids` to exit, reaping those that are our children (so
-    they do not stay zombies of the worker); the ones still running. A process whose
-    parent exited first is reparented out of our tree: it is followed by pid and start
-    time, not by ancestry."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for pid in pids:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # not our child (its parent reaps it), or reaped
-                pass
-        alive = {pid: ident for pid, ident in pids.items() if _identity(pid) == ident}
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.05)
-
-
-def _identity(pid: int) -> Any:
-    """What `descendants` records for a live process `pid` (its start time); None when it
-    has exited (a zombie counts as exited)."""
-    if _HAVE_PROC:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            return None if fields[0] == b"Z" else int(fields[19])
-        except (OSError, IndexError, ValueError):
-            return None
-    try:
-        import psutil
-
-        proc = psutil.Process(pid)
-        return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
-    except ImportError:
-        return None
-    except psutil.Error:
-        return None
-
-
-def _command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200] or "?"
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return " ".join(psutil.Process(pid).cmdline())[:200] or "?"
-    except Exception:
-        return "?"
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,7 +253,7 @@ def _command(pid: int) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-class SchedulerUnavailable(Exception):
+class SchedulerUnavailable(GravityError):
     """A call to a Dask scheduler failed or did not answer in time; the message names it."""
 
 

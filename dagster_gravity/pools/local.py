@@ -116,7 +116,7 @@ def _worker_main(
     # What a step starts must not outlive it, nor this worker (pools/process_tree.py).
     process_tree.set_child_subreaper()
     reaper = process_tree.start_group_reaper()
-    spare = {reaper} if reaper else set()
+    spare = frozenset({reaper} if reaper else ())
     # The executor's process captures SIGINT into a flag; a worker starts with it clear.
     # Until a run session installs Dagster's interrupt capture, a SIGINT (the executor
     # interrupting the step this worker was started for) is remembered the way that capture
@@ -158,7 +158,7 @@ def _worker_main(
                 for event in runner.run_step(payload, step_key, known_state):
                     conn.send(("event", event))
             finally:
-                process_tree.kill_new_descendants(before, spare)
+                process_tree.stop_new_descendants(before, f"step {step_key} on worker pid {os.getpid()}", spare)
             conn.send(("done", step_key, attempt))
         except BaseException:
             try:

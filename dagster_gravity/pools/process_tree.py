@@ -6,10 +6,12 @@ How, for a local worker (`pools/local.py`):
 * the worker is a *child subreaper* (`PR_SET_CHILD_SUBREAPER`): a process its step starts
   that is orphaned (a daemon's double fork, `sh -c 'cmd &'`) is re-parented to the worker
   instead of to init, so it stays in the worker's tree of descendants;
-* before each step the worker notes its descendants (`descendants`), and after the step,
-  however it ended (success, failure, interrupt), it SIGKILLs and reaps the ones that were
-  not there before (`kill_new_descendants`): what Dagster's log capture keeps running for
-  the run was started before the step and is spared;
+* before each step the worker notes its descendants (`descendants`, each with its start
+  time, so a reused pid is not mistaken), and after the step, however it ended (success,
+  failure, interrupt), it stops the ones that were not there before
+  (`stop_new_descendants`: SIGTERM, SIGKILL after `STOP_GRACE_S`, reaped, logged): what
+  Dagster's log capture keeps running for the run was started before the step and is
+  spared;
 * the worker leads its own process group, and a *group reaper* (`start_group_reaper`), a
   small process forked from it, waits for the worker to exit however it exits (SIGKILL
   when the run process dies, a kill after `stop_grace_seconds`) and then SIGKILLs the
@@ -17,20 +19,25 @@ How, for a local worker (`pools/local.py`):
 
 What is not covered: a process that both left the worker's process group (`setsid`) and
 outlived the worker; the reaper can only kill the group, and the tree is gone with the
-worker.
+worker. A Dask worker (`pools/dask.py`) uses `descendants` and `stop_new_descendants` around
+each step too, but it is not a subreaper and has no group reaper: see its docstring.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import select
 import signal
 import sys
 import time
 
+log = logging.getLogger(__name__)
+
 LINUX = sys.platform.startswith("linux")
 PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE_S = 2.0  # SIGTERM, then this long before SIGKILL
 
 
 def set_child_subreaper() -> None:
@@ -58,56 +65,88 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def descendants(pid: int | None = None) -> set[int]:
-    """Every live descendant of `pid` (default: this process)."""
+def _identity(pid: int) -> int | None:
+    """The start time (clock ticks after boot) of live process `pid`, so a pid reused by
+    another process is not taken for it; None when it has exited (a zombie counts)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] == b"Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(pid: int | None = None) -> dict[int, int]:
+    """pid -> start time of every live descendant of `pid` (default: this process)."""
     if not LINUX:
-        return set()
-    found: set[int] = set()
+        return {}
+    found: dict[int, int] = {}
     todo = [os.getpid() if pid is None else pid]
     while todo:
         for child in _children(todo.pop()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
+            if child in found:
+                continue
+            ident = _identity(child)
+            todo.append(child)  # a zombie's children are re-parented, but look anyway
+            if ident is not None:
+                found[child] = ident
     return found
 
 
-def kill_new_descendants(before: set[int], spare: set[int] = frozenset()) -> list[int]:
-    """SIGKILL the descendants of this process that are not in `before` or `spare`, and
-    reap those that are (or became) its children. Returns the pids killed."""
-    if not LINUX:
+def stop_new_descendants(before: dict[int, int], what: str, spare: frozenset[int] = frozenset()) -> list[int]:
+    """Stop the descendants of this process that are not in `before` (a `descendants`
+    snapshot) or `spare`: SIGTERM, then SIGKILL those left after STOP_GRACE_S; reap the
+    ones that are this process's children. Logs what it stopped; returns their pids."""
+    new = {pid: ident for pid, ident in descendants().items() if before.get(pid) != ident and pid not in spare}
+    if not new:
         return []
-    killed: list[int] = []
-    # A killed process's own children are re-parented to us (subreaper): look again until
-    # no new descendant is left.
-    for _ in range(10):
-        new = descendants() - before - spare
-        if not new:
-            break
-        for pid in new:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except ProcessLookupError:
-                pass
-        _reap(new)
-    return killed
+    log.warning(
+        "gravity: %s left %d process(es) running; stopping them: %s",
+        what, len(new), "; ".join(f"pid {pid}: {_command(pid)}" for pid in new),
+    )
+    _signal_all(new, signal.SIGTERM)
+    left = _wait_gone(new, STOP_GRACE_S)
+    if left:
+        log.warning("gravity: %s: SIGKILL to pid(s) %s, still running %g s after SIGTERM", what, sorted(left), STOP_GRACE_S)
+        _signal_all(left, signal.SIGKILL)
+        left = _wait_gone(left, 1.0)
+        if left:
+            log.warning("gravity: %s: pid(s) %s survived SIGKILL", what, sorted(left))
+    return sorted(new)
 
 
-def _reap(pids: set[int], timeout: float = 2.0) -> None:
+def _signal_all(pids: dict[int, int], signum: int) -> None:
+    for pid, ident in pids.items():
+        if _identity(pid) != ident:
+            continue  # gone, or the pid now names another process
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_gone(pids: dict[int, int], timeout: float) -> dict[int, int]:
+    """Wait up to `timeout` for `pids` to exit, reaping those that are our children (so
+    they do not stay zombies); the ones still running."""
     deadline = time.monotonic() + timeout
-    waiting = set(pids)
-    while waiting and time.monotonic() < deadline:
-        for pid in list(waiting):
+    while True:
+        for pid in pids:
             try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # not our child (yet): its parent reaps it
-                waiting.discard(pid)
-                continue
-            if done:
-                waiting.discard(pid)
-        if waiting:
-            time.sleep(0.005)
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (its parent reaps it), or reaped
+                pass
+        alive = {pid: ident for pid, ident in pids.items() if _identity(pid) == ident}
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200] or "?"
+    except OSError:
+        return "?"
 
 
 def start_group_reaper() -> int | None:
