@@ -15,6 +15,7 @@ Left out: the definition-only tests (specs, names, descriptions, prefixes, addit
 validation, decorator errors), test_check_decorator_unexpected_asset_key (raise_on_error=True
 re-raises the user error only in-process), test_asset_check_input and
 test_asset_check_additional_ins (input loading, as in test_execute_asset_and_check's check),
+test_execute_check_and_unrelated_asset (as test_execute_check_without_asset),
 and the further blocking / multi-check / partition variants (the same executor path as the
 ones here).
 """
@@ -84,17 +85,6 @@ def define_check_without_asset_job(executor: str) -> JobDefinition:
         return AssetCheckResult(passed=True, metadata={"foo": "bar"})
 
     return _job(executor, asset_checks=[check1])
-
-
-def define_check_and_unrelated_asset_job(executor: str) -> JobDefinition:
-    @asset
-    def asset2() -> None: ...
-
-    @asset_check(asset="asset1", description="desc")
-    def check1() -> AssetCheckResult:
-        return AssetCheckResult(passed=True)
-
-    return _job(executor, assets=[asset2], asset_checks=[check1])
 
 
 def define_check_after_failed_asset_job(executor: str) -> JobDefinition:
@@ -209,21 +199,6 @@ def test_execute_check_and_asset_in_separate_run(executor, instance, run_config)
     materialization_record = instance.fetch_materializations(AssetKey("asset1"), limit=1).records[0]
     assert check_eval.target_materialization_data.storage_id == materialization_record.storage_id
     assert check_eval.target_materialization_data.timestamp == materialization_record.timestamp
-
-
-@executors()
-def test_execute_check_and_unrelated_asset(executor, instance, run_config):
-    result = execute_job(recon(define_check_and_unrelated_asset_job, executor), instance, run_config=run_config(executor))
-    assert result.success
-
-    materialization_events = result.get_asset_materialization_events()
-    assert len(materialization_events) == 1
-
-    check_evals = result.get_asset_check_evaluations()
-    assert len(check_evals) == 1
-    check_eval = check_evals[0]
-    assert check_eval.asset_key == AssetKey("asset1")
-    assert check_eval.check_name == "check1"
 
 
 @executors()

@@ -14,7 +14,7 @@ success hooks), and, as near-duplicates of cases kept (the same hook invocation 
 hooks attached differently): test_hook_on_op_instance, test_hook_on_graph_instance,
 test_success_hook_on_op_instance_subset, test_failure_hook_on_op_instance,
 test_hook_on_job_def, test_hook_on_job_def_with_graphs, test_hook_decorate_job_def,
-test_hook_subjob.
+test_hook_subjob, test_hook_on_job.
 """
 
 import base64
@@ -287,26 +287,6 @@ def define_hook_context_config_schema_job(executor: str) -> JobDefinition:
     return a_job
 
 
-def define_hooked_job(executor: str) -> JobDefinition:
-    @success_hook
-    def a_hook(context):
-        _note_op(context)
-        return HookExecutionResult("a_hook")
-
-    @op
-    def basic():
-        return 5
-
-    @a_hook
-    @job(executor_def=executor_def(executor))
-    def hooked_job():
-        basic()
-        basic()
-        basic()
-
-    return hooked_job
-
-
 # -- tests -----------------------------------------------------------------------------
 
 
@@ -418,8 +398,3 @@ def test_hook_context_config_schema(executor, instance, run_config):
     assert _called_hook_to_ops(instance)["a_hook"] == {"a_op"}
 
 
-@executors()
-def test_hook_on_job(executor, instance, run_config):
-    result = execute_job(recon(define_hooked_job, executor), instance, run_config=run_config(executor))
-    assert result.success
-    assert _called_hook_to_ops(instance)["a_hook"] == {"basic", "basic_2", "basic_3"}
