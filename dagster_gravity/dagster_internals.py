@@ -18,7 +18,7 @@ from dagster._config.pythonic_config.resource import (
 from dagster._core.definitions.definition_config_schema import ConfiguredDefinitionConfigSchema
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
 from dagster._core.definitions.reconstruct import ReconstructableJob
-from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.errors import DagsterExecutionInterruptedError, DagsterSubprocessError
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData, StepFailureData
 from dagster._core.execution.api import (
     ExecuteRunWithPlanIterable,
@@ -59,6 +59,7 @@ __all__ = [
     "DagsterEventType",
     "DagsterExecutionInterruptedError",
     "DagsterRun",
+    "DagsterSubprocessError",
     "EngineEventData",
     "ExecuteRunWithPlanIterable",
     "ExecutionPlan",

@@ -41,6 +41,7 @@ from dagster_gravity.dagster_internals import (
     ChildProcessCrashException,
     DagsterEvent,
     DagsterExecutionInterruptedError,
+    DagsterSubprocessError,
     EngineEventData,
     ExecutionPlan,
     ExecutionStep,
@@ -48,6 +49,7 @@ from dagster_gravity.dagster_internals import (
     InstanceConcurrencyContext,
     PlanOrchestrationContext,
     RetryMode,
+    SerializableErrorInfo,
     StepDependencyConfig,
     StepFailureData,
     get_run_crash_explanation,
@@ -66,7 +68,8 @@ from dagster_gravity.topology import Topology, load_topology
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1  # longest the loop blocks waiting for workers (interrupt latency)
+POLL_SECONDS = 0.1
+INTERRUPTS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}  # longest the loop blocks waiting for workers (interrupt latency)
 
 
 @executor(
@@ -162,6 +165,7 @@ class _RunLoop:
         self.running: dict[str, _Running] = {}
         self.reported_unhealthy: set[str] = set()
         self.start_failures: dict[str, str] = {}  # pool id -> why its backend did not start
+        self.worker_errors: dict[int, SerializableErrorInfo] = {}  # worker pid -> what it raised
         self.stopping = False  # the run was interrupted: running steps are being stopped
 
     # -- backends ----------------------------------------------------------------------
@@ -374,6 +378,8 @@ class _RunLoop:
 
     def _handle_end(self, update: StepEnded, running: _Running) -> Iterator[DagsterEvent]:
         del self.running[update.step_key]
+        if update.error is not None and update.outcome != NOT_STARTED:
+            self.worker_errors[update.pid or 0] = update.error
         if update.outcome == NOT_STARTED:
             if self.stopping:  # the run is stopping: nothing more starts
                 self.active.mark_abandoned(update.step_key)
@@ -413,6 +419,8 @@ class _RunLoop:
             )
         else:
             failure = self.ex.log_failure_or_retry_event_after_error(step_context, error, self.active.get_known_state())
+        if failure.is_step_failure and update.error is None:
+            self.worker_errors[update.pid or 0] = error
         self.active.handle_event(failure)
         yield failure
 
@@ -493,9 +501,19 @@ class _RunLoop:
                     backend.interrupt()
             raise
 
-        if self.stopping:
+        # As the multiprocess executor does: a run whose workers raised (a step's resources
+        # failed to initialise, a crash that failed its step) fails with those errors;
+        # interrupted, it ends as interrupted when those are all interrupts.
+        errors = {pid: err for pid, err in self.worker_errors.items() if err}
+        if self.stopping and all(err.cls_name in INTERRUPTS for err in errors.values()):
             yield DagsterEvent.engine_event(plan_context, "gravity executor: interrupted all running steps", EngineEventData())
             raise DagsterExecutionInterruptedError()
+        if errors:
+            raise DagsterSubprocessError(
+                "During gravity execution errors occurred in worker processes:\n"
+                + "\n".join(f"In process {pid}: {err.to_string()}" for pid, err in errors.items()),
+                subprocess_error_infos=list(errors.values()),
+            )
 
 
 def _stop_quietly(backend: PoolBackend) -> None:

@@ -548,12 +548,7 @@ def test_pre_teardown_after_execution_with_op_execution_error(executor, instance
     ]
 
 
-@executors(
-    gravity_xfail="a step whose resource fails in setup_for_execution fails with the bare user "
-    "exception; Dagster's DagsterResourceFunctionError ('Error executing resource_fn on "
-    "ResourceDefinition res'), which the multiprocess executor's step failure carries, is in "
-    "none of the run's events"
-)
+@executors()
 def test_setup_for_execution_with_error(executor, instance, run_config):
     # If an error occurs in setup_for_execution, this error will manifest as a
     # DagsterResourceFunctionError. The resource teardown will not be called
