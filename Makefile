@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/placement.py
 	$(PY) benchmarks/replication.py
 	$(PY) benchmarks/executor_overhead.py
+	$(PY) benchmarks/retry_stress.py
 
 ui: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(VENV)/bin/dagster dev -w workspace.yaml
