@@ -6,6 +6,8 @@ once more in the test process.) `resource_lifetime: run` keeps them for the work
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from dagster import DagsterEventType, execute_job, reconstructable
@@ -17,9 +19,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def one_worker(tmp_path, monkeypatch):
+def log(tmp_path) -> Path:
+    return tmp_path / "resource.log"
+
+
+@pytest.fixture
+def one_worker(tmp_path):
     """A topology of one site with one slot: both steps run in the same warm worker."""
-    monkeypatch.setenv(resource_jobs.LOG_ENV, str(tmp_path / "resource.log"))
     path = tmp_path / "sites.yaml"
     path.write_text(yaml.safe_dump({"sites": [{"name": "here", "region": "r", "kind": "onprem",
                                                 "storage": {"kind": "local", "path": str(tmp_path / "here")},
@@ -37,21 +43,21 @@ PER_STEP = ["set up", "compute foo", "torn down", "set up", "compute foo", "torn
 
 
 @pytest.mark.parametrize("executor", ["gravity", "multiprocess"])
-def test_each_step_sets_up_and_tears_down_its_resources(executor, instance, one_worker):
+def test_each_step_sets_up_and_tears_down_its_resources(executor, instance, one_worker, log):
     recon = reconstructable(getattr(resource_jobs, f"lifetime_{executor}"))
-    result = execute_job(recon, instance=instance, run_config=_config(executor, one_worker))
+    result = execute_job(recon, instance=instance, run_config={**_config(executor, one_worker), **resource_jobs.run_config(log)})
     assert result.success
     pids = worker_pids(result)
-    assert resource_jobs.lines() == PER_STEP
+    assert resource_jobs.lines(log) == PER_STEP
     if executor == "gravity":
         assert len(pids) == 1  # one warm worker ran both steps, and still each had its own resources
 
 
-def test_run_scoped_resources_are_opt_in(instance, one_worker):
+def test_run_scoped_resources_are_opt_in(instance, one_worker, log):
     recon = reconstructable(resource_jobs.lifetime_gravity)
-    config = _config("gravity", one_worker, resource_lifetime="run")
+    config = {**_config("gravity", one_worker, resource_lifetime="run"), **resource_jobs.run_config(log)}
     assert execute_job(recon, instance=instance, run_config=config).success
-    assert resource_jobs.lines() == ["set up", "compute foo", "compute foo", "torn down"]
+    assert resource_jobs.lines(log) == ["set up", "compute foo", "compute foo", "torn down"]
 
 
 @pytest.mark.parametrize("executor", ["gravity", "multiprocess"])

@@ -1,37 +1,46 @@
 """Jobs whose resources record their set-up and teardown, to check resource lifetime under
-the gravity executor against Dagster's multiprocess executor."""
+the gravity executor against Dagster's multiprocess executor. The log file is resource
+config (not an environment variable: a forkserver started by an earlier test keeps that
+test's environment)."""
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import job, multiprocess_executor, op, resource
 
 from dagster_gravity import gravity_executor
 
-LOG_ENV = "GRAVITY_TEST_RESOURCE_LOG"
+
+@dataclass(frozen=True)
+class Recorder:
+    name: str
+    path: str
+
+    def log(self, line: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
 
 
-def _log(line: str) -> None:
-    with open(os.environ[LOG_ENV], "a") as f:
-        f.write(line + "\n")
-
-
-def lines() -> list[str]:
-    path = Path(os.environ[LOG_ENV])
+def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-@resource
+def run_config(log: Path) -> dict:
+    return {"resources": {"recorded": {"config": {"log": str(log)}}}}
+
+
+@resource(config_schema={"log": str})
 @contextmanager
-def recorded(_):
-    _log("set up")
+def recorded(init_context):
+    recorder = Recorder("foo", init_context.resource_config["log"])
+    recorder.log("set up")
     try:
-        yield "foo"
+        yield recorder
     finally:
-        _log("torn down")
+        recorder.log("torn down")
 
 
 @resource
@@ -43,13 +52,13 @@ def fails_teardown(_):
 
 @op(required_resource_keys={"recorded"})
 def first(context):
-    _log(f"compute {context.resources.recorded}")
+    context.resources.recorded.log(f"compute {context.resources.recorded.name}")
     return 1
 
 
 @op(required_resource_keys={"recorded"})
 def second(context, _after):
-    _log(f"compute {context.resources.recorded}")
+    context.resources.recorded.log(f"compute {context.resources.recorded.name}")
 
 
 @op(required_resource_keys={"fragile"})
