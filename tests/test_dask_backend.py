@@ -22,6 +22,7 @@ from dagster import DagsterEventType, execute_job, reconstructable
 from dagster_gravity.pools.dask import DaskBackend, site_resource
 from tests.support import dask_jobs
 from tests.support.dask_cluster import REPO_ROOT, DaskCluster, NotDaskServer
+from tests.support.executor_runs import pid_alive
 
 pytestmark = pytest.mark.slow
 
@@ -694,18 +695,6 @@ def test_a_scheduler_killed_mid_step_fails_the_step_naming_the_scheduler(instanc
         unhealthy = [m for m in messages if "marked unhealthy" in m]
         assert any(address in m for m in unhealthy), unhealthy
         assert not (markers / "hang-1.json").exists(), "the retry ran without a scheduler"
-
-
-def pid_alive(pid: int) -> bool:
-    """Running (a zombie, exited but not yet reaped, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_processes_a_failing_step_starts_do_not_survive_it(dask_cluster, instance, tmp_path):

@@ -38,11 +38,8 @@ def dagster_home(tmp_path, monkeypatch, pristine_dagster_home) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
 
-
-@pytest.fixture
-def instance(dagster_home):
-    with DagsterInstance.get() as inst:
-        yield inst
+# `instance` is the suite's own fixture (tests/support/instance.py): it opens the instance of
+# whichever `dagster_home` is in scope, here the copy above.
 
 
 @pytest.fixture
