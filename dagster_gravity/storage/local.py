@@ -18,6 +18,12 @@ What is guaranteed (POSIX rename semantics, one filesystem):
   atomically when the name exists): two writers never both create the same key.
 - Concurrent overwrites of one key: the last commit wins; the loser's data file may stay
   behind as a hidden orphan.
+- Versions (`open_version`): the key `<base>@<sha256><suffix>` is known only once the bytes
+  are, so the temporary file sits beside `<base><suffix>` and the commit links it under the
+  version's name. Two writers of the same bytes produce the same key and the same content.
+
+Hidden temporary files and orphaned data files left by killed writers are removed by
+`dagster_gravity.storage.gc` once they are older than its threshold.
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ from dagster_gravity.storage.base import (
     PartSink,
     SiteStorage,
     StorageError,
+    StoredVersion,
+    parse_version_key,
     verify,
+    version_key,
 )
 
 _TARGET = re.compile(r"^\.(?P<name>.+)\.obj-(?P<sha256>[0-9a-f]{64})-(?P<size>\d+)-[0-9a-f]+$")
@@ -159,6 +168,29 @@ class LocalSiteStorage(SiteStorage):
     def open_write(self, key: str) -> AtomicWrite:
         return _LocalWrite(self, key)
 
+    def open_version(self, base: str, suffix: str = "") -> AtomicWrite:
+        if not base or base.endswith("/"):
+            raise StorageError(f"invalid version base {base!r}: expected a key that does not end with '/'", site=self.site)
+        return _LocalWrite(self, base + suffix, version_of=(base, suffix))
+
+    def list_versions(self, base: str) -> list[StoredVersion]:
+        anchor = self.path(base)
+        versions = []
+        try:
+            entries = list(os.scandir(anchor.parent))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            parsed = parse_version_key(entry.name)
+            if parsed is None or parsed[0] != anchor.name or not entry.is_symlink():
+                continue
+            target = _TARGET.match(os.readlink(entry.path))
+            if target is None or not os.path.exists(entry.path):
+                continue  # a dangling link is not a committed version
+            key = base[: len(base) - len(anchor.name)] + entry.name
+            versions.append(StoredVersion(key, target["sha256"], int(target["size"]), entry.stat(follow_symlinks=False).st_mtime))
+        return sorted(versions, key=lambda v: (v.modified, v.key))
+
     def part_sink(self, key: str, size: int, sha256: str, part_size: int) -> PartSink:
         return _LocalPartSink(self, key)
 
@@ -234,11 +266,14 @@ class LocalSiteStorage(SiteStorage):
 
 
 class _LocalWrite(AtomicWrite):
-    def __init__(self, storage: LocalSiteStorage, key: str, exclusive: bool = False):
+    def __init__(
+        self, storage: LocalSiteStorage, key: str, exclusive: bool = False, version_of: tuple[str, str] | None = None
+    ):
         self.storage = storage
-        self.key = key
+        self.key = key  # for a version: `<base><suffix>`, beside which the temporary file goes
         self.final = storage.path(key)
         self.exclusive = exclusive
+        self.version_of = version_of
 
     def write_all(self, data: bytes) -> ObjectInfo | None:
         with self as writer:
@@ -262,9 +297,10 @@ class _LocalWrite(AtomicWrite):
                 os.fsync(self.file.fileno())
             self.file.close()
             if exc_type is None:
-                self.info = self.storage.commit_file(
-                    self.key, self.temp, self.writer.hexdigest(), self.writer.size, exclusive=self.exclusive
-                )
+                sha = self.writer.hexdigest()
+                if self.version_of is not None:
+                    self.key = version_key(self.version_of[0], sha, self.version_of[1])
+                self.info = self.storage.commit_file(self.key, self.temp, sha, self.writer.size, exclusive=self.exclusive)
                 self.writer.info = self.info
         except OSError as err:
             raise StorageError(f"cannot write: {err}", site=self.storage.site, uri=self.storage.uri(self.key)) from err

@@ -33,7 +33,10 @@ from dagster_gravity.storage.base import (
     PartSink,
     SiteStorage,
     StorageError,
+    StoredVersion,
+    parse_version_key,
     verify,
+    version_key,
 )
 
 SHA_META = "sha256"
@@ -171,6 +174,30 @@ class S3SiteStorage(SiteStorage):
     def open_write(self, key: str) -> AtomicWrite:
         return _S3Write(self, key)
 
+    def open_version(self, base: str, suffix: str = "") -> AtomicWrite:
+        if not base or base.endswith("/"):
+            raise StorageError(f"invalid version base {base!r}: expected a key that does not end with '/'", site=self.site)
+        return _S3Write(self, base + suffix, version_of=(base, suffix))
+
+    def list_versions(self, base: str) -> list[StoredVersion]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        versions = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.object_key(base) + "@"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"][strip:]
+                    parsed = parse_version_key(key)
+                    if parsed is None or parsed[0] != base.strip("/"):
+                        continue
+                    modified = item["LastModified"].timestamp()
+                    versions.append(StoredVersion(key, parsed[1], int(item["Size"]), modified))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "LIST", base) from exc
+        return sorted(versions, key=lambda v: (v.modified, v.key))
+
     def part_sink(self, key: str, size: int, sha256: str, part_size: int) -> PartSink:
         return _S3PartSink(self, key, size, sha256, part_size)
 
@@ -231,9 +258,10 @@ class _S3Stream:
 
 
 class _S3Write(AtomicWrite):
-    def __init__(self, storage: S3SiteStorage, key: str):
+    def __init__(self, storage: S3SiteStorage, key: str, version_of: tuple[str, str] | None = None):
         self.storage = storage
         self.key = key
+        self.version_of = version_of  # (base, suffix): the key is known once the bytes are
 
     def __enter__(self) -> HashingWriter:
         self.spool = tempfile.SpooledTemporaryFile(max_size=MULTIPART_THRESHOLD)
@@ -245,6 +273,8 @@ class _S3Write(AtomicWrite):
             if exc_type is not None:
                 return None
             sha, size = self.writer.hexdigest(), self.writer.size
+            if self.version_of is not None:
+                self.key = version_key(self.version_of[0], sha, self.version_of[1])
             self.spool.seek(0)
             s = self.storage
             try:
