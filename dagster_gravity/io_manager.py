@@ -77,6 +77,7 @@ from dagster_gravity.storage import (
 )
 from dagster_gravity.recorded_versions import recorded_version
 from dagster_gravity.storage import gc
+from dagster_gravity.storage.base import parse_version_key
 from dagster_gravity.storage.keys import EXTENSIONS, asset_base, extension_of, recorded_key
 from dagster_gravity.topology import Topology
 
@@ -424,6 +425,8 @@ class GravityIOManager(ConfigurableIOManager):
             raise first
         source_site = result.source.site
         data = self._read(here, key, sha, label)
+        if self.gc_on_write and parse_version_key(key):  # older replicas here are now superseded
+            self._collect_superseded(context, local, parse_version_key(key)[0], key, label, record=record)
         observation = {
             md.REPLICAS: sorted((set(current_replicas) | {here}) - {primary}),
             md.SHA256: sha,
@@ -475,13 +478,16 @@ class GravityIOManager(ConfigurableIOManager):
             asset=label,
         )
 
-    def _collect_superseded(self, context, storage: SiteStorage, base: str, written: str, label: str) -> None:
+    def _collect_superseded(
+        self, context, storage: SiteStorage, base: str, written: str, label: str, record=None
+    ) -> None:
         """Remove versions of `base` at this site that a materialization recorded long enough
         ago supersedes, and debris beside them. Never fails the step: it only saves space."""
-        instance = _instance_of(context)
-        partition = context.asset_partition_key if context.has_asset_partitions else None
         try:
-            record = _latest_materialization(instance, context.asset_key, partition) if instance else None
+            if record is None:
+                instance = _instance_of(context)
+                partition = context.asset_partition_key if context.has_asset_partitions else None
+                record = _latest_materialization(instance, context.asset_key, partition) if instance else None
             latest = recorded_version(record, base) if record is not None else None
             report = gc.collect_base(storage, base, latest, keep={written}, grace_s=self.gc_grace_seconds)
         except Exception as exc:  # noqa: BLE001 - garbage collection must never fail a write

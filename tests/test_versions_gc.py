@@ -248,3 +248,23 @@ def test_collect_reports_an_unreachable_site_and_goes_on(tmp_path, instance, s3_
     reports = collect(instance, Topology.from_yaml(sites), grace_s=0)
     assert reports["us-local"].errors == [] and reports["s3-a"].errors
     assert "s3-a" in reports["s3-a"].errors[0]
+
+
+@pytest.mark.slow
+def test_replicating_a_new_version_collects_the_old_replica(tmp_path, instance):
+    sites = write_sites_yaml(tmp_path)
+    topology = GravityTopology(sites_file=str(sites))
+    at_us = GravityIOManager(topology=topology, default_site="us-local", gc_grace_seconds=0)
+    at_eu = GravityIOManager(topology=topology, default_site="eu-local", gc_grace_seconds=0)
+    eu = LocalSiteStorage("eu-local", sites.parent / "store" / "eu")
+
+    def read_at_eu() -> int:
+        result = materialize([table, reads_table], resources={"io_manager": at_eu}, instance=instance, selection=[reads_table])
+        return result.output_for_node("reads_table")
+
+    _materialize(at_us, instance, 1)
+    assert read_at_eu() == 1
+    [first_replica] = [v.key for v in eu.list_versions("table")]
+    _materialize(at_us, instance, 2)
+    assert read_at_eu() == 2
+    assert [v.key for v in eu.list_versions("table")] == [recorded_bases(instance)["table"].key] != [first_replica]
