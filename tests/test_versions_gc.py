@@ -268,3 +268,15 @@ def test_replicating_a_new_version_collects_the_old_replica(tmp_path, instance):
     _materialize(at_us, instance, 2)
     assert read_at_eu() == 2
     assert [v.key for v in eu.list_versions("table")] == [recorded_bases(instance)["table"].key] != [first_replica]
+
+
+def test_collecting_one_base_touches_only_its_own_debris(tmp_path):
+    storage = LocalSiteStorage("here", tmp_path / "store")
+    mine = storage.put_version("events/day1", b"a", ".parquet")
+    theirs = storage.put_version("events/day2", b"b", ".parquet")
+    for key in (mine.key, theirs.key):  # a killed writer's temporary file beside each base
+        (storage.root / "events" / f".{key.split('/')[1].split('@')[0]}.parquet.tmp-0123456789ab").write_bytes(b"x")
+    later = time.time() + 2 * HOUR
+    report = gc.collect_base(storage, "events/day1", gc.RecordedVersion(mine.key, 0.0), now=later)
+    assert [Path(item.uri).name for item in report.removed] == [".day1.parquet.tmp-0123456789ab"]
+    assert (storage.root / "events" / ".day2.parquet.tmp-0123456789ab").exists()

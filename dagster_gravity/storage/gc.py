@@ -152,23 +152,26 @@ def superseded_versions(
 
 
 def debris(storage: SiteStorage, *, under: str = "", grace_s: float = DEFAULT_GRACE_S,
-           now: float | None = None, recursive: bool = True) -> list[Garbage]:
-    """What killed writers left in `storage` under the folder `under` ('' = everywhere)."""
+           now: float | None = None, recursive: bool = True, beside: str | None = None) -> list[Garbage]:
+    """What killed writers left in `storage` under the folder `under` ('' = everywhere);
+    with `beside`, only the hidden files of that name in the folder (local storage)."""
     now = time.time() if now is None else now
     if isinstance(storage, LocalSiteStorage):
         folder = storage.path(under) if under.strip("/") else storage.root
-        return _local_debris(storage, folder, grace_s, now, recursive)
+        return _local_debris(storage, folder, grace_s, now, recursive, f".{beside}" if beside else ".")
     if isinstance(storage, S3SiteStorage):
         return _s3_uploads(storage, under, grace_s, now)
     return []
 
 
-def _local_debris(storage: LocalSiteStorage, folder: Path, grace_s: float, now: float, recursive: bool) -> list[Garbage]:
+def _local_debris(
+    storage: LocalSiteStorage, folder: Path, grace_s: float, now: float, recursive: bool, starts: str
+) -> list[Garbage]:
     found: list[Garbage] = []
     walk = os.walk(folder) if recursive else [(str(folder), [], _names(folder))]
     for dirpath, _dirs, names in walk:
         for name in names:
-            if not name.startswith("."):
+            if not name.startswith(starts):
                 continue
             path = Path(dirpath, name)
             try:
@@ -253,12 +256,12 @@ def collect_base(
     dry_run: bool = False,
     now: float | None = None,
 ) -> Report:
-    """Remove the superseded versions of `base` and the debris in its folder (local storage:
-    one directory listing; the S3 uploads are left to `gravity gc`, as listing them costs)."""
+    """Remove the superseded versions of `base` and its debris (local storage: one directory
+    listing; the S3 uploads are left to `gravity gc`, as listing them costs a request)."""
     items = superseded_versions(storage, base, latest, keep=keep, grace_s=grace_s, now=now)
     if isinstance(storage, LocalSiteStorage):
-        folder = base.rsplit("/", 1)[0] if "/" in base else ""
-        items += debris(storage, under=folder, grace_s=grace_s, now=now, recursive=False)
+        folder, _, name = base.rpartition("/")
+        items += debris(storage, under=folder, grace_s=grace_s, now=now, recursive=False, beside=name)
     return _apply(items, dry_run)
 
 
