@@ -73,6 +73,7 @@ from dagster_gravity.storage import (
     StorageError,
     UnknownSite,
     replicate,
+    replicate_once,
     storage_for_site,
 )
 from dagster_gravity.recorded_versions import recorded_version
@@ -372,6 +373,7 @@ class GravityIOManager(ConfigurableIOManager):
         here = self.site_here(label)
         wanted = _wanted_type(context)
         primary_error: StorageError | None = None
+        damaged = False
         if loc.site == here:
             try:
                 return _decode(self._read(here, key, loc.sha256, label), extension, wanted)
@@ -384,18 +386,19 @@ class GravityIOManager(ConfigurableIOManager):
                 try:
                     return _decode(self._read(here, key, loc.sha256, label), extension, wanted)
                 except ChecksumMismatch as err:
+                    damaged = True
                     context.log.warning(f"gravity: local replica is damaged, replicating again: {err}")
             elif existing is not None:
                 context.log.info(
                     f"gravity: the copy of {label} at {here} is stale (sha256 {existing.sha256[:12]}, latest "
                     f"{loc.sha256[:12]}); replicating the latest from {loc.site}"
                 )
-        data = self._replicate_here(context, record, loc, key, here, label, partition, single, primary_error)
+        data = self._replicate_here(context, record, loc, key, here, label, partition, single, primary_error, damaged)
         return _decode(data, extension, wanted)
 
     def _replicate_here(
         self, context: InputContext, record, loc: DataLocation, key: str, here: str, label: str,
-        partition: str | None, single: bool, primary_error: StorageError | None,
+        partition: str | None, single: bool, primary_error: StorageError | None, damaged: bool = False,
     ) -> bytes:
         """Copy the recorded version to `here` from its primary site, else a current replica
         (checksum verified), record the new replica, and return its bytes."""
@@ -407,7 +410,10 @@ class GravityIOManager(ConfigurableIOManager):
         result = None
         for source_site in sources:
             try:
-                result = replicate(self.storage(source_site, label), local, key, sha)
+                # one copy into this site however many steps read it at once; a damaged
+                # local copy is replaced, not reused
+                copy = replicate if primary_error is not None or damaged else replicate_once
+                result = copy(self.storage(source_site, label), local, key, sha)
                 break
             except StorageError as err:
                 errors.append(err.for_asset(label))
@@ -425,6 +431,10 @@ class GravityIOManager(ConfigurableIOManager):
             raise first
         source_site = result.source.site
         data = self._read(here, key, sha, label)
+        where = f"{label}{'' if partition is None else f' [{partition}]'}"
+        if result.reused:  # another step brought it here just now, and records the replica
+            context.log.info(f"gravity: reused the copy of {where} another step brought to {here}, sha256 verified")
+            return data
         if self.gc_on_write and parse_version_key(key):  # older replicas here are now superseded
             self._collect_superseded(context, local, parse_version_key(key)[0], key, label, record=record)
         observation = {
@@ -435,7 +445,7 @@ class GravityIOManager(ConfigurableIOManager):
             REPLICA_URI: result.replica.uri,
         }
         context.log.info(
-            f"gravity: replicated {label}{'' if partition is None else f' [{partition}]'} from {source_site} to "
+            f"gravity: replicated {where} from {source_site} to "
             f"{here}: {result.bytes_moved} bytes in {result.seconds:.3f}s, sha256 verified"
         )
         if single:

@@ -29,6 +29,7 @@ from dagster_gravity.storage.base import (
 from dagster_gravity.storage.local import LocalSiteStorage
 from dagster_gravity.storage.replication import Replication, bytes_moved, replicate
 from dagster_gravity.storage.s3 import S3Options, S3SiteStorage
+from dagster_gravity.storage.single_flight import replicate_once
 
 __all__ = [
     "ChecksumMismatch",
@@ -44,6 +45,7 @@ __all__ = [
     "UnknownSite",
     "bytes_moved",
     "replicate",
+    "replicate_once",
     "storage_for_site",
 ]
 
