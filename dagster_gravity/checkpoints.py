@@ -18,6 +18,9 @@ skip such versions with a warning that names the version and both checksums.
 
 Version numbers are allocated as highest finished + 1 and claimed atomically (see
 `_claim_version`), so concurrent savers of one model get distinct versions.
+
+A model is listed by its exact name (the keys under `<prefix>/<name>/`), so `churn` never
+sees `churn-eu`'s versions.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 CLAIM = "claim.json"  # created exclusively: whoever creates it owns the version number
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
 class CheckpointError(GravityError):
@@ -68,11 +72,27 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def arrays_to_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+def arrays_to_npz(arrays: Mapping[str, np.ndarray], what: str = "a checkpoint") -> bytes:
+    """The arrays as .npz bytes; refuses what could not be loaded back (see below)."""
     if not arrays:
-        raise CheckpointError("a checkpoint needs at least one array; got none")
+        raise CheckpointError(f"{what} needs at least one array; got none")
+    checked = {}
+    for key, value in arrays.items():
+        try:
+            array = np.asarray(value)
+        except ValueError as exc:  # ragged nesting
+            raise CheckpointError(f"{what}: array {key!r} is not a regular array ({exc}); expected an ndarray") from None
+        # np.savez pickles any dtype holding Python objects, and loads refuse pickles
+        # (allow_pickle=False): such a checkpoint could never be loaded, so never write it.
+        if array.dtype.hasobject:
+            raise CheckpointError(
+                f"{what}: array {key!r} has dtype {array.dtype}, which numpy can store only by pickling "
+                "and checkpoints never unpickle; expected a numeric, bool, string or other fixed-size dtype "
+                "(convert it, e.g. np.asarray(x, dtype=float))"
+            )
+        checked[key] = array
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buf, **checked)
     return buf.getvalue()
 
 
@@ -200,28 +220,37 @@ class CheckpointStore:
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
+    def _mkey(self, name: str, *parts: str) -> str:
+        """A key of model `name` (validated): every key of a model is built here."""
+        return self._key(self._check_name(name), *parts)
+
     @staticmethod
-    def _check_name(name: str) -> str:
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise CheckpointError(f"checkpoint name {name!r} must be letters, digits, '_', '.', '-'")
+    def _check_name(name: str, what: str = "checkpoint name") -> str:
+        # '.'/'..' would leave the model's folder; a leading '.' is storage-hidden and a
+        # leading '_' is reserved for the store's own entries (`_intermediate`).
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name[0] in "._":
+            raise CheckpointError(
+                f"{what} {name!r} is not allowed: expected 1 to 200 letters, digits, '_', '.' or '-', "
+                "not starting with '.' or '_' (reserved)"
+            )
         return name
 
     # -- versions --
 
     def versions(self, name: str) -> list[int]:
         """Finished versions (those with a manifest), oldest first."""
-        self._check_name(name)
+        folder = self._mkey(name) + "/"  # the trailing '/': 'churn' must not list 'churn-eu'
         found = set()
-        for key in self.storage.list_keys(self._key(name)):
-            parts = key.split("/")
-            if parts[-1] == "manifest.json" and len(parts) >= 2:
-                m = _VERSION_DIR.match(parts[-2])
+        for key in self.storage.list_keys(folder):
+            parts = key[len(folder):].split("/")
+            if len(parts) == 2 and parts[1] == "manifest.json":
+                m = _VERSION_DIR.match(parts[0])
                 if m:
                     found.add(int(m.group(1)))
         return sorted(found)
 
     def manifest(self, name: str, version: int) -> Version:
-        key = self._key(name, f"v{version}", "manifest.json")
+        key = self._mkey(name, f"v{version}", "manifest.json")
         try:
             raw = self._read(key)
         except ObjectNotFound:
@@ -245,7 +274,7 @@ class CheckpointStore:
         parent: int | None = None,
     ) -> Version:
         self._check_name(name)
-        data = arrays_to_npz(arrays)
+        data = arrays_to_npz(arrays, f"checkpoint {name!r}")  # refuses before anything is written
         number = self._claim_version(name)
         version = Version(
             name=name,
@@ -259,8 +288,8 @@ class CheckpointStore:
             parent=parent,
         )
         # Weights first, manifest last: the manifest is what makes the version exist.
-        self.storage.put_bytes(self._key(name, f"v{number}", "weights.npz"), data)
-        self._write_json(self._key(name, f"v{number}", "manifest.json"), version.to_json())
+        self.storage.put_bytes(self._mkey(name, f"v{number}", "weights.npz"), data)
+        self._write_json(self._mkey(name, f"v{number}", "manifest.json"), version.to_json())
         return version
 
     def _claim_version(self, name: str) -> int:
@@ -273,7 +302,7 @@ class CheckpointStore:
         number = (existing[-1] if existing else 0) + 1
         claim = json.dumps({"claimed_at": _now(), "pid": os.getpid(), "host": os.uname().nodename}).encode()
         for _attempt in range(1000):
-            if self.storage.put_new(self._key(name, f"v{number}", CLAIM), claim) is not None:
+            if self.storage.put_new(self._mkey(name, f"v{number}", CLAIM), claim) is not None:
                 return number
             number += 1
         raise CheckpointError(f"checkpoint {name!r}: could not claim a version number up to v{number}")
@@ -283,14 +312,14 @@ class CheckpointStore:
         old = self.manifest(name, version)
         merged = {**old.metrics, **{k: float(v) for k, v in metrics.items()}}
         new = Version(**{**asdict(old), "metrics": merged})
-        self._write_json(self._key(name, f"v{version}", "manifest.json"), new.to_json())
+        self._write_json(self._mkey(name, f"v{version}", "manifest.json"), new.to_json())
         return new
 
     def load(self, name: str, version: int) -> Checkpoint:
         """The arrays of a version, after checking their sha256 against the manifest."""
         meta = self.manifest(name, version)
         try:
-            data = self._read(self._key(name, f"v{version}", "weights.npz"))
+            data = self._read(self._mkey(name, f"v{version}", "weights.npz"))
         except ObjectNotFound:
             raise CorruptCheckpointError(name, version, meta.sha256, None, "weights.npz is missing") from None
         except StorageError as exc:
@@ -354,7 +383,7 @@ class CheckpointStore:
 
     def _promotion_record(self, name: str) -> dict[str, Any]:
         try:
-            return json.loads(self._read(self._key(name, "promoted.json")))
+            return json.loads(self._read(self._mkey(name, "promoted.json")))
         except ObjectNotFound:
             return {"name": name, "current": None, "history": []}
 
@@ -400,7 +429,7 @@ class CheckpointStore:
         record.setdefault("history", []).append(
             {"version": version, "action": action, "from": previous, "reason": reason, "at": _now()}
         )
-        self._write_json(self._key(name, "promoted.json"), record)
+        self._write_json(self._mkey(name, "promoted.json"), record)
 
     # -- retention --
 
@@ -415,9 +444,9 @@ class CheckpointStore:
         deleted = [v for v in versions if v not in kept]
         for number in deleted:
             # Manifest first: the version disappears before its weights do.
-            self.storage.delete(self._key(name, f"v{number}", "manifest.json"))
-            self.storage.delete(self._key(name, f"v{number}", "weights.npz"))
-            self.storage.delete(self._key(name, f"v{number}", CLAIM))
+            self.storage.delete(self._mkey(name, f"v{number}", "manifest.json"))
+            self.storage.delete(self._mkey(name, f"v{number}", "weights.npz"))
+            self.storage.delete(self._mkey(name, f"v{number}", CLAIM))
         return deleted
 
     # -- intermediate progress (resumable training) --
@@ -426,15 +455,15 @@ class CheckpointStore:
         self, name: str, key: str, next_batch: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any] | None = None
     ) -> None:
         """Record that training under `key` finished every batch before `next_batch`."""
-        self._check_name(key)
-        data = arrays_to_npz(arrays)
+        self._check_name(key, "progress key")
+        data = arrays_to_npz(arrays, f"progress {name}/{key}")
         # Weights under a name tied to the batch, then the state that points at them, so a
         # kill between the two writes leaves the previous (consistent) progress in place.
-        weights_key = self._key(name, "_intermediate", key, f"weights-{next_batch:06d}.npz")
+        weights_key = self._mkey(name, "_intermediate", key, f"weights-{next_batch:06d}.npz")
         self.storage.put_bytes(weights_key, data)
         previous = self._progress_state(name, key)
         self._write_json(
-            self._key(name, "_intermediate", key, "state.json"),
+            self._mkey(name, "_intermediate", key, "state.json"),
             {"next_batch": next_batch, "weights": weights_key, "sha256": sha256_bytes(data),
              "state": dict(state or {}), "at": _now()},
         )
@@ -443,14 +472,14 @@ class CheckpointStore:
 
     def _progress_state(self, name: str, key: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self._read(self._key(name, "_intermediate", key, "state.json")))
+            return json.loads(self._read(self._mkey(name, "_intermediate", key, "state.json")))
         except ObjectNotFound:
             return None
 
     def load_progress(self, name: str, key: str) -> Progress | None:
         """The latest intermediate checkpoint under `key`, or None (also when it fails its
         checksum, which is warned about: training then starts over)."""
-        self._check_name(key)
+        self._check_name(key, "progress key")
         state = self._progress_state(name, key)
         if state is None:
             return None
@@ -471,7 +500,9 @@ class CheckpointStore:
         return Progress(key, int(state["next_batch"]), npz_to_arrays(data), dict(state.get("state") or {}))
 
     def clear_progress(self, name: str, key: str) -> None:
-        for stored in self.storage.list_keys(self._key(name, "_intermediate", key)):
+        self._check_name(key, "progress key")
+        # The trailing '/': clearing 'run-a' must not clear 'run-a2'.
+        for stored in self.storage.list_keys(self._mkey(name, "_intermediate", key) + "/"):
             self.storage.delete(stored)
 
     def _write_json(self, key: str, value: Any) -> None:
