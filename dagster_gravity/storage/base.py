@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from dagster_gravity.errors import GravityError
@@ -89,13 +89,18 @@ class StoredVersion:
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: where it is, how big, and the sha256 of its bytes."""
+    """One stored object: where it is, how big, and the sha256 of its bytes.
+
+    `version` is the backend's opaque token for this one write of the key (local: the
+    link's target name; S3: the ETag), set by `head`, `read_bytes` and `replace_if`; it
+    is what `replace_if` compares. Not part of equality: the same bytes are the same object."""
 
     site: str
     key: str
     uri: str
     size_bytes: int
     sha256: str
+    version: str | None = field(default=None, compare=False)
 
 
 class HashingWriter:
@@ -222,6 +227,14 @@ class SiteStorage(ABC):
         """Store `data` under `key` only if no object is there yet, atomically (of two
         concurrent callers exactly one succeeds); None when an object already exists."""
         raise NotImplementedError(f"{type(self).__name__} cannot create objects exclusively (put_new)")
+
+    def replace_if(self, key: str, data: bytes, expected: ObjectInfo | None) -> ObjectInfo | None:
+        """Compare-and-swap: store `data` under `key` only if the key still holds the write
+        `expected` describes (its `version`, as `read_bytes` or `head` returned it), or, with
+        `expected=None`, only if no object is there. Returns the new object's info (with its
+        version) or None when the precondition failed: re-read and try again. For small
+        objects (one request); of concurrent callers with the same `expected` at most one wins."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replace objects conditionally (replace_if)")
 
     def describe(self) -> str:
         return f"{self.kind} storage of site {self.site!r} at {self.uri('')}"

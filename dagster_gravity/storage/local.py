@@ -18,6 +18,10 @@ What is guaranteed (POSIX rename semantics, one filesystem):
   atomically when the name exists): two writers never both create the same key.
 - Concurrent overwrites of one key: the last commit wins; the loser's data file may stay
   behind as a hidden orphan.
+- `replace_if` (compare-and-swap) holds an exclusive flock(2) on the hidden `.<name>.lock`
+  beside the key, re-reads the link and commits only if it still names the data file the
+  caller read (the target name is unique per write, so an old version never matches again).
+  It excludes other `replace_if` and `put_new` callers, not plain overwrites.
 - Versions (`open_version`): the key `<base>@<sha256><suffix>` is known only once the bytes
   are, so the temporary file sits beside `<base><suffix>` and the commit links it under the
   version's name. Two writers of the same bytes produce the same key and the same content.
@@ -28,9 +32,11 @@ Hidden temporary files and orphaned data files left by killed writers are remove
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster_gravity.storage.base import (
@@ -117,7 +123,7 @@ class LocalSiteStorage(SiteStorage):
                 site=self.site,
                 uri=self.uri(key),
             )
-        info = ObjectInfo(self.site, key, self.uri(key), int(m["size"]), m["sha256"])
+        info = ObjectInfo(self.site, key, self.uri(key), int(m["size"]), m["sha256"], version=target)
         return final.with_name(target), info
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -229,11 +235,59 @@ class LocalSiteStorage(SiteStorage):
         _fsync_dir(final.parent)
         if previous and previous != data.name and _TARGET.match(previous):
             _unlink_quietly(final.with_name(previous))
-        return ObjectInfo(self.site, key, self.uri(key), size, sha256)
+        return ObjectInfo(self.site, key, self.uri(key), size, sha256, version=data.name)
 
     def put_new(self, key: str, data: bytes) -> ObjectInfo | None:
         """Store `data` under `key` only if no object is there yet; None if one is."""
         return _LocalWrite(self, key, exclusive=True).write_all(data)
+
+    def replace_if(self, key: str, data: bytes, expected: ObjectInfo | None) -> ObjectInfo | None:
+        """Store `data` only if `key` still holds the write `expected` names (None: no object);
+        None when it does not. Checked and committed under the key's lock (module docstring)."""
+        if expected is not None and not expected.version:
+            raise StorageError(
+                f"replace_if needs the version token that head or read_bytes returned; got {expected!r}",
+                site=self.site,
+                uri=self.uri(key),
+            )
+        final = self.path(key)
+        with self._locked(key, final):
+            try:
+                current = os.readlink(final)
+            except FileNotFoundError:
+                current = None
+            except OSError:  # a plain file: not the gravity object the caller read
+                current = ""
+            if current != (expected.version if expected is not None else None):
+                return None
+            return _LocalWrite(self, key, exclusive=expected is None).write_all(data)
+
+    @contextmanager
+    def _locked(self, key: str, final: Path):
+        """An exclusive flock on `.<name>.lock` beside the key, held for the block."""
+        lock = final.with_name(f".{final.name}.lock")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    # A lock file unlinked while we waited locks nothing: lock the one there now.
+                    try:
+                        if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                            break
+                    except FileNotFoundError:
+                        pass
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot lock the key for a conditional write: {exc}", site=self.site, uri=self.uri(key)) from exc
+        try:
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []

@@ -7,6 +7,10 @@ CompleteMultipartUpload (and that is aborted on any error).
 
 `put_new` creates a key only if absent with a conditional PUT (`If-None-Match: *`), which
 AWS S3 and SeaweedFS (checked with 4.48) refuse with 412 when the key exists.
+`replace_if` (compare-and-swap) is a conditional PUT with `If-Match: <ETag>` (the ETag that
+head/read returned, kept in `ObjectInfo.version`), or `If-None-Match: *` to create; the
+endpoint must support conditional writes (AWS S3 since 2024; SeaweedFS 4.48 refuses a stale
+ETag with 412, checked with racing writers in tests/test_checkpoints.py).
 
 Credentials come from the normal boto3 chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
 profiles, instance roles). The client has short connect/read timeouts and few retries so
@@ -138,7 +142,7 @@ class S3SiteStorage(SiteStorage):
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
             return None  # not written by gravity: no checksum, so not a usable object
-        return ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha)
+        return ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha, version=response.get("ETag"))
 
     def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
         try:
@@ -149,7 +153,7 @@ class S3SiteStorage(SiteStorage):
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
             raise StorageError("the object has no sha256 metadata (not written by gravity)", site=self.site, uri=self.uri(key))
-        info = ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha)
+        info = ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha, version=response.get("ETag"))
         verify(data, info, expected_sha256)
         return data, info
 
@@ -217,6 +221,30 @@ class S3SiteStorage(SiteStorage):
         except BotoCoreError as exc:
             raise self._error(exc, "conditional PUT", key) from exc
         return ObjectInfo(self.site, key, self.uri(key), len(data), sha)
+
+    def replace_if(self, key: str, data: bytes, expected: ObjectInfo | None) -> ObjectInfo | None:
+        """A conditional PUT: `If-Match: <expected ETag>`, or `If-None-Match: *` when
+        `expected` is None; None when S3 refuses it (412, a 409 conflict, or the key gone)."""
+        if expected is not None and not expected.version:
+            raise StorageError(
+                f"replace_if needs the ETag that head or read_bytes returned; got {expected!r}",
+                site=self.site,
+                uri=self.uri(key),
+            )
+        condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected.version}
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self.object_key(key), Body=data, Metadata={SHA_META: sha}, **condition
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                return None
+            raise self._error(exc, "conditional PUT", key) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "conditional PUT", key) from exc
+        return ObjectInfo(self.site, key, self.uri(key), len(data), sha, version=response.get("ETag"))
 
     def list_keys(self, prefix: str = "") -> list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
