@@ -18,6 +18,12 @@ skip such versions with a warning that names the version and both checksums.
 
 Version numbers are allocated as highest finished + 1 and claimed atomically (see
 `_claim_version`), so concurrent savers of one model get distinct versions.
+
+A model is listed by its exact name (the keys under `<prefix>/<name>/`), so `churn` never
+sees `churn-eu`'s versions. `promoted.json` and a manifest's metrics are updated by
+compare-and-swap (`SiteStorage.replace_if`: local, a checked replace under a lock; S3, a
+conditional `If-Match` PUT), retried on conflict, so concurrent promotes, rollbacks and
+metric updates are never lost: the promotion history is one linear chain.
 """
 
 from __future__ import annotations
@@ -27,21 +33,36 @@ import io
 import json
 import logging
 import os
+import random
 import re
+import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from dagster_gravity.errors import GravityError
-from dagster_gravity.storage import LocalSiteStorage, ObjectNotFound, SiteStorage, StorageError, storage_for_site
+from dagster_gravity.storage import (
+    LocalSiteStorage,
+    ObjectInfo,
+    ObjectNotFound,
+    SiteStorage,
+    StorageError,
+    storage_for_site,
+)
 
 log = logging.getLogger(__name__)
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 CLAIM = "claim.json"  # created exclusively: whoever creates it owns the version number
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+# Compare-and-swap retries: a loser waits a jittered, growing pause and tries again; 20
+# racing promoters settle in a few rounds, so the bound only stops a livelock.
+CAS_ATTEMPTS = 100
+CAS_BACKOFF_S = (0.005, 0.25)  # first pause, longest pause
 
 
 class CheckpointError(GravityError):
@@ -68,11 +89,27 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def arrays_to_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
+def arrays_to_npz(arrays: Mapping[str, np.ndarray], what: str = "a checkpoint") -> bytes:
+    """The arrays as .npz bytes; refuses what could not be loaded back (see below)."""
     if not arrays:
-        raise CheckpointError("a checkpoint needs at least one array; got none")
+        raise CheckpointError(f"{what} needs at least one array; got none")
+    checked = {}
+    for key, value in arrays.items():
+        try:
+            array = np.asarray(value)
+        except ValueError as exc:  # ragged nesting
+            raise CheckpointError(f"{what}: array {key!r} is not a regular array ({exc}); expected an ndarray") from None
+        # np.savez pickles any dtype holding Python objects, and loads refuse pickles
+        # (allow_pickle=False): such a checkpoint could never be loaded, so never write it.
+        if array.dtype.hasobject:
+            raise CheckpointError(
+                f"{what}: array {key!r} has dtype {array.dtype}, which numpy can store only by pickling "
+                "and checkpoints never unpickle; expected a numeric, bool, string or other fixed-size dtype "
+                "(convert it, e.g. np.asarray(x, dtype=float))"
+            )
+        checked[key] = array
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buf, **checked)
     return buf.getvalue()
 
 
@@ -200,30 +237,43 @@ class CheckpointStore:
     def _key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
+    def _mkey(self, name: str, *parts: str) -> str:
+        """A key of model `name` (validated): every key of a model is built here."""
+        return self._key(self._check_name(name), *parts)
+
     @staticmethod
-    def _check_name(name: str) -> str:
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise CheckpointError(f"checkpoint name {name!r} must be letters, digits, '_', '.', '-'")
+    def _check_name(name: str, what: str = "checkpoint name") -> str:
+        # '.'/'..' would leave the model's folder; a leading '.' is storage-hidden and a
+        # leading '_' is reserved for the store's own entries (`_intermediate`).
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name[0] in "._":
+            raise CheckpointError(
+                f"{what} {name!r} is not allowed: expected 1 to 200 letters, digits, '_', '.' or '-', "
+                "not starting with '.' or '_' (reserved)"
+            )
         return name
 
     # -- versions --
 
     def versions(self, name: str) -> list[int]:
         """Finished versions (those with a manifest), oldest first."""
-        self._check_name(name)
+        folder = self._mkey(name) + "/"  # the trailing '/': 'churn' must not list 'churn-eu'
         found = set()
-        for key in self.storage.list_keys(self._key(name)):
-            parts = key.split("/")
-            if parts[-1] == "manifest.json" and len(parts) >= 2:
-                m = _VERSION_DIR.match(parts[-2])
+        for key in self.storage.list_keys(folder):
+            parts = key[len(folder):].split("/")
+            if len(parts) == 2 and parts[1] == "manifest.json":
+                m = _VERSION_DIR.match(parts[0])
                 if m:
                     found.add(int(m.group(1)))
         return sorted(found)
 
     def manifest(self, name: str, version: int) -> Version:
-        key = self._key(name, f"v{version}", "manifest.json")
+        return self._manifest_for_update(name, version)[0]
+
+    def _manifest_for_update(self, name: str, version: int) -> tuple[Version, ObjectInfo]:
+        """The manifest and the stored write it came from (what a compare-and-swap expects)."""
+        key = self._mkey(name, f"v{version}", "manifest.json")
         try:
-            raw = self._read(key)
+            raw, info = self.storage.read_bytes(key)
         except ObjectNotFound:
             raise CheckpointError(
                 f"checkpoint {name!r} has no version v{version}; versions: {self.versions(name)}"
@@ -231,7 +281,7 @@ class CheckpointStore:
         except StorageError as exc:  # checksum mismatch, not written by gravity, unreachable
             raise CorruptCheckpointError(name, version, "(unknown)", None, f"manifest.json unreadable: {exc}") from None
         try:
-            return Version.from_json(json.loads(raw))
+            return Version.from_json(json.loads(raw)), info
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptCheckpointError(name, version, "(unknown)", None, f"manifest.json invalid: {exc!r}") from None
 
@@ -245,7 +295,7 @@ class CheckpointStore:
         parent: int | None = None,
     ) -> Version:
         self._check_name(name)
-        data = arrays_to_npz(arrays)
+        data = arrays_to_npz(arrays, f"checkpoint {name!r}")  # refuses before anything is written
         number = self._claim_version(name)
         version = Version(
             name=name,
@@ -259,8 +309,8 @@ class CheckpointStore:
             parent=parent,
         )
         # Weights first, manifest last: the manifest is what makes the version exist.
-        self.storage.put_bytes(self._key(name, f"v{number}", "weights.npz"), data)
-        self._write_json(self._key(name, f"v{number}", "manifest.json"), version.to_json())
+        self.storage.put_bytes(self._mkey(name, f"v{number}", "weights.npz"), data)
+        self._write_json(self._mkey(name, f"v{number}", "manifest.json"), version.to_json())
         return version
 
     def _claim_version(self, name: str) -> int:
@@ -273,24 +323,30 @@ class CheckpointStore:
         number = (existing[-1] if existing else 0) + 1
         claim = json.dumps({"claimed_at": _now(), "pid": os.getpid(), "host": os.uname().nodename}).encode()
         for _attempt in range(1000):
-            if self.storage.put_new(self._key(name, f"v{number}", CLAIM), claim) is not None:
+            if self.storage.put_new(self._mkey(name, f"v{number}", CLAIM), claim) is not None:
                 return number
             number += 1
         raise CheckpointError(f"checkpoint {name!r}: could not claim a version number up to v{number}")
 
     def update_metrics(self, name: str, version: int, metrics: Mapping[str, float]) -> Version:
-        """Record evaluation metrics on an existing version (the manifest is rewritten atomically)."""
-        old = self.manifest(name, version)
-        merged = {**old.metrics, **{k: float(v) for k, v in metrics.items()}}
-        new = Version(**{**asdict(old), "metrics": merged})
-        self._write_json(self._key(name, f"v{version}", "manifest.json"), new.to_json())
-        return new
+        """Record evaluation metrics on an existing version. The manifest is rewritten by
+        compare-and-swap: concurrent updates all land, and a version that retention deleted
+        meanwhile is not brought back (its manifest is gone: CheckpointError)."""
+        added = {k: float(v) for k, v in metrics.items()}
+
+        def attempt() -> tuple[ObjectInfo | None, bytes | None, Version]:
+            old, info = self._manifest_for_update(name, version)
+            new = Version(**{**asdict(old), "metrics": {**old.metrics, **added}})
+            return info, _json_bytes(new.to_json()), new
+
+        key = self._mkey(name, f"v{version}", "manifest.json")
+        return self._compare_and_swap(key, attempt, f"metrics of checkpoint {name!r} v{version}")
 
     def load(self, name: str, version: int) -> Checkpoint:
         """The arrays of a version, after checking their sha256 against the manifest."""
         meta = self.manifest(name, version)
         try:
-            data = self._read(self._key(name, f"v{version}", "weights.npz"))
+            data = self._read(self._mkey(name, f"v{version}", "weights.npz"))
         except ObjectNotFound:
             raise CorruptCheckpointError(name, version, meta.sha256, None, "weights.npz is missing") from None
         except StorageError as exc:
@@ -353,10 +409,15 @@ class CheckpointStore:
     # -- promotion --
 
     def _promotion_record(self, name: str) -> dict[str, Any]:
+        return self._promotion_record_for_update(name)[0]
+
+    def _promotion_record_for_update(self, name: str) -> tuple[dict[str, Any], ObjectInfo | None]:
+        """The record and the stored write it came from (None: no record yet)."""
         try:
-            return json.loads(self._read(self._key(name, "promoted.json")))
+            raw, info = self.storage.read_bytes(self._mkey(name, "promoted.json"))
         except ObjectNotFound:
-            return {"name": name, "current": None, "history": []}
+            return {"name": name, "current": None, "history": []}, None
+        return json.loads(raw), info
 
     def promoted(self, name: str) -> int | None:
         return self._promotion_record(name).get("current")
@@ -374,33 +435,84 @@ class CheckpointStore:
     def promote(self, name: str, version: int, reason: str = "") -> Version:
         """Make `version` the promoted one. Refuses a corrupted version."""
         checkpoint = self.load(name, version)  # verifies
-        self._set_current(name, version, "promote", reason)
+        self._set_current(name, "promote", lambda record: (version, reason), verified={version})
         return checkpoint.version
 
     def rollback(self, name: str, to: int | None = None, reason: str = "") -> Version:
-        """Promote an earlier version: `to`, or the one promoted before the current one."""
-        current = self.promoted(name)
-        if to is None:
-            to = self.predecessor(name)
-            if to is None:
-                raise CheckpointError(
-                    f"checkpoint {name!r} has no earlier promoted version to roll back to "
-                    f"(current: {current}, history: {[e['version'] for e in self.promotion_history(name)]})"
-                )
-        if to not in self.versions(name):
-            raise CheckpointError(f"cannot roll {name!r} back to v{to}: versions are {self.versions(name)}")
-        self.load(name, to)  # verifies: never roll back onto corrupted weights
-        self._set_current(name, to, "rollback", reason or f"rollback from v{current}")
-        return self.manifest(name, to)
+        """Promote an earlier version: `to`, or the one promoted before the current one
+        (decided on the record the rollback commits against, so racing writers cannot make
+        it roll back from a version that is no longer current)."""
+        listed: list[int] = []
 
-    def _set_current(self, name: str, version: int, action: str, reason: str) -> None:
-        record = self._promotion_record(name)
-        previous = record.get("current")
-        record["current"] = version
-        record.setdefault("history", []).append(
-            {"version": version, "action": action, "from": previous, "reason": reason, "at": _now()}
+        def choose(record: dict[str, Any]) -> tuple[int, str]:
+            current = record.get("current")
+            target = to
+            if target is None:
+                stack = _promotion_stack(record.get("history", []))
+                if len(stack) < 2:
+                    raise CheckpointError(
+                        f"checkpoint {name!r} has no earlier promoted version to roll back to "
+                        f"(current: {current}, history: {[e['version'] for e in record.get('history', [])]})"
+                    )
+                target = stack[-2]
+            if not listed:
+                listed.extend(self.versions(name))
+            if target not in listed:
+                raise CheckpointError(f"cannot roll {name!r} back to v{target}: versions are {listed}")
+            return target, reason or f"rollback from v{current}"
+
+        return self.manifest(name, self._set_current(name, "rollback", choose))
+
+    def _set_current(
+        self,
+        name: str,
+        action: str,
+        choose: Callable[[dict[str, Any]], tuple[int, str]],
+        verified: Iterable[int] = (),
+    ) -> int:
+        """Append one entry to the promotion record by compare-and-swap; returns the version.
+
+        Each attempt re-reads the record, lets `choose` pick the version (and reason) from
+        it, verifies that version's weights (once), and writes only if nobody changed the
+        record meanwhile; a loser backs off and tries again on the new record. The entry
+        carries an id, so an attempt that landed although its reply was lost (an S3 retry
+        then sees 412) is recognised instead of appended twice."""
+        entry_id = uuid.uuid4().hex
+        checked = set(verified)
+
+        def attempt() -> tuple[ObjectInfo | None, bytes | None, int]:
+            record, info = self._promotion_record_for_update(name)
+            history = record.setdefault("history", [])
+            landed = next((e for e in history if e.get("id") == entry_id), None)
+            if landed is not None:
+                return None, None, int(landed["version"])
+            version, reason = choose(record)
+            if version not in checked:
+                self.load(name, version)  # verifies: never promote or roll back onto corrupted weights
+                checked.add(version)
+            history.append(
+                {"id": entry_id, "version": version, "action": action, "from": record.get("current"),
+                 "reason": reason, "at": _now()}
+            )
+            record["current"] = version
+            return info, _json_bytes(record), version
+
+        return self._compare_and_swap(self._mkey(name, "promoted.json"), attempt, f"promotion record of {name!r}")
+
+    def _compare_and_swap(self, key: str, attempt: Callable[[], tuple[ObjectInfo | None, bytes | None, Any]], what: str):
+        """Run `attempt` (read, change: returns the write it read, the new bytes, a result)
+        and write with `replace_if` until a write lands; jittered exponential backoff between
+        tries, `CAS_ATTEMPTS` at most. New bytes of None: nothing to write."""
+        first, longest = CAS_BACKOFF_S
+        for n in range(CAS_ATTEMPTS):
+            expected, data, result = attempt()
+            if data is None or self.storage.replace_if(key, data, expected) is not None:
+                return result
+            time.sleep(random.uniform(0, min(longest, first * 2**n)))
+        raise CheckpointError(
+            f"{what}: gave up after {CAS_ATTEMPTS} compare-and-swap attempts; every time another "
+            f"writer changed {self.storage.uri(key)} first. Retry when fewer writers race on it"
         )
-        self._write_json(self._key(name, "promoted.json"), record)
 
     # -- retention --
 
@@ -415,9 +527,9 @@ class CheckpointStore:
         deleted = [v for v in versions if v not in kept]
         for number in deleted:
             # Manifest first: the version disappears before its weights do.
-            self.storage.delete(self._key(name, f"v{number}", "manifest.json"))
-            self.storage.delete(self._key(name, f"v{number}", "weights.npz"))
-            self.storage.delete(self._key(name, f"v{number}", CLAIM))
+            self.storage.delete(self._mkey(name, f"v{number}", "manifest.json"))
+            self.storage.delete(self._mkey(name, f"v{number}", "weights.npz"))
+            self.storage.delete(self._mkey(name, f"v{number}", CLAIM))
         return deleted
 
     # -- intermediate progress (resumable training) --
@@ -426,15 +538,15 @@ class CheckpointStore:
         self, name: str, key: str, next_batch: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any] | None = None
     ) -> None:
         """Record that training under `key` finished every batch before `next_batch`."""
-        self._check_name(key)
-        data = arrays_to_npz(arrays)
+        self._check_name(key, "progress key")
+        data = arrays_to_npz(arrays, f"progress {name}/{key}")
         # Weights under a name tied to the batch, then the state that points at them, so a
         # kill between the two writes leaves the previous (consistent) progress in place.
-        weights_key = self._key(name, "_intermediate", key, f"weights-{next_batch:06d}.npz")
+        weights_key = self._mkey(name, "_intermediate", key, f"weights-{next_batch:06d}.npz")
         self.storage.put_bytes(weights_key, data)
         previous = self._progress_state(name, key)
         self._write_json(
-            self._key(name, "_intermediate", key, "state.json"),
+            self._mkey(name, "_intermediate", key, "state.json"),
             {"next_batch": next_batch, "weights": weights_key, "sha256": sha256_bytes(data),
              "state": dict(state or {}), "at": _now()},
         )
@@ -443,14 +555,14 @@ class CheckpointStore:
 
     def _progress_state(self, name: str, key: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self._read(self._key(name, "_intermediate", key, "state.json")))
+            return json.loads(self._read(self._mkey(name, "_intermediate", key, "state.json")))
         except ObjectNotFound:
             return None
 
     def load_progress(self, name: str, key: str) -> Progress | None:
         """The latest intermediate checkpoint under `key`, or None (also when it fails its
         checksum, which is warned about: training then starts over)."""
-        self._check_name(key)
+        self._check_name(key, "progress key")
         state = self._progress_state(name, key)
         if state is None:
             return None
@@ -471,11 +583,17 @@ class CheckpointStore:
         return Progress(key, int(state["next_batch"]), npz_to_arrays(data), dict(state.get("state") or {}))
 
     def clear_progress(self, name: str, key: str) -> None:
-        for stored in self.storage.list_keys(self._key(name, "_intermediate", key)):
+        self._check_name(key, "progress key")
+        # The trailing '/': clearing 'run-a' must not clear 'run-a2'.
+        for stored in self.storage.list_keys(self._mkey(name, "_intermediate", key) + "/"):
             self.storage.delete(stored)
 
     def _write_json(self, key: str, value: Any) -> None:
-        self.storage.put_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode())
+        self.storage.put_bytes(key, _json_bytes(value))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()
 
 
 def _promotion_stack(history: Iterable[Mapping[str, Any]]) -> list[int]:

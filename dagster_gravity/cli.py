@@ -3,6 +3,7 @@
     gravity sites [--sites sites.yaml] [--json]   the topology: sites, pools, zones, links
     gravity sites --health [--config run.yaml]    ... and each pool's and site storage's health
     gravity plan -m MODULE -j JOB [...]           where each step would run (job_plan.py)
+    gravity gc [--dry-run] [--grace-seconds N]    remove superseded versions and crash debris
 
 Subcommands register themselves on the argparse subparsers (`add_*_command`) and set
 ``func``; `main` dispatches to it and returns its exit status.
@@ -169,10 +170,59 @@ def run_sites_command(args) -> int:
     return 0 if all(r.healthy for r in [*pools, *storage]) else 1
 
 
+def add_gc_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "gc",
+        help="remove superseded asset versions, temporary files of killed writers and incomplete S3 uploads "
+        "at every site (the Dagster instance of $DAGSTER_HOME says which versions are recorded)",
+    )
+    parser.add_argument("--sites", default=None, help="sites file (default: $GRAVITY_SITES, else sites.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    parser.add_argument(
+        "--grace-seconds", type=float, default=None,
+        help="only remove what has been superseded or abandoned for this long (default 3600)",
+    )
+    parser.set_defaults(func=run_gc_command)
+
+
+def run_gc_command(args) -> int:
+    from dagster import DagsterInstance
+
+    from dagster_gravity.recorded_versions import collect
+    from dagster_gravity.storage import gc
+
+    grace = gc.DEFAULT_GRACE_S if args.grace_seconds is None else args.grace_seconds
+    if not grace >= 0:  # also refuses NaN
+        print(f"gravity gc: --grace-seconds {args.grace_seconds!r}: expected a number of seconds >= 0", file=sys.stderr)
+        return 2
+    try:
+        topology = Topology.from_yaml(resolve_sites_path(args.sites))
+    except TopologyError as exc:
+        print(f"gravity gc: {exc}", file=sys.stderr)
+        return 2
+    try:
+        instance = DagsterInstance.get()
+    except Exception as exc:  # noqa: BLE001 - Dagster raises several kinds; the message says which
+        print(f"gravity gc: cannot open the Dagster instance ($DAGSTER_HOME): {exc}", file=sys.stderr)
+        return 2
+    with instance:
+        reports = collect(instance, topology, grace_s=grace, dry_run=args.dry_run)
+    failed = False
+    for site, report in reports.items():
+        print(f"site {site}: {report.summary()}")
+        for item in report.removed:
+            print(f"  {'would remove' if args.dry_run else 'removed'} {item.text()}")
+        for error in report.errors:
+            print(f"  error: {error}")
+            failed = True
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gravity", description="dagster-gravity: compute goes to the data")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_sites_command(subparsers)
+    add_gc_command(subparsers)
     try:
         from dagster_gravity.job_plan import add_plan_command
     except ImportError:  # pragma: no cover - job_plan is part of the package

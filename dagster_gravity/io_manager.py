@@ -2,9 +2,19 @@
 locally or replicated in first (verified), and residency zones are enforced.
 
 Formats (nothing is ever pickled): pandas DataFrames and pyarrow Tables as Parquet, numpy
-arrays as `.npy` (allow_pickle=False), other JSON-able values as `.json`. Each asset
-partition is one object: `<asset/key/path>/<partition>.<ext>` (unpartitioned:
-`<asset/key/path>.<ext>`); op outputs outside assets go to `ops/<run>/<step>/<output>`.
+arrays as `.npy` (allow_pickle=False), other JSON-able values as `.json`. Each version of an
+asset partition is one immutable object named by its content:
+`<asset/key/path>/<partition>@<sha256>.<ext>` (unpartitioned: `<asset/key/path>@<sha256>.<ext>`);
+op outputs outside assets go to `ops/<run>/<step>/<output>.<ext>`.
+
+Nothing recorded is lost. A write never replaces the version Dagster last recorded: it adds
+a new object, and the materialization records its URI. Reads go to the object the latest
+materialization names (its `dagster/uri`, checked against `gravity/sha256`), never to a
+mutable "latest" name. So a run killed between the storage commit and the record, a record
+that fails (instance database locked), or two runs writing one asset at once all leave the
+latest recorded version readable; the unrecorded version is garbage. Superseded versions are
+collected (`dagster_gravity.storage.gc`) after a newer materialization has been recorded for
+`gc_grace_seconds`: opportunistically after each write, and by `gravity gc`.
 
 Every materialization records `gravity/site`, `gravity/replicas` ([]), `dagster/uri`,
 `dagster/size_bytes`, `gravity/sha256`, `gravity/residency` (when the asset has one) and,
@@ -32,7 +42,6 @@ it (it needs a single partition key) and report through
 import io
 import json
 from typing import Any, Optional
-from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -64,19 +73,18 @@ from dagster_gravity.storage import (
     StorageError,
     UnknownSite,
     replicate,
+    replicate_once,
     storage_for_site,
 )
+from dagster_gravity.recorded_versions import recorded_version
+from dagster_gravity.storage import gc
+from dagster_gravity.storage.base import parse_version_key
+from dagster_gravity.storage.keys import EXTENSIONS, asset_base, extension_of, recorded_key
 from dagster_gravity.topology import Topology
 
 BYTES_MOVED = "gravity/bytes_moved"
 REPLICATED_FROM = "gravity/replicated_from"
 REPLICA_URI = "gravity/replica_uri"  # not dagster/uri: the UI would show it as the asset's address
-EXTENSIONS = (".parquet", ".json", ".npy")
-
-def partition_segment(partition_key: str) -> str:
-    """A partition key as one path segment (':' and '/' escaped; readable otherwise)."""
-    return quote(partition_key, safe="-_.=+,@|")
-
 
 def asset_label(context) -> str:
     if context.has_asset_key:
@@ -205,6 +213,17 @@ class GravityIOManager(ConfigurableIOManager):
     s3_connect_timeout_s: float = Field(default=5.0, description="Seconds to wait for an S3 site's endpoint to accept a connection.")
     s3_read_timeout_s: float = Field(default=60.0, description="Seconds to wait for data on an open S3 connection.")
     s3_max_attempts: int = Field(default=3, description="Attempts per S3 request, including the first (botocore's retry setting).")
+    gc_grace_seconds: float = Field(
+        default=gc.DEFAULT_GRACE_S,
+        description=(
+            "Superseded versions of an asset are removed once a newer materialization has been recorded "
+            "this many seconds ago (and they are this old themselves); debris of killed writers after as long."
+        ),
+    )
+    gc_on_write: bool = Field(
+        default=True,
+        description="After each write, remove superseded versions of the same asset partition and debris beside it.",
+    )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -260,7 +279,7 @@ class GravityIOManager(ConfigurableIOManager):
     @staticmethod
     def _object_base(context) -> str:
         if context.has_asset_key:
-            base = "/".join(context.asset_key.path)
+            partition = None
             if context.has_asset_partitions:
                 keys = context.asset_partition_keys
                 if len(keys) != 1:
@@ -269,8 +288,8 @@ class GravityIOManager(ConfigurableIOManager):
                         f"{len(keys)} partitions ({keys[0]}..{keys[-1]}); run one partition per step",
                         asset=context.asset_key.to_user_string(),
                     )
-                base = f"{base}/{partition_segment(keys[0])}"
-            return base
+                partition = keys[0]
+            return asset_base(context.asset_key.path, partition)
         return "ops/" + "/".join(context.get_identifier())
 
     # -- output --------------------------------------------------------------------------
@@ -284,13 +303,17 @@ class GravityIOManager(ConfigurableIOManager):
         self.check_residency(zone, site, label, storage.uri(base), "write it at")
         _check_encodable(obj, label)
         out_meta: dict[str, Any] = {}
-        key = base + _extension(obj)
+        extension = _extension(obj)
         try:
-            with storage.open_write(key) as writer:
+            # assets: a new immutable version; op outputs live for one run, so one name each
+            opened = storage.open_version(base, extension) if context.has_asset_key else storage.open_write(base + extension)
+            with opened as writer:
                 table_meta = _encode(obj, writer, label)
         except StorageError as err:
             raise err.for_asset(label) from err
         info = writer.info
+        if context.has_asset_key and self.gc_on_write:
+            self._collect_superseded(context, storage, base, info.key, label)
         out_meta.update(
             md.location_metadata(site, residency=zone, uri=info.uri, size_bytes=info.size_bytes, sha256=info.sha256)
         )
@@ -324,9 +347,7 @@ class GravityIOManager(ConfigurableIOManager):
         return None
 
     def _load_asset(self, context: InputContext, label: str, partition: str | None, single: bool) -> Any:
-        base = "/".join(context.asset_key.path)
-        if partition is not None:
-            base = f"{base}/{partition_segment(partition)}"
+        base = asset_base(context.asset_key.path, partition)
         record = _latest_materialization(context.instance, context.asset_key, partition)
         if record is None:
             # never materialized at all (e.g. a direct load in a test): find the object
@@ -347,11 +368,12 @@ class GravityIOManager(ConfigurableIOManager):
                 asset=label,
             )
 
-        extension = next((e for e in EXTENSIONS if loc.uri.endswith(e)), ".parquet")
-        key = base + extension
+        extension = extension_of(loc.uri)
+        key = recorded_key(base, loc.sha256, loc.uri)
         here = self.site_here(label)
         wanted = _wanted_type(context)
         primary_error: StorageError | None = None
+        damaged = False
         if loc.site == here:
             try:
                 return _decode(self._read(here, key, loc.sha256, label), extension, wanted)
@@ -364,18 +386,19 @@ class GravityIOManager(ConfigurableIOManager):
                 try:
                     return _decode(self._read(here, key, loc.sha256, label), extension, wanted)
                 except ChecksumMismatch as err:
+                    damaged = True
                     context.log.warning(f"gravity: local replica is damaged, replicating again: {err}")
             elif existing is not None:
                 context.log.info(
                     f"gravity: the copy of {label} at {here} is stale (sha256 {existing.sha256[:12]}, latest "
                     f"{loc.sha256[:12]}); replicating the latest from {loc.site}"
                 )
-        data = self._replicate_here(context, record, loc, key, here, label, partition, single, primary_error)
+        data = self._replicate_here(context, record, loc, key, here, label, partition, single, primary_error, damaged)
         return _decode(data, extension, wanted)
 
     def _replicate_here(
         self, context: InputContext, record, loc: DataLocation, key: str, here: str, label: str,
-        partition: str | None, single: bool, primary_error: StorageError | None,
+        partition: str | None, single: bool, primary_error: StorageError | None, damaged: bool = False,
     ) -> bytes:
         """Copy the recorded version to `here` from its primary site, else a current replica
         (checksum verified), record the new replica, and return its bytes."""
@@ -387,7 +410,10 @@ class GravityIOManager(ConfigurableIOManager):
         result = None
         for source_site in sources:
             try:
-                result = replicate(self.storage(source_site, label), local, key, sha)
+                # one copy into this site however many steps read it at once; a damaged
+                # local copy is replaced, not reused
+                copy = replicate if primary_error is not None or damaged else replicate_once
+                result = copy(self.storage(source_site, label), local, key, sha)
                 break
             except StorageError as err:
                 errors.append(err.for_asset(label))
@@ -405,6 +431,12 @@ class GravityIOManager(ConfigurableIOManager):
             raise first
         source_site = result.source.site
         data = self._read(here, key, sha, label)
+        where = f"{label}{'' if partition is None else f' [{partition}]'}"
+        if result.reused:  # another step brought it here just now, and records the replica
+            context.log.info(f"gravity: reused the copy of {where} another step brought to {here}, sha256 verified")
+            return data
+        if self.gc_on_write and parse_version_key(key):  # older replicas here are now superseded
+            self._collect_superseded(context, local, parse_version_key(key)[0], key, label, record=record)
         observation = {
             md.REPLICAS: sorted((set(current_replicas) | {here}) - {primary}),
             md.SHA256: sha,
@@ -413,7 +445,7 @@ class GravityIOManager(ConfigurableIOManager):
             REPLICA_URI: result.replica.uri,
         }
         context.log.info(
-            f"gravity: replicated {label}{'' if partition is None else f' [{partition}]'} from {source_site} to "
+            f"gravity: replicated {where} from {source_site} to "
             f"{here}: {result.bytes_moved} bytes in {result.seconds:.3f}s, sha256 verified"
         )
         if single:
@@ -432,14 +464,13 @@ class GravityIOManager(ConfigurableIOManager):
         problems: list[str] = []
         for site in [here] + [s for s in topology.sites if s != here]:
             storage = self.storage(site, label)
-            for extension in EXTENSIONS:
-                try:
-                    info = storage.head(base + extension)
-                except StorageError as err:
-                    problems.append(str(err))
-                    break
-                if info is None:
-                    continue
+            try:
+                found = _newest_unrecorded(storage, base)
+            except StorageError as err:
+                problems.append(str(err))
+                continue
+            if found is not None:
+                info, extension = found
                 if site != here:
                     self.check_residency(zone, here, label, info.uri, "copy it to")
                     try:
@@ -456,6 +487,24 @@ class GravityIOManager(ConfigurableIOManager):
             uri=where,
             asset=label,
         )
+
+    def _collect_superseded(
+        self, context, storage: SiteStorage, base: str, written: str, label: str, record=None
+    ) -> None:
+        """Remove versions of `base` at this site that a materialization recorded long enough
+        ago supersedes, and debris beside them. Never fails the step: it only saves space."""
+        try:
+            if record is None:
+                instance = _instance_of(context)
+                partition = context.asset_partition_key if context.has_asset_partitions else None
+                record = _latest_materialization(instance, context.asset_key, partition) if instance else None
+            latest = recorded_version(record, base) if record is not None else None
+            report = gc.collect_base(storage, base, latest, keep={written}, grace_s=self.gc_grace_seconds)
+        except Exception as exc:  # noqa: BLE001 - garbage collection must never fail a write
+            context.log.warning(f"gravity: garbage collection beside {label} at {storage.site} failed: {exc}")
+            return
+        if report.removed:
+            context.log.info(f"gravity: {report.summary()}")
 
     def _head(self, storage: SiteStorage, key: str, label: str):
         try:
@@ -483,3 +532,26 @@ def _current_replicas(instance, asset_key: AssetKey, partition: str | None, reco
     from dagster_gravity.locations import replicas_since
 
     return replicas_since(instance, asset_key, partition, record)
+
+
+def _newest_unrecorded(storage: SiteStorage, base: str):
+    """(ObjectInfo, extension) of the newest version of `base` in `storage`, else of an object
+    under the fixed name of before versions, else None."""
+    versions = [v for v in storage.list_versions(base) if v.key.endswith(EXTENSIONS)]
+    if versions:
+        newest = versions[-1]
+        extension = next(e for e in EXTENSIONS if newest.key.endswith(e))
+        return storage.head(newest.key) or None, extension
+    for extension in EXTENSIONS:
+        info = storage.head(base + extension)
+        if info is not None:
+            return info, extension
+    return None
+
+
+def _instance_of(context):
+    """The step's instance, or None outside a step (e.g. a directly built OutputContext)."""
+    try:
+        return context.step_context.instance
+    except Exception:
+        return None

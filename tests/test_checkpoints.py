@@ -316,3 +316,224 @@ def test_concurrent_saves_on_an_s3_site_get_distinct_versions(tmp_path, seaweedf
     })
     store = CheckpointStore.for_site(topology, "cloud")
     assert_each_version_holds_its_savers_weights(store, save_concurrently(store, 4))
+
+
+# -- exact-name listing and name validation ----------------------------------------------
+
+
+def save_models_sharing_a_prefix(store) -> None:
+    """`churn` with 3 versions and `churn-eu` with 8: one name is a string prefix of the other."""
+    for seed in range(1, 4):
+        store.save("churn", arrays(seed), lineage={"model": "churn"})
+    for seed in range(1, 9):
+        store.save("churn-eu", arrays(10 + seed), lineage={"model": "churn-eu"})
+
+
+def assert_models_sharing_a_prefix_stay_apart(store) -> None:
+    assert store.versions("churn") == [1, 2, 3]
+    assert store.versions("churn-eu") == list(range(1, 9))
+    good = store.latest_good("churn")
+    assert good.version.version == 3 and good.version.lineage == {"model": "churn"}
+    assert store.apply_retention("churn", keep=3) == []  # nothing of churn-eu counts against churn
+    assert store.apply_retention("churn-eu", keep=3) == [1, 2, 3, 4, 5]
+    assert store.versions("churn") == [1, 2, 3] and store.versions("churn-eu") == [6, 7, 8]
+    for v in (1, 2, 3):
+        np.testing.assert_array_equal(store.load("churn", v).arrays["coef"], arrays(v)["coef"])
+    assert store.latest_good("churn-eu").version.lineage == {"model": "churn-eu"}
+
+
+def test_models_whose_names_share_a_prefix_are_listed_retained_and_loaded_apart(store):
+    save_models_sharing_a_prefix(store)
+    assert_models_sharing_a_prefix_stay_apart(store)
+
+
+def test_models_whose_names_share_a_prefix_stay_apart_on_an_s3_site(seaweedfs, s3_buckets):
+    from dagster_gravity.storage import S3SiteStorage
+
+    store = CheckpointStore(S3SiteStorage("cloud", s3_buckets[0], prefix="p", endpoint_url=seaweedfs.endpoint_url))
+    save_models_sharing_a_prefix(store)
+    assert_models_sharing_a_prefix_stay_apart(store)
+
+
+def test_clearing_progress_leaves_keys_that_share_its_prefix(store):
+    store.save_progress("m", "run-a", 3, arrays(1))
+    store.save_progress("m", "run-a2", 3, arrays(2))
+    store.clear_progress("m", "run-a")
+    assert store.load_progress("m", "run-a") is None
+    kept = store.load_progress("m", "run-a2")
+    assert kept is not None and kept.next_batch == 3
+
+
+@pytest.mark.parametrize("bad", [".", "..", ".hidden", "_intermediate", "_x", "a" * 201, "a/b", "", "ü", 7, None])
+def test_bad_checkpoint_names_are_refused_naming_the_value_and_what_is_expected(store, bad):
+    with pytest.raises(CheckpointError) as info:
+        store.save(bad, arrays(1), lineage={})
+    message = str(info.value)
+    assert repr(bad) in message and "expected 1 to 200 letters, digits" in message and "not starting with" in message
+    for call in (lambda: store.versions(bad), lambda: store.promote(bad, 1), lambda: store.load(bad, 1)):
+        with pytest.raises(CheckpointError, match="is not allowed"):
+            call()
+    with pytest.raises(CheckpointError, match=r"progress key .* is not allowed"):
+        store.save_progress("m", bad, 1, arrays(1))
+    assert store.storage.list_keys("") == []  # refused before anything was written
+
+
+def test_names_at_the_limits_are_accepted(store):
+    for name in ("a" * 200, "churn-eu.v2_x", "9lives"):
+        assert store.save(name, arrays(1), lineage={}).version == 1
+        assert store.versions(name) == [1]
+
+
+# -- arrays that could not be loaded back ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, dtype",
+    [
+        (np.array([{"x": 1}, None], dtype=object), "object"),
+        (np.zeros(2, dtype=[("a", "f8"), ("b", "O")]), "('a', '<f8'), ('b', 'O')"),
+        ({"not": "an array"}, "object"),
+        (["text", 3, None], "object"),
+    ],
+)
+def test_save_refuses_arrays_that_would_be_pickled_naming_the_array_and_dtype(store, value, dtype):
+    with pytest.raises(CheckpointError) as info:
+        store.save("m", {"coef": np.ones(3), "vocab": value}, lineage={})
+    message = str(info.value)
+    assert "'vocab'" in message and dtype in message and "pickling" in message and "'m'" in message
+    with pytest.raises(CheckpointError, match=r"array 'vocab' has dtype object"):
+        store.save_progress("m", "run-a", 1, {"vocab": np.array([None], dtype=object)})
+    assert store.storage.list_keys("") == []  # nothing written: no claim, no weights
+    assert store.save("m", arrays(1), lineage={}).version == 1  # and v1 was not used up
+
+
+def test_save_refuses_a_ragged_array_naming_it(store):
+    with pytest.raises(CheckpointError, match=r"array 'rows' is not a regular array"):
+        store.save("m", {"rows": [[1, 2], [3]]}, lineage={})
+
+
+def test_fixed_size_dtypes_round_trip(store):
+    values = {
+        "f": np.arange(3, dtype=np.float32), "b": np.array([True, False]), "s": np.array(["ab", "c"]),
+        "by": np.array([b"x", b"yz"]), "rec": np.zeros(2, dtype=[("a", "f8"), ("b", "i4")]), "c": np.array([1 + 2j]),
+    }
+    store.save("m", values, lineage={})
+    loaded = store.load("m", 1).arrays
+    for key, value in values.items():
+        assert loaded[key].dtype == value.dtype
+        np.testing.assert_array_equal(loaded[key], value)
+
+
+# -- compare-and-swap updates ------------------------------------------------------------
+
+
+def test_each_promotion_entry_is_chained_to_the_one_before(store):
+    for seed in (1, 2, 3):
+        save(store, seed)
+    store.promote("m", 1)
+    store.promote("m", 2)
+    store.rollback("m")
+    history = store.promotion_history("m")
+    assert [(e["version"], e["from"]) for e in history] == [(1, None), (2, 1), (1, 2)]
+    assert len({e["id"] for e in history}) == 3
+
+
+def test_a_promote_whose_write_landed_but_reply_was_lost_is_recorded_once(store):
+    # As on S3 when a conditional PUT succeeds, its response is lost and the SDK's retry
+    # then gets 412: the store must see its own entry instead of appending it again.
+    for seed in (1, 2):
+        save(store, seed)
+    store.promote("m", 1)
+    real = store.storage.replace_if
+    lost = []
+
+    def reply_lost_once(key, data, expected):
+        info = real(key, data, expected)
+        if not lost and key.endswith("promoted.json"):
+            lost.append(info)
+            return None
+        return info
+
+    store.storage.replace_if = reply_lost_once
+    store.promote("m", 2)
+    assert lost and [e["version"] for e in store.promotion_history("m")] == [1, 2]
+
+
+def test_cas_gives_up_after_bounded_attempts_with_a_clear_error(store, monkeypatch):
+    import dagster_gravity.checkpoints as checkpoints
+
+    save(store, 1)
+    monkeypatch.setattr(checkpoints, "CAS_ATTEMPTS", 3)
+    monkeypatch.setattr(checkpoints, "CAS_BACKOFF_S", (0.001, 0.002))
+    monkeypatch.setattr(store.storage, "replace_if", lambda key, data, expected: None)  # always loses
+    with pytest.raises(CheckpointError, match=r"promotion record of 'm': gave up after 3 compare-and-swap attempts.*promoted\.json"):
+        store.promote("m", 1)
+
+
+def test_concurrent_metric_updates_all_land(store):
+    import threading
+
+    save(store, 1, auc=0.5)
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def update(i):
+        barrier.wait()
+        try:
+            store.update_metrics("m", 1, {f"metric_{i}": float(i)})
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=update, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.manifest("m", 1).metrics == {"auc": 0.5, **{f"metric_{i}": float(i) for i in range(8)}}
+
+
+def test_metric_update_does_not_resurrect_a_version_retention_deleted(store):
+    save(store, 1)
+    save(store, 2)
+    real = store.storage.replace_if
+    deleted = []
+
+    def retention_runs_first(key, data, expected):
+        if not deleted:  # between the manifest read and the write: retention removes v1
+            deleted.extend(store.apply_retention("m", keep=1))
+        return real(key, data, expected)
+
+    store.storage.replace_if = retention_runs_first
+    with pytest.raises(CheckpointError, match="has no version v1"):
+        store.update_metrics("m", 1, {"auc": 0.9})
+    assert deleted == [1] and store.versions("m") == [2]
+
+
+def assert_concurrent_promotes_are_linearizable(spec, rounds: int = 3, racers: int = 20) -> None:
+    from tests.support.promote_race import lost_updates, race_promotes
+
+    histories = race_promotes(spec, rounds=rounds, racers=racers)
+    store = race_store(spec)
+    for model, history in histories.items():
+        assert lost_updates(history, racers) == [], model
+        assert history[0]["from"] is None
+        assert store.promoted(model) == history[-1]["version"]
+
+
+def race_store(spec):
+    from tests.support.promote_race import store_from_spec
+
+    return store_from_spec(spec)
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_promotes_from_separate_processes_are_all_recorded_locally(tmp_path):
+    # Before compare-and-swap this lost updates in 10 of 10 rounds (2 to 9 entries of 20).
+    assert_concurrent_promotes_are_linearizable({"kind": "local", "root": str(tmp_path / "site")})
+
+
+def test_twenty_concurrent_promotes_from_separate_processes_are_all_recorded_on_s3(seaweedfs, s3_buckets):
+    # Before compare-and-swap this lost updates in 10 of 10 rounds (1 or 2 entries of 20).
+    spec = {"kind": "s3", "bucket": s3_buckets[0], "prefix": "race", "endpoint_url": seaweedfs.endpoint_url}
+    assert_concurrent_promotes_are_linearizable(spec)

@@ -4,6 +4,7 @@ local sites; the site a step runs at is set with `running_at` as the executor's 
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,8 @@ from dagster import (
 from dagster_gravity import GravityIOManager, GravityTopology
 from dagster_gravity.locations import latest_location
 from dagster_gravity.runtime import running_at
+from dagster_gravity.storage.base import parse_version_key, version_key
+from dagster_gravity.storage.keys import asset_base
 from dagster_gravity.storage import (
     ChecksumMismatch,
     ObjectNotFound,
@@ -105,6 +108,17 @@ def meta_value(metadata, key):
     return getattr(metadata[key], "value", metadata[key])
 
 
+def latest_key(instance, asset: str = "up", partition: str | None = None, ext: str = ".parquet") -> str:
+    """The key of the version the latest materialization of `asset` recorded."""
+    base = asset_base(AssetKey.from_user_string(asset).path, partition)
+    return version_key(base, latest_location(instance, asset, partition).sha256, ext)
+
+
+def bases(keys: list[str]) -> list[str]:
+    """Stored keys as `<base><ext>`, without the version part."""
+    return [f"{b}{suffix}" for b, _sha, suffix in map(parse_version_key, keys)]
+
+
 # -- writing ---------------------------------------------------------------------------------
 
 
@@ -114,10 +128,11 @@ def test_output_is_parquet_at_the_step_site_with_location_and_table_metadata(io,
     bucket = store(io, "s3-a").bucket
     assert meta_value(meta, "gravity/site") == "s3-a"
     assert meta_value(meta, "gravity/replicas") == []
-    assert meta_value(meta, "dagster/uri") == f"s3://{bucket}/gravity/up.parquet"
+    key = latest_key(instance)
+    assert meta_value(meta, "dagster/uri") == f"s3://{bucket}/gravity/{key}"
     assert meta_value(meta, "dagster/row_count") == 3
     assert [c.name for c in meta["dagster/column_schema"].schema.columns] == ["a", "b"]
-    data, info = store(io, "s3-a").read_bytes("up.parquet")
+    data, info = store(io, "s3-a").read_bytes(key)
     assert meta_value(meta, "gravity/sha256") == hashlib.sha256(data).hexdigest() == info.sha256
     assert meta_value(meta, "dagster/size_bytes") == len(data)
     assert data[:4] == b"PAR1"
@@ -127,11 +142,11 @@ def test_output_is_parquet_at_the_step_site_with_location_and_table_metadata(io,
 def test_input_at_another_site_is_replicated_verified_and_recorded(io, instance, src, dst):
     run([up], src, io, instance)
     primary = latest_location(instance, "up")
-    assert store(io, dst).head("up.parquet") is None
+    assert store(io, dst).head(latest_key(instance)) is None
 
     result = run([up, down], dst, io, instance, selection=[down])
     assert result.output_for_node("down")["c"].tolist() == [2, 4, 6]
-    replica = store(io, dst).head("up.parquet")
+    replica = store(io, dst).head(latest_key(instance))
     assert replica is not None and replica.sha256 == primary.sha256
 
     [obs] = observations(instance, "up")
@@ -161,12 +176,12 @@ def test_partitioned_asset_stores_one_object_per_partition(io, instance):
     for day in ("2024-01-01", "2024-01-02"):
         result = run([events], "us-local", io, instance, partition_key=day)
         meta = result.asset_materializations_for_node("events")[0].metadata
-        assert meta_value(meta, "dagster/uri").endswith(f"/events/{day}.parquet")
-    assert store(io, "us-local").list_keys("events/") == ["events/2024-01-01.parquet", "events/2024-01-02.parquet"]
+        assert unquote(meta_value(meta, "dagster/uri")).endswith(latest_key(instance, "events", day))
+    assert bases(store(io, "us-local").list_keys("events/")) == ["events/2024-01-01.parquet", "events/2024-01-02.parquet"]
 
     result = run([events, daily_count], "s3-a", io, instance, selection=[daily_count], partition_key="2024-01-02")
     assert result.output_for_node("daily_count") == {"rows": 2, "day": "2024-01-02"}
-    assert store(io, "s3-a").list_keys("events/") == ["events/2024-01-02.parquet"]
+    assert store(io, "s3-a").list_keys("events/") == [latest_key(instance, "events", "2024-01-02")]
     assert latest_location(instance, "events", "2024-01-02").replicas == ("s3-a",)
     assert latest_location(instance, "events", "2024-01-01").replicas == ()
 
@@ -187,7 +202,7 @@ def test_arrow_numpy_and_json_outputs_round_trip_without_pickle(io, instance):
 
     result = run([table, weights, summary], "us-local", io, instance)
     assert result.output_for_node("summary") == {"x": [1.5, 2.5], "w": 15.0}
-    assert store(io, "us-local").list_keys() == ["summary.json", "table.parquet", "weights.npy"]
+    assert bases(store(io, "us-local").list_keys()) == ["summary.json", "table.parquet", "weights.npy"]
 
     @asset
     def unpicklable() -> object:
@@ -221,27 +236,29 @@ def test_op_outputs_outside_assets_are_stored_at_the_site(io, instance):
 
 def test_corrupted_object_fails_the_load_and_is_never_copied(io, instance):
     run([up], "s3-a", io, instance)
-    flip_byte_s3(store(io, "s3-a"), "up.parquet", 10)
+    key = latest_key(instance)
+    flip_byte_s3(store(io, "s3-a"), key, 10)
     bucket = store(io, "s3-a").bucket
 
     err = run_failure([up, down], "s3-a", io, instance, selection=[down])
     assert isinstance(err, ChecksumMismatch)
-    assert "'up'" in str(err) and "'s3-a'" in str(err) and f"s3://{bucket}/gravity/up.parquet" in str(err)
+    assert "'up'" in str(err) and "'s3-a'" in str(err) and f"s3://{bucket}/gravity/{key}" in str(err)
 
     err = run_failure([up, down], "us-local", io, instance, selection=[down])
     assert isinstance(err, ChecksumMismatch) and "'up'" in str(err)
-    assert store(io, "us-local").head("up.parquet") is None
+    assert store(io, "us-local").head(key) is None
     assert latest_location(instance, "up").replicas == ()  # no replica recorded by the failed loads
     assert observations(instance, "up") == []
 
 
 def test_missing_object_fails_with_asset_site_and_uri(io, instance, tmp_path):
     run([up], "us-local", io, instance)
-    store(io, "us-local").delete("up.parquet")
+    key = latest_key(instance)
+    store(io, "us-local").delete(key)
     err = run_failure([up, down], "us-local", io, instance, selection=[down])
     assert isinstance(err, ObjectNotFound)
     assert "'up'" in str(err) and "'us-local'" in str(err)
-    assert (tmp_path / "store/us/up.parquet").as_uri() in str(err)
+    assert (tmp_path / "store/us" / key).as_uri() in str(err)
 
 
 def test_residency_refuses_copy_out_of_the_zone(io, instance, tmp_path):
@@ -275,10 +292,11 @@ def test_stale_replica_is_never_read(io, instance):
         run([up], "s3-a", io, instance)  # v2 at the primary: the us-local copy is now stale
         v2 = latest_location(instance, "up")
         assert v2.replicas == ()
-        assert store(io, "us-local").head("up.parquet").sha256 != v2.sha256
+        local_versions = store(io, "us-local").list_versions("up")
+        assert [v.sha256 for v in local_versions] != [v2.sha256]  # only v1 is at us-local
 
         # with the primary's object gone, the stale local copy must not be read instead
-        store(io, "s3-a").delete("up.parquet")
+        store(io, "s3-a").delete(latest_key(instance))
         err = run_failure([up, down], "us-local", io, instance, selection=[down])
         assert isinstance(err, ObjectNotFound) and "'s3-a'" in str(err) and "'up'" in str(err)
 
@@ -288,7 +306,7 @@ def test_stale_replica_is_never_read(io, instance):
         assert result.output_for_node("down")["a"].tolist() == [20, 21, 22]
         v3 = latest_location(instance, "up")
         assert v3.replicas == ("us-local",)
-        assert store(io, "us-local").head("up.parquet").sha256 == v3.sha256
+        assert store(io, "us-local").head(latest_key(instance)).sha256 == v3.sha256
     finally:
         VERSION["n"] = 1
 
@@ -324,13 +342,13 @@ def test_s3_site_that_refuses_fails_with_a_clear_error(tmp_path, instance, s3_cr
     )
     err = run_failure([up], "s3-a", io, instance)
     assert "refused the connection or timed out" in str(err) and "EndpointConnectionError" in str(err)
-    assert "'up'" in str(err) and "'s3-a'" in str(err) and "s3://dead-a/gravity/up.parquet" in str(err)
+    assert "'up'" in str(err) and "'s3-a'" in str(err) and "s3://dead-a/gravity/up@" in str(err)
 
 
 def test_lost_primary_is_served_from_a_current_replica(io, instance):
     run([up], "s3-a", io, instance)
     run([up, down], "us-local", io, instance, selection=[down])  # verified replica at us-local
-    store(io, "s3-a").delete("up.parquet")  # the primary site lost its copy
+    store(io, "s3-a").delete(latest_key(instance))  # the primary site lost its copy
 
     result = run([up, down], "s3-b", io, instance, selection=[down])
     assert result.output_for_node("down")["c"].tolist() == [2, 4, 6]
@@ -340,7 +358,7 @@ def test_lost_primary_is_served_from_a_current_replica(io, instance):
 
     # at the primary site itself, the lost object is restored from a replica
     run([up, down], "s3-a", io, instance, selection=[down])
-    assert store(io, "s3-a").head("up.parquet").sha256 == latest_location(instance, "up").sha256
+    assert store(io, "s3-a").head(latest_key(instance)).sha256 == latest_location(instance, "up").sha256
 
 
 def test_latest_materialization_without_gravity_metadata_is_refused_not_served_stale(io, instance):

@@ -197,3 +197,38 @@ def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores
     history = store.promotion_history(MODEL_NAME)
     assert history[-1]["action"] == "rollback" and history[-2]["version"] == promoted_before
     assert store.load(MODEL_NAME, 1).version.version == 1
+
+
+def test_gc_after_the_day_is_rerun_keeps_every_recorded_version(pipeline_sites, instance, capsys):
+    from dagster_gravity.cli import main as gravity
+    from dagster_gravity.recorded_versions import recorded_bases
+    from dagster_gravity.storage import storage_for_site
+
+    topology = Topology.from_yaml(pipeline_sites)
+    generate_days(pipeline_sites, [DAY1])
+    assert run_job(instance, "everything_job", DAY1)[1]
+    generate_days(pipeline_sites, [DAY1], drift=0.5)  # the day landed again, changed: new versions
+    assert run_job(instance, "everything_job", DAY1)[1]
+
+    def stored() -> set[str]:
+        return {f"{site}:{k}" for site in topology.sites for k in storage_for_site(topology, site).list_keys()}
+
+    def assert_recorded_readable():
+        recorded = recorded_bases(instance)
+        assert len(recorded) >= 10
+        for base, version in recorded.items():  # every asset partition's latest version
+            asset, partition = base.rsplit("/", 1)
+            meta = latest_metadata(instance, asset, partition)
+            data, _ = storage_for_site(topology, meta["gravity/site"]).read_bytes(version.key, meta["gravity/sha256"])
+            assert len(data) == meta["dagster/size_bytes"]
+
+    before = stored()
+    assert gravity(["gc", "--sites", str(pipeline_sites), "--dry-run", "--grace-seconds", "0"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if "would remove superseded version" in line]
+    assert listed and stored() == before  # it lists what it would remove, and removes nothing
+    assert_recorded_readable()
+
+    assert gravity(["gc", "--sites", str(pipeline_sites), "--grace-seconds", "0"]) == 0
+    removed = [line for line in capsys.readouterr().out.splitlines() if "removed superseded version" in line]
+    assert len(removed) == len(listed) and len(stored()) == len(before) - len(removed)
+    assert_recorded_readable()

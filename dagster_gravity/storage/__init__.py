@@ -3,6 +3,14 @@
 `storage_for_site(topology, "aws-us-east-1")` returns the site's `SiteStorage` as the
 topology's `StorageSpec` describes it; `replicate(src, dst, key, sha)` copies an object
 between two sites, verified.
+
+The protocol that loses nothing recorded: an asset version is written once, under a key
+named by its content (`<base>@<sha256><ext>`, `base.version_key`), atomically; Dagster then
+records that key's URI and sha256 on the materialization, and reads resolve through the
+record (`keys.recorded_key`). A crash or a failed record between the two steps leaves the
+previously recorded version untouched and the new one unreferenced; `gc.py` removes
+superseded versions only after a newer one has been recorded for a grace period, and the
+temporary files, orphaned data files and incomplete uploads that killed writers leave.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dagster_gravity.storage.base import (
 from dagster_gravity.storage.local import LocalSiteStorage
 from dagster_gravity.storage.replication import Replication, bytes_moved, replicate
 from dagster_gravity.storage.s3 import S3Options, S3SiteStorage
+from dagster_gravity.storage.single_flight import replicate_once
 
 __all__ = [
     "ChecksumMismatch",
@@ -36,6 +45,7 @@ __all__ = [
     "UnknownSite",
     "bytes_moved",
     "replicate",
+    "replicate_once",
     "storage_for_site",
 ]
 

@@ -4,13 +4,21 @@ A backend writes atomically (nothing is visible under the final name until every
 written and its checksum recorded) and verifies the checksum on every read. Replication
 between two backends goes through `RangeSource`/`PartSink` (see `replication.py`) so any
 pair of backends copies in parallel chunks while hashing.
+
+Versions. An asset's data is never overwritten in place: each version is an immutable
+object under a key derived from its content, `<base>@<sha256><suffix>` (`version_key`),
+written with `open_version`/`put_version`. Writing a new version therefore cannot destroy
+the one Dagster last recorded, whatever happens between the storage commit and the
+materialization record (a killed process, a locked database, a concurrent writer); old
+versions are removed only by garbage collection (`gc.py`), once a newer one is recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from dagster_gravity.errors import GravityError
@@ -54,15 +62,45 @@ class UnknownSite(StorageError):
     """A site name that is not in the topology."""
 
 
+VERSION_MARK = "@"
+_VERSION_KEY = re.compile(r"^(?P<base>.+)@(?P<sha256>[0-9a-f]{64})(?P<suffix>(?:\.[A-Za-z0-9]+)*)$")
+
+
+def version_key(base: str, sha256: str, suffix: str = "") -> str:
+    """The key of the version of `base` whose bytes hash to `sha256`."""
+    return f"{base}{VERSION_MARK}{sha256}{suffix}"
+
+
+def parse_version_key(key: str) -> tuple[str, str, str] | None:
+    """(base, sha256, suffix) of a version key, or None for any other key."""
+    m = _VERSION_KEY.match(key)
+    return (m["base"], m["sha256"], m["suffix"]) if m else None
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One stored version of a base key, as listed (for garbage collection)."""
+
+    key: str
+    sha256: str
+    size_bytes: int
+    modified: float  # seconds since the epoch when it was committed
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: where it is, how big, and the sha256 of its bytes."""
+    """One stored object: where it is, how big, and the sha256 of its bytes.
+
+    `version` is the backend's opaque token for this one write of the key (local: the
+    link's target name; S3: the ETag), set by `head`, `read_bytes` and `replace_if`; it
+    is what `replace_if` compares. Not part of equality: the same bytes are the same object."""
 
     site: str
     key: str
     uri: str
     size_bytes: int
     sha256: str
+    version: str | None = field(default=None, compare=False)
 
 
 class HashingWriter:
@@ -143,6 +181,16 @@ class SiteStorage(ABC):
         """A context manager yielding a HashingWriter; the object appears only on clean exit."""
 
     @abstractmethod
+    def open_version(self, base: str, suffix: str = "") -> "AtomicWrite":
+        """Like `open_write`, but the object is committed under `version_key(base, sha256,
+        suffix)` once its bytes are known; `writer.info.key` names it. Writing the same
+        bytes twice yields the same key and changes nothing a reader could notice."""
+
+    @abstractmethod
+    def list_versions(self, base: str) -> list[StoredVersion]:
+        """The committed versions of exactly `base` (not of other bases it is a prefix of)."""
+
+    @abstractmethod
     def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
         """The object's bytes, verified against its recorded sha256 (and `expected_sha256`)."""
 
@@ -170,10 +218,23 @@ class SiteStorage(ABC):
             writer.write(data)
         return writer_info(writer)
 
+    def put_version(self, base: str, data: bytes, suffix: str = "") -> ObjectInfo:
+        with self.open_version(base, suffix) as writer:
+            writer.write(data)
+        return writer_info(writer)
+
     def put_new(self, key: str, data: bytes) -> ObjectInfo | None:
         """Store `data` under `key` only if no object is there yet, atomically (of two
         concurrent callers exactly one succeeds); None when an object already exists."""
         raise NotImplementedError(f"{type(self).__name__} cannot create objects exclusively (put_new)")
+
+    def replace_if(self, key: str, data: bytes, expected: ObjectInfo | None) -> ObjectInfo | None:
+        """Compare-and-swap: store `data` under `key` only if the key still holds the write
+        `expected` describes (its `version`, as `read_bytes` or `head` returned it), or, with
+        `expected=None`, only if no object is there. Returns the new object's info (with its
+        version) or None when the precondition failed: re-read and try again. For small
+        objects (one request); of concurrent callers with the same `expected` at most one wins."""
+        raise NotImplementedError(f"{type(self).__name__} cannot replace objects conditionally (replace_if)")
 
     def describe(self) -> str:
         return f"{self.kind} storage of site {self.site!r} at {self.uri('')}"

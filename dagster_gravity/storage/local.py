@@ -18,13 +18,25 @@ What is guaranteed (POSIX rename semantics, one filesystem):
   atomically when the name exists): two writers never both create the same key.
 - Concurrent overwrites of one key: the last commit wins; the loser's data file may stay
   behind as a hidden orphan.
+- `replace_if` (compare-and-swap) holds an exclusive flock(2) on the hidden `.<name>.lock`
+  beside the key, re-reads the link and commits only if it still names the data file the
+  caller read (the target name is unique per write, so an old version never matches again).
+  It excludes other `replace_if` and `put_new` callers, not plain overwrites.
+- Versions (`open_version`): the key `<base>@<sha256><suffix>` is known only once the bytes
+  are, so the temporary file sits beside `<base><suffix>` and the commit links it under the
+  version's name. Two writers of the same bytes produce the same key and the same content.
+
+Hidden temporary files and orphaned data files left by killed writers are removed by
+`dagster_gravity.storage.gc` once they are older than its threshold.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster_gravity.storage.base import (
@@ -35,7 +47,10 @@ from dagster_gravity.storage.base import (
     PartSink,
     SiteStorage,
     StorageError,
+    StoredVersion,
+    parse_version_key,
     verify,
+    version_key,
 )
 
 _TARGET = re.compile(r"^\.(?P<name>.+)\.obj-(?P<sha256>[0-9a-f]{64})-(?P<size>\d+)-[0-9a-f]+$")
@@ -108,7 +123,7 @@ class LocalSiteStorage(SiteStorage):
                 site=self.site,
                 uri=self.uri(key),
             )
-        info = ObjectInfo(self.site, key, self.uri(key), int(m["size"]), m["sha256"])
+        info = ObjectInfo(self.site, key, self.uri(key), int(m["size"]), m["sha256"], version=target)
         return final.with_name(target), info
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -159,6 +174,29 @@ class LocalSiteStorage(SiteStorage):
     def open_write(self, key: str) -> AtomicWrite:
         return _LocalWrite(self, key)
 
+    def open_version(self, base: str, suffix: str = "") -> AtomicWrite:
+        if not base or base.endswith("/"):
+            raise StorageError(f"invalid version base {base!r}: expected a key that does not end with '/'", site=self.site)
+        return _LocalWrite(self, base + suffix, version_of=(base, suffix))
+
+    def list_versions(self, base: str) -> list[StoredVersion]:
+        anchor = self.path(base)
+        versions = []
+        try:
+            entries = list(os.scandir(anchor.parent))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            parsed = parse_version_key(entry.name)
+            if parsed is None or parsed[0] != anchor.name or not entry.is_symlink():
+                continue
+            target = _TARGET.match(os.readlink(entry.path))
+            if target is None or not os.path.exists(entry.path):
+                continue  # a dangling link is not a committed version
+            key = base[: len(base) - len(anchor.name)] + entry.name
+            versions.append(StoredVersion(key, target["sha256"], int(target["size"]), entry.stat(follow_symlinks=False).st_mtime))
+        return sorted(versions, key=lambda v: (v.modified, v.key))
+
     def part_sink(self, key: str, size: int, sha256: str, part_size: int) -> PartSink:
         return _LocalPartSink(self, key)
 
@@ -197,11 +235,59 @@ class LocalSiteStorage(SiteStorage):
         _fsync_dir(final.parent)
         if previous and previous != data.name and _TARGET.match(previous):
             _unlink_quietly(final.with_name(previous))
-        return ObjectInfo(self.site, key, self.uri(key), size, sha256)
+        return ObjectInfo(self.site, key, self.uri(key), size, sha256, version=data.name)
 
     def put_new(self, key: str, data: bytes) -> ObjectInfo | None:
         """Store `data` under `key` only if no object is there yet; None if one is."""
         return _LocalWrite(self, key, exclusive=True).write_all(data)
+
+    def replace_if(self, key: str, data: bytes, expected: ObjectInfo | None) -> ObjectInfo | None:
+        """Store `data` only if `key` still holds the write `expected` names (None: no object);
+        None when it does not. Checked and committed under the key's lock (module docstring)."""
+        if expected is not None and not expected.version:
+            raise StorageError(
+                f"replace_if needs the version token that head or read_bytes returned; got {expected!r}",
+                site=self.site,
+                uri=self.uri(key),
+            )
+        final = self.path(key)
+        with self._locked(key, final):
+            try:
+                current = os.readlink(final)
+            except FileNotFoundError:
+                current = None
+            except OSError:  # a plain file: not the gravity object the caller read
+                current = ""
+            if current != (expected.version if expected is not None else None):
+                return None
+            return _LocalWrite(self, key, exclusive=expected is None).write_all(data)
+
+    @contextmanager
+    def _locked(self, key: str, final: Path):
+        """An exclusive flock on `.<name>.lock` beside the key, held for the block."""
+        lock = final.with_name(f".{final.name}.lock")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    # A lock file unlinked while we waited locks nothing: lock the one there now.
+                    try:
+                        if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                            break
+                    except FileNotFoundError:
+                        pass
+                except BaseException:
+                    os.close(fd)
+                    raise
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot lock the key for a conditional write: {exc}", site=self.site, uri=self.uri(key)) from exc
+        try:
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []
@@ -234,11 +320,14 @@ class LocalSiteStorage(SiteStorage):
 
 
 class _LocalWrite(AtomicWrite):
-    def __init__(self, storage: LocalSiteStorage, key: str, exclusive: bool = False):
+    def __init__(
+        self, storage: LocalSiteStorage, key: str, exclusive: bool = False, version_of: tuple[str, str] | None = None
+    ):
         self.storage = storage
-        self.key = key
+        self.key = key  # for a version: `<base><suffix>`, beside which the temporary file goes
         self.final = storage.path(key)
         self.exclusive = exclusive
+        self.version_of = version_of
 
     def write_all(self, data: bytes) -> ObjectInfo | None:
         with self as writer:
@@ -262,9 +351,10 @@ class _LocalWrite(AtomicWrite):
                 os.fsync(self.file.fileno())
             self.file.close()
             if exc_type is None:
-                self.info = self.storage.commit_file(
-                    self.key, self.temp, self.writer.hexdigest(), self.writer.size, exclusive=self.exclusive
-                )
+                sha = self.writer.hexdigest()
+                if self.version_of is not None:
+                    self.key = version_key(self.version_of[0], sha, self.version_of[1])
+                self.info = self.storage.commit_file(self.key, self.temp, sha, self.writer.size, exclusive=self.exclusive)
                 self.writer.info = self.info
         except OSError as err:
             raise StorageError(f"cannot write: {err}", site=self.storage.site, uri=self.storage.uri(self.key)) from err

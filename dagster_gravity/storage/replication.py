@@ -36,6 +36,7 @@ class Replication:
     replica: ObjectInfo
     bytes_moved: int
     seconds: float
+    reused: bool = False  # True: another copier had just brought this version (single_flight.py)
 
     @property
     def mb_per_s(self) -> float:

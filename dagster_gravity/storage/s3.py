@@ -7,6 +7,10 @@ CompleteMultipartUpload (and that is aborted on any error).
 
 `put_new` creates a key only if absent with a conditional PUT (`If-None-Match: *`), which
 AWS S3 and SeaweedFS (checked with 4.48) refuse with 412 when the key exists.
+`replace_if` (compare-and-swap) is a conditional PUT with `If-Match: <ETag>` (the ETag that
+head/read returned, kept in `ObjectInfo.version`), or `If-None-Match: *` to create; the
+endpoint must support conditional writes (AWS S3 since 2024; SeaweedFS 4.48 refuses a stale
+ETag with 412, checked with racing writers in tests/test_checkpoints.py).
 
 Credentials come from the normal boto3 chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
 profiles, instance roles). The client has short connect/read timeouts and few retries so
@@ -33,7 +37,10 @@ from dagster_gravity.storage.base import (
     PartSink,
     SiteStorage,
     StorageError,
+    StoredVersion,
+    parse_version_key,
     verify,
+    version_key,
 )
 
 SHA_META = "sha256"
@@ -135,7 +142,7 @@ class S3SiteStorage(SiteStorage):
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
             return None  # not written by gravity: no checksum, so not a usable object
-        return ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha)
+        return ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha, version=response.get("ETag"))
 
     def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
         try:
@@ -146,7 +153,7 @@ class S3SiteStorage(SiteStorage):
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
             raise StorageError("the object has no sha256 metadata (not written by gravity)", site=self.site, uri=self.uri(key))
-        info = ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha)
+        info = ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha, version=response.get("ETag"))
         verify(data, info, expected_sha256)
         return data, info
 
@@ -171,6 +178,30 @@ class S3SiteStorage(SiteStorage):
     def open_write(self, key: str) -> AtomicWrite:
         return _S3Write(self, key)
 
+    def open_version(self, base: str, suffix: str = "") -> AtomicWrite:
+        if not base or base.endswith("/"):
+            raise StorageError(f"invalid version base {base!r}: expected a key that does not end with '/'", site=self.site)
+        return _S3Write(self, base + suffix, version_of=(base, suffix))
+
+    def list_versions(self, base: str) -> list[StoredVersion]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        versions = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.object_key(base) + "@"
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"][strip:]
+                    parsed = parse_version_key(key)
+                    if parsed is None or parsed[0] != base.strip("/"):
+                        continue
+                    modified = item["LastModified"].timestamp()
+                    versions.append(StoredVersion(key, parsed[1], int(item["Size"]), modified))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "LIST", base) from exc
+        return sorted(versions, key=lambda v: (v.modified, v.key))
+
     def part_sink(self, key: str, size: int, sha256: str, part_size: int) -> PartSink:
         return _S3PartSink(self, key, size, sha256, part_size)
 
@@ -190,6 +221,30 @@ class S3SiteStorage(SiteStorage):
         except BotoCoreError as exc:
             raise self._error(exc, "conditional PUT", key) from exc
         return ObjectInfo(self.site, key, self.uri(key), len(data), sha)
+
+    def replace_if(self, key: str, data: bytes, expected: ObjectInfo | None) -> ObjectInfo | None:
+        """A conditional PUT: `If-Match: <expected ETag>`, or `If-None-Match: *` when
+        `expected` is None; None when S3 refuses it (412, a 409 conflict, or the key gone)."""
+        if expected is not None and not expected.version:
+            raise StorageError(
+                f"replace_if needs the ETag that head or read_bytes returned; got {expected!r}",
+                site=self.site,
+                uri=self.uri(key),
+            )
+        condition = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected.version}
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self.object_key(key), Body=data, Metadata={SHA_META: sha}, **condition
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                return None
+            raise self._error(exc, "conditional PUT", key) from exc
+        except BotoCoreError as exc:
+            raise self._error(exc, "conditional PUT", key) from exc
+        return ObjectInfo(self.site, key, self.uri(key), len(data), sha, version=response.get("ETag"))
 
     def list_keys(self, prefix: str = "") -> list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -231,9 +286,10 @@ class _S3Stream:
 
 
 class _S3Write(AtomicWrite):
-    def __init__(self, storage: S3SiteStorage, key: str):
+    def __init__(self, storage: S3SiteStorage, key: str, version_of: tuple[str, str] | None = None):
         self.storage = storage
         self.key = key
+        self.version_of = version_of  # (base, suffix): the key is known once the bytes are
 
     def __enter__(self) -> HashingWriter:
         self.spool = tempfile.SpooledTemporaryFile(max_size=MULTIPART_THRESHOLD)
@@ -245,6 +301,8 @@ class _S3Write(AtomicWrite):
             if exc_type is not None:
                 return None
             sha, size = self.writer.hexdigest(), self.writer.size
+            if self.version_of is not None:
+                self.key = version_key(self.version_of[0], sha, self.version_of[1])
             self.spool.seek(0)
             s = self.storage
             try:
