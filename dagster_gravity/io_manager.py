@@ -76,6 +76,7 @@ from dagster_gravity.storage import (
     replicate_once,
     storage_for_site,
 )
+from dagster_gravity.link_measurements import record_transfer
 from dagster_gravity.recorded_versions import recorded_version
 from dagster_gravity.storage import gc
 from dagster_gravity.storage.base import parse_version_key
@@ -84,6 +85,7 @@ from dagster_gravity.topology import Topology
 
 BYTES_MOVED = "gravity/bytes_moved"
 REPLICATED_FROM = "gravity/replicated_from"
+REPLICATION_SECONDS = "gravity/replication_seconds"
 REPLICA_URI = "gravity/replica_uri"  # not dagster/uri: the UI would show it as the asset's address
 
 def asset_label(context) -> str:
@@ -435,6 +437,7 @@ class GravityIOManager(ConfigurableIOManager):
         if result.reused:  # another step brought it here just now, and records the replica
             context.log.info(f"gravity: reused the copy of {where} another step brought to {here}, sha256 verified")
             return data
+        self._measure_link(context, source_site, here, result)
         if self.gc_on_write and parse_version_key(key):  # older replicas here are now superseded
             self._collect_superseded(context, local, parse_version_key(key)[0], key, label, record=record)
         observation = {
@@ -443,6 +446,7 @@ class GravityIOManager(ConfigurableIOManager):
             BYTES_MOVED: result.bytes_moved,
             REPLICATED_FROM: source_site,
             REPLICA_URI: result.replica.uri,
+            REPLICATION_SECONDS: round(result.seconds, 6),
         }
         context.log.info(
             f"gravity: replicated {where} from {source_site} to "
@@ -487,6 +491,13 @@ class GravityIOManager(ConfigurableIOManager):
             uri=where,
             asset=label,
         )
+
+    def _measure_link(self, context: InputContext, src: str, dst: str, result) -> None:
+        """Teach placement what the link delivered (link_measurements.py); never fails the step."""
+        try:
+            record_transfer(context.instance, self.load_topology(), src, dst, result.bytes_moved, result.seconds)
+        except Exception as exc:  # noqa: BLE001 - a measurement lost is only a sample lost
+            context.log.warning(f"gravity: could not record the {src} -> {dst} link measurement: {exc}")
 
     def _collect_superseded(
         self, context, storage: SiteStorage, base: str, written: str, label: str, record=None
