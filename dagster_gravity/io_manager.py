@@ -24,6 +24,9 @@ ASSET_OBSERVATION event of the step (so it reaches the event log through the exe
 event stream, like every other step event); inputs spanning several partitions cannot use
 it (it needs a single partition key) and report through
 `instance.report_runless_asset_event` instead.
+
+An S3 site that hangs fails a load or store in about 21 s by default (its timeouts: the
+site's sites.yaml storage settings, else this IO manager's `s3_*` fields).
 """
 
 # No `from __future__ import annotations` here: Dagster reads the resource fields'
@@ -202,9 +205,29 @@ class GravityIOManager(ConfigurableIOManager):
             "(e.g. in-process materialize). Unset: such steps fail with a clear error."
         ),
     )
-    s3_connect_timeout_s: float = Field(default=5.0, description="Seconds to wait for an S3 site's endpoint to accept a connection.")
-    s3_read_timeout_s: float = Field(default=60.0, description="Seconds to wait for data on an open S3 connection.")
-    s3_max_attempts: int = Field(default=3, description="Attempts per S3 request, including the first (botocore's retry setting).")
+    # Defaults for every S3 site; a site's own `storage:` setting in sites.yaml wins over them.
+    s3_connect_timeout_s: float = Field(
+        default=S3Options.connect_timeout_s,
+        description=(
+            "Seconds to wait for an S3 site's endpoint to accept a connection, per attempt. A default: "
+            "a site's storage.connect_timeout_seconds in sites.yaml wins."
+        ),
+    )
+    s3_read_timeout_s: float = Field(
+        default=S3Options.read_timeout_s,
+        description=(
+            "Seconds to wait on an open S3 connection for the answer, per attempt (not a limit on a whole "
+            "transfer). A default: a site's storage.read_timeout_seconds in sites.yaml wins."
+        ),
+    )
+    s3_max_attempts: int = Field(
+        default=S3Options.max_attempts,
+        description=(
+            "Attempts per S3 request, including the first. A default: a site's storage.max_attempts in "
+            "sites.yaml wins. With the defaults (5 s, 10 s, 2) a hung endpoint fails a load or store in "
+            "about 21 s: after one timeout, requests to that endpoint fail at once for 30 s."
+        ),
+    )
 
     # -- helpers -------------------------------------------------------------------------
 
