@@ -25,8 +25,11 @@ event stream, like every other step event); inputs spanning several partitions c
 it (it needs a single partition key) and report through
 `instance.report_runless_asset_event` instead.
 
-An S3 site that hangs fails a load or store in about 21 s by default (its timeouts: the
-site's sites.yaml storage settings, else this IO manager's `s3_*` fields).
+Every storage failure is a StorageError naming the asset, the site and the URI: a full
+disk or a denied write says so in words, an object that gravity did not write is a
+ForeignObject (not "missing"), and an S3 site that hangs fails a load or store in about
+21 s by default (its timeouts: the site's sites.yaml storage settings, else this IO
+manager's `s3_*` fields).
 """
 
 # No `from __future__ import annotations` here: Dagster reads the resource fields'
@@ -60,6 +63,7 @@ from dagster_gravity.resources import GravityTopology
 from dagster_gravity.runtime import current_site
 from dagster_gravity.storage import (
     ChecksumMismatch,
+    ForeignObject,
     ObjectNotFound,
     ResidencyError,
     S3Options,
@@ -452,14 +456,14 @@ class GravityIOManager(ConfigurableIOManager):
         here = self.site_here(label)
         topology = self.load_topology()
         wanted = _wanted_type(context)
-        problems: list[str] = []
+        problems: list[StorageError] = []
         for site in [here] + [s for s in topology.sites if s != here]:
             storage = self.storage(site, label)
             for extension in EXTENSIONS:
                 try:
                     info = storage.head(base + extension)
                 except StorageError as err:
-                    problems.append(str(err))
+                    problems.append(err)
                     break
                 if info is None:
                     continue
@@ -472,9 +476,19 @@ class GravityIOManager(ConfigurableIOManager):
                     context.log.info(f"gravity: replicated {label} from {site} to {here} ({info.size_bytes} bytes)")
                 return _decode(self._read(here, info.key, info.sha256, label), extension, wanted)
         where = self.storage(here, label).uri(base + ".parquet")
+        # an object that is there but foreign is not "missing": say so (its site and URI first)
+        foreign = next((p for p in problems if isinstance(p, ForeignObject)), None)
+        if foreign is not None:
+            raise ForeignObject(
+                f"no object written by gravity for this input at any site ({', '.join(topology.sites)}); "
+                f"{foreign.reason}" + "".join(f"; {p}" for p in problems if p is not foreign),
+                site=foreign.site,
+                uri=foreign.uri,
+                asset=label,
+            )
         raise ObjectNotFound(
             f"no stored object for this input at any site ({', '.join(topology.sites)})"
-            + (f"; problems: {'; '.join(problems)}" if problems else ""),
+            + (f"; problems: {'; '.join(str(p) for p in problems)}" if problems else ""),
             site=here,
             uri=where,
             asset=label,

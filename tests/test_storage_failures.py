@@ -1,22 +1,35 @@
-"""Storage failures fail in bounded time: S3 endpoints that hang (a silent socket, a full
-accept queue, a SIGSTOPped SeaweedFS of the test's own)."""
+"""Storage failures say what failed and where, and fail in bounded time: a full disk (a real
+256 KiB tmpfs), a read-only filesystem, a write denied to an unprivileged user, foreign S3
+objects, and S3 endpoints that hang (a silent socket, a full accept queue, a SIGSTOPped
+SeaweedFS of the test's own)."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from dagster import asset, materialize
+import yaml
+from dagster import AssetKey, asset, build_output_context, materialize
 
 from dagster_gravity import GravityIOManager, GravityTopology
 from dagster_gravity.runtime import running_at
 from dagster_gravity.storage import (
+    ForeignObject,
     LocalSiteStorage,
     S3Options,
     S3SiteStorage,
@@ -26,7 +39,186 @@ from dagster_gravity.storage import (
     unresponsive,
 )
 from dagster_gravity.storage.replication import PART_SIZE
+from tests.support.files import all_files
 from tests.support.s3 import start_seaweedfs, write_sites_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 1024 * 1024
+
+
+# -- a small real filesystem ---------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_RDONLY = 1
+MNT_DETACH = 2
+
+
+@contextmanager
+def small_tmpfs(path: Path, size_kib: int = 256, readonly: bool = False):
+    """A tmpfs of `size_kib` mounted at `path` (mount(2) directly: no process), unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    flags = MS_RDONLY if readonly else 0
+    if _libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", flags, f"size={size_kib}k".encode()) != 0:
+        code = ctypes.get_errno()
+        if code == errno.EPERM:
+            pytest.skip("mounting a small tmpfs to fill needs CAP_SYS_ADMIN (run as root)")
+        raise OSError(code, os.strerror(code), str(path))
+    try:
+        yield path
+    finally:
+        _libc.umount2(os.fsencode(path), MNT_DETACH)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def local_sites(tmp_path: Path, root: Path) -> Path:
+    path = tmp_path / "sites.yaml"
+    site = {"name": "tiny", "region": "r", "kind": "onprem", "storage": {"kind": "local", "path": str(root)}}
+    path.write_text(yaml.safe_dump({"sites": [{**site, "pools": [{"name": "cpu", "slots": 1}]}]}))
+    return path
+
+
+OUTPUTS = {
+    "numpy": (lambda: np.random.default_rng(0).random(64 * 1024), ".npy"),  # 512 KiB
+    "parquet": (lambda: pd.DataFrame({"x": np.random.default_rng(1).random(64 * 1024)}), ".parquet"),
+    "json": (lambda: list(range(100_000)), ".json"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OUTPUTS))
+def test_full_disk_on_an_output_names_asset_site_and_uri_and_keeps_the_recorded_version(tmp_path, kind):
+    make, extension = OUTPUTS[kind]
+    with small_tmpfs(tmp_path / "disk") as root:
+        io = GravityIOManager(topology=GravityTopology(sites_file=str(local_sites(tmp_path, root))), default_site="tiny")
+        small = {"numpy": np.arange(3.0), "parquet": pd.DataFrame({"x": [1.0]}), "json": [1, 2]}[kind]
+        io.handle_output(build_output_context(asset_key=AssetKey("big")), small)
+        before = storage_for_site(io.load_topology(), "tiny").read_bytes("big" + extension)[0]
+
+        with pytest.raises(StorageError) as err:
+            io.handle_output(build_output_context(asset_key=AssetKey("big")), make())
+        message = str(err.value)
+        assert "disk full (ENOSPC) while writing" in message, message
+        assert err.value.asset == "big" and err.value.site == "tiny"
+        assert err.value.uri == (root / f"big{extension}").as_uri() and err.value.uri in message
+        assert root_cause(err.value).errno == errno.ENOSPC
+        # the temporary file is gone and the version before is untouched
+        assert storage_for_site(io.load_topology(), "tiny").read_bytes("big" + extension)[0] == before
+        assert len(all_files(root)) == 2  # the link and its data file
+
+
+def test_full_disk_in_a_replication_names_both_sites(tmp_path):
+    source = LocalSiteStorage("src", tmp_path / "src")
+    payload = os.urandom(MiB)
+    source.put_bytes("m/weights.bin", payload)
+    with small_tmpfs(tmp_path / "disk") as root:
+        dest = LocalSiteStorage("tiny", root)
+        with pytest.raises(StorageError) as err:
+            replicate(source, dest, "m/weights.bin")
+        message = str(err.value)
+        assert "disk full (ENOSPC)" in message and "'tiny'" in message and (root / "m/weights.bin").as_uri() in message
+        assert "'src'" in message and source.uri("m/weights.bin") in message
+        assert dest.head("m/weights.bin") is None and all_files(root) == []
+
+
+def test_full_local_disk_while_spooling_an_s3_upload_names_site_and_uri(tmp_path, monkeypatch):
+    """An S3 write spools to a local temporary file past 8 MiB; that disk filling up is named
+    as such (no request is sent: the failure comes first)."""
+    with small_tmpfs(tmp_path / "spool") as spool:
+        monkeypatch.setattr(tempfile, "tempdir", str(spool))
+        store = S3SiteStorage("s3-a", "bucket", prefix="gravity", endpoint_url="http://127.0.0.1:9")
+        with pytest.raises(StorageError) as err:
+            store.put_bytes("m/weights.bin", os.urandom(9 * MiB))
+        message = str(err.value)
+        assert "disk full (ENOSPC) while spooling the upload to a local temporary file" in message, message
+        assert "'s3-a'" in message and "s3://bucket/gravity/m/weights.bin" in message
+
+
+def test_read_only_filesystem_names_the_reason_site_and_uri(tmp_path):
+    with small_tmpfs(tmp_path / "ro", readonly=True) as root:
+        store = LocalSiteStorage("frozen", root)
+        for key in ("top.bin", "deep/er.bin"):
+            with pytest.raises(StorageError) as err:
+                store.put_bytes(key, b"x")
+            message = str(err.value)
+            assert "read-only filesystem (EROFS)" in message and "'frozen'" in message
+            assert store.uri(key) in message
+
+
+UNPRIVILEGED = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    from dagster_gravity.storage import LocalSiteStorage, StorageError
+    # imported as root (Python's own files may be readable only by root); now become nobody
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    store = LocalSiteStorage("locked", sys.argv[1])
+    for action, call in (("write", lambda: store.put_bytes("new/obj.bin", b"x")),
+                         ("read", lambda: store.read_bytes("secret.bin"))):
+        try:
+            call()
+            print(action, "succeeded")
+        except StorageError as err:
+            print(action, type(err).__name__, err)
+    """
+)
+
+
+@pytest.mark.slow
+def test_permission_denied_names_the_reason_site_and_uri(tmp_path):
+    """Root is never denied by file modes, so the storage runs in a child that drops to user
+    nobody (uid 65534), against a root-owned directory (0755) holding an object only root reads."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user to be denied needs root")
+    top = Path(tempfile.mkdtemp(prefix="gravity-locked-"))  # /tmp: tmp_path's parents are 0700
+    try:
+        top.chmod(0o755)
+        root = top / "store"
+        store = LocalSiteStorage("locked", root)
+        store.put_bytes("secret.bin", b"only root reads this")
+        data_file = store.path("secret.bin").resolve()
+        data_file.chmod(0o600)
+        script = top / "child.py"
+        script.write_text(UNPRIVILEGED.format(repo=str(REPO)))
+        script.chmod(0o644)
+        done = subprocess.run(
+            [sys.executable, str(script), str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(top)},
+        )
+        assert done.returncode == 0, done.stderr
+        write, read = done.stdout.splitlines()
+        assert write.startswith("write StorageError permission denied (EACCES) while creating a temporary file")
+        assert "'locked'" in write and store.uri("new/obj.bin") in write
+        assert read.startswith("read StorageError permission denied (EACCES) while reading")
+        assert "'locked'" in read and store.uri("secret.bin") in read
+    finally:
+        shutil.rmtree(top)
+
+
+# -- foreign S3 objects ----------------------------------------------------------------------
+
+
+def test_s3_object_without_gravity_metadata_is_foreign_not_missing(seaweedfs, s3_buckets, tmp_path):
+    store = S3SiteStorage("s3-a", s3_buckets[0], prefix="gravity", endpoint_url=seaweedfs.endpoint_url)
+    store.client.put_object(Bucket=store.bucket, Key="gravity/up.parquet", Body=b"uploaded by hand")
+    uri = f"s3://{store.bucket}/gravity/up.parquet"
+    for call in (lambda: store.head("up.parquet"), lambda: store.read_bytes("up.parquet")):
+        with pytest.raises(ForeignObject) as err:
+            call()
+        assert "exists" in str(err.value) and "foreign" in str(err.value) and "no sha256 metadata" in str(err.value)
+        assert err.value.site == "s3-a" and err.value.uri == uri
+    with pytest.raises(ForeignObject) as err:
+        replicate(store, LocalSiteStorage("here", tmp_path / "here"), "up.parquet")
+    assert "foreign" in str(err.value) and uri in str(err.value)
+    assert store.head("missing.parquet") is None  # a key with nothing under it is still just absent
 
 
 @asset
@@ -52,6 +244,25 @@ def run_failure(assets, site, io, instance, selection=None) -> StorageError:
         exc = exc.__cause__
     assert exc is not None, f"no StorageError in the cause chain of {err.value!r}"
     return exc
+
+
+@pytest.mark.slow  # Dagster's compute-log capture starts processes
+def test_io_manager_load_of_a_foreign_s3_object_says_foreign(tmp_path, seaweedfs, s3_buckets, instance):
+    sites = write_sites_yaml(tmp_path, seaweedfs.endpoint_url, s3_buckets)
+    io = GravityIOManager(topology=GravityTopology(sites_file=str(sites)))
+    client = seaweedfs.client()
+    # never materialized: the only object for `up` is foreign
+    client.put_object(Bucket=s3_buckets[1], Key="gravity/up.parquet", Body=b"by hand")
+    err = run_failure([up, down], "us-local", io, instance, selection=[down])
+    assert isinstance(err, ForeignObject) and "no object written by gravity for this input" in str(err)
+    assert err.asset == "up" and err.site == "s3-b" and err.uri == f"s3://{s3_buckets[1]}/gravity/up.parquet"
+
+    # recorded at s3-a, then replaced there by a foreign object: the load says so
+    run([up], "s3-a", io, instance)
+    client.put_object(Bucket=s3_buckets[0], Key="gravity/up.parquet", Body=b"replaced by hand")
+    err = run_failure([up, down], "us-local", io, instance, selection=[down])
+    assert isinstance(err, ForeignObject) and "foreign" in str(err) and "'up'" in str(err)
+    assert err.site == "s3-a" and f"s3://{s3_buckets[0]}/gravity/up.parquet" in str(err)
 
 
 # -- S3 endpoints that do not answer -----------------------------------------------------------

@@ -11,6 +11,7 @@ import threading
 
 from dagster_gravity.storage.base import (
     ChecksumMismatch,
+    ForeignObject,
     ObjectInfo,
     ObjectNotFound,
     ResidencyError,
@@ -24,6 +25,7 @@ from dagster_gravity.storage.s3 import S3Options, S3SiteStorage, site_options
 
 __all__ = [
     "ChecksumMismatch",
+    "ForeignObject",
     "LocalSiteStorage",
     "ObjectInfo",
     "ObjectNotFound",

@@ -8,6 +8,9 @@ CompleteMultipartUpload (and that is aborted on any error).
 `put_new` creates a key only if absent with a conditional PUT (`If-None-Match: *`), which
 AWS S3 and SeaweedFS (checked with 4.48) refuse with 412 when the key exists.
 
+An object under a gravity key without that metadata is foreign (put there by something
+else): `head` and the reads raise ForeignObject saying so, rather than reporting it missing.
+
 Credentials come from the normal boto3 chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
 profiles, instance roles). Failure times are bounded: a connect timeout of 5 s and a read
 timeout of 10 s per attempt (a wait for the socket, not a limit on a whole transfer, so large
@@ -35,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from dagster_gravity.storage import unresponsive
 from dagster_gravity.storage.base import (
     AtomicWrite,
+    ForeignObject,
     HashingWriter,
     ObjectInfo,
     ObjectNotFound,
@@ -43,6 +47,7 @@ from dagster_gravity.storage.base import (
     StorageError,
     verify,
 )
+from dagster_gravity.storage.oserrors import os_error_reason
 from dagster_gravity.topology import S3_SETTINGS
 
 SHA_META = "sha256"
@@ -183,6 +188,15 @@ class S3SiteStorage(SiteStorage):
         first = "check that the endpoint is up and reachable, or" if kind == "connect" else "if it is only slow,"
         return f"{first} raise {where} (now {now:g} s)"
 
+    def _foreign(self, key: str) -> ForeignObject:
+        return ForeignObject(
+            f"an object exists under this key at {self.endpoint_url or 'AWS S3'} but it is foreign: it has no "
+            f"{SHA_META} metadata (x-amz-meta-{SHA_META}), so it was not written by gravity and cannot be "
+            "verified; remove it or store the data through gravity",
+            site=self.site,
+            uri=self.uri(key),
+        )
+
     # -- reads ---------------------------------------------------------------------------
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -195,7 +209,7 @@ class S3SiteStorage(SiteStorage):
             raise err from exc
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
-            return None  # not written by gravity: no checksum, so not a usable object
+            raise self._foreign(key)  # it exists, so "missing" (None) would mislead
         return ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha)
 
     def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
@@ -206,7 +220,7 @@ class S3SiteStorage(SiteStorage):
             raise self._error(exc, "GET", key) from exc
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
-            raise StorageError("the object has no sha256 metadata (not written by gravity)", site=self.site, uri=self.uri(key))
+            raise self._foreign(key)
         info = ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha)
         verify(data, info, expected_sha256)
         return data, info
@@ -303,6 +317,11 @@ class _S3Write(AtomicWrite):
 
     def __exit__(self, exc_type, exc, tb):
         try:
+            if isinstance(exc, OSError):  # the spool's local temporary file: e.g. disk full
+                s = self.storage
+                raise StorageError(
+                    os_error_reason(exc, "spooling the upload to a local temporary file"), site=s.site, uri=s.uri(self.key)
+                ) from exc
             if exc_type is not None:
                 return None
             sha, size = self.writer.hexdigest(), self.writer.size
