@@ -241,6 +241,7 @@ class GravityIOManager(ConfigurableIOManager):
             "sites.yaml wins. With the defaults (5 s, 10 s, 2) a hung endpoint fails a load or store in "
             "about 21 s: after one timeout, requests to that endpoint fail at once for 30 s."
         ),
+    )
     gc_grace_seconds: float = Field(
         default=gc.DEFAULT_GRACE_S,
         description=(
