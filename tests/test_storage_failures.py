@@ -38,6 +38,8 @@ from dagster_gravity.storage import (
     storage_for_site,
     unresponsive,
 )
+from dagster_gravity.locations import latest_location
+from dagster_gravity.storage.base import version_key
 from dagster_gravity.storage.replication import PART_SIZE
 from tests.support.files import all_files
 from tests.support.s3 import start_seaweedfs, write_sites_yaml
@@ -96,7 +98,9 @@ def test_full_disk_on_an_output_names_asset_site_and_uri_and_keeps_the_recorded_
         io = GravityIOManager(topology=GravityTopology(sites_file=str(local_sites(tmp_path, root))), default_site="tiny")
         small = {"numpy": np.arange(3.0), "parquet": pd.DataFrame({"x": [1.0]}), "json": [1, 2]}[kind]
         io.handle_output(build_output_context(asset_key=AssetKey("big")), small)
-        before = storage_for_site(io.load_topology(), "tiny").read_bytes("big" + extension)[0]
+        tiny = storage_for_site(io.load_topology(), "tiny")
+        [recorded] = [v.key for v in tiny.list_versions("big")]
+        before = tiny.read_bytes(recorded)[0]
 
         with pytest.raises(StorageError) as err:
             io.handle_output(build_output_context(asset_key=AssetKey("big")), make())
@@ -106,7 +110,7 @@ def test_full_disk_on_an_output_names_asset_site_and_uri_and_keeps_the_recorded_
         assert err.value.uri == (root / f"big{extension}").as_uri() and err.value.uri in message
         assert root_cause(err.value).errno == errno.ENOSPC
         # the temporary file is gone and the version before is untouched
-        assert storage_for_site(io.load_topology(), "tiny").read_bytes("big" + extension)[0] == before
+        assert tiny.read_bytes(recorded)[0] == before and [v.key for v in tiny.list_versions("big")] == [recorded]
         assert len(all_files(root)) == 2  # the link and its data file
 
 
@@ -259,10 +263,11 @@ def test_io_manager_load_of_a_foreign_s3_object_says_foreign(tmp_path, seaweedfs
 
     # recorded at s3-a, then replaced there by a foreign object: the load says so
     run([up], "s3-a", io, instance)
-    client.put_object(Bucket=s3_buckets[0], Key="gravity/up.parquet", Body=b"replaced by hand")
+    recorded = version_key("up", latest_location(instance, "up").sha256, ".parquet")
+    client.put_object(Bucket=s3_buckets[0], Key=f"gravity/{recorded}", Body=b"replaced by hand")
     err = run_failure([up, down], "us-local", io, instance, selection=[down])
     assert isinstance(err, ForeignObject) and "foreign" in str(err) and "'up'" in str(err)
-    assert err.site == "s3-a" and f"s3://{s3_buckets[0]}/gravity/up.parquet" in str(err)
+    assert err.site == "s3-a" and f"s3://{s3_buckets[0]}/gravity/{recorded}" in str(err)
 
 
 # -- S3 endpoints that do not answer -----------------------------------------------------------
@@ -430,7 +435,7 @@ def test_a_sigstopped_seaweedfs_fails_reads_writes_and_replication_within_30_s(t
         print(f"IO-manager load failed in {took:.1f} s: {err}")
         assert took < 30, (took, str(err))
         assert "S3 GET timed out after 10 s" in str(err) and "'s3-a'" in str(err) and err.asset == "up"
-        assert f"s3://{buckets[0]}/gravity/up.parquet" in str(err)
+        assert f"s3://{buckets[0]}/gravity/up@" in str(err)
 
         # 4. the endpoint is now marked: the next call fails at once with the same explanation
         started = time.monotonic()
