@@ -364,3 +364,13 @@ def test_auto_falls_back_to_the_heuristic_where_the_proof_does_not_fit(monkeypat
     assert not check_plan(topology, steps, plan.sites)
     # per component the heuristic's plan or the pruned one, whichever is cheaper
     assert optimum - 1e-9 <= plan.score <= heuristic.score + 1e-9
+
+
+def test_components_over_the_pruning_size_limit_get_the_heuristic(monkeypatch):
+    topology, steps, _ = ml_problem(1)
+    monkeypatch.setattr(dispatch, "EXACT_TABLE_LIMIT", 12**3)  # too wide to eliminate over all sites
+    assert place_plan(topology, steps).exact
+    monkeypatch.setattr(dispatch, "PRUNE_MAX_STEPS", 5)  # every pipeline is larger
+    plan = place_plan(topology, steps)
+    assert not plan.exact and plan.method == "heuristic"
+    assert plan.sites == place_plan(topology, steps, method="heuristic").sites

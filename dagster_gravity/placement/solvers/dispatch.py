@@ -24,6 +24,10 @@ EXACT_TABLE_LIMIT = 2_000_000
 # the sites left) builds at most this many table entries, so large plans stay within their
 # time budget.
 EXACT_WORK_LIMIT = 30_000_000
+# `auto` rules sites out on components of at most this many steps (a pipeline is tens of
+# steps); larger ones go straight to the heuristic: their bounds take many rounds of a deep
+# forest to settle, and the sites left rarely make elimination small enough.
+PRUNE_MAX_STEPS = 500
 
 
 def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
@@ -31,9 +35,10 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
 
     Each connected component is solved on its own: by the forest DP when it is a tree, by
     variable elimination when its tables stay within `EXACT_TABLE_LIMIT` and the whole plan's
-    elimination work within `EXACT_WORK_LIMIT`; else (``auto``) sites that cannot be in a
-    plan cheaper than one in hand are ruled out and elimination runs over the sites left,
-    within the same limits; the heuristic takes the components where that does not fit.
+    elimination work within `EXACT_WORK_LIMIT`; else (``auto``, on components of at most
+    `PRUNE_MAX_STEPS` steps) sites that cannot be in a plan cheaper than one in hand are
+    ruled out and elimination runs over the sites left, within the same limits; the
+    heuristic takes the components where that does not fit, and the larger ones.
     ``exact`` eliminates over all sites without limits, ``heuristic`` uses the heuristic on
     every component, and ``pruned`` (for tests) rules sites out on every component that is
     not a tree, then eliminates without limits.
@@ -41,7 +46,7 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
     n, S = p.unary.shape
     adj = _adjacency(p)
     labels = np.argmin(p.unary, axis=1)
-    forest_nodes, hard = [], []
+    forest_nodes, hard, large = [], [], []
     limited = method == "auto"
     budget = EXACT_WORK_LIMIT if limited else math.inf
     table_limit = EXACT_TABLE_LIMIT if limited else math.inf
@@ -57,6 +62,8 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
         if order is not None and work <= budget:
             budget -= work
             _solve_elimination(p, adj, order, labels)
+        elif limited and len(comp) > PRUNE_MAX_STEPS:
+            large.extend(comp)
         else:
             hard.extend(comp)
     if forest_nodes:
@@ -71,7 +78,9 @@ def _solve(p: _Problem, method: str) -> tuple[np.ndarray, bool]:
         tree = _spanning_forest(p, np.array(hard, dtype=np.int64))
         labels, hard = _solve_pruned(p, adj, labels, hard, tree, budget, table_limit)
         if hard:  # each component as the heuristic finds it, or as pruning left it if cheaper
-            labels = _cheaper(p, adj, _heuristic(p, adj, labels.copy(), hard), labels, hard)
-    elif hard:
-        labels = _heuristic(p, adj, labels, hard)
-    return labels, not hard
+            labels = _cheaper(p, adj, _heuristic(p, adj, labels.copy(), hard + large), labels, hard)
+        elif large:
+            labels = _heuristic(p, adj, labels, large)
+    elif hard or large:
+        labels = _heuristic(p, adj, labels, hard + large)
+    return labels, not hard and not large

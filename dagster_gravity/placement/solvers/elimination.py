@@ -112,11 +112,11 @@ def _solve_elimination(p: _Problem, adj, order: list[int], labels: np.ndarray, u
                 shape[pos[x]] = size
             table = table.reshape(shape)
             total = table if total is None else total + table
-        total = np.broadcast_to(total, tuple(len(dom[x]) for x in axes))
+        # (every axis comes with some factor: the sum has the full shape)
         arg = np.argmin(total, axis=0)
         record.append((v, rest, arg))
         if rest:
-            add(tuple(rest), np.take_along_axis(total, arg[None], axis=0)[0])
+            add(tuple(rest), total.min(axis=0))
     # backtrack through positions in each domain, then turn them into sites
     pos_of: dict[int, int] = {}
     for v, rest, arg in reversed(record):
