@@ -8,7 +8,8 @@ Paths: local->local, S3->S3 (two buckets = two sites), S3->local. The raw copy i
 script without gravity would do: `shutil.copyfile` for files, boto3 `download_fileobj` +
 `upload_fileobj` (same TransferConfig concurrency) for S3->S3, boto3 `download_file` for
 S3->local. Gravity's copy also hashes every byte (sha256), checks it against the source's
-checksum, and publishes atomically (fsync + rename, or CompleteMultipartUpload).
+checksum, and publishes atomically (fsync + rename, or CompleteMultipartUpload), through
+`replicate_once`, as the IO manager does: single flight (a flock or an S3 lease) included.
 Raw and gravity runs alternate so machine noise hits both alike; medians are reported.
 Without --endpoint-url a SeaweedFS server is started (and stopped) on loopback.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dagster_gravity.storage import LocalSiteStorage, S3SiteStorage, replicate  # noqa: E402
+from dagster_gravity.storage import LocalSiteStorage, S3SiteStorage, replicate, replicate_once  # noqa: E402
 from dagster_gravity.storage.s3 import S3Options, make_client, transfer_config  # noqa: E402
 
 MB = 1_000_000
@@ -166,7 +167,7 @@ def run_all(work: Path, endpoint: str, size: int, runs: int) -> list[dict]:
             size,
             runs,
             lambda: shutil.copyfile(local_a.path("obj.bin"), raw_dir / "obj.bin"),
-            lambda: replicate(local_a, local_b, "obj.bin", info.sha256),
+            lambda: replicate_once(local_a, local_b, "obj.bin", info.sha256),
             clean_local_b,
         ),
         bench_pair(
@@ -174,7 +175,7 @@ def run_all(work: Path, endpoint: str, size: int, runs: int) -> list[dict]:
             size,
             runs,
             raw_s3_to_s3,
-            lambda: replicate(s3_a, s3_b, "obj.bin", info.sha256),
+            lambda: replicate_once(s3_a, s3_b, "obj.bin", info.sha256),
             clean_s3_b,
         ),
         bench_pair(
@@ -182,7 +183,7 @@ def run_all(work: Path, endpoint: str, size: int, runs: int) -> list[dict]:
             size,
             runs,
             lambda: client.download_file(bucket_a, "obj.bin", str(raw_dir / "obj.bin"), Config=tconfig),
-            lambda: replicate(s3_a, local_b, "obj.bin", info.sha256),
+            lambda: replicate_once(s3_a, local_b, "obj.bin", info.sha256),
             clean_local_b,
         ),
     ]

@@ -98,6 +98,38 @@ def format_topology(topology: Topology) -> str:
     return "\n".join(parts)
 
 
+def _measured_links(topology: Topology) -> list:
+    """The links measured by earlier replications, from the instance of $DAGSTER_HOME (none
+    without one)."""
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        return []
+    from dagster import DagsterInstance
+
+    from dagster_gravity.link_measurements import measured_links
+
+    with DagsterInstance.get() as instance:
+        found = measured_links(instance, topology.sites)
+    return [found[pair] for pair in sorted(found) if pair in topology.links]
+
+
+def format_measured_links(topology: Topology, measured: Sequence) -> str:
+    from dagster_gravity.link_measurements import MIN_SAMPLES
+
+    if not measured:
+        return "links as measured by replications: none yet (placement uses the configured bandwidths)"
+    rows = [
+        [m.src, m.dst, f"{topology.link(m.src, m.dst).bandwidth_bytes_per_s * 8 / 1e9:g}G",
+         f"{m.bandwidth_bytes_per_s * 8 / 1e9:.3g}G", str(m.samples), "measured" if m.trusted else "configured"]
+        for m in measured
+    ]
+    return (
+        f"links as measured by replications (placement uses a measurement after {MIN_SAMPLES} copies of 1 MB or more):\n"
+        + _table(["from", "to", "configured", "measured", "copies", "placement uses"], rows)
+    )
+
+
 def add_sites_command(subparsers) -> None:
     parser = subparsers.add_parser("sites", help="print the topology: sites, pools, residency zones and links")
     parser.add_argument("--sites", default=None, help="sites file (default: $GRAVITY_SITES, else sites.yaml)")
@@ -141,10 +173,19 @@ def run_sites_command(args) -> int:
         print(f"gravity sites: {exc}", file=sys.stderr)
         return 2
     if not args.health:
+        measured = _measured_links(topology)
         if args.json:
-            print(json.dumps(topology_as_dict(topology), indent=2))
+            view = topology_as_dict(topology)
+            view["measured_links"] = [
+                {"from": m.src, "to": m.dst, "samples": m.samples, "bandwidth_gbps": m.bandwidth_bytes_per_s * 8 / 1e9,
+                 "used": m.trusted}
+                for m in measured
+            ]
+            print(json.dumps(view, indent=2))
         else:
             print(format_topology(topology))
+            print()
+            print(format_measured_links(topology, measured))
         return 0
 
     timeout = args.timeout if args.timeout is not None else health.DEFAULT_TIMEOUT_S

@@ -64,6 +64,7 @@ from dagster_gravity.placement_events import placement_event, pool_unhealthy_eve
 from dagster_gravity.pools import CRASHED, NOT_STARTED, PoolBackend, StepEnded, StepEvent, StepRequest, create_backends
 from dagster_gravity.resources import resolve_run_sites_file
 from dagster_gravity.step_runner import RunPayload
+from dagster_gravity.link_measurements import measured_links, with_measured_links
 from dagster_gravity.topology import Topology, load_topology
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class GravityExecutor(Executor):
         # One topology for the run, or it fails here, before any step runs.
         job_def = plan_context.job.get_definition()
         topology = load_topology(resolve_run_sites_file(self.config.sites_file, job_def, plan_context.run_config))
+        # links priced by what earlier runs' copies delivered, where enough were measured
+        topology = with_measured_links(topology, measured_links(plan_context.instance, topology.sites))
         with ExitStack() as stack:
             loop = _RunLoop(self, plan_context, execution_plan, topology)
             yield from loop.run(stack)

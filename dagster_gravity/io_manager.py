@@ -34,6 +34,12 @@ ASSET_OBSERVATION event of the step (so it reaches the event log through the exe
 event stream, like every other step event); inputs spanning several partitions cannot use
 it (it needs a single partition key) and report through
 `instance.report_runless_asset_event` instead.
+
+Every storage failure is a StorageError naming the asset, the site and the URI: a full
+disk or a denied write says so in words, an object that gravity did not write is a
+ForeignObject (not "missing"), and an S3 site that hangs fails a load or store in about
+21 s by default (its timeouts: the site's sites.yaml storage settings, else this IO
+manager's `s3_*` fields).
 """
 
 # No `from __future__ import annotations` here: Dagster reads the resource fields'
@@ -66,6 +72,7 @@ from dagster_gravity.resources import GravityTopology
 from dagster_gravity.runtime import current_site
 from dagster_gravity.storage import (
     ChecksumMismatch,
+    ForeignObject,
     ObjectNotFound,
     ResidencyError,
     S3Options,
@@ -76,6 +83,7 @@ from dagster_gravity.storage import (
     replicate_once,
     storage_for_site,
 )
+from dagster_gravity.link_measurements import record_transfer
 from dagster_gravity.recorded_versions import recorded_version
 from dagster_gravity.storage import gc
 from dagster_gravity.storage.base import parse_version_key
@@ -84,6 +92,7 @@ from dagster_gravity.topology import Topology
 
 BYTES_MOVED = "gravity/bytes_moved"
 REPLICATED_FROM = "gravity/replicated_from"
+REPLICATION_SECONDS = "gravity/replication_seconds"
 REPLICA_URI = "gravity/replica_uri"  # not dagster/uri: the UI would show it as the asset's address
 
 def asset_label(context) -> str:
@@ -210,9 +219,29 @@ class GravityIOManager(ConfigurableIOManager):
             "(e.g. in-process materialize). Unset: such steps fail with a clear error."
         ),
     )
-    s3_connect_timeout_s: float = Field(default=5.0, description="Seconds to wait for an S3 site's endpoint to accept a connection.")
-    s3_read_timeout_s: float = Field(default=60.0, description="Seconds to wait for data on an open S3 connection.")
-    s3_max_attempts: int = Field(default=3, description="Attempts per S3 request, including the first (botocore's retry setting).")
+    # Defaults for every S3 site; a site's own `storage:` setting in sites.yaml wins over them.
+    s3_connect_timeout_s: float = Field(
+        default=S3Options.connect_timeout_s,
+        description=(
+            "Seconds to wait for an S3 site's endpoint to accept a connection, per attempt. A default: "
+            "a site's storage.connect_timeout_seconds in sites.yaml wins."
+        ),
+    )
+    s3_read_timeout_s: float = Field(
+        default=S3Options.read_timeout_s,
+        description=(
+            "Seconds to wait on an open S3 connection for the answer, per attempt (not a limit on a whole "
+            "transfer). A default: a site's storage.read_timeout_seconds in sites.yaml wins."
+        ),
+    )
+    s3_max_attempts: int = Field(
+        default=S3Options.max_attempts,
+        description=(
+            "Attempts per S3 request, including the first. A default: a site's storage.max_attempts in "
+            "sites.yaml wins. With the defaults (5 s, 10 s, 2) a hung endpoint fails a load or store in "
+            "about 21 s: after one timeout, requests to that endpoint fail at once for 30 s."
+        ),
+    )
     gc_grace_seconds: float = Field(
         default=gc.DEFAULT_GRACE_S,
         description=(
@@ -435,6 +464,7 @@ class GravityIOManager(ConfigurableIOManager):
         if result.reused:  # another step brought it here just now, and records the replica
             context.log.info(f"gravity: reused the copy of {where} another step brought to {here}, sha256 verified")
             return data
+        self._measure_link(context, source_site, here, result)
         if self.gc_on_write and parse_version_key(key):  # older replicas here are now superseded
             self._collect_superseded(context, local, parse_version_key(key)[0], key, label, record=record)
         observation = {
@@ -443,6 +473,7 @@ class GravityIOManager(ConfigurableIOManager):
             BYTES_MOVED: result.bytes_moved,
             REPLICATED_FROM: source_site,
             REPLICA_URI: result.replica.uri,
+            REPLICATION_SECONDS: round(result.seconds, 6),
         }
         context.log.info(
             f"gravity: replicated {where} from {source_site} to "
@@ -461,13 +492,13 @@ class GravityIOManager(ConfigurableIOManager):
         here = self.site_here(label)
         topology = self.load_topology()
         wanted = _wanted_type(context)
-        problems: list[str] = []
+        problems: list[StorageError] = []
         for site in [here] + [s for s in topology.sites if s != here]:
             storage = self.storage(site, label)
             try:
                 found = _newest_unrecorded(storage, base)
             except StorageError as err:
-                problems.append(str(err))
+                problems.append(err)
                 continue
             if found is not None:
                 info, extension = found
@@ -480,13 +511,30 @@ class GravityIOManager(ConfigurableIOManager):
                     context.log.info(f"gravity: replicated {label} from {site} to {here} ({info.size_bytes} bytes)")
                 return _decode(self._read(here, info.key, info.sha256, label), extension, wanted)
         where = self.storage(here, label).uri(base + ".parquet")
+        # an object that is there but foreign is not "missing": say so (its site and URI first)
+        foreign = next((p for p in problems if isinstance(p, ForeignObject)), None)
+        if foreign is not None:
+            raise ForeignObject(
+                f"no object written by gravity for this input at any site ({', '.join(topology.sites)}); "
+                f"{foreign.reason}" + "".join(f"; {p}" for p in problems if p is not foreign),
+                site=foreign.site,
+                uri=foreign.uri,
+                asset=label,
+            )
         raise ObjectNotFound(
             f"no stored object for this input at any site ({', '.join(topology.sites)})"
-            + (f"; problems: {'; '.join(problems)}" if problems else ""),
+            + (f"; problems: {'; '.join(str(p) for p in problems)}" if problems else ""),
             site=here,
             uri=where,
             asset=label,
         )
+
+    def _measure_link(self, context: InputContext, src: str, dst: str, result) -> None:
+        """Teach placement what the link delivered (link_measurements.py); never fails the step."""
+        try:
+            record_transfer(context.instance, self.load_topology(), src, dst, result.bytes_moved, result.seconds)
+        except Exception as exc:  # noqa: BLE001 - a measurement lost is only a sample lost
+            context.log.warning(f"gravity: could not record the {src} -> {dst} link measurement: {exc}")
 
     def _collect_superseded(
         self, context, storage: SiteStorage, base: str, written: str, label: str, record=None

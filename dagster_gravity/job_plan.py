@@ -71,9 +71,11 @@ def plan_job(
 ) -> list[PlannedStep]:
     from dagster_gravity.dagster_internals import ExecutionStep, create_execution_plan
     from dagster_gravity.input_locations import InputLocations, requirements_for
+    from dagster_gravity.link_measurements import measured_links, with_measured_links
 
     objective = Objective.parse(objective)
     plan = create_execution_plan(job_def, run_config=run_config or {})
+    topology = with_measured_links(topology, measured_links(instance, topology.sites))  # as the executor does
     locations = InputLocations(instance, job_def, topology, partition=partition)
     healthy = {p.id for p in topology.pools if p.id not in disabled_pools and p.site not in disabled_pools}
     out: list[PlannedStep] = []

@@ -5,6 +5,13 @@ and the residency zones that data may not leave.
 the file, the field (as a path such as ``sites[2].pools[0].slots``), the value found and
 what was expected. `resolve_sites_path` is the one rule that says which sites file is meant;
 `load_topology` parses a file once per version. This module has no Dagster import.
+
+A site's `storage` is `{kind: local, path: DIR}` (default: `<storage_root>/<site>`) or
+`{kind: s3, bucket: B, prefix: P, region: R, endpoint_url: URL}`. An S3 storage may also set
+its client's failure times: `connect_timeout_seconds` and `read_timeout_seconds` (numbers
+> 0, per attempt) and `max_attempts` (an integer >= 1, per request, the first included).
+What a site sets wins; what it leaves out comes from GravityIOManager's `s3_*` fields, whose
+defaults (5 s, 10 s, 2) make a hung endpoint fail in about 21 s.
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ from dagster_gravity.errors import GravityConfigError
 
 SITE_KINDS = ("cloud", "colo", "onprem")
 STORAGE_KINDS = ("local", "s3")
+# an S3 site's client settings in sites.yaml -> the StorageSpec field (see storage.s3.S3Options)
+S3_SETTINGS = {
+    "connect_timeout_seconds": "connect_timeout_s",
+    "read_timeout_seconds": "read_timeout_s",
+    "max_attempts": "max_attempts",
+}
 
 # Default link prices and speeds, from public list prices (AWS, 2024-2026):
 # about $0.01/GB each way between availability zones of one region, about $0.02/GB between
@@ -53,6 +66,10 @@ class StorageSpec:
     prefix: str = ""  # s3: key prefix inside the bucket
     region: str | None = None  # s3
     endpoint_url: str | None = None  # s3-compatible servers (SeaweedFS, MinIO, ...)
+    # s3 client settings of this site; None: the IO manager's (else the built-in) default
+    connect_timeout_s: float | None = None
+    read_timeout_s: float | None = None
+    max_attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -338,11 +355,14 @@ class _Loader:
     def load_storage(self, data: Any, where: str, site: str, storage_root: str) -> StorageSpec:
         if data is None:
             data = {"kind": "local"}
-        data = self.mapping(data, where, ["kind", "path", "bucket", "prefix", "region", "endpoint_url"])
+        data = self.mapping(data, where, ["kind", "path", "bucket", "prefix", "region", "endpoint_url", *S3_SETTINGS])
         kind = data.get("kind", "local")
         if kind not in STORAGE_KINDS:
             raise self.fail(f"{where}.kind", kind, f"one of {', '.join(STORAGE_KINDS)}")
         if kind == "local":
+            for key in S3_SETTINGS:
+                if key in data:
+                    raise self.fail(f"{where}.{key}", data[key], "no S3 client setting on a local storage (only kind: s3)")
             path = data.get("path", os.path.join(storage_root, site))
             if not isinstance(path, str) or not path:
                 raise self.fail(f"{where}.path", path, "a directory path")
@@ -353,12 +373,22 @@ class _Loader:
         for key in ("prefix", "region", "endpoint_url"):
             if key in data and not isinstance(data[key], str):
                 raise self.fail(f"{where}.{key}", data[key], "a string")
+        settings: dict[str, float | int] = {}
+        for key in ("connect_timeout_seconds", "read_timeout_seconds"):
+            if key in data:
+                value = data[key]
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isinf(value):
+                    raise self.fail(f"{where}.{key}", value, "a finite number of seconds > 0")
+                settings[S3_SETTINGS[key]] = self.number(value, f"{where}.{key}", minimum=0, strict=True)
+        if "max_attempts" in data:
+            settings["max_attempts"] = self.integer(data["max_attempts"], f"{where}.max_attempts", minimum=1)
         return StorageSpec(
             kind="s3",
             bucket=bucket,
             prefix=data.get("prefix", "").strip("/"),
             region=data.get("region"),
             endpoint_url=data.get("endpoint_url"),
+            **settings,
         )
 
     def load_pool(self, data: Any, where: str, site: str) -> Pool:

@@ -341,7 +341,7 @@ def test_s3_site_that_refuses_fails_with_a_clear_error(tmp_path, instance, s3_cr
         topology=GravityTopology(sites_file=str(sites)), s3_connect_timeout_s=1, s3_read_timeout_s=1, s3_max_attempts=1
     )
     err = run_failure([up], "s3-a", io, instance)
-    assert "refused the connection or timed out" in str(err) and "EndpointConnectionError" in str(err)
+    assert "refused the connection or is unreachable" in str(err) and "EndpointConnectionError" in str(err)
     assert "'up'" in str(err) and "'s3-a'" in str(err) and "s3://dead-a/gravity/up@" in str(err)
 
 

@@ -74,7 +74,7 @@ def test_landing_s3_clients_use_the_site_storage_timeouts(tmp_path):
         config = client.meta.config
         assert config.connect_timeout == defaults.connect_timeout_s
         assert config.read_timeout == defaults.read_timeout_s
-        assert config.retries == {"mode": "standard", "total_max_attempts": defaults.max_attempts + 1}
+        assert config.retries == {"mode": "standard", "total_max_attempts": defaults.max_attempts}
 
 
 def test_landing_read_from_a_hanging_s3_site_fails_fast_naming_it(tmp_path, s3_credentials):

@@ -1,11 +1,13 @@
 """Unit tests of the placement engine: per-step decisions, their explanations and errors,
-and the plan solvers against hand-computed optima."""
+and the plan solvers against hand-computed optima and HiGHS's."""
 
 import json
 import math
+import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dagster_gravity.placement import (
@@ -23,7 +25,13 @@ from dagster_gravity.placement import (
     plan_cost,
     plan_lower_bound,
 )
+from dagster_gravity.placement.problem import _build_problem
+from dagster_gravity.placement.solvers import dispatch
+from dagster_gravity.placement.solvers.dispatch import _solve
+from dagster_gravity.placement.solvers.milp import _solve_milp
+from dagster_gravity.placement.solvers.pruning import NARROW, _bound_left_out_edges
 from dagster_gravity.topology import Topology
+from tests.support.placement import ml_pipelines, ml_topology
 
 GB = 10**9
 
@@ -291,3 +299,78 @@ def test_output_residency_stand_in_is_named_as_an_output():
     assert by_pool(placement)["dc/cpu"].reason == "residency: output 'eu/report' may not leave zone 'eu'"
     data = InputData("d", GB, ("eu",))
     assert "all inputs are already at eu" in place_step(T, [data, out]).reason
+
+
+# -- pruning: bounds that rule sites out, then elimination over the sites left --------------
+
+
+def ml_problem(seed, n_sites=12, n_pipelines=4):
+    rng = random.Random(seed)
+    topology = ml_topology(rng, n_sites)
+    steps = ml_pipelines(rng, topology, n_pipelines)
+    return topology, steps, _build_problem(topology, steps, Objective(), None)
+
+
+def test_left_out_edges_are_bounded_by_the_cheapest_transfer_to_a_site_still_allowed():
+    _, _, p = ml_problem(3)
+    n, S = p.unary.shape
+    rng = np.random.default_rng(0)
+    allowed = rng.random((n, S)) < rng.uniform(0.05, 1.0, (n, 1))  # some steps with few sites, some with many
+    allowed[np.arange(n), rng.integers(0, S, n)] = True
+    edges = np.arange(len(p.edge_u))
+    got = np.zeros((n, S))
+    _bound_left_out_edges(p, got, allowed, edges)
+    expected = np.zeros((n, S))
+    far_widths = []
+    for e in edges:
+        u, v = p.edge_u[e], p.edge_v[e]
+        cost = p.edge_cost(e)  # [site of u, site of v]
+        if allowed[u].sum() >= allowed[v].sum():  # the end with more sites takes the bound
+            expected[u] += np.where(allowed[v][None, :], cost, np.inf).min(axis=1)
+            far_widths.append(allowed[v].sum())
+        else:
+            expected[v] += np.where(allowed[u][:, None], cost, np.inf).min(axis=0)
+            far_widths.append(allowed[u].sum())
+    assert min(far_widths) <= NARROW < max(far_widths)  # both ways of computing it are used
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_pruning_proves_the_optimum_of_ml_plans(seed, monkeypatch):
+    topology, steps, p = ml_problem(seed)
+    milp_labels, _, optimal = _solve_milp(p)
+    assert optimal
+    optimum = p.score(milp_labels)
+    labels, exact = _solve(p, "pruned")
+    assert exact and p.score(labels) == pytest.approx(optimum, rel=1e-7)
+    # `auto` takes the same road once one table over all 12 sites is over its limit
+    assert place_plan(topology, steps).method == "exact"
+    monkeypatch.setattr(dispatch, "EXACT_TABLE_LIMIT", 12**3)
+    plan = place_plan(topology, steps)
+    assert plan.exact and plan.method == "exact" and plan.score == pytest.approx(optimum, rel=1e-7)
+    assert not check_plan(topology, steps, plan.sites)
+    assert place_plan(topology, steps).sites == plan.sites  # deterministic
+
+
+def test_auto_falls_back_to_the_heuristic_where_the_proof_does_not_fit(monkeypatch):
+    topology, steps, p = ml_problem(3)
+    optimum = p.score(_solve_milp(p)[0])
+    heuristic = place_plan(topology, steps, method="heuristic")
+    # no elimination at all: only steps left with one site, and tree-shaped parts, get solved
+    monkeypatch.setattr(dispatch, "EXACT_WORK_LIMIT", 0)
+    monkeypatch.setattr(dispatch, "EXACT_TABLE_LIMIT", 1)
+    plan = place_plan(topology, steps)
+    assert not plan.exact and plan.method == "heuristic"
+    assert not check_plan(topology, steps, plan.sites)
+    # per component the heuristic's plan or the pruned one, whichever is cheaper
+    assert optimum - 1e-9 <= plan.score <= heuristic.score + 1e-9
+
+
+def test_components_over_the_pruning_size_limit_get_the_heuristic(monkeypatch):
+    topology, steps, _ = ml_problem(1)
+    monkeypatch.setattr(dispatch, "EXACT_TABLE_LIMIT", 12**3)  # too wide to eliminate over all sites
+    assert place_plan(topology, steps).exact
+    monkeypatch.setattr(dispatch, "PRUNE_MAX_STEPS", 5)  # every pipeline is larger
+    plan = place_plan(topology, steps)
+    assert not plan.exact and plan.method == "heuristic"
+    assert plan.sites == place_plan(topology, steps, method="heuristic").sites

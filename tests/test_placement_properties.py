@@ -1,9 +1,11 @@
 """Property tests: on random small plans (<= 7 steps x 4 sites) the solver never violates
-residency or requirements, and its plan costs exactly the brute-force optimum."""
+residency or requirements, and its plan costs exactly the brute-force optimum; the bounds
+that rule sites out are what enumeration says, and never rule out an optimal plan."""
 
 import itertools
 import random
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +20,12 @@ from dagster_gravity.placement import (
     place_step,
     plan_cost,
 )
+from dagster_gravity.placement.problem import _build_problem
+from dagster_gravity.placement.solvers.dispatch import _solve
+from dagster_gravity.placement.solvers.forest import _min_marginals
+from dagster_gravity.placement.solvers.graph import _adjacency
+from dagster_gravity.placement.solvers.heuristic import _spanning_forest
+from dagster_gravity.placement.solvers.pruning import PRUNE_ROUNDS, _Pruning
 from tests.support.placement import random_plan, random_topology
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -127,3 +135,72 @@ def test_place_step_picks_the_cheapest_feasible_pool(seed, n_sites, weight):
                 for s in item.sites
             )
     assert close(best.score, expected)
+
+
+def every_plan(p, edges=None):
+    """Every assignment of sites (rows) and its score (inf where infeasible), counting only
+    `edges` (all by default)."""
+    n, S = p.unary.shape
+    plans = np.array(list(itertools.product(range(S), repeat=n)), dtype=np.int64).reshape(-1, n)
+    score = p.unary[np.arange(n), plans].sum(axis=1)
+    for e in range(len(p.edge_u)) if edges is None else edges:
+        score = score + p.edge_cost(e)[plans[:, p.edge_u[e]], plans[:, p.edge_v[e]]]
+    return plans, score
+
+
+def problem(instance):
+    seed, n_sites, n_steps, weight = instance
+    topology, steps = build(seed, n_sites, n_steps)
+    try:
+        return _build_problem(topology, steps, Objective(weight), None)
+    except PlacementError:
+        return None
+
+
+@SETTINGS
+@given(instances)
+def test_min_marginals_are_the_cheapest_forest_plan_through_each_site(instance):
+    p = problem(instance)
+    if p is None:
+        return
+    n, S = p.unary.shape
+    nodes = np.arange(n)
+    forest = _spanning_forest(p, nodes)
+    plans, _ = every_plan(p, forest)
+    # the cost of v's own tree: its steps' unary costs and its edges
+    tree_of = list(range(n))
+    for e in forest:
+        a, b = tree_of[p.edge_u[e]], tree_of[p.edge_v[e]]
+        tree_of = [a if t == b else t for t in tree_of]
+    expected = np.zeros((n, S))
+    for v in range(n):
+        mine = [w for w in range(n) if tree_of[w] == tree_of[v]]
+        score = p.unary[mine, plans[:, mine]].sum(axis=1)
+        for e in forest:
+            if tree_of[p.edge_u[e]] == tree_of[v]:
+                score = score + p.edge_cost(e)[plans[:, p.edge_u[e]], plans[:, p.edge_v[e]]]
+        expected[v] = [score[plans[:, v] == s].min() for s in range(S)]
+    np.testing.assert_allclose(_min_marginals(p, p.unary, forest, nodes), expected, rtol=1e-9, atol=1e-12)
+
+
+@SETTINGS
+@given(instances, st.integers(0, 2**32 - 1))
+def test_pruning_keeps_every_optimal_plan_and_the_pruned_solve_is_optimal(instance, start_seed):
+    p = problem(instance)
+    if p is None:
+        return
+    n = len(p.keys)
+    plans, score = every_plan(p)
+    best = score.min()
+    labels, exact = _solve(p, "pruned")
+    assert exact and close(p.score(labels), best)
+    # started from any feasible plan, ruling sites out keeps every optimal plan
+    feasible = np.nonzero(np.isfinite(score))[0]
+    start = plans[feasible[random.Random(start_seed).randrange(len(feasible))]]
+    adj = _adjacency(p)
+    state = _Pruning(p, adj, list(range(n)), _spanning_forest(p, np.arange(n)), start)
+    state.prune(np.ones(state.n_comps, dtype=bool), PRUNE_ROUNDS)
+    assert state.allowed[np.arange(n), state.labels].all()
+    assert p.score(state.labels) <= p.score(start) + 1e-9 * max(1.0, abs(p.score(start)))
+    for plan in plans[score <= best + 1e-9 * max(1.0, abs(best))]:
+        assert state.allowed[np.arange(n), plan].all(), (plan, state.allowed)

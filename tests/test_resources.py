@@ -21,6 +21,7 @@ from dagster_gravity.checkpoints import CheckpointStore
 from dagster_gravity.locations import latest_location
 from dagster_gravity.resources import job_topology_files
 from dagster_gravity.runtime import current_site, run_sites_file, running_at
+from dagster_gravity.storage.base import parse_version_key
 from dagster_gravity.topology import resolve_sites_path
 from tests.support.s3 import write_sites_yaml
 
@@ -49,8 +50,10 @@ def table() -> pd.DataFrame:
 
 
 def stored(topology_dir: Path, site_dir: str = "us") -> list[str]:
+    """The assets stored at a site, as `<name><ext>` (each version is `<name>@<sha256><ext>`)."""
     root = topology_dir / "store" / site_dir
-    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+    return [f"{base}{suffix}" for base, _sha, suffix in map(parse_version_key, names)]
 
 
 # -- the rule --------------------------------------------------------------------------------
@@ -144,7 +147,8 @@ def test_io_manager_with_default_topology_stores_by_gravity_sites_not_a_stale_cw
     assert result.success
     assert stored(prod.parent) == ["table.parquet"] and stored(stale_cwd) == []
     uri = result.asset_materializations_for_node("table")[0].metadata["dagster/uri"].value
-    assert uri == (prod.parent / "store" / "us" / "table.parquet").as_uri()
+    sha = result.asset_materializations_for_node("table")[0].metadata["gravity/sha256"].value
+    assert uri == (prod.parent / "store" / "us" / f"table@{sha}.parquet").as_uri()
     assert latest_location(instance, "table").site == "us-local"
 
 

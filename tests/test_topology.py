@@ -107,6 +107,62 @@ def test_link_validation(tmp_path, link, field, value):
     assert (err.value.field_path, err.value.value) == (field, value)
 
 
+S3_STORAGE = '{kind: s3, bucket: bkt, prefix: /data/, endpoint_url: "http://127.0.0.1:1"}'
+
+
+def with_storage_settings(settings: str, storage: str = S3_STORAGE) -> str:
+    return BASE.replace(S3_STORAGE, storage[:-1] + ", " + settings + "}", 1)
+
+
+def test_s3_site_sets_its_own_failure_times_and_the_site_wins(tmp_path):
+    from dagster_gravity.storage import S3Options, storage_for_site
+
+    topo, path = load(tmp_path, with_storage_settings("connect_timeout_seconds: 2, read_timeout_seconds: 2.5, max_attempts: 4"))
+    spec = topo.site("c").storage
+    assert (spec.connect_timeout_s, spec.read_timeout_s, spec.max_attempts) == (2.0, 2.5, 4)
+    # the IO manager's values are defaults: what the site sets wins, the rest comes from them
+    store = storage_for_site(topo, "c", S3Options(connect_timeout_s=9, read_timeout_s=9, max_attempts=1, max_concurrency=3))
+    assert store.options == S3Options(connect_timeout_s=2, read_timeout_s=2.5, max_attempts=4, max_concurrency=3)
+    config = store.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (2, 2.5)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 4}  # the first attempt included
+    assert (store.settings_at, store.settings_file) == ("sites[2].storage", str(path))
+
+    partial, _ = load(tmp_path, with_storage_settings("read_timeout_seconds: 3"))
+    store = storage_for_site(partial, "c", S3Options(connect_timeout_s=7, max_attempts=1))
+    assert store.options == S3Options(connect_timeout_s=7, read_timeout_s=3, max_attempts=1)
+    unset, _ = load(tmp_path, BASE)
+    assert storage_for_site(unset, "c").options == S3Options()
+
+
+@pytest.mark.parametrize(
+    "settings,field,value,expected",
+    [
+        ("read_timeout_seconds: 0", "read_timeout_seconds", 0, "a number > 0"),
+        ("read_timeout_seconds: -1", "read_timeout_seconds", -1, "a number > 0"),
+        ("connect_timeout_seconds: soon", "connect_timeout_seconds", "soon", "a number > 0"),
+        ("connect_timeout_seconds: .inf", "connect_timeout_seconds", float("inf"), "a finite number"),
+        ("read_timeout_seconds: true", "read_timeout_seconds", True, "a number > 0"),
+        ("max_attempts: 0", "max_attempts", 0, "an integer >= 1"),
+        ("max_attempts: 1.5", "max_attempts", 1.5, "an integer >= 1"),
+        ("read_timeout: 5", "read_timeout", 5, "one of the fields"),
+    ],
+)
+def test_s3_failure_time_validation_names_file_field_value_and_expectation(tmp_path, settings, field, value, expected):
+    with pytest.raises(TopologyError) as err:
+        load(tmp_path, with_storage_settings(settings))
+    assert (err.value.field_path, err.value.value) == (f"sites[2].storage.{field}", value)
+    assert expected in err.value.expected and str(tmp_path / "sites.yaml") in str(err.value)
+
+
+def test_s3_failure_times_are_refused_on_a_local_storage(tmp_path):
+    text = BASE.replace("    kind: onprem\n", "    kind: onprem\n    storage: {kind: local, read_timeout_seconds: 5}\n", 1)
+    with pytest.raises(TopologyError) as err:
+        load(tmp_path, text)
+    assert err.value.field_path == "sites[0].storage.read_timeout_seconds"
+    assert "only kind: s3" in str(err.value)
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(TopologyError, match="an existing sites file"):
         Topology.from_yaml(tmp_path / "nope.yaml")

@@ -280,3 +280,15 @@ def test_collecting_one_base_touches_only_its_own_debris(tmp_path):
     report = gc.collect_base(storage, "events/day1", gc.RecordedVersion(mine.key, 0.0), now=later)
     assert [Path(item.uri).name for item in report.removed] == [".day1.parquet.tmp-0123456789ab"]
     assert (storage.root / "events" / ".day2.parquet.tmp-0123456789ab").exists()
+
+
+@pytest.mark.slow
+def test_an_abandoned_replication_lease_is_collected(seaweedfs):
+    from dagster_gravity.storage.single_flight import LEASE_PREFIX
+
+    storage = s3_storage(seaweedfs, seaweedfs.make_bucket(f"leases-{os.getpid()}"))
+    storage.put_new(LEASE_PREFIX + "t@" + "0" * 64 + ".npy", b'{"owner": "dead", "expires": 0}')
+    assert gc.collect_debris(storage, grace_s=0).removed == []  # a lease may be live for an hour
+    report = gc.collect_debris(storage, now=time.time() + 2 * HOUR)
+    assert [item.kind for item in report.removed] == [gc.LEASE]
+    assert storage.list_keys(LEASE_PREFIX) == []

@@ -76,7 +76,8 @@ def place_plan(
 
     ``method``: ``"auto"`` (exact per connected component - forest DP, or variable
     elimination while its tables stay under `EXACT_TABLE_LIMIT` entries and the plan's
-    total work under `EXACT_WORK_LIMIT` - else the heuristic for that component),
+    total work under `EXACT_WORK_LIMIT`, over all sites or over the sites left once those
+    that cannot beat a plan in hand are ruled out - else the heuristic for that component),
     ``"exact"`` (always exact, however long it takes), ``"heuristic"`` (spanning-forest DP,
     then expansion and tree-block coordinate descent, everywhere), ``"milp"`` (HiGHS),
     ``"brute-force"``.

@@ -19,6 +19,7 @@ import threading
 
 from dagster_gravity.storage.base import (
     ChecksumMismatch,
+    ForeignObject,
     ObjectInfo,
     ObjectNotFound,
     ResidencyError,
@@ -28,11 +29,12 @@ from dagster_gravity.storage.base import (
 )
 from dagster_gravity.storage.local import LocalSiteStorage
 from dagster_gravity.storage.replication import Replication, bytes_moved, replicate
-from dagster_gravity.storage.s3 import S3Options, S3SiteStorage
+from dagster_gravity.storage.s3 import S3Options, S3SiteStorage, site_options
 from dagster_gravity.storage.single_flight import replicate_once
 
 __all__ = [
     "ChecksumMismatch",
+    "ForeignObject",
     "LocalSiteStorage",
     "ObjectInfo",
     "ObjectNotFound",
@@ -54,15 +56,20 @@ _cache_lock = threading.Lock()
 
 
 def storage_for_site(topology, site_name: str, s3_options: S3Options | None = None) -> SiteStorage:
-    """The storage of `site_name` in `topology` (cached: S3 clients are costly to build)."""
+    """The storage of `site_name` in `topology` (cached: S3 clients are costly to build).
+
+    An S3 site's client settings are what its sites.yaml storage sets (connect_timeout_seconds,
+    read_timeout_seconds, max_attempts), else `s3_options` (the IO manager's), else the defaults.
+    """
     if site_name not in topology.sites:
         raise UnknownSite(
             topology.unknown_site(site_name),
             site=site_name,
         )
     spec = topology.sites[site_name].storage
-    options = s3_options or S3Options()
-    cache_key = (site_name, spec, options)
+    options = site_options(spec, s3_options)
+    settings_at = f"sites[{list(topology.sites).index(site_name)}].storage"  # named by timeout errors
+    cache_key = (site_name, spec, options, settings_at, topology.source)
     with _cache_lock:
         storage = _cache.get(cache_key)
         if storage is None:
@@ -76,6 +83,8 @@ def storage_for_site(topology, site_name: str, s3_options: S3Options | None = No
                     region=spec.region,
                     endpoint_url=spec.endpoint_url,
                     options=options,
+                    settings_at=settings_at,
+                    settings_file=topology.source,
                 )
             else:
                 raise StorageError(f"unknown storage kind {spec.kind!r}; expected 'local' or 's3'", site=site_name)

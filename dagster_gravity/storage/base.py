@@ -50,6 +50,11 @@ class ObjectNotFound(StorageError):
     """No object under the key at that site."""
 
 
+class ForeignObject(StorageError):
+    """An object exists under the key but gravity did not write it (no recorded sha256), so
+    it cannot be verified or served; unlike ObjectNotFound, something is there."""
+
+
 class ChecksumMismatch(StorageError):
     """The stored bytes do not hash to the recorded sha256 (corrupted, truncated or stale)."""
 

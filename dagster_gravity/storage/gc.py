@@ -7,7 +7,8 @@ Three kinds of garbage, each removed only once it is older than a grace period
 - **orphaned data files** of local storage (`.<name>.obj-...`) that no link names, left by a
   writer killed between its two renames or by the loser of concurrent writes of one key
   (aged by ctime, which the rename that created them set);
-- **incomplete multipart uploads** of S3 storage, which S3 keeps (and bills) until aborted;
+- **incomplete multipart uploads** of S3 storage, which S3 keeps (and bills) until aborted,
+  and abandoned replication leases (`single_flight.py`) of copiers that died;
 - **superseded versions** of an asset partition (`<base>@<sha256><ext>`): any version other
   than the one its latest materialization records, once that record is older than the grace
   period and the version is too. A version written but not (yet) recorded is young, so it is
@@ -43,6 +44,8 @@ SUPERSEDED = "superseded version"
 TEMPORARY = "temporary file"
 ORPHAN = "orphaned data file"
 UPLOAD = "incomplete multipart upload"
+LEASE = "abandoned replication lease"
+LEASE_S_FLOOR = 3600.0  # never before a live lease (single_flight.LEASE_S) could have expired
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ def debris(storage: SiteStorage, *, under: str = "", grace_s: float = DEFAULT_GR
         folder = storage.path(under) if under.strip("/") else storage.root
         return _local_debris(storage, folder, grace_s, now, recursive, f".{beside}" if beside else ".")
     if isinstance(storage, S3SiteStorage):
-        return _s3_uploads(storage, under, grace_s, now)
+        leases = _s3_leases(storage, grace_s, now) if not under.strip("/") else []
+        return _s3_uploads(storage, under, grace_s, now) + leases
     return []
 
 
@@ -215,6 +219,32 @@ def _s3_uploads(storage: S3SiteStorage, under: str, grace_s: float, now: float) 
                 )
     except (ClientError, BotoCoreError) as exc:
         raise storage._error(exc, "ListMultipartUploads", under) from exc
+    return found
+
+
+def _s3_leases(storage: S3SiteStorage, grace_s: float, now: float) -> list[Garbage]:
+    """Replication leases (single_flight.py) whose holder died and that nobody took over."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from dagster_gravity.storage.single_flight import LEASE_PREFIX
+
+    found = []
+    try:
+        pages = storage.client.get_paginator("list_objects_v2").paginate(
+            Bucket=storage.bucket, Prefix=storage.object_key(LEASE_PREFIX)
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                age = now - item["LastModified"].timestamp()
+                if age < max(grace_s, LEASE_S_FLOOR):
+                    continue
+                key = item["Key"][len(storage.prefix) + 1 :] if storage.prefix else item["Key"]
+                found.append(
+                    Garbage(storage.site, LEASE, storage.uri(key), int(item["Size"]), age,
+                            remove=lambda k=key: storage.delete(k))
+                )
+    except (ClientError, BotoCoreError) as exc:
+        raise storage._error(exc, "LIST", LEASE_PREFIX) from exc
     return found
 
 

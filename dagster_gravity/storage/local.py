@@ -41,6 +41,7 @@ from pathlib import Path
 
 from dagster_gravity.storage.base import (
     AtomicWrite,
+    ForeignObject,
     HashingWriter,
     ObjectInfo,
     ObjectNotFound,
@@ -52,6 +53,7 @@ from dagster_gravity.storage.base import (
     verify,
     version_key,
 )
+from dagster_gravity.storage.oserrors import os_error_reason
 
 _TARGET = re.compile(r"^\.(?P<name>.+)\.obj-(?P<sha256>[0-9a-f]{64})-(?P<size>\d+)-[0-9a-f]+$")
 
@@ -110,14 +112,14 @@ class LocalSiteStorage(SiteStorage):
         except FileNotFoundError:
             return None
         except OSError as exc:  # EINVAL: a plain file, not a link written by this storage
-            raise StorageError(
+            raise ForeignObject(
                 f"not a gravity object: expected a link to a checksummed data file, found {exc.strerror.lower()}",
                 site=self.site,
                 uri=self.uri(key),
             ) from exc
         m = _TARGET.match(target)
         if m is None or "/" in target or m["name"] != final.name:
-            raise StorageError(
+            raise ForeignObject(
                 f"not a gravity object: the link names {target!r}, expected "
                 f"'.{final.name}.obj-<sha256>-<size>-<id>' beside it (key {key!r})",
                 site=self.site,
@@ -149,6 +151,8 @@ class LocalSiteStorage(SiteStorage):
             except FileNotFoundError:
                 seen = target  # a writer replaced the object and removed this version: read the new one
                 continue
+            except OSError as exc:  # e.g. permission denied
+                raise StorageError(os_error_reason(exc, f"reading {target}"), site=self.site, uri=info.uri) from exc
             verify(data, info, expected_sha256)
             return data, info
         raise ObjectNotFound("the object disappeared while reading", site=self.site, uri=self.uri(key))
@@ -334,32 +338,40 @@ class _LocalWrite(AtomicWrite):
             writer.write(data)
         return self.info
 
+    def _failed(self, exc: OSError, doing: str) -> StorageError:
+        return StorageError(os_error_reason(exc, doing), site=self.storage.site, uri=self.storage.uri(self.key))
+
     def __enter__(self) -> HashingWriter:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self.temp = _temp_path(self.final)
             self.file = open(self.temp, "wb")
         except OSError as exc:
-            raise StorageError(f"cannot write: {exc}", site=self.storage.site, uri=self.storage.uri(self.key)) from exc
+            raise self._failed(exc, f"creating a temporary file in {self.final.parent}") from exc
         self.writer = HashingWriter(self.file)
         return self.writer
 
     def __exit__(self, exc_type, exc, tb):
+        doing = f"writing {self.temp}"
         try:
             if exc_type is None:
                 self.file.flush()
                 os.fsync(self.file.fileno())
-            self.file.close()
+            self.file.close()  # flushes what is buffered, so a full disk may show only here
             if exc_type is None:
+                doing = f"committing {self.temp.name} as {self.final}"
                 sha = self.writer.hexdigest()
                 if self.version_of is not None:
                     self.key = version_key(self.version_of[0], sha, self.version_of[1])
                 self.info = self.storage.commit_file(self.key, self.temp, sha, self.writer.size, exclusive=self.exclusive)
                 self.writer.info = self.info
         except OSError as err:
-            raise StorageError(f"cannot write: {err}", site=self.storage.site, uri=self.storage.uri(self.key)) from err
+            raise self._failed(err, doing) from err
         finally:
             _unlink_quietly(self.temp)
+        if isinstance(exc, OSError):
+            # raised by the caller's writes into the temporary file (the encoder), e.g. disk full
+            raise self._failed(exc, doing) from exc
         return None
 
 
@@ -368,16 +380,26 @@ class _LocalPartSink(PartSink):
         self.storage = storage
         self.key = key
         final = storage.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = -1
         self.temp = _temp_path(final)
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise self._failed(exc, f"creating a temporary file in {final.parent}") from exc
+
+    def _failed(self, exc: OSError, doing: str) -> StorageError:
+        return StorageError(os_error_reason(exc, doing), site=self.storage.site, uri=self.storage.uri(self.key))
 
     def write_part(self, number: int, offset: int, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view = view[written:]
-            offset += written
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            raise self._failed(exc, f"writing the replica into {self.temp}") from exc
 
     def commit(self, sha256: str, size: int) -> ObjectInfo:
         try:

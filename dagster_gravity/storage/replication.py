@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from dagster_gravity.storage.base import ChecksumMismatch, ObjectInfo, ObjectNotFound, SiteStorage, StorageError
 from dagster_gravity.storage.local import LocalSiteStorage
+from dagster_gravity.storage.oserrors import os_error_reason
 
 PART_SIZE = 8 * 1024 * 1024
 CONCURRENCY = 8
@@ -112,7 +113,8 @@ def replicate(
             raise
         if isinstance(exc, OSError):
             raise StorageError(
-                f"replication to site {destination.site!r} ({destination.uri(dest_key)}) failed: {exc}",
+                f"replication to site {destination.site!r} ({destination.uri(dest_key)}) failed: "
+                + os_error_reason(exc, "copying"),
                 site=source.site,
                 uri=info.uri,
             ) from exc

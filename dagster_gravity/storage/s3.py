@@ -12,14 +12,24 @@ head/read returned, kept in `ObjectInfo.version`), or `If-None-Match: *` to crea
 endpoint must support conditional writes (AWS S3 since 2024; SeaweedFS 4.48 refuses a stale
 ETag with 412, checked with racing writers in tests/test_checkpoints.py).
 
+An object under a gravity key without that metadata is foreign (put there by something
+else): `head` and the reads raise ForeignObject saying so, rather than reporting it missing.
+
 Credentials come from the normal boto3 chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
-profiles, instance roles). The client has short connect/read timeouts and few retries so
-an endpoint that refuses or hangs fails fast with a StorageError naming site and URI.
+profiles, instance roles). Failure times are bounded: a connect timeout of 5 s and a read
+timeout of 10 s per attempt (a wait for the socket, not a limit on a whole transfer, so large
+uploads are unaffected), 2 attempts per request, and after one request to an endpoint timed
+out, further requests to it fail at once for 30 s (`unresponsive.py`). So a hung or
+unreachable endpoint fails a storage operation, and a whole IO-manager load or store, in
+about 21 s, with a StorageError naming site, bucket, endpoint and the setting to raise.
+A site sets its own values in sites.yaml (`storage: {connect_timeout_seconds: ...,
+read_timeout_seconds: ..., max_attempts: ...}`; see `site_options`).
 `dagster_aws.s3.S3Resource` is not used here because it cannot set those timeouts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tempfile
 from dataclasses import dataclass
@@ -27,10 +37,12 @@ from dataclasses import dataclass
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+from dagster_gravity.storage import unresponsive
 from dagster_gravity.storage.base import (
     AtomicWrite,
+    ForeignObject,
     HashingWriter,
     ObjectInfo,
     ObjectNotFound,
@@ -42,6 +54,8 @@ from dagster_gravity.storage.base import (
     verify,
     version_key,
 )
+from dagster_gravity.storage.oserrors import os_error_reason
+from dagster_gravity.topology import S3_SETTINGS
 
 SHA_META = "sha256"
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -50,19 +64,30 @@ PART_SIZE = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class S3Options:
-    """Client settings shared by every S3 site (credentials come from the boto3 chain)."""
+    """S3 client settings (credentials come from the boto3 chain). The defaults bound a
+    hung endpoint to about read_timeout_s x max_attempts + 1 s of backoff per storage call,
+    and the unresponsive mark (see `unresponsive.py`) to one such wait per operation."""
 
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
-    max_attempts: int = 3
+    connect_timeout_s: float = 5.0  # per attempt: waiting for the TCP connection
+    read_timeout_s: float = 10.0  # per attempt: waiting on the socket for the answer (or to send)
+    max_attempts: int = 2  # per request, including the first
     max_concurrency: int = 8
+    unresponsive_for_s: float = 30.0  # after a timeout, requests to the endpoint fail at once
+
+
+def site_options(spec, base: S3Options | None = None) -> S3Options:
+    """The client settings of one S3 site: what its sites.yaml storage sets, else `base`
+    (the IO manager's fields, else the defaults). A site's own setting wins."""
+    overrides = {name: getattr(spec, name) for name in S3_SETTINGS.values() if getattr(spec, name, None) is not None}
+    return dataclasses.replace(base or S3Options(), **overrides)
 
 
 def make_client(endpoint_url: str | None, region: str | None, options: S3Options = S3Options()):
     config = Config(
         connect_timeout=options.connect_timeout_s,
         read_timeout=options.read_timeout_s,
-        retries={"max_attempts": options.max_attempts, "mode": "standard"},
+        # total_max_attempts counts the first attempt (botocore's max_attempts does not)
+        retries={"total_max_attempts": options.max_attempts, "mode": "standard"},
         max_pool_connections=max(10, options.max_concurrency * 2),
         # our own sha256 covers integrity end to end; skip the per-request CRC trailers
         request_checksum_calculation="when_required",
@@ -94,6 +119,8 @@ class S3SiteStorage(SiteStorage):
         endpoint_url: str | None = None,
         options: S3Options = S3Options(),
         client=None,
+        settings_at: str | None = None,
+        settings_file: str | None = None,
     ):
         super().__init__(site)
         self.bucket = bucket
@@ -102,6 +129,12 @@ class S3SiteStorage(SiteStorage):
         self.endpoint_url = endpoint_url
         self.options = options
         self.client = client or make_client(endpoint_url, region, options)
+        # where a timeout error tells the user to change the setting: "sites[2].storage" of a file
+        self.settings_at = settings_at
+        self.settings_file = settings_file
+        # the endpoint actually called (AWS: the regional one), which the unresponsive mark is keyed by
+        self.endpoint = self.client.meta.endpoint_url
+        unresponsive.watch(self.client, self.endpoint, options.unresponsive_for_s)
 
     # -- addressing ----------------------------------------------------------------------
 
@@ -114,7 +147,7 @@ class S3SiteStorage(SiteStorage):
 
     def _error(self, exc: Exception, action: str, key: str) -> StorageError:
         uri = self.uri(key)
-        endpoint = self.endpoint_url or "AWS S3"
+        endpoint = self.endpoint_url or f"AWS S3 ({self.endpoint})"
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchKey", "NotFound"):
@@ -122,11 +155,53 @@ class S3SiteStorage(SiteStorage):
             if code == "NoSuchBucket":
                 return StorageError(f"bucket {self.bucket!r} does not exist at {endpoint}", site=self.site, uri=uri)
             return StorageError(f"S3 {action} failed at {endpoint}: {code}: {exc}", site=self.site, uri=uri)
-        return StorageError(
-            f"S3 {action} failed: endpoint {endpoint} refused the connection or timed out "
-            f"({type(exc).__name__}: {exc})",
+        if isinstance(exc, unresponsive.EndpointUnresponsive):
+            t = exc.timeout
+            return StorageError(
+                f"S3 {action} not sent to {endpoint} (site {self.site!r}, bucket {self.bucket!r}): a {t.operation} "
+                f"to it timed out {t.ago():.1f} s ago ({_timeout_what(t.kind, t.seconds, t.attempts)}), so requests "
+                f"to it fail at once for {self.options.unresponsive_for_s:g} s; {self._raise_hint(t.kind)}",
+                site=self.site,
+                uri=uri,
+            )
+        kind = unresponsive.timeout_kind(exc)
+        if kind is not None:
+            seconds = self.options.connect_timeout_s if kind == "connect" else self.options.read_timeout_s
+            # also marks timeouts of body reads, which botocore's hooks do not see
+            unresponsive.mark(self.endpoint, kind, action, seconds, self.options.max_attempts, self.options.unresponsive_for_s)
+            return StorageError(
+                f"S3 {action} timed out after {seconds:g} s at {endpoint} (site {self.site!r}, bucket "
+                f"{self.bucket!r}): {_timeout_what(kind, seconds, self.options.max_attempts)}; "
+                f"{self._raise_hint(kind)} ({type(exc).__name__}: {exc})",
+                site=self.site,
+                uri=uri,
+            )
+        if isinstance(exc, EndpointConnectionError):
+            return StorageError(
+                f"S3 {action} failed: endpoint {endpoint} refused the connection or is unreachable "
+                f"({type(exc).__name__}: {exc})",
+                site=self.site,
+                uri=uri,
+            )
+        return StorageError(f"S3 {action} failed at {endpoint} ({type(exc).__name__}: {exc})", site=self.site, uri=uri)
+
+    def _raise_hint(self, kind: str) -> str:
+        field = "connect_timeout_seconds" if kind == "connect" else "read_timeout_seconds"
+        now = self.options.connect_timeout_s if kind == "connect" else self.options.read_timeout_s
+        if self.settings_at:
+            where = f"{self.settings_at}.{field}" + (f" in {self.settings_file}" if self.settings_file else "")
+        else:
+            where = f"the site's storage.{field} in its sites file"
+        first = "check that the endpoint is up and reachable, or" if kind == "connect" else "if it is only slow,"
+        return f"{first} raise {where} (now {now:g} s)"
+
+    def _foreign(self, key: str) -> ForeignObject:
+        return ForeignObject(
+            f"an object exists under this key at {self.endpoint_url or 'AWS S3'} but it is foreign: it has no "
+            f"{SHA_META} metadata (x-amz-meta-{SHA_META}), so it was not written by gravity and cannot be "
+            "verified; remove it or store the data through gravity",
             site=self.site,
-            uri=uri,
+            uri=self.uri(key),
         )
 
     # -- reads ---------------------------------------------------------------------------
@@ -141,7 +216,7 @@ class S3SiteStorage(SiteStorage):
             raise err from exc
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
-            return None  # not written by gravity: no checksum, so not a usable object
+            raise self._foreign(key)  # it exists, so "missing" (None) would mislead
         return ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha, version=response.get("ETag"))
 
     def read_bytes(self, key: str, expected_sha256: str | None = None) -> tuple[bytes, ObjectInfo]:
@@ -152,7 +227,7 @@ class S3SiteStorage(SiteStorage):
             raise self._error(exc, "GET", key) from exc
         sha = response.get("Metadata", {}).get(SHA_META)
         if not sha:
-            raise StorageError("the object has no sha256 metadata (not written by gravity)", site=self.site, uri=self.uri(key))
+            raise self._foreign(key)
         info = ObjectInfo(self.site, key, self.uri(key), int(response["ContentLength"]), sha, version=response.get("ETag"))
         verify(data, info, expected_sha256)
         return data, info
@@ -298,6 +373,11 @@ class _S3Write(AtomicWrite):
 
     def __exit__(self, exc_type, exc, tb):
         try:
+            if isinstance(exc, OSError):  # the spool's local temporary file: e.g. disk full
+                s = self.storage
+                raise StorageError(
+                    os_error_reason(exc, "spooling the upload to a local temporary file"), site=s.site, uri=s.uri(self.key)
+                ) from exc
             if exc_type is not None:
                 return None
             sha, size = self.writer.hexdigest(), self.writer.size
@@ -388,3 +468,12 @@ class _S3PartSink(PartSink):
         except (ClientError, BotoCoreError):
             pass  # best effort: an unfinished upload is invisible and expires by lifecycle rules
         self.upload_id = None
+
+
+def _timeout_what(kind: str, seconds: float, attempts: int) -> str:
+    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+    if kind == "connect":
+        return f"the endpoint did not accept a connection within {seconds:g} s ({tries})"
+    if kind == "send":
+        return f"the endpoint accepted the connection but stopped taking the request's bytes for {seconds:g} s ({tries})"
+    return f"the endpoint accepted the connection but did not answer within {seconds:g} s ({tries})"

@@ -236,3 +236,13 @@ def write_sites_yaml(directory: Path, endpoint_url: str | None = None, buckets: 
     path = Path(directory) / "sites.yaml"
     path.write_text(yaml.safe_dump({"sites": sites, "residency": {"eu": ["eu-local"], "us": us}}))
     return path
+
+
+@pytest.fixture(autouse=True)
+def forget_unresponsive_endpoints():
+    """A test that hangs an endpoint marks it unresponsive for this process (30 s); forget the
+    mark afterwards, so a later test whose server reuses that port is not refused."""
+    yield
+    from dagster_gravity.storage import unresponsive
+
+    unresponsive.forget_all()

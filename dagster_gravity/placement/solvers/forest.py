@@ -1,6 +1,8 @@
 """Exact labels on a forest: the O(n·S²) dynamic programme, batched by depth in numpy.
 
-Used on its own for tree-shaped components and, on induced forests, inside the heuristic.
+Used on its own for tree-shaped components and, on induced forests, inside the heuristic;
+its min-marginals (the best cost with one step fixed at each site) bound the plan from
+below when sites are ruled out (`pruning`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ class _Orientation:
 
     Exact, but pruned: for each edge it tries the child's K cheapest sites and the parent's
     own site; a parent site whose best value could still be beaten by a site outside those
-    (checked with a lower bound from the row minima) is recomputed over all sites.
+    (checked with a lower bound from the row minima) is recomputed over all sites. A child
+    with at most K sites left (the others infinite) needs only those.
     """
 
     K = 8
@@ -36,26 +39,43 @@ class _Orientation:
     def messages(self, child: np.ndarray, nbytes: np.ndarray, count: np.ndarray):
         """For k edges: best[k, a] = min_b child[k, b] + cost_k[a, b], and its argmin."""
         k, S = child.shape
-        rows = np.arange(k)[:, None]
         if S <= self.K + 1:
             total = nbytes[:, None, None] * self.per_byte + count[:, None, None] * self.fixed + child[:, None, :]
             arg = np.argmin(total, axis=2)
             return np.take_along_axis(total, arg[:, :, None], axis=2)[:, :, 0], arg
-        order = np.argpartition(child, self.K, axis=1)
-        top = order[:, : self.K]  # (k, K) the child's cheapest sites
-        outside = child[rows[:, 0], order[:, self.K]]  # lowest value among the others
+        # children with few sites left (the rest ruled out, infinite) need only those: a
+        # narrower search, and no site outside it can be better
+        width = np.isfinite(child).sum(axis=1)
+        groups = [(width <= 1, 1), ((width > 1) & (width <= 3), 3), (width > 3, self.K)]
+        groups = [(rows, K) for rows, K in groups if rows.any()]
+        if len(groups) == 1:
+            return self._search(child, nbytes, count, groups[0][1])
+        best = np.empty((k, S))
+        arg = np.empty((k, S), dtype=np.int64)
+        for rows, K in groups:
+            best[rows], arg[rows] = self._search(child[rows], nbytes[rows], count[rows], K)
+        return best, arg
+
+    def _search(self, child: np.ndarray, nbytes: np.ndarray, count: np.ndarray, K: int):
+        """`messages` over the child's K cheapest sites, then every site where that may miss."""
+        k, S = child.shape
+        rows = np.arange(k)[:, None]
+        order = np.argpartition(child, K, axis=1)
+        top = order[:, :K]  # (k, K) the child's cheapest sites
+        outside = child[rows[:, 0], order[:, K]]  # lowest value among the others
         cand = self.per_byte_t[top]  # (k, K child sites, S parent sites): row gathers
         cand *= nbytes[:, None, None]
-        extra = self.fixed_t[top]
-        extra *= count[:, None, None]
-        cand += extra
+        if (count == 1).all():  # one transfer per edge, the usual case: no scaling
+            cand += self.fixed_t[top]
+        else:
+            cand += self.fixed_t[top] * count[:, None, None]
         cand += np.take_along_axis(child, top, axis=1)[:, :, None]
         j = np.argmin(cand, axis=1)  # (k, S)
         best = np.take_along_axis(cand, j[:, None, :], axis=1)[:, 0, :]
         arg = top[rows, j]
         stay = child < best  # the child at the parent's own site: no transfer
-        best = np.where(stay, child, best)
-        arg = np.where(stay, np.arange(S)[None, :], arg)
+        np.copyto(best, child, where=stay)
+        np.copyto(arg, np.arange(S)[None, :], where=stay)
         bound = outside[:, None] + nbytes[:, None] * self.per_byte_min[None, :] + count[:, None] * self.fixed_min[None, :]
         ek, ea = np.nonzero(best > bound)
         if len(ek):
@@ -111,17 +131,19 @@ def _root_forest(p: _Problem, edges: np.ndarray, nodes: np.ndarray):
     return parent, pedge, levels, roots
 
 
-def _forest_dp(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-    """Exact labels of `nodes` when `edges` (among them) form a forest: O(n·S²), batched by depth.
+def _upward(p: _Problem, unary: np.ndarray, tree):
+    """The leaves-to-roots pass: each node's subtree value per site, and its message up.
 
-    `unary` holds the (possibly conditioned) unary costs of every node; returns labels for
-    all nodes (only `nodes` are meaningful).
+    Returns (subtree, message, argmins): ``subtree[v, s]`` is the best cost of v's subtree
+    with v at s, ``message[v, a]`` the best cost of v's subtree with v's parent at a, and
+    ``argmins[d]`` (level d's nodes, their best site per parent site) for backtracking.
     """
     n, S = unary.shape
-    unary = unary.copy()
-    parent, pedge, levels, roots = _root_forest(p, edges, nodes)
+    subtree = unary.copy()
+    message = np.zeros((n, S))
+    parent, pedge, levels, _ = tree
     orientations = (_Orientation(p.per_byte, p.fixed), _Orientation(p.per_byte.T, p.fixed.T))
-    back: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    argmins: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for d in range(len(levels) - 1, 0, -1):
         level = levels[d]
         args = np.empty((len(level), S), dtype=np.int64)
@@ -131,14 +153,53 @@ def _forest_dp(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndar
             for lo in range(0, len(sel), 4096):
                 part = sel[lo : lo + 4096]
                 vs = level[part]
-                best, arg = o.messages(unary[vs], p.edge_bytes[es[part]], p.edge_count[es[part]])
-                np.add.at(unary, parent[vs], best)
+                best, arg = o.messages(subtree[vs], p.edge_bytes[es[part]], p.edge_count[es[part]])
+                np.add.at(subtree, parent[vs], best)
+                message[vs] = best
                 args[part] = arg
-        back[d] = (level, args)
+        argmins[d] = (level, args)
+    return subtree, message, argmins
+
+
+def _forest_dp(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Exact labels of `nodes` when `edges` (among them) form a forest: O(n·S²), batched by depth.
+
+    `unary` holds the (possibly conditioned) unary costs of every node; returns labels for
+    all nodes (only `nodes` are meaningful).
+    """
+    n, S = unary.shape
+    tree = _root_forest(p, edges, nodes)
+    parent, _, levels, roots = tree
+    subtree, _, argmins = _upward(p, unary, tree)
     labels = np.zeros(n, dtype=np.int64)
-    r = roots
-    labels[r] = np.argmin(unary[r], axis=1)
+    labels[roots] = np.argmin(subtree[roots], axis=1)
     for d in range(1, len(levels)):
-        level, args = back[d]
+        level, args = argmins[d]
         labels[level] = args[np.arange(len(level)), labels[parent[level]]]
     return labels
+
+
+def _min_marginals(p: _Problem, unary: np.ndarray, edges: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """``out[v, s]``: the least cost of v's tree with v at site s, for every node of `nodes`.
+
+    The forest's edges plus `unary` (inf where a site is ruled out); the upward pass, then
+    the roots-to-leaves pass of the same messages in the other direction.
+    """
+    tree = _root_forest(p, edges, nodes)
+    parent, pedge, levels, _ = tree
+    subtree, message, _ = _upward(p, unary, tree)
+    # the parent's orientation reversed: the message goes down, from parent to child
+    orientations = (_Orientation(p.per_byte.T, p.fixed.T), _Orientation(p.per_byte, p.fixed))
+    out = subtree.copy()
+    for d in range(1, len(levels)):
+        level = levels[d]
+        es = pedge[level]
+        flipped = p.edge_u[es] != parent[level]
+        up = out[parent[level]]
+        rest = np.where(np.isfinite(up), up - message[level], np.inf)  # the parent's side of the tree
+        for o, sel in ((orientations[0], np.nonzero(~flipped)[0]), (orientations[1], np.nonzero(flipped)[0])):
+            for lo in range(0, len(sel), 4096):
+                part = sel[lo : lo + 4096]
+                best, _ = o.messages(rest[part], p.edge_bytes[es[part]], p.edge_count[es[part]])
+                out[level[part]] += best
+    return out

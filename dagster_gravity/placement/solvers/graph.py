@@ -17,20 +17,22 @@ def _adjacency(p: _Problem) -> list[dict[int, list[int]]]:
     return adj
 
 
-def _components(adj) -> list[list[int]]:
-    seen = [False] * len(adj)
+def _components(adj, nodes=None) -> list[list[int]]:
+    """Connected components of `nodes` (all of `adj`'s by default); `adj` maps each node to
+    its neighbours, which must be among `nodes`."""
+    seen = set()
     out = []
-    for root in range(len(adj)):
-        if seen[root]:
+    for root in range(len(adj)) if nodes is None else nodes:
+        if root in seen:
             continue
-        seen[root] = True
+        seen.add(root)
         comp, stack = [], [root]
         while stack:
             v = stack.pop()
             comp.append(v)
             for w in adj[v]:
-                if not seen[w]:
-                    seen[w] = True
+                if w not in seen:
+                    seen.add(w)
                     stack.append(w)
         out.append(comp)
     return out
