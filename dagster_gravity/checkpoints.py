@@ -517,12 +517,13 @@ class CheckpointStore:
     # -- retention --
 
     def apply_retention(self, name: str, keep: int) -> list[int]:
-        """Delete all but the `keep` newest versions, never the promoted version or its
-        predecessor. Returns the deleted version numbers."""
+        """Delete all but the `keep` newest versions, never the promoted version or any
+        version a rollback can return to (the promotion stack, not just the predecessor: after
+        one rollback, the next returns to the one before). Returns the deleted version numbers."""
         if keep < 1:
             raise CheckpointError(f"retention keep={keep!r}; expected an integer >= 1")
         versions = self.versions(name)
-        protected = {self.promoted(name), self.predecessor(name)} - {None}
+        protected = {self.promoted(name), *_promotion_stack(self.promotion_history(name))} - {None}
         kept = set(versions[-keep:]) | protected
         deleted = [v for v in versions if v not in kept]
         for number in deleted:

@@ -537,3 +537,13 @@ def test_twenty_concurrent_promotes_from_separate_processes_are_all_recorded_on_
     # Before compare-and-swap this lost updates in 10 of 10 rounds (1 or 2 entries of 20).
     spec = {"kind": "s3", "bucket": s3_buckets[0], "prefix": "race", "endpoint_url": seaweedfs.endpoint_url}
     assert_concurrent_promotes_are_linearizable(spec)
+
+
+def test_retention_keeps_every_version_a_rollback_can_return_to(tmp_path):
+    store = CheckpointStore.local(tmp_path)
+    for v in (1, 2, 3):
+        store.save("m", {"w": np.full(2, float(v))}, lineage={"v": v})
+        store.promote("m", v)
+    assert store.apply_retention("m", keep=1) == []  # v1 and v2 are on the promotion stack
+    assert store.rollback("m").version == 2
+    assert store.rollback("m").version == 1  # the second rollback still has its target

@@ -29,7 +29,7 @@ dies with it; sometimes garbage collection of debris with `now` far in the futur
 - checkpoints: the versions listed (by exact name: `churn` and `churn-eu` side by side), the
   promotion history (one linear chain, also under concurrent promotes), promoted and
   rollback targets loadable with their weights, retention deleting exactly what the model
-  says and never the promoted version or its predecessor.
+  says and never the promoted version or one a rollback can return to (the promotion stack).
 
 The asset write/read protocol is `VersionProtocol`, so the same machine can run against
 another one (an adapter subclass).
@@ -73,7 +73,7 @@ import dagster_gravity.storage.local as local_storage
 from dagster_gravity.checkpoints import CheckpointError, CheckpointStore
 from dagster_gravity.storage import LocalSiteStorage, S3Options, S3SiteStorage, replicate
 from dagster_gravity.storage.s3 import make_client
-from tests.support.crash import FAULTS, Checkpoints, Crash, FaultyClient, FaultyOS, Record, run_killed
+from tests.support.crash import FAULTS, Checkpoints, Crash, FaultyClient, FaultyOS, Record, promotion_stack, run_killed
 
 EXAMPLES = int(os.environ.get("GRAVITY_PROPERTY_EXAMPLES", "40"))
 STEPS = int(os.environ.get("GRAVITY_PROPERTY_STEPS", "30"))
@@ -492,7 +492,7 @@ class CrashConsistency(RuleBasedStateMachine):
             del model.versions[number]
             model.deleted.add(number)
         STATS["checkpoint versions deleted by retention"] += len(deleted)
-        for protected in (model.current, model.predecessor):  # still there, weights intact
+        for protected in {model.current, *promotion_stack(model.history)}:  # still there, weights intact
             if protected is not None:
                 assert self.stores[site].load(name, protected).version.sha256 == model.versions[protected][0]
 

@@ -189,5 +189,5 @@ class Checkpoints:
     def retention(self, keep: int) -> list[int]:
         """What apply_retention(keep) must delete."""
         numbers = sorted(self.versions)
-        kept = set(numbers[-keep:]) | {self.current, self.predecessor}
+        kept = set(numbers[-keep:]) | {self.current, *promotion_stack(self.history)}
         return [n for n in numbers if n not in kept]
