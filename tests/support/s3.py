@@ -106,8 +106,13 @@ class SeaweedFS:
             return "(no log)"
 
 
-def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0) -> SeaweedFS:
-    """Start `weed server -s3` on free loopback ports under `workdir`; wait until S3 works."""
+def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0, volumes_per_bucket: int | None = None) -> SeaweedFS:
+    """Start `weed server -s3` on free loopback ports under `workdir`; wait until S3 works.
+
+    Each bucket is a SeaweedFS collection, which grows 7 volumes by default, and a server has
+    room for a number of volumes set by its free disk; a test session makes many buckets, so
+    it asks for fewer volumes each (`volumes_per_bucket`, through weed's
+    master.volume_growth.copy_1 setting). Benchmarks keep weed's default."""
     workdir = Path(workdir)
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -146,7 +151,11 @@ def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0) -> Seawee
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=workdir,
-            env={**os.environ, "TMPDIR": str(workdir)},  # weed puts its gRPC socket there
+            env={
+                **os.environ,
+                "TMPDIR": str(workdir),  # weed puts its gRPC socket there
+                **({"WEED_MASTER_VOLUME_GROWTH_COPY_1": str(volumes_per_bucket)} if volumes_per_bucket else {}),
+            },
         )
     server = SeaweedFS(process, f"http://127.0.0.1:{ports['s3']}", workdir, log_path, ports)
     ensure_test_credentials()
@@ -185,7 +194,7 @@ def _wait_until_writable(server: SeaweedFS, timeout: float) -> None:
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory):
     """One SeaweedFS server for the whole session, stopped by its pid at the end."""
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), volumes_per_bucket=1)
     try:
         yield server
     finally:
