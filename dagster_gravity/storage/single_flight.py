@@ -12,7 +12,8 @@ that copy and reuse it:
 
 A waiter that sees the copy appear (same key, same sha256: keys are content-named) reuses it.
 Waiting is bounded (`wait_s`); after that the waiter copies anyway, which is only wasteful:
-a second copy of the same bytes under the same name changes nothing a reader can see.
+a second copy of the same bytes under the same name changes nothing a reader can see. An S3
+endpoint without conditional PUTs gets copies without single flight, as before.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ def _lease(storage: SiteStorage, key: str, sha: str, wait_s: float) -> Iterator[
     held = False
     while not held:
         body = json.dumps({"owner": owner, "expires": time.time() + LEASE_S}).encode()
-        if storage.put_new(lease_key, body) is not None:
+        try:
+            created = storage.put_new(lease_key, body)
+        except StorageError:
+            break  # no conditional PUT here (or no answer): copy without single flight
+        if created is not None:
             held = True
             break
         present = storage.head(key)
@@ -108,7 +113,10 @@ def _lease(storage: SiteStorage, key: str, sha: str, wait_s: float) -> Iterator[
         yield
     finally:
         if held:
-            storage.delete(lease_key)
+            try:
+                storage.delete(lease_key)
+            except StorageError:
+                pass  # an undeleted lease expires (LEASE_S) and `gravity gc` removes it
 
 
 def _expired(storage: SiteStorage, lease_key: str) -> bool:
