@@ -67,7 +67,9 @@ from dagster import (
 from pydantic import Field
 
 from dagster_gravity import metadata as md
+from dagster_gravity.link_measurements import record_transfer
 from dagster_gravity.metadata import DataLocation
+from dagster_gravity.recorded_versions import recorded_version
 from dagster_gravity.resources import GravityTopology
 from dagster_gravity.runtime import current_site
 from dagster_gravity.storage import (
@@ -83,8 +85,6 @@ from dagster_gravity.storage import (
     replicate_once,
     storage_for_site,
 )
-from dagster_gravity.link_measurements import record_transfer
-from dagster_gravity.recorded_versions import recorded_version
 from dagster_gravity.storage import gc
 from dagster_gravity.storage.base import parse_version_key
 from dagster_gravity.storage.keys import EXTENSIONS, asset_base, extension_of, recorded_key
@@ -465,8 +465,9 @@ class GravityIOManager(ConfigurableIOManager):
             context.log.info(f"gravity: reused the copy of {where} another step brought to {here}, sha256 verified")
             return data
         self._measure_link(context, source_site, here, result)
-        if self.gc_on_write and parse_version_key(key):  # older replicas here are now superseded
-            self._collect_superseded(context, local, parse_version_key(key)[0], key, label, record=record)
+        version = parse_version_key(key)
+        if self.gc_on_write and version:  # older replicas here are now superseded
+            self._collect_superseded(context, local, version[0], key, label, record=record)
         observation = {
             md.REPLICAS: sorted((set(current_replicas) | {here}) - {primary}),
             md.SHA256: sha,
@@ -586,10 +587,9 @@ def _newest_unrecorded(storage: SiteStorage, base: str):
     """(ObjectInfo, extension) of the newest version of `base` in `storage`, else of an object
     under the fixed name of before versions, else None."""
     versions = [v for v in storage.list_versions(base) if v.key.endswith(EXTENSIONS)]
-    if versions:
-        newest = versions[-1]
-        extension = next(e for e in EXTENSIONS if newest.key.endswith(e))
-        return storage.head(newest.key) or None, extension
+    newest = storage.head(versions[-1].key) if versions else None  # None: removed since listed
+    if newest is not None:
+        return newest, extension_of(newest.key)
     for extension in EXTENSIONS:
         info = storage.head(base + extension)
         if info is not None:

@@ -286,8 +286,9 @@ def collect_base(
     dry_run: bool = False,
     now: float | None = None,
 ) -> Report:
-    """Remove the superseded versions of `base` and its debris (local storage: one directory
-    listing; the S3 uploads are left to `gravity gc`, as listing them costs a request)."""
+    """Remove the superseded versions of `base` (listed only once the record is older than the
+    grace period) and, in local storage, its debris (one listing of its folder); the S3 uploads
+    are left to `gravity gc`, as listing them costs a request."""
     items = superseded_versions(storage, base, latest, keep=keep, grace_s=grace_s, now=now)
     if isinstance(storage, LocalSiteStorage):
         folder, _, name = base.rpartition("/")
