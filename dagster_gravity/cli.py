@@ -109,8 +109,13 @@ def _measured_links(topology: Topology) -> list:
 
     from dagster_gravity.link_measurements import measured_links
 
-    with DagsterInstance.get() as instance:
-        found = measured_links(instance, topology.sites)
+    try:
+        with DagsterInstance.get() as instance:
+            found = measured_links(instance, topology.sites)
+    except Exception as exc:  # noqa: BLE001 - the topology is worth printing without them
+        print(f"gravity sites: measured links not shown: cannot open the Dagster instance ($DAGSTER_HOME): {exc}",
+              file=sys.stderr)
+        return []
     return [found[pair] for pair in sorted(found) if pair in topology.links]
 
 

@@ -118,3 +118,11 @@ def test_a_replication_is_recorded_as_a_link_measurement(tmp_path, instance):
     seconds = obs.asset_observation.metadata["gravity/replication_seconds"].value
     measurement = measured_links(instance, ["us-local", "eu-local"])[("us-local", "eu-local")]
     assert measurement.samples == 1 and measurement.last_bytes == 4_000_128 and measurement.last_seconds == pytest.approx(seconds, abs=1e-5)
+
+
+def test_gravity_sites_without_a_usable_instance_still_prints_the_topology(tmp_path, monkeypatch, capsys):
+    sites = write_sites_yaml(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no-such-home"))
+    assert gravity(["sites", "--sites", str(sites)]) == 0
+    captured = capsys.readouterr()
+    assert "us-local" in captured.out and "cannot open the Dagster instance" in captured.err
