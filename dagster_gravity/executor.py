@@ -9,12 +9,18 @@ the "where and how does this ready step run" part differs:
 2. `InputLocations` (input_locations.py) finds where each input is: this run's own outputs
    (from the events the workers streamed back), else the upstream asset's latest
    materialization, else the definition's metadata.
-3. `placement.place_step` scores every healthy compute pool; the decision, its reason and
-   every candidate's cost are an engine event on the step (placement_events.py).
-4. Delay scheduling: a compute pool with no free slot is scored with an expected wait of
-   `locality_wait` seconds (the longest the step will wait for it). If it still wins
-   (moving the data elsewhere would cost more), the step waits up to `locality_wait` for a
-   slot there, then spills to the next-best compute pool that has one, and says so.
+3. At run start the whole run is planned (`run_plan.py`, `placement.place_plan`): each
+   step gets a planned site, shown as an engine event; the steps not started yet are
+   re-planned when a step runs elsewhere than planned or a compute pool's health changes.
+4. `placement.place_step` scores every healthy compute pool for a ready step: moving its
+   inputs from where they are, moving its outputs on to where their consumers are planned,
+   and the pool's expected wait for a slot (`placement.waits`: its running steps' expected
+   remaining time and the steps queued for it, from each step's earlier durations,
+   `step_durations.py`). A step whose best pool is busy waits for it, re-scored every
+   tick, while waiting stays cheaper than moving; when moving becomes cheaper it goes to
+   the pool that wins. `locality_wait` caps the wait (then the step spills to the best
+   compute pool with a free slot). The decision, its reason, the wait-or-move comparison
+   and every candidate's cost are an engine event on the step (placement_events.py).
 5. The compute pool's backend (`pools/`) runs the step in a warm worker at that site and
    streams its events back; they are fed to `ActiveExecution` exactly like multiprocess
    children's. A worker that dies mid-step becomes a retryable step failure; a compute pool
@@ -32,7 +38,7 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from dagster import MetadataValue, _check as check, executor
 
@@ -59,12 +65,15 @@ from dagster_gravity.dagster_internals import (
 from dagster_gravity.errors import GravityError
 from dagster_gravity.executor_config import GRAVITY_CONFIG, GravityConfig
 from dagster_gravity.input_locations import InputLocations, requirements_for
-from dagster_gravity.placement import Placement, PlacementError, place_step
+from dagster_gravity.placement import Placement, PlacementError, format_bytes, place_step
+from dagster_gravity.placement.waits import expected_wait, remaining_seconds
 from dagster_gravity.placement_events import placement_event, pool_unhealthy_event, unplaceable_events
 from dagster_gravity.pools import CRASHED, NOT_STARTED, PoolBackend, StepEnded, StepEvent, StepRequest, create_backends
 from dagster_gravity.resources import resolve_run_sites_file
 from dagster_gravity.step_runner import RunPayload
 from dagster_gravity.link_measurements import measured_links, with_measured_links
+from dagster_gravity.run_plan import RunPlan, make_run_plan, run_plan_event
+from dagster_gravity.step_durations import DurationEstimates, expected_durations, record_durations
 from dagster_gravity.topology import Topology, load_topology
 
 log = logging.getLogger(__name__)
@@ -86,7 +95,7 @@ def gravity_executor(init_context) -> "GravityExecutor":
         execution:
           config:
             sites_file: sites.yaml
-            locality_wait: 3
+            locality_wait: 300     # the longest a step waits for a busy compute pool
             objective: time          # or cost, or weighted (with cost_weight: 0.3)
             pools:
               default: {local: {}}
@@ -126,7 +135,9 @@ class _Waiting:
 
     step: ExecutionStep
     placement: Placement | None = None
-    decided_at: float = 0.0
+    since: float = field(default_factory=time.monotonic)  # handed out (or put back) at
+    waiting_for: str | None = None  # the busy compute pool it chose to wait for
+    why_wait: str | None = None  # the comparison that made it wait, said when it is submitted
     exclude: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)  # what happened before it was submitted
 
@@ -138,6 +149,7 @@ class _Running:
     site: str
     attempt: int  # Dagster's attempt number (its count of earlier attempts)
     finished: bool = False  # a terminal step event (success/failure/retry) was seen
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class _RunLoop:
@@ -170,6 +182,12 @@ class _RunLoop:
         self.start_failures: dict[str, str] = {}  # pool id -> why its backend did not start
         self.worker_errors: dict[int, SerializableErrorInfo] = {}  # worker pid -> what it raised
         self.stopping = False  # the run was interrupted: running steps are being stopped
+        job_name = plan_context.dagster_run.job_name
+        self.durations = DurationEstimates(expected_durations(plan_context.instance, job_name))
+        self.finished_durations: dict[str, float] = {}  # step key -> seconds, recorded at run end
+        self.plan = RunPlan()
+        self.planned_healthy: frozenset[str] | None = None  # the healthy pools the plan assumed
+        self.replan_reason: str | None = None
 
     # -- backends ----------------------------------------------------------------------
 
@@ -210,6 +228,23 @@ class _RunLoop:
                 continue
             stack.callback(backend.stop)
 
+    def _make_plan(self, reason: str | None = None) -> DagsterEvent:
+        """Plan the steps that have not started (the whole run at start); started steps are
+        fixed where they run."""
+        healthy = self.healthy_pools()
+        steps = [s for s in self.execution_plan.get_all_steps_in_topo_order() if isinstance(s, ExecutionStep)]
+        fixed = dict(self.locations.step_sites)
+        self.plan = make_run_plan(steps, self.locations, self.topology, self.config.objective, healthy, fixed)
+        self.planned_healthy = frozenset(healthy)
+        self.replan_reason = None
+        return run_plan_event(self.plan_context, self.plan, reason)
+
+    def _replan_if_diverged(self) -> Iterator[DagsterEvent]:
+        if self.replan_reason is None and self.planned_healthy != frozenset(self.healthy_pools()):
+            self.replan_reason = "compute pool health changed"
+        if self.replan_reason is not None:
+            yield self._make_plan(self.replan_reason)
+
     def _run_start_event(self) -> DagsterEvent:
         pools = {pid: b.name for pid, b in self.by_pool.items() if pid not in self.disabled}
         return DagsterEvent.engine_event(
@@ -223,6 +258,7 @@ class _RunLoop:
                     "compute_pools": MetadataValue.json(pools),
                     "disabled_pools": MetadataValue.json(sorted(self.disabled)),
                     "locality_wait": MetadataValue.float(self.config.locality_wait),
+                    "expected_step_seconds": MetadataValue.json(self.durations.history),
                     "objective": MetadataValue.text(self.config.objective.describe()),
                 }
             ),
@@ -257,18 +293,41 @@ class _RunLoop:
 
     # -- placement ---------------------------------------------------------------------
 
-    def _place(self, w: _Waiting, *, spill_from: set[str] = frozenset()) -> Placement:
-        """Where `w` should run now. Without `spill_from`, a full compute pool counts with an
-        expected wait of `locality_wait`; with it, those pools are excluded. Notes when the
-        step fails over from a compute pool that would have won had it been healthy."""
+    def _expected_wait(self, pool_id: str, queued: Mapping[str, list[float]]) -> float:
+        """Seconds until a step placed now would get a slot in `pool_id`: its running steps'
+        expected remaining time, then the steps already waiting for it."""
+        ahead = queued.get(pool_id, [])
+        free = self.free_slots(pool_id)
+        if free > 0 and not ahead:
+            return 0.0
+        now = time.monotonic()
+        remaining = [
+            remaining_seconds(self.durations.expected(r.step.key), now - r.started_at)
+            for r in self.running.values() if r.pool_id == pool_id and not r.finished
+        ]
+        if free == 0 and not remaining:
+            # busy with steps this run does not know (another run's): nothing to go by but the default
+            slots = self.topology.pool(pool_id).slots
+            remaining = [self.durations.default] * slots
+        else:
+            slots = free + len(remaining)
+        return expected_wait(max(1, slots), remaining, ahead)
+
+    def _place(self, w: _Waiting, *, queued: Mapping[str, list[float]] | None = None, spill_from: set[str] = frozenset()) -> Placement:
+        """Where `w` should run now: inputs from where they are, outputs on to their consumers'
+        planned sites, and each busy compute pool's expected wait (`queued`: the steps already
+        waiting per compute pool). With `spill_from`, those pools are excluded instead. Notes
+        when the step fails over from a compute pool that would have won had it been healthy."""
         healthy = self.healthy_pools()
         step = w.step
         inputs = [*self.locations.inputs_for(step, w.notes), *self.locations.output_residency(step)]
         req = requirements_for(step)
-        options = dict(objective=self.config.objective, step=step.key)
+        outputs = self.plan.output_trips(step.key, self.locations.step_sites)
+        options = dict(objective=self.config.objective, step=step.key, outputs=outputs)
         if spill_from:
             return place_step(self.topology, inputs, req, healthy=healthy, exclude=w.exclude | spill_from, **options)
-        waits = {pid: self.config.locality_wait for pid in healthy if self.free_slots(pid) <= 0}
+        queued = queued or {}
+        waits = {pid: self._expected_wait(pid, queued) for pid in healthy}
         placement = place_step(
             self.topology, inputs, req, healthy=healthy, expected_wait=waits, exclude=w.exclude, **options
         )
@@ -280,31 +339,45 @@ class _RunLoop:
                 ideal = None
             if ideal is not None and ideal.pool in unhealthy:
                 reason = self.unhealthy_reason(ideal.pool)
-                w.notes.append(f"compute pool {ideal.pool} unhealthy ({reason}), failed over to {placement.pool}")
+                note = f"compute pool {ideal.pool} unhealthy ({reason}), failed over to {placement.pool}"
+                if note not in w.notes:
+                    w.notes.append(note)
         return placement
 
     def _dispatch(self) -> Iterator[DagsterEvent]:
-        """Place waiting steps and submit the ones whose compute pool has a free slot."""
+        """Place every waiting step (in the order they were handed out) and submit those whose
+        best compute pool has a free slot; the others wait for theirs, queued behind the
+        steps already waiting for it, or spill once they have waited `locality_wait`."""
+        yield from self._replan_if_diverged()
         now = time.monotonic()
+        queued: dict[str, list[float]] = {}
         for key in list(self.waiting):
             w = self.waiting[key]
             try:
-                if w.placement is None or not self.is_healthy(w.placement.pool):
-                    w.placement = self._place(w)
-                    w.decided_at = now
-                pool_id = w.placement.pool
-                if self.free_slots(pool_id) > 0:
-                    yield from self._submit(w, w.placement)
+                w.placement = placement = self._place(w, queued=queued)
+                pool_id = placement.pool
+                if self.free_slots(pool_id) > 0 and not queued.get(pool_id):
+                    if w.waiting_for is not None and w.why_wait:
+                        w.notes.append(f"waited {now - w.since:.1f} s: {w.why_wait}")
+                    else:
+                        moved = _move_beats_wait(placement)
+                        if moved:
+                            w.notes.append(moved)
+                    yield from self._submit(w, placement)
                     continue
-                waited = now - w.decided_at
+                if w.waiting_for != pool_id:
+                    w.waiting_for, w.why_wait = pool_id, _wait_beats_move(placement)
+                waited = now - w.since
                 if waited < self.config.locality_wait:
+                    queued.setdefault(pool_id, []).append(self.durations.expected(key))
                     continue
                 full = {pid for pid in self.by_pool if self.free_slots(pid) <= 0}
                 try:
                     spill = self._place(w, spill_from=full)
                 except PlacementError:
+                    queued.setdefault(pool_id, []).append(self.durations.expected(key))
                     continue  # nowhere else may run it: keep waiting for its compute pool
-                w.notes.append(f"waited {waited:.1f} s for a slot in {pool_id}, spilled to {spill.pool}")
+                w.notes.append(f"waited {waited:.1f} s (locality_wait) for a slot in {pool_id}, spilled to {spill.pool}")
                 yield from self._submit(w, spill, waited=waited, spilled_from=pool_id)
             except GravityError as exc:
                 # No pool may run it, or a bad op tag, unreadable location metadata, an unknown
@@ -323,6 +396,9 @@ class _RunLoop:
         del self.waiting[step.key]
         self.running[step.key] = _Running(step, placement.pool, placement.site, attempt)
         self.locations.step_ran_at(step.key, placement.site)
+        planned = self.plan.sites.get(step.key)
+        if planned is not None and planned != placement.site:
+            self.replan_reason = f"{step.key} runs at {placement.site}, planned at {planned}"
         try:
             backend.submit(placement.pool, StepRequest(step.key, known_state, attempt))
         except Exception as exc:  # a backend that refuses, for whatever reason: place the step again
@@ -366,6 +442,8 @@ class _RunLoop:
         if event.step_key is not None:
             self.locations.record(event)
             self.active.handle_event(event)
+            if event.is_step_success:
+                self.finished_durations[event.step_key] = event.event_specific_data.duration_ms / 1000.0
             if event.is_step_success or event.is_step_failure or event.is_step_up_for_retry:
                 running.finished = True
         if event.is_resource_init_failure and not running.finished:
@@ -463,6 +541,8 @@ class _RunLoop:
         plan_context = self.plan_context
         yield self._run_start_event()
         yield from self._start_backends(stack)
+        yield self._make_plan()
+        stack.callback(self._record_durations)
         instance_concurrency_context = stack.enter_context(
             InstanceConcurrencyContext(plan_context.instance, plan_context.dagster_run)
         )
@@ -517,6 +597,41 @@ class _RunLoop:
                 + "\n".join(f"In process {pid}: {err.to_string()}" for pid, err in errors.items()),
                 subprocess_error_infos=list(errors.values()),
             )
+
+
+    def _record_durations(self) -> None:
+        try:
+            record_durations(self.plan_context.instance, self.plan_context.dagster_run.job_name, self.finished_durations)
+        except Exception:  # history is an estimate: failing to keep it must not fail the run
+            log.warning("gravity: could not record step durations", exc_info=True)
+
+
+def _wait_beats_move(placement: Placement) -> str | None:
+    """"waiting ~2.1 s for P beats moving 56.7 MB (5.1 s) to Q", for a step that waits."""
+    best = placement.candidates[0]
+    free = next((c for c in placement.candidates[1:] if c.feasible and c.wait_seconds == 0), None)
+    if free is None:
+        return f"waiting ~{best.wait_seconds:.2g} s for {best.pool}: no other compute pool has a free slot"
+    moves = free.bytes_moved + free.output_bytes
+    return (
+        f"waiting ~{best.wait_seconds:.2g} s for {best.pool} beats moving {format_bytes(moves)} "
+        f"({free.transfer_seconds + free.output_seconds:.2g} s) to {free.pool} (score {best.score:.3g} vs {free.score:.3g})"
+    )
+
+
+def _move_beats_wait(placement: Placement) -> str | None:
+    """"moving 1 MB (0.1 s) to Q beats waiting ~30 s for P", when the step moves data
+    rather than wait for a busy compute pool that would move less."""
+    best = placement.candidates[0]
+    moves = best.bytes_moved + best.output_bytes
+    busy = [c for c in placement.candidates[1:] if c.feasible and c.wait_seconds > 0 and c.bytes_moved + c.output_bytes < moves]
+    if not busy:
+        return None
+    alt = min(busy, key=lambda c: c.score)
+    return (
+        f"moving {format_bytes(moves)} ({best.transfer_seconds + best.output_seconds:.2g} s) to {best.pool} beats "
+        f"waiting ~{alt.wait_seconds:.2g} s for {alt.pool} (score {best.score:.3g} vs {alt.score:.3g})"
+    )
 
 
 def _stop_quietly(backend: PoolBackend) -> None:

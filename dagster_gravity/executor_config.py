@@ -5,7 +5,7 @@ parsed form the executor, `gravity plan` and `gravity sites --health` use.
     execution:
       config:
         sites_file: sites.yaml            # default: the GravityTopology resource's, $GRAVITY_SITES, ./sites.yaml
-        locality_wait: 3
+        locality_wait: 300
         objective: weighted               # time | cost | weighted
         cost_weight: 0.3                  # with weighted: 0 = all seconds, 1 = all dollars
         pools:
@@ -31,7 +31,7 @@ from dagster_gravity.topology import Topology
 # Every default, once: the schema below and `GravityConfig` both read them from here.
 DEFAULTS: dict[str, Any] = {
     "sites_file": None,
-    "locality_wait": 3.0,
+    "locality_wait": 300.0,
     "objective": "time",
     "cost_weight": 0.5,
     "max_concurrent": None,
@@ -72,8 +72,10 @@ GRAVITY_CONFIG = {
     "locality_wait": _field(
         "locality_wait",
         float,
-        "Delay scheduling: seconds a step waits for a slot in its best compute pool before "
-        "spilling to the next-best compute pool that has one.",
+        "The longest a step waits for a slot in a busy compute pool it prefers. Whether to wait "
+        "at all is decided by cost: the pool's expected wait (from its running steps' expected "
+        "remaining time and the steps queued for it) against moving the data elsewhere. Past "
+        "this many seconds the step spills to the best compute pool with a free slot.",
     ),
     "objective": _field("objective", OBJECTIVES, "What placement minimises: time, cost, or weighted."),
     "cost_weight": _field(

@@ -1,7 +1,9 @@
 """`gravity plan`: where each step of a job would run and what would move, without running it.
 
-It replays the executor's own per-step decision (`InputLocations` + `place_step`) over
-the job's execution plan in topological order, with every compute pool free: inputs
+It makes the executor's run plan (`run_plan.make_run_plan`: the whole job solved at once)
+and replays the executor's own per-step decision (`InputLocations` + `place_step`, which
+prices each step's outputs' trip on to its consumers' planned sites) over the job's
+execution plan in topological order, with every compute pool free: inputs
 produced earlier in the job are assumed at the site their step was placed at
 (`InputLocations.assume_output_at`), with the size of that asset's latest materialization
 (or its definition's `dagster/size_bytes`, else 1 byte: `metadata.UNKNOWN_SIZE`, so moving
@@ -72,12 +74,17 @@ def plan_job(
     from dagster_gravity.dagster_internals import ExecutionStep, create_execution_plan
     from dagster_gravity.input_locations import InputLocations, requirements_for
     from dagster_gravity.link_measurements import measured_links, with_measured_links
+    from dagster_gravity.run_plan import make_run_plan
 
     objective = Objective.parse(objective)
     plan = create_execution_plan(job_def, run_config=run_config or {})
     topology = with_measured_links(topology, measured_links(instance, topology.sites))  # as the executor does
     locations = InputLocations(instance, job_def, topology, partition=partition)
     healthy = {p.id for p in topology.pools if p.id not in disabled_pools and p.site not in disabled_pools}
+    run_plan = make_run_plan(
+        [s for s in plan.get_all_steps_in_topo_order() if isinstance(s, ExecutionStep)],
+        locations, topology, objective, healthy,
+    )
     out: list[PlannedStep] = []
     for step in plan.get_all_steps_in_topo_order():
         if not isinstance(step, ExecutionStep):
@@ -91,6 +98,7 @@ def plan_job(
             placement = place_step(
                 topology, [*inputs, *locations.output_residency(step)], requirements_for(step),
                 objective=objective, healthy=healthy, step=step.key,
+                outputs=run_plan.output_trips(step.key, locations.step_sites),
             )
         except GravityError as exc:  # PlacementError, or a bad op tag / location metadata
             out.append(PlannedStep(step.key, None, None, 0, 0.0, 0.0, (), "\n".join([str(exc), *notes])))

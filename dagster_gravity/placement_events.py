@@ -91,14 +91,15 @@ def pool_unhealthy_event(plan_context, pool_id: str, reason: str) -> DagsterEven
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| compute pool | site | bytes moved | transfer s | wait s | $ | score | feasible / why not |\n"
-    head += "|---|---|---|---|---|---|---|---|\n"
+    head = "| compute pool | site | bytes moved in | transfer s | outputs on to consumers | wait s | $ | score | feasible / why not |\n"
+    head += "|---|---|---|---|---|---|---|---|---|\n"
     lines = []
     for r in rows:
         score = "-" if r["score"] is None else f"{r['score']:.4g}"
         why = "yes" if r["feasible"] else f"no: {r['reason']}"
         lines.append(
             f"| {r['pool']} | {r['site']} | {format_bytes(r['bytes_moved'])} | {r['transfer_seconds']:.4g} "
+            f"| {format_bytes(r['output_bytes'])} ({r['output_seconds']:.3g} s) "
             f"| {r['wait_seconds']:.4g} | {r['dollars']:.4g} | {score} | {why} |"
         )
     return head + "\n".join(lines)

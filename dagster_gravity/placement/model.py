@@ -41,6 +41,16 @@ class InputData:
 
 
 @dataclass(frozen=True)
+class OutputTrip:
+    """An output of the step that consumers planned at other sites will need there: running
+    the step away from them pays for its trip back (one copy per consumer site)."""
+
+    name: str
+    size_bytes: int
+    to_sites: tuple[str, ...]  # the sites its consumers are planned at
+
+
+@dataclass(frozen=True)
 class Requirements:
     gpus: int = 0  # pool.gpus must be >= this
     pin: str | None = None  # site name the step must run at
@@ -222,6 +232,28 @@ def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objectiv
     return total_bytes, total_sec, total_usd, total_score
 
 
+def _output_costs(cm: CostModel, outputs: Sequence[OutputTrip], objective: Objective):
+    """Per candidate site: (bytes, seconds, dollars, score) of moving each output from there
+    to every consumer site other than the candidate's own."""
+    n_sites = len(cm.sites)
+    per_byte, fixed = cm.matrices(objective)
+    totals = [np.zeros(n_sites) for _ in range(4)]
+    for trip in outputs:
+        size = trip.size_bytes
+        if size < 0:
+            raise GravityConfigError(f"output {trip.name!r}: size_bytes is {size}; expected >= 0")
+        if size == 0:
+            continue
+        for dst_site in dict.fromkeys(trip.to_sites):
+            d = cm.site_index(dst_site, f"consumer site of output {trip.name!r}")
+            moved = np.arange(n_sites) != d
+            totals[0] += np.where(moved, size, 0)
+            totals[1] += np.where(moved, cm.latency[:, d] + size * cm.sec_per_byte[:, d], 0.0)
+            totals[2] += np.where(moved, size * cm.usd_per_byte[:, d], 0.0)
+            totals[3] += np.where(moved, size * per_byte[:, d] + fixed[:, d], 0.0)
+    return tuple(totals)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One row of the explanation table."""
@@ -235,6 +267,8 @@ class Candidate:
     score: float  # objective value (inf when infeasible)
     feasible: bool
     reason: str  # "" when feasible, else which constraint(s) failed
+    output_bytes: int = 0  # outputs' bytes to move on to consumers planned elsewhere
+    output_seconds: float = 0.0  # ... and the seconds that takes (dollars include it)
 
 
 @dataclass(frozen=True)
@@ -255,6 +289,8 @@ class Placement:
                     "bytes_moved": int(c.bytes_moved),
                     "transfer_seconds": round(float(c.transfer_seconds), 6),
                     "wait_seconds": round(float(c.wait_seconds), 6),
+                    "output_bytes": int(c.output_bytes),
+                    "output_seconds": round(float(c.output_seconds), 6),
                     "dollars": round(float(c.dollars), 8),
                     "score": None if math.isinf(c.score) else round(float(c.score), 6),
                     "feasible": c.feasible,

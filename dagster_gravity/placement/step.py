@@ -16,10 +16,12 @@ from dagster_gravity.placement.model import (
     Candidate,
     InputData,
     Objective,
+    OutputTrip,
     Placement,
     PlacementError,
     Requirements,
     _input_costs,
+    _output_costs,
     cost_model,
     format_bytes,
 )
@@ -36,13 +38,15 @@ def place_step(
     expected_wait: Mapping[str, float] | None = None,
     exclude: Collection[str] = (),
     step: str | None = None,
+    outputs: Sequence[OutputTrip] = (),
 ) -> Placement:
     """Choose the pool for one step and explain why.
 
     Scores every pool: the seconds and dollars to move each input that is not already at
     the pool's site (from its cheapest replica; transfers one after another, so seconds
-    add up), plus ``expected_wait[pool]`` seconds until a slot frees. The score is
-    ``objective.score(transfer_seconds + wait_seconds, dollars)``; the lowest feasible
+    add up), plus moving each of ``outputs`` on to the sites its consumers are planned at,
+    plus ``expected_wait[pool]`` seconds until a slot frees. The score is
+    ``objective.score(transfer_seconds + output_seconds + wait_seconds, dollars)``; the lowest feasible
     score wins, ties broken by fewer bytes moved, then by fewer GPUs left idle (a CPU
     step does not take a GPU pool's slot when a CPU pool is as good), then topology order.
 
@@ -56,6 +60,7 @@ def place_step(
     _check_requirements(topology, requirements, what)
     cm = cost_model(topology)
     nbytes, seconds, dollars, transfer_score = _input_costs(cm, inputs, objective)
+    out_bytes, out_seconds, out_dollars, out_score = _output_costs(cm, outputs, objective)
     zones = _zones_of(inputs)
     healthy_set = None if healthy is None else set(healthy)
     exclude_set = set(exclude)
@@ -69,12 +74,12 @@ def place_step(
         if wait < 0 or math.isnan(wait):
             raise GravityConfigError(f"expected_wait[{pool.id!r}] is {wait}; expected seconds >= 0")
         feasible = not reasons
-        score = float(transfer_score[s]) + objective.score(wait, 0.0) if feasible else math.inf
+        score = float(transfer_score[s] + out_score[s]) + objective.score(wait, 0.0) if feasible else math.inf
         rows.append(
             (
                 0 if feasible else 1,
                 score,
-                int(nbytes[s]),
+                int(nbytes[s] + out_bytes[s]),
                 pool.gpus - requirements.gpus,
                 i,
                 Candidate(
@@ -83,10 +88,12 @@ def place_step(
                     bytes_moved=int(nbytes[s]),
                     transfer_seconds=float(seconds[s]),
                     wait_seconds=wait,
-                    dollars=float(dollars[s]),
+                    dollars=float(dollars[s] + out_dollars[s]),
                     score=score,
                     feasible=feasible,
                     reason="; ".join(reasons),
+                    output_bytes=int(out_bytes[s]),
+                    output_seconds=float(out_seconds[s]),
                 ),
             )
         )
@@ -124,8 +131,10 @@ def _explain(
         what = f"all inputs are already at {best.site}" if has_data else "no known input data to move"
     else:
         what = f"moves {format_bytes(best.bytes_moved)} ({best.transfer_seconds:.3g} s, ${best.dollars:.4g})"
+    if best.output_bytes:
+        what += f", then its outputs' {format_bytes(best.output_bytes)} to their consumers ({best.output_seconds:.3g} s)"
     if best.wait_seconds:
-        what += f", waits {best.wait_seconds:.3g} s for a slot"
+        what += f", waits ~{best.wait_seconds:.3g} s for a slot"
     runner_up = next((c for c in candidates[1:] if c.feasible and c.site != best.site), None)
     if runner_up is None:
         alt = "the only feasible site"

@@ -212,6 +212,23 @@ def slow_right():
     return "right"
 
 
+# 300 MB at alpha: moving it to beta takes ~2.4 s on the test links, less than a busy
+# pool's default expected wait (10 s), more than a wait history says is short.
+mid_at_alpha = AssetSpec("mid_at_alpha", metadata={"gravity/site": "alpha", "dagster/size_bytes": 300_000_000})
+
+
+@asset(deps=[mid_at_alpha])
+def mid_left():
+    _hold_alpha_slot("mid_left")
+    return "left"
+
+
+@asset(deps=[mid_at_alpha])
+def mid_right():
+    _hold_alpha_slot("mid_right")
+    return "right"
+
+
 # -- failures --------------------------------------------------------------------------
 
 @asset(retry_policy=RetryPolicy(max_retries=2))
@@ -345,7 +362,8 @@ def dynamic_job():
 
 all_assets = [
     made_at_beta, follows_beta, needs_gpu, pinned_gamma, bad_gpu_tag, landed_at_gamma, eu_customers,
-    reads_landed, eu_report, eu_only_output, big_at_alpha, slow_left, slow_right, killed_once, dies_at_alpha,
+    reads_landed, eu_report, eu_only_output, big_at_alpha, slow_left, slow_right,
+    mid_at_alpha, mid_left, mid_right, killed_once, dies_at_alpha,
     sleeps_long, ignores_interrupts, needs_broken_resource, *chain5,
 ]
 
@@ -358,6 +376,7 @@ defs = Definitions(
         define_asset_job("residency_job", selection=["eu_report"]),
         define_asset_job("output_residency_job", selection=["eu_only_output"]),
         define_asset_job("delay_job", selection=["slow_left", "slow_right"]),
+        define_asset_job("wait_or_move_job", selection=["mid_left", "mid_right"]),
         define_asset_job("killed_job", selection=["killed_once"]),
         define_asset_job("failover_job", selection=["dies_at_alpha"]),
         define_asset_job("sleep_job", selection=["sleeps_long"]),
@@ -399,6 +418,10 @@ def output_residency_job():
 
 def delay_job():
     return get_job("delay_job")
+
+
+def wait_or_move_job():
+    return get_job("wait_or_move_job")
 
 
 def killed_job():

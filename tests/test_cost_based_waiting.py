@@ -1,0 +1,153 @@
+"""Waiting for a busy compute pool against moving the data: the expected wait (from step
+durations recorded by earlier runs) decides, and each placement says which won and by what.
+
+Pure parts (`placement.waits`, output trips in `place_step`, the duration history) are
+tested directly; the executor's rule on real runs of tests/support/jobs.py's
+`wait_or_move_job`: two steps read 300 MB at alpha, whose one usable slot the first holds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from dagster import DagsterInstance, DagsterEventType
+
+from dagster_gravity.placement import InputData, OutputTrip, place_step
+from dagster_gravity.placement.waits import DEFAULT_STEP_SECONDS, expected_wait, remaining_seconds
+from dagster_gravity.step_durations import DurationEstimates, expected_durations, record_durations, step_family
+from dagster_gravity.topology import Topology
+from tests.support import jobs
+from tests.support.executor_runs import engine_messages, placements
+
+
+# -- placement.waits ---------------------------------------------------------------------
+
+def test_a_free_slot_means_no_wait_and_a_full_pool_waits_for_its_first_end():
+    assert expected_wait(2, [3.0]) == 0.0
+    assert expected_wait(2, [3.0, 5.0]) == 3.0
+    assert expected_wait(1, [4.0]) == 4.0
+
+
+def test_steps_queued_ahead_take_the_slots_that_free_first():
+    # slots free at 3 and 5; the queued 4 s step takes the one at 3 (ends at 7): next is 5
+    assert expected_wait(2, [3.0, 5.0], [4.0]) == 5.0
+    # a second queued 1 s step takes 5 (ends at 6): next is 6
+    assert expected_wait(2, [3.0, 5.0], [4.0, 1.0]) == 6.0
+    assert expected_wait(1, [], [2.0, 2.0]) == 4.0
+
+
+def test_remaining_time_shrinks_then_grows_once_a_step_overruns():
+    assert remaining_seconds(10.0, 4.0) == 6.0
+    assert remaining_seconds(10.0, 9.99) == pytest.approx(0.1)
+    assert remaining_seconds(10.0, 40.0) == 10.0  # overdue: a quarter of what it has run
+
+
+def test_a_pool_without_slots_is_refused():
+    with pytest.raises(ValueError, match="slots is 0"):
+        expected_wait(0, [])
+
+
+# -- output trips --------------------------------------------------------------------------
+
+TWO_SITES = """
+sites:
+  - {name: a, region: ra, kind: onprem, pools: [{name: cpu, kind: cpu, slots: 1}]}
+  - {name: b, region: rb, kind: cloud, pools: [{name: cpu, kind: cpu, slots: 1}]}
+links:
+  - {from: a, to: b, bandwidth_gbps: 0.8, latency_ms: 1, usd_per_gb: 0.0}
+"""
+
+
+@pytest.fixture
+def two_sites(tmp_path) -> Topology:
+    path = tmp_path / "sites.yaml"
+    path.write_text(TWO_SITES)
+    return Topology.from_yaml(path)
+
+
+def test_an_outputs_trip_to_its_consumers_site_outweighs_a_smaller_input(two_sites):
+    small_at_a = [InputData("small", 10_000_000, ("a",))]
+    assert place_step(two_sites, small_at_a).site == "a"
+    # its 100 MB output is needed at b, where its consumers are planned: running at b moves 10 MB, not 100
+    trips = [OutputTrip("step.result", 100_000_000, ("b",))]
+    placement = place_step(two_sites, small_at_a, outputs=trips)
+    assert placement.site == "b", placement.reason
+    at_a = next(c for c in placement.candidates if c.site == "a")
+    assert at_a.output_bytes == 100_000_000 and at_a.output_seconds == pytest.approx(0.001 + 1.0)
+    assert "next best a/cpu" in placement.reason
+
+
+def test_a_busy_pools_expected_wait_decides_between_waiting_and_moving(two_sites):
+    big_at_a = [InputData("big", 500_000_000, ("a",))]  # 5 s to b
+    assert place_step(two_sites, big_at_a, expected_wait={"a/cpu": 2.0}).site == "a"
+    assert place_step(two_sites, big_at_a, expected_wait={"a/cpu": 8.0}).site == "b"
+
+
+# -- duration history ----------------------------------------------------------------------
+
+def test_durations_are_learned_per_job_and_step_and_dynamic_copies_share_theirs():
+    with DagsterInstance.ephemeral() as instance:
+        assert expected_durations(instance, "job") == {}
+        record_durations(instance, "job", {"train": 10.0, "square[3]": 2.0})
+        record_durations(instance, "job", {"train": 20.0, "square[4]": math.nan})
+        got = expected_durations(instance, "job")
+        assert got["train"] == pytest.approx(13.0)  # 0.7 * 10 + 0.3 * 20
+        assert got["square"] == 2.0 and step_family("square[4]") == "square"
+        assert expected_durations(instance, "other_job") == {}
+        estimates = DurationEstimates(got)
+        assert estimates.expected("square[9]") == 2.0 and estimates.expected("unseen") == DEFAULT_STEP_SECONDS
+
+
+def test_an_unreadable_history_entry_starts_again():
+    with DagsterInstance.ephemeral() as instance:
+        instance.daemon_cursor_storage.set_cursor_values({"gravity/step-seconds/job": "not json"})
+        assert expected_durations(instance, "job") == {}
+        record_durations(instance, "job", {"train": 3.0})
+        assert expected_durations(instance, "job") == {"train": 3.0}
+
+
+# -- the executor's rule on real runs ------------------------------------------------------
+
+def _placed(result):
+    placed = placements(result)
+    assert set(placed) == {"mid_left", "mid_right"}
+    return placed
+
+
+def test_with_no_history_moving_300_mb_beats_the_default_wait(gravity):
+    # The step at alpha holds its slot until the other has started elsewhere.
+    result = gravity.run("wait_or_move_job", disabled_pools=["alpha/gpu"], locality_wait=60.0)
+    assert result.success
+    placed = _placed(result)
+    moved = next(p for p in placed.values() if p["gravity/site"] != "alpha")
+    assert "gravity/spilled_from" not in moved  # it did not wait out a timer: it chose to move
+    assert "beats waiting ~10 s for alpha/cpu" in moved["message"], moved["message"]
+    # the run recorded both steps' durations for the next run
+    history = expected_durations(gravity.instance, "wait_or_move_job")
+    assert set(history) == {"mid_left", "mid_right"}
+
+
+def test_a_short_recorded_duration_makes_waiting_beat_moving(gravity):
+    (gravity.store / jobs.DELAY_HOLD).write_text("0.5")
+    record_durations(gravity.instance, "wait_or_move_job", {"mid_left": 0.5, "mid_right": 0.5})
+    result = gravity.run("wait_or_move_job", disabled_pools=["alpha/gpu"], locality_wait=60.0)
+    assert result.success
+    placed = _placed(result)
+    assert [p["gravity/site"] for p in placed.values()] == ["alpha", "alpha"]
+    waited = [p["message"] for p in placed.values() if "beats moving" in p["message"]]
+    assert len(waited) == 1 and re.search(r"waiting ~0\.[1-5]\d* s for alpha/cpu beats moving 300 MB", waited[0]), placed
+
+
+def test_the_run_plan_is_an_engine_event_at_run_start(gravity):
+    result = gravity.run("wait_or_move_job", disabled_pools=["alpha/gpu"], locality_wait=60.0)
+    plan = next(
+        e for e in result.all_events
+        if e.event_type == DagsterEventType.ENGINE_EVENT and "gravity/planned_sites" in (e.event_specific_data.metadata or {})
+    )
+    planned = plan.event_specific_data.metadata["gravity/planned_sites"].value
+    assert planned == {"mid_left": "alpha", "mid_right": "alpha"}  # the plan knows no slots
+    assert "run plan for 2 steps" in plan.message
+    # one step ran elsewhere than planned: the rest was re-planned around it
+    assert any("re-planned" in m for m in engine_messages(result))
