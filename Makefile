@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/replication.py
 	$(PY) benchmarks/executor_overhead.py
 	$(PY) benchmarks/retry_stress.py
+	$(PY) benchmarks/runtime_rule.py
 
 ui: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(VENV)/bin/dagster dev -w workspace.yaml

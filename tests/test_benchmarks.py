@@ -87,3 +87,11 @@ def test_replication_benchmark_quick(seaweedfs, tmp_path):
     assert set(rows) == {"local->local", "S3->S3", "S3->local"}, proc.stdout
     assert all(float(raw) > 0 and float(grav) > 0 for raw, grav, _ in rows.values())
     assert list(tmp_path.iterdir()) == []  # the benchmark cleans up its files
+
+
+def test_runtime_rule_replay_stays_within_5_percent_of_the_plan():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/runtime_rule.py", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "target (gravity within 5% of the plan on every seed): met" in out.stdout
