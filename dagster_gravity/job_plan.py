@@ -8,8 +8,13 @@ produced earlier in the job are assumed at the site their step was placed at
 (`InputLocations.assume_output_at`), with the size of that asset's latest materialization
 (or its definition's `dagster/size_bytes`, else 1 byte: `metadata.UNKNOWN_SIZE`, so moving
 it costs a link's latency and the step still follows it); other inputs are where the
-instance says they are now. Delay scheduling and failures are runtime matters and are not
-simulated.
+instance says they are now.
+
+It then simulates the run (`placement.simulate.simulate_run`): the compute pools' slots,
+each step's expected duration from its earlier runs (`step_durations`; 10 s when unknown)
+and the same wait-or-move rule, and prints the predicted makespan, bytes per link and
+dollars beside a location-blind run's (each step on the first compute pool with a free
+slot). Failures are runtime matters and are not simulated.
 """
 
 from __future__ import annotations
@@ -61,7 +66,18 @@ def load_job(module: str, job_name: str, attribute: str | None = None):
     raise GravityConfigError(f"no job named {job_name!r} in module {module!r}; expected a Definitions object or a job there")
 
 
-def plan_job(
+@dataclass(frozen=True)
+class Simulation:
+    gravity: Any  # placement.simulate.SimulatedRun
+    blind: Any
+
+
+def plan_job(job_def, instance, topology: Topology, **options) -> list[PlannedStep]:
+    """Where each step would run (see `plan_and_simulate`)."""
+    return plan_and_simulate(job_def, instance, topology, **options)[0]
+
+
+def plan_and_simulate(
     job_def,
     instance,
     topology: Topology,
@@ -70,8 +86,12 @@ def plan_job(
     run_config: Mapping[str, Any] | None = None,
     disabled_pools: Sequence[str] = (),
     partition: str | None = None,
-) -> list[PlannedStep]:
+) -> tuple[list[PlannedStep], Simulation | None]:
+    """The planned steps, and the simulated run beside a location-blind one (None when the
+    run cannot be planned: some step has no site)."""
     from dagster_gravity.dagster_internals import ExecutionStep, create_execution_plan
+    from dagster_gravity.placement.simulate import simulate_run
+    from dagster_gravity.step_durations import DurationEstimates, expected_durations
     from dagster_gravity.input_locations import InputLocations, requirements_for
     from dagster_gravity.link_measurements import measured_links, with_measured_links
     from dagster_gravity.run_plan import make_run_plan
@@ -118,7 +138,31 @@ def plan_job(
         )
         for output in step.step_outputs:  # its outputs land where it runs
             locations.assume_output_at(step, output.name, placement.site)
-    return out
+    simulation = None
+    if run_plan.error is None:
+        estimates = DurationEstimates(expected_durations(instance, job_def.name))
+        durations = {s.key: estimates.expected(s.key) for s in run_plan.steps}
+        options = dict(objective=objective, healthy=healthy)
+        simulation = Simulation(
+            simulate_run(topology, run_plan.steps, durations, planned_sites=run_plan.sites, **options),
+            simulate_run(topology, run_plan.steps, durations, rule="blind", **options),
+        )
+    return out, simulation
+
+
+def format_simulation(sim: Simulation) -> str:
+    """Predicted makespan, bytes per link and dollars, gravity beside location-blind."""
+    g, b = sim.gravity, sim.blind
+    lines = ["simulated run (slots, expected durations, the executor's rule):"]
+    lines.append(f"  {'':14} {'makespan s':>10} {'moved':>10} {'$':>8}")
+    for name, r in (("gravity", g), ("location-blind", b)):
+        lines.append(f"  {name:14} {r.makespan:>10.3g} {format_bytes(r.bytes_moved):>10} {r.dollars:>8.4g}")
+    if g.makespan > 0:
+        lines.append(f"  location-blind / gravity: {b.makespan / g.makespan:.2f}x makespan, "
+                     + (f"{b.bytes_moved / g.bytes_moved:.1f}x bytes" if g.bytes_moved else f"{format_bytes(b.bytes_moved)} vs nothing moved"))
+    for (src, dst), nbytes in sorted(g.bytes_per_link.items()):
+        lines.append(f"  gravity moves {format_bytes(nbytes)} {src} -> {dst} ({g.seconds_per_link[(src, dst)]:.3g} s)")
+    return "\n".join(lines)
 
 
 def format_plan(steps: Sequence[PlannedStep]) -> str:
@@ -204,7 +248,7 @@ def run_plan_command(args) -> int:
     # Locations come from the instance when there is one ($DAGSTER_HOME), else definitions only.
     instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
     with instance:
-        steps = plan_job(
+        steps, simulation = plan_and_simulate(
             job_def, instance, topology, objective=objective, disabled_pools=args.disable, partition=args.partition
         )
     if args.json:
@@ -212,4 +256,6 @@ def run_plan_command(args) -> int:
     else:
         print(f"job {job_def.name} on {topology.source} (objective {objective.describe()})\n")
         print(format_plan(steps))
+        if simulation is not None:
+            print("\n" + format_simulation(simulation))
     return 1 if any(s.pool is None for s in steps) else 0

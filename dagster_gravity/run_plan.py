@@ -41,6 +41,7 @@ class RunPlan:
     dollars: float = 0.0
     method: str = ""
     error: str | None = None  # why there is no plan (then nothing is priced by it)
+    steps: list[PlanStep] = field(default_factory=list)  # the problem it solved
 
     def output_trips(self, step_key: str, fixed_sites: Mapping[str, str]) -> list[OutputTrip]:
         """`step_key`'s outputs and the sites their consumers will run at (where they already
@@ -95,6 +96,7 @@ def make_run_plan(
                         external.append(found)
             residency = next((i.residency for i in locations.output_residency(step)), None)
             plan_steps.append(PlanStep(step.key, tuple(external), tuple(upstream), requirements_for(step), residency))
+        plan.steps = plan_steps
         result = place_plan(topology, plan_steps, objective=objective, healthy=healthy)
     except GravityError as exc:  # no site for some step, bad metadata: each step says so when placed
         plan.error = str(exc).splitlines()[0]

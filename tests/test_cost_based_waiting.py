@@ -151,3 +151,36 @@ def test_the_run_plan_is_an_engine_event_at_run_start(gravity):
     assert "run plan for 2 steps" in plan.message
     # one step ran elsewhere than planned: the rest was re-planned around it
     assert any("re-planned" in m for m in engine_messages(result))
+
+
+# -- the simulated run ---------------------------------------------------------------------
+
+def _two_readers(size: int):
+    from dagster_gravity.placement import PlanStep
+
+    data = InputData("data", size, ("a",))
+    return [PlanStep("left", (data,)), PlanStep("right", (data,))]
+
+
+def test_the_simulation_waits_for_a_short_step_and_moves_past_a_long_one(two_sites):
+    from dagster_gravity.placement.simulate import simulate_run
+
+    steps = _two_readers(500_000_000)  # 5 s to move to b; a has one slot
+    short = simulate_run(two_sites, steps, {"left": 1.0, "right": 1.0})
+    assert set(short.pools.values()) == {"a/cpu"} and short.bytes_moved == 0
+    assert short.makespan == pytest.approx(2.0)  # the second waited 1 s rather than move for 5 s
+    long = simulate_run(two_sites, steps, {"left": 60.0, "right": 60.0})
+    assert sorted(long.pools.values()) == ["a/cpu", "b/cpu"]
+    assert long.bytes_per_link == {("a", "b"): 500_000_000}
+    assert long.makespan == pytest.approx(60.0 + 500_000_000 / 1e8 + 0.001)
+
+
+def test_the_location_blind_simulation_moves_what_it_does_not_find(two_sites):
+    from dagster_gravity.placement import PlanStep
+    from dagster_gravity.placement.simulate import simulate_run
+
+    at_b = InputData("at_b", 100_000_000, ("b",))
+    steps = [PlanStep("only", (at_b,))]
+    assert simulate_run(two_sites, steps, {"only": 1.0}).bytes_moved == 0
+    blind = simulate_run(two_sites, steps, {"only": 1.0}, rule="blind")
+    assert blind.pools == {"only": "a/cpu"} and blind.bytes_per_link == {("b", "a"): 100_000_000}

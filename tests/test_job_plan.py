@@ -80,6 +80,24 @@ def test_plan_command_prints_the_table(tmp_path, capsys, monkeypatch):
     assert "eu_report" in out and "CANNOT RUN" in out and "zone 'eu'" in out
 
 
+def test_plan_command_prints_the_simulated_run_beside_a_location_blind_one(tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from dagster_gravity.job_plan import add_plan_command
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    sites = jobs.write_test_sites(tmp_path)
+    parser = argparse.ArgumentParser(prog="gravity")
+    add_plan_command(parser.add_subparsers(dest="command"))
+    # two steps read 300 MB at alpha, whose one slot (its gpu pool disabled) they share
+    args = parser.parse_args(["plan", "-m", "tests.support.jobs", "-j", "wait_or_move_job", "--sites", str(sites), "--disable", "alpha/gpu"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "simulated run" in out and "location-blind" in out
+    # unknown durations (10 s each) make moving 300 MB (2.4 s) beat waiting 10 s
+    assert "gravity moves 300 MB alpha -> beta" in out, out
+
+
 def _cli(capsys, *argv):
     from dagster_gravity.cli import main
 

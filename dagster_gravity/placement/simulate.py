@@ -1,0 +1,150 @@
+"""A run simulated before it happens: slots, expected durations and the executor's rule.
+
+`simulate_run` plays a plan's steps through the compute pools' slots in simulated time. A
+step is ready when its upstream steps have ended; each ready step is placed the way the
+executor places it (`place_step` over its inputs where their producers ran, its outputs'
+trip on to their consumers' planned sites, and every busy pool's expected wait from
+`waits.expected_wait`); it starts at once where a slot is free, else it waits for its
+pool. A step takes its transfers (inputs one after another) and then its expected duration.
+
+``rule="blind"`` is the location-blind reference: each step goes to the first pool (in
+topology order) that meets its requirements and has a free slot, and every input it does not
+find there moves. Residency is honoured by both.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from dagster_gravity.placement.feasibility import _requirement_failures
+from dagster_gravity.placement.model import InputData, Objective, OutputTrip, PlacementError
+from dagster_gravity.placement.problem import PlanStep
+from dagster_gravity.placement.step import place_step
+from dagster_gravity.placement.waits import DEFAULT_STEP_SECONDS, expected_wait
+from dagster_gravity.topology import Topology
+
+
+@dataclass
+class SimulatedRun:
+    pools: dict[str, str] = field(default_factory=dict)  # step key -> pool id
+    starts: dict[str, float] = field(default_factory=dict)  # step key -> simulated start second
+    bytes_per_link: dict[tuple[str, str], int] = field(default_factory=dict)
+    seconds_per_link: dict[tuple[str, str], float] = field(default_factory=dict)
+    dollars: float = 0.0
+    makespan: float = 0.0
+
+    @property
+    def bytes_moved(self) -> int:
+        return sum(self.bytes_per_link.values())
+
+
+def simulate_run(
+    topology: Topology,
+    steps: Sequence[PlanStep],
+    durations: Mapping[str, float] | None = None,
+    *,
+    planned_sites: Mapping[str, str] | None = None,
+    objective: Objective = Objective(),
+    healthy=None,
+    rule: str = "gravity",
+    default_seconds: float = DEFAULT_STEP_SECONDS,
+) -> SimulatedRun:
+    """Simulate `steps` (in topological order); `durations`: step key -> expected seconds."""
+    if rule not in ("gravity", "blind"):
+        raise ValueError(f"simulate_run rule: got {rule!r}; expected 'gravity' or 'blind'")
+    durations = durations or {}
+    planned = dict(planned_sites or {})
+    by_key = {s.key: s for s in steps}
+    consumers: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for s in steps:
+        for up, nbytes in s.upstream:
+            consumers[up].append((s.key, nbytes))
+    pools = {p.id: p for p in topology.pools if healthy is None or p.id in healthy}
+    running: dict[str, list[float]] = {pid: [] for pid in pools}  # pool -> end times of its steps
+    left = {s.key: len({u for u, _ in s.upstream}) for s in steps}
+    ready = [s.key for s in steps if left[s.key] == 0]
+    ends: list[tuple[float, str]] = []
+    where: dict[str, str] = {}
+    out = SimulatedRun()
+    now = 0.0
+    while ready or ends:
+        queued: dict[str, list[float]] = defaultdict(list)
+        still: list[str] = []
+        for key in ready:
+            step = by_key[key]
+            inputs = _inputs(topology, step, by_key, where)
+            pool_id = _choose(topology, step, inputs, pools, running, queued, now, planned, consumers, durations,
+                              default_seconds, objective, rule)
+            free = pools[pool_id].slots - len(running[pool_id])
+            if free > 0 and not queued.get(pool_id):
+                site = pools[pool_id].site
+                transfer = _account(topology, inputs, site, out)
+                end = now + transfer + durations.get(key, default_seconds)
+                running[pool_id].append(end)
+                heapq.heappush(ends, (end, key))
+                where[key], out.pools[key], out.starts[key] = site, pool_id, now
+            else:
+                queued[pool_id].append(durations.get(key, default_seconds))
+                still.append(key)
+        ready = still
+        if not ends:
+            break  # nothing running and nothing can start: cannot happen with >= 1 slot per pool
+        now, key = heapq.heappop(ends)
+        running[out.pools[key]].remove(now)
+        out.makespan = max(out.makespan, now)
+        for consumer, _ in consumers[key]:
+            left[consumer] -= 1
+        for consumer in dict.fromkeys(c for c, _ in consumers[key]):
+            if left[consumer] == 0:
+                ready.append(consumer)
+    return out
+
+
+def _inputs(topology: Topology, step: PlanStep, by_key, where) -> list[InputData]:
+    inputs = list(step.external_inputs)
+    for up, nbytes in step.upstream:
+        inputs.append(InputData(up, nbytes, (where[up],), by_key[up].output_residency))
+    if step.output_residency:
+        inputs.append(InputData(step.key, 0, tuple(topology.zone_sites(step.output_residency)), step.output_residency, role="output"))
+    return inputs
+
+
+def _choose(topology, step, inputs, pools, running, queued, now, planned, consumers, durations, default_seconds, objective, rule) -> str:
+    if rule == "blind":
+        feasible = place_step(topology, inputs, step.requirements, objective=objective, healthy=set(pools)).candidates
+        allowed = [c.pool for c in feasible if c.feasible]
+        order = [p for p in pools if p in allowed]
+        free = [p for p in order if pools[p].slots - len(running[p]) > 0 and not queued.get(p)]
+        return free[0] if free else order[0]
+    waits = {}
+    for pid, pool in pools.items():
+        remaining = [end - now for end in running[pid]]
+        if pool.slots - len(remaining) > 0 and not queued.get(pid):
+            continue
+        waits[pid] = expected_wait(pool.slots, remaining, queued.get(pid, ()))
+    outputs = [
+        OutputTrip(f"{step.key}->{c}", nbytes, (planned[c],)) for c, nbytes in consumers[step.key] if c in planned
+    ]
+    return place_step(
+        topology, inputs, step.requirements, objective=objective, healthy=set(pools), expected_wait=waits,
+        outputs=outputs, step=step.key,
+    ).pool
+
+
+def _account(topology: Topology, inputs: Sequence[InputData], site: str, out: SimulatedRun) -> float:
+    """Move every input not at `site` from its fastest replica; the seconds they take in all."""
+    total = 0.0
+    for item in inputs:
+        if item.size_bytes <= 0 or site in item.sites:
+            continue
+        link = min((topology.link(src, site) for src in item.sites), key=lambda l: l.seconds(item.size_bytes))
+        seconds = link.seconds(item.size_bytes)
+        pair = (link.src, link.dst)
+        out.bytes_per_link[pair] = out.bytes_per_link.get(pair, 0) + item.size_bytes
+        out.seconds_per_link[pair] = out.seconds_per_link.get(pair, 0.0) + seconds
+        out.dollars += link.dollars(item.size_bytes)
+        total += seconds
+    return total
