@@ -42,17 +42,20 @@ class RunPlan:
     method: str = ""
     error: str | None = None  # why there is no plan (then nothing is priced by it)
     steps: list[PlanStep] = field(default_factory=list)  # the problem it solved
+    _by_producer: dict | None = field(default=None, repr=False)
 
     def output_trips(self, step_key: str, fixed_sites: Mapping[str, str]) -> list[OutputTrip]:
         """`step_key`'s outputs and the sites their consumers will run at (where they already
         run, else where they are planned)."""
+        if self._by_producer is None:
+            self._by_producer = {}
+            for (producer, output), consumers in self.consumers.items():
+                self._by_producer.setdefault(producer, []).append((output, consumers))
         trips = []
-        for (producer, output), consumers in self.consumers.items():
-            if producer != step_key:
-                continue
+        for output, consumers in self._by_producer.get(step_key, ()):
             to = tuple(sorted({fixed_sites.get(c) or self.sites[c] for c in consumers if c in fixed_sites or c in self.sites}))
             if to:
-                trips.append(OutputTrip(f"{producer}.{output}", self.sizes.get((producer, output), md.UNKNOWN_SIZE), to))
+                trips.append(OutputTrip(f"{step_key}.{output}", self.sizes.get((step_key, output), md.UNKNOWN_SIZE), to))
         return trips
 
 
