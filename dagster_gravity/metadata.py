@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.errors import GravityConfigError, short_repr
 from dagster_gravity.placement import InputData
 
 if TYPE_CHECKING:
@@ -100,13 +100,15 @@ class DataLocation:
         size = get(SIZE_BYTES)
         try:
             size_bytes = int(size) if size is not None else 0
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
+            size_bytes = -1
+        if size_bytes < 0 or isinstance(size, bool):
             raise GravityConfigError(
-                f"{what}: metadata {SIZE_BYTES} is {size!r}; expected a whole number of bytes"
-            ) from None
+                f"{what}: metadata {SIZE_BYTES} is {short_repr(size)}; expected a whole number of bytes >= 0"
+            )
         replicas = get(REPLICAS) or []
-        if isinstance(replicas, str) or not isinstance(replicas, Iterable):
-            raise GravityConfigError(f"{what}: metadata {REPLICAS} is {replicas!r}; expected a list of site names")
+        if isinstance(replicas, (str, bytes, Mapping)) or not isinstance(replicas, Iterable):
+            raise GravityConfigError(f"{what}: metadata {REPLICAS} is {short_repr(replicas)}; expected a list of site names")
         site = get(SITE) or default_site
         residency = get(RESIDENCY)
         return cls(

@@ -202,7 +202,7 @@ class Topology:
 
     def unknown_site(self, name: str) -> str:
         """The one wording for a site name that is not in this topology."""
-        return f"site {short_repr(name)} is not in the topology {self.source}; known sites: {_listed(self.sites)}"
+        return f"site {short_repr(name)} is not in the topology {self.source}; known sites: {shown_names(self.sites)}"
 
     def site(self, name: str) -> Site:
         try:
@@ -377,7 +377,7 @@ class _Loader:
 
     def site_ref(self, value: Any, field_path: str, sites: Mapping[str, Site]) -> str:
         if not isinstance(value, str) or value not in sites:
-            raise self.fail(field_path, value, f"the name of a site defined under 'sites' ({_listed(sites)})")
+            raise self.fail(field_path, value, f"the name of a site defined under 'sites' ({shown_names(sites)})")
         return value
 
     def load(self, data: Any) -> Topology:
@@ -572,7 +572,7 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
 
 
-def _listed(names: Iterable[str], limit: int = 10) -> str:
+def shown_names(names: Iterable[str], limit: int = 10) -> str:
     """At most `limit` names, then how many more (a message about one of 1,000 sites)."""
     names = list(names)
     shown = ", ".join(names[:limit])
