@@ -333,7 +333,8 @@ class _Loader:
         allowed = set(allowed)
         for key in value:
             if key not in allowed:
-                raise self.fail(f"{field_path}.{key}", value[key], f"one of the fields {sorted(allowed)}")
+                shown = key if isinstance(key, str) and len(key) <= 40 and not _has_control(key) else short_repr(key, 40)
+                raise self.fail(f"{field_path}.{shown}", value[key], f"one of the fields {sorted(allowed)}")
         return value
 
     def number(self, value: Any, field_path: str, *, minimum: float, strict: bool = False) -> float:
