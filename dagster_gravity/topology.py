@@ -21,7 +21,7 @@ import os
 import threading
 import unicodedata
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -48,15 +48,15 @@ CROSS_REGION = dict(bandwidth_gbps=2.0, latency_ms=40.0, usd_per_gb=0.02)
 INTERNET = dict(bandwidth_gbps=1.0, latency_ms=30.0, usd_per_gb=0.09)
 
 # What a sites file may be (README, "sites.yaml"): beyond these it is refused, not parsed.
-# Placement keeps n x n cost matrices, so sites are bounded; a file of MAX_SITES sites is a
-# few hundred kB, so the file size limit leaves room for comments; a sites file nests about
-# 5 levels deep; values are counted with YAML aliases expanded (a "billion laughs" document).
+# Placement keeps n x n cost matrices, so sites are bounded; a file of MAX_SITES sites is
+# about 80 kB, so the file size limit leaves room for comments; a sites file nests about 5
+# levels deep; values are counted with YAML aliases expanded (a "billion laughs" document).
 MAX_FILE_BYTES = 1024 * 1024
 MAX_SITES = 1000
 MAX_DEPTH = 32
 MAX_VALUES = 1_000_000
 MAX_SLOTS = 10_000  # per compute pool: the local backend may fork this many workers
-MAX_GPUS = 1024  # per compute pool step
+MAX_GPUS = 1024  # GPUs one step in a compute pool may use
 MAX_NAME_CHARS = 128
 
 
@@ -143,6 +143,8 @@ class Links(Mapping):
         link = self.configured.get(pair)
         if link is not None:
             return link
+        if pair not in self:
+            raise KeyError(pair)
         src, dst = pair
         return default_link(self.sites[src], self.sites[dst])  # KeyError for an unknown site
 

@@ -381,3 +381,20 @@ def test_random_yaml_is_a_topology_or_a_topology_error(tmp_path, doc, raw):
             continue
         assert topology.sites and all(p.site in topology.sites for p in topology.pools)
         CostModel(topology)  # placement can price whatever loads
+
+
+def test_links_on_demand_price_exactly_as_every_pair_built_eagerly():
+    import dataclasses
+    import random
+
+    import numpy as np
+
+    from tests.support.placement import ml_topology, random_topology
+
+    for seed in range(20):
+        rng = random.Random(seed)
+        lazy = random_topology(rng, rng.randint(1, 9)) if seed % 2 else ml_topology(rng, rng.randint(2, 9))
+        eager = dataclasses.replace(lazy, links={pair: lazy.links[pair] for pair in lazy.links})
+        a, b = CostModel(lazy), CostModel(eager)
+        for matrix in ("sec_per_byte", "latency", "usd_per_byte"):
+            assert np.array_equal(getattr(a, matrix), getattr(b, matrix)), (seed, matrix)
