@@ -109,6 +109,12 @@ class DataLocation:
         replicas = get(REPLICAS) or []
         if isinstance(replicas, (str, bytes, Mapping)) or not isinstance(replicas, Iterable):
             raise GravityConfigError(f"{what}: metadata {REPLICAS} is {short_repr(replicas)}; expected a list of site names")
+        sha256, uri = get(SHA256), get(URI)
+        # types only: the value is compared with stored checksums, never parsed
+        if sha256 is not None and not isinstance(sha256, str):
+            raise GravityConfigError(f"{what}: metadata {SHA256} is {short_repr(sha256)}; expected a sha256 hex string")
+        if uri is not None and not isinstance(uri, str):
+            raise GravityConfigError(f"{what}: metadata {URI} is {short_repr(uri)}; expected a URI string")
         site = get(SITE) or default_site
         residency = get(RESIDENCY)
         return cls(
@@ -116,8 +122,8 @@ class DataLocation:
             replicas=tuple(dict.fromkeys(str(r) for r in replicas if str(r) != site)),
             size_bytes=size_bytes,
             residency=str(residency) if residency else None,
-            sha256=get(SHA256),
-            uri=get(URI),
+            sha256=sha256,
+            uri=uri,
             **fields,
         )
 

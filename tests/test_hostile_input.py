@@ -316,6 +316,8 @@ def test_bad_op_tags_name_the_tag_and_expectation(tags, expected):
         ({"dagster/size_bytes": "lots"}, "dagster/size_bytes"),
         ({"gravity/replicas": "b"}, "gravity/replicas"),
         ({"gravity/replicas": {"b": 1}}, "gravity/replicas"),
+        ({"gravity/sha256": 5}, "gravity/sha256"),
+        ({"dagster/uri": ["s3://b/k"]}, "dagster/uri"),
     ],
 )
 def test_bad_location_metadata_names_the_key(metadata, key):
