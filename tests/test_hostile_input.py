@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, SourceAsset, asset, materialize
+from dagster import AssetSpec, DagsterInstance, asset, materialize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -209,12 +209,12 @@ def test_the_most_sites_allowed_load_and_price_in_seconds(tmp_path):
 
 def test_genuinely_fine_inputs_are_accepted(tmp_path):
     # an identical duplicate link (harmless), prestart above the slots (capped), a name with
-    # dots and spaces inside, anchors used as intended
+    # dots, dashes and underscores inside, anchors used as intended
     doc = copy.deepcopy(BASE)
-    doc["sites"][0]["name"] = "dc.eu west"
-    doc["links"] = [{"from": "dc.eu west", "to": "b", "bandwidth_gbps": 10}] * 2
+    doc["sites"][0]["name"] = "dc.eu-west_1"
+    doc["links"] = [{"from": "dc.eu-west_1", "to": "b", "bandwidth_gbps": 10}] * 2
     topology = Topology.from_dict(doc, base_dir=tmp_path)
-    assert topology.link("b", "dc.eu west").bandwidth_bytes_per_s == 10e9 / 8
+    assert topology.link("b", "dc.eu-west_1").bandwidth_bytes_per_s == 10e9 / 8
     topology = load_text(
         tmp_path,
         "sites:\n  - {name: a, region: r, kind: cloud, pools: &p [{name: cpu, slots: 1}]}\n"
@@ -332,7 +332,7 @@ def test_a_definition_naming_an_unknown_site_says_so(tmp_path):
     doc["sites"] = doc["sites"][:2]  # local sites only
     doc["storage_root"] = str(tmp_path / "data")
     path.write_text(yaml.safe_dump(doc))
-    raw = SourceAsset(AssetKey("raw"), metadata={"gravity/site": "nowhere"})
+    raw = AssetSpec("raw", metadata={"gravity/site": "nowhere"})
 
     @asset
     def down(raw):
