@@ -58,7 +58,7 @@ class _BoundedLoader(Composer, *_BASES, SafeConstructor, Resolver):  # Python co
             anchor = self.peek_event().anchor
             node = super().compose_node(parent, index)
             if id(node) not in self._sizes:  # still being composed: the alias is inside its anchor
-                raise YamlLimitError(f"the alias *{anchor} inside the node it refers to (a recursive document)")
+                raise YamlLimitError(f"the alias *{anchor[:40]} inside the node it refers to (a recursive document)")
             return node
         self._depth += 1
         if self._depth > self.max_depth:
