@@ -51,7 +51,7 @@ INTERNET = dict(bandwidth_gbps=1.0, latency_ms=30.0, usd_per_gb=0.09)
 # Placement keeps n x n cost matrices, so sites are bounded; a file of MAX_SITES sites is
 # about 80 kB, so the file size limit leaves room for comments; a sites file nests about 5
 # levels deep; values are counted with YAML aliases expanded (a "billion laughs" document).
-MAX_FILE_BYTES = 1024 * 1024
+MAX_FILE_BYTES = 512 * 1024
 MAX_SITES = 1000
 MAX_DEPTH = 32
 MAX_VALUES = 1_000_000
