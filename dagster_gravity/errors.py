@@ -18,3 +18,22 @@ class GravityError(Exception):
 class GravityConfigError(GravityError, ValueError):
     """Bad configuration or input: a sites file, executor or resource config, an op tag,
     location metadata. The message names the thing, the value and what was expected."""
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """`repr(value)` cut to about `limit` characters, for error messages.
+
+    Bounded in time as well as length: `reprlib` stops at a few items and levels, so a
+    huge or alias-expanded value (a YAML bomb is a small graph of shared lists) is never
+    walked in full before being cut."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxlist, shortener.maxtuple = 3, 6, 6
+    shortener.maxdict, shortener.maxset, shortener.maxfrozenset = 6, 6, 6
+    shortener.maxstring = shortener.maxother = shortener.maxlong = limit
+    try:
+        text = shortener.repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,13 +16,14 @@ parsed form the executor, `gravity plan` and `gravity sites --health` use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from dagster import Enum, EnumValue, Field, Map, Noneable
 
 from dagster_gravity.dagster_internals import RetryMode, get_retries_config, get_tag_concurrency_limits_config
-from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.errors import GravityConfigError, short_repr
 from dagster_gravity.placement import Objective
 from dagster_gravity.pools.settings import backend_selector, with_defaults
 from dagster_gravity.step_runner import RESOURCE_LIFETIMES, STEP
@@ -156,19 +157,31 @@ class GravityConfig:
     @classmethod
     def from_executor_config(cls, config: Mapping[str, Any]) -> "GravityConfig":
         """From Dagster's processed executor config (defaults already filled in)."""
+        if not isinstance(config, Mapping):
+            raise GravityConfigError(f"gravity_executor config: got {short_repr(config)}; expected a mapping of settings")
         get = lambda name: config.get(name, DEFAULTS[name])  # noqa: E731
+        sites_file = get("sites_file")
+        if sites_file is not None and (not isinstance(sites_file, str) or "\0" in sites_file):
+            raise GravityConfigError(f"gravity_executor sites_file: got {short_repr(sites_file)}; expected a file path")
+        max_concurrent = get("max_concurrent")
+        pools = config.get("pools") or {}
+        if not isinstance(pools, Mapping):
+            raise GravityConfigError(f"gravity_executor pools: got {short_repr(pools)}; expected a mapping with default, per_site, per_pool")
+        disabled = get("disabled_pools") or []
+        if isinstance(disabled, str) or not isinstance(disabled, (list, tuple)) or not all(isinstance(d, str) for d in disabled):
+            raise GravityConfigError(f"gravity_executor disabled_pools: got {short_repr(disabled)}; expected a list of compute pool ids or site names")
         cfg = cls(
-            sites_file=get("sites_file"),
-            locality_wait=float(get("locality_wait")),
+            sites_file=sites_file,
+            locality_wait=_number("locality_wait", get("locality_wait"), "seconds >= 0"),
             objective=_objective(get("objective"), get("cost_weight")),
             retries=RetryMode.from_config(config.get("retries", {"enabled": {}})),  # type: ignore[arg-type]
-            max_concurrent=get("max_concurrent"),
+            max_concurrent=None if max_concurrent is None else _integer("max_concurrent", max_concurrent, ">= 1"),
             tag_concurrency_limits=list(config.get("tag_concurrency_limits") or []),
-            worker_max_steps=int(get("worker_max_steps")),
-            unhealthy_after=int(get("unhealthy_after")),
-            disabled_pools=list(get("disabled_pools") or []),
+            worker_max_steps=_integer("worker_max_steps", get("worker_max_steps"), ">= 1"),
+            unhealthy_after=_integer("unhealthy_after", get("unhealthy_after"), ">= 1"),
+            disabled_pools=list(disabled),
             resource_lifetime=get("resource_lifetime"),
-            pools={**DEFAULTS["pools"], **(config.get("pools") or {})},
+            pools={**DEFAULTS["pools"], **pools},
         )
         cfg._check()
         return cfg
@@ -181,13 +194,16 @@ class GravityConfig:
             ("max_concurrent", self.max_concurrent, self.max_concurrent is None or self.max_concurrent >= 1, ">= 1"),
         ):
             if not ok:
-                raise GravityConfigError(f"gravity_executor {name}: got {value}; expected {expected}")
+                raise GravityConfigError(f"gravity_executor {name}: got {short_repr(value)}; expected {expected}")
 
     def pool_settings(self, topology: Topology) -> dict[str, tuple[str, dict[str, Any]]]:
         """pool id -> (backend name, settings with defaults): default, then per_site, then
         per_pool; settings of the same backend merge, another backend replaces them."""
         per_site = self.pools.get("per_site") or {}
         per_pool = self.pools.get("per_pool") or {}
+        for section, value in (("per_site", per_site), ("per_pool", per_pool)):
+            if not isinstance(value, Mapping):
+                raise GravityConfigError(f"gravity_executor pools.{section}: got {short_repr(value)}; expected a mapping of name -> backend")
         for site in per_site:
             if site not in topology.sites:
                 raise GravityConfigError(f"gravity_executor pools.per_site: {topology.unknown_site(site)}")
@@ -195,21 +211,21 @@ class GravityConfig:
         for pool_id in per_pool:
             if pool_id not in known_pools:
                 raise GravityConfigError(
-                    f"gravity_executor pools.per_pool: compute pool {pool_id!r} is not in {topology.source}; "
+                    f"gravity_executor pools.per_pool: compute pool {short_repr(pool_id)} is not in {topology.source}; "
                     f"known compute pools: {', '.join(sorted(known_pools))}"
                 )
         for name in self.disabled_pools:
             if name not in known_pools and name not in topology.sites:
                 raise GravityConfigError(
-                    f"gravity_executor disabled_pools: {name!r} is neither a compute pool nor a site of "
+                    f"gravity_executor disabled_pools: {short_repr(name)} is neither a compute pool nor a site of "
                     f"{topology.source}; known compute pools: {', '.join(sorted(known_pools))}"
                 )
         out = {}
         for pool in topology.pools:
-            backend, settings = _selected(self.pools.get("default") or DEFAULTS["pools"]["default"])
-            for section in (per_site.get(pool.site), per_pool.get(pool.id)):
+            backend, settings = _selected(self.pools.get("default") or DEFAULTS["pools"]["default"], "gravity_executor pools.default")
+            for label, section in ((f"per_site.{pool.site}", per_site.get(pool.site)), (f"per_pool.{pool.id}", per_pool.get(pool.id))):
                 if section:
-                    name, more = _selected(section)
+                    name, more = _selected(section, f"gravity_executor pools.{label}")
                     settings = {**settings, **more} if name == backend else more
                     backend = name
             where = f"gravity_executor pools (compute pool {pool.id})"
@@ -223,17 +239,44 @@ class GravityConfig:
         return pool_id in self.disabled_pools or site in self.disabled_pools
 
 
-def _selected(selector: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def _selected(selector: Any, where: str = "gravity_executor pools") -> tuple[str, dict[str, Any]]:
     """The one backend a Selector value names, and its settings."""
+    if not isinstance(selector, Mapping) or len(selector) != 1 or not isinstance(next(iter(selector.values())) or {}, Mapping):
+        raise GravityConfigError(
+            f"{where}: got {short_repr(selector)}; expected one backend and its settings, such as "
+            "{local: {}} or {dask: {scheduler: 'tcp://...'}}"
+        )
     ((name, settings),) = selector.items()
     return str(name), dict(settings or {})
 
 
-def _objective(name: str, cost_weight: float) -> Objective:
+def _number(name: str, value: Any, expected: str) -> float:
+    """A finite number >= 0 (a NaN wait compares false with everything: delay scheduling would never spill)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise GravityConfigError(f"gravity_executor {name}: got {short_repr(value)}; expected a number of {expected}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise GravityConfigError(f"gravity_executor {name}: got {short_repr(value)}; expected a number of {expected}") from None
+    if not math.isfinite(number) or number < 0:
+        raise GravityConfigError(f"gravity_executor {name}: got {short_repr(value)}; expected a finite number of {expected}")
+    return number
+
+
+def _integer(name: str, value: Any, expected: str) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit())):
+        raise GravityConfigError(f"gravity_executor {name}: got {short_repr(value)}; expected an integer {expected}")
+    return int(value)
+
+
+def _objective(name: str, cost_weight: Any) -> Objective:
     if name == "weighted":
-        if not 0.0 <= float(cost_weight) <= 1.0:
-            raise GravityConfigError(f"gravity_executor cost_weight: got {cost_weight}; expected a weight in [0, 1]")
-        return Objective.parse(float(cost_weight))
+        weight = None
+        if not isinstance(cost_weight, bool) and isinstance(cost_weight, (int, float)):
+            weight = float(cost_weight)
+        if weight is None or not 0.0 <= weight <= 1.0:  # NaN is not in [0, 1] either
+            raise GravityConfigError(f"gravity_executor cost_weight: got {short_repr(cost_weight)}; expected a weight in [0, 1]")
+        return Objective.parse(weight)
     if name not in ("time", "cost"):
-        raise GravityConfigError(f"gravity_executor objective: got {name!r}; expected time, cost or weighted")
+        raise GravityConfigError(f"gravity_executor objective: got {short_repr(name)}; expected time, cost or weighted")
     return Objective.parse(name)

@@ -20,7 +20,7 @@ from typing import Any
 
 from dagster_gravity import metadata as md
 from dagster_gravity.dagster_internals import DagsterEvent, DagsterEventType, ExecutionStep
-from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.errors import GravityConfigError, short_repr
 from dagster_gravity.locations import latest_location
 from dagster_gravity.metadata import DataLocation, zone_sites
 from dagster_gravity.placement import InputData, Requirements
@@ -214,11 +214,12 @@ def requirements_for(step: ExecutionStep) -> Requirements:
             f"pool kind with {md.TAG_POOL_KIND!r} (Dagster's own `pool=` is a concurrency pool, "
             "which gravity leaves to Dagster)"
         )
-    gpus = tags.get(md.TAG_GPU)
-    try:
-        gpus = int(gpus) if gpus not in (None, "") else 0
-    except ValueError:
+    raw = tags.get(md.TAG_GPU)
+    text = str(raw).strip() if raw is not None else ""
+    # digits only: int() would also take "-1" (a step no pool can refuse) and "1_000"
+    if text and (not (text.isascii() and text.isdigit()) or len(text) > 6):
         raise GravityConfigError(
-            f"step {step.key!r}: op tag {md.TAG_GPU!r} is {gpus!r}; expected a whole number of GPUs"
-        ) from None
+            f"step {step.key!r}: op tag {md.TAG_GPU!r} is {short_repr(raw)}; expected a whole number of GPUs >= 0"
+        )
+    gpus = int(text) if text else 0
     return Requirements(gpus=gpus, pin=tags.get(md.TAG_PIN) or None, pool_kind=tags.get(md.TAG_POOL_KIND) or None)

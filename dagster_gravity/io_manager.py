@@ -47,6 +47,7 @@ manager's `s3_*` fields).
 # recognised as a dependency (pydantic then rejects the resource passed in).
 import io
 import json
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -88,7 +89,8 @@ from dagster_gravity.storage import (
 from dagster_gravity.storage import gc
 from dagster_gravity.storage.base import parse_version_key
 from dagster_gravity.storage.keys import EXTENSIONS, asset_base, extension_of, recorded_key
-from dagster_gravity.topology import Topology
+from dagster_gravity.errors import GravityConfigError, short_repr
+from dagster_gravity.topology import Topology, shown_names
 
 BYTES_MOVED = "gravity/bytes_moved"
 REPLICATED_FROM = "gravity/replicated_from"
@@ -257,8 +259,24 @@ class GravityIOManager(ConfigurableIOManager):
     # -- helpers -------------------------------------------------------------------------
 
     def load_topology(self) -> Topology:
-        """The topology of the `topology` resource."""
-        return self.topology.load()
+        """The topology of the `topology` resource, with this IO manager's settings checked
+        against it (pydantic checks types only: a 0 attempts or a site not in the topology
+        would otherwise surface, if ever, deep inside a load)."""
+        topology = self.topology.load()
+        self._check_settings(topology)
+        return topology
+
+    def _check_settings(self, topology: Topology) -> None:
+        for name, value, ok, expected in (
+            ("s3_connect_timeout_s", self.s3_connect_timeout_s, _positive(self.s3_connect_timeout_s), "a finite number of seconds > 0"),
+            ("s3_read_timeout_s", self.s3_read_timeout_s, _positive(self.s3_read_timeout_s), "a finite number of seconds > 0"),
+            ("s3_max_attempts", self.s3_max_attempts, 1 <= self.s3_max_attempts <= 100, "an integer from 1 to 100 (attempts per S3 request, the first included)"),
+            ("gc_grace_seconds", self.gc_grace_seconds, _positive(self.gc_grace_seconds) or self.gc_grace_seconds == 0, "a finite number of seconds >= 0"),
+        ):
+            if not ok:
+                raise GravityConfigError(f"GravityIOManager.{name}: got {short_repr(value)}; expected {expected}")
+        if self.default_site is not None and self.default_site not in topology.sites:
+            raise UnknownSite(f"GravityIOManager.default_site: {topology.unknown_site(self.default_site)}", site=self.default_site)
 
     def storage(self, site: str, label: str | None = None) -> SiteStorage:
         options = S3Options(
@@ -366,6 +384,16 @@ class GravityIOManager(ConfigurableIOManager):
             values = {pk: self._load_asset(context, label, pk, single=len(keys) == 1) for pk in keys}
             return values[keys[0]] if len(keys) == 1 else values
         return self._load_asset(context, label, None, single=True)
+
+    def _definition_site_note(self, context: InputContext, topology: Topology) -> str:
+        """Why a definition's `gravity/site` did not help find the data: it names no site of
+        the topology (a typo there otherwise reads as plain "not found")."""
+        for source in (context.upstream_output, context):
+            meta = getattr(source, "definition_metadata", None) if source is not None else None
+            site = md.plain_value((meta or {}).get(md.SITE))
+            if site and site not in topology.sites:
+                return f"; its definition's metadata {md.SITE} names {topology.unknown_site(str(site))}"
+        return ""
 
     def _definition_residency(self, context: InputContext) -> str | None:
         for source in (context.upstream_output, None):
@@ -516,14 +544,15 @@ class GravityIOManager(ConfigurableIOManager):
         foreign = next((p for p in problems if isinstance(p, ForeignObject)), None)
         if foreign is not None:
             raise ForeignObject(
-                f"no object written by gravity for this input at any site ({', '.join(topology.sites)}); "
+                f"no object written by gravity for this input at any site ({shown_names(topology.sites)}); "
                 f"{foreign.reason}" + "".join(f"; {p}" for p in problems if p is not foreign),
                 site=foreign.site,
                 uri=foreign.uri,
                 asset=label,
             )
         raise ObjectNotFound(
-            f"no stored object for this input at any site ({', '.join(topology.sites)})"
+            f"no stored object for this input at any site ({shown_names(topology.sites)})"
+            + self._definition_site_note(context, topology)
             + (f"; problems: {'; '.join(str(p) for p in problems)}" if problems else ""),
             site=here,
             uri=where,
@@ -603,3 +632,7 @@ def _instance_of(context):
         return context.step_context.instance
     except Exception:
         return None
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Mapping
 
-from dagster_gravity.topology import Topology
+from dagster_gravity.topology import Links, Topology
 
 KEY_PREFIX = "gravity/links-from/"
 MIN_SAMPLES = 3
@@ -102,12 +102,14 @@ def measured_links(instance, sites) -> dict[tuple[str, str], LinkMeasurement]:
 def with_measured_links(topology: Topology, measurements: Mapping[tuple[str, str], LinkMeasurement]) -> Topology:
     """`topology` with each link that has a trusted measurement priced at its measured
     bandwidth (latency and $/GB stay as configured). The same object when nothing changes."""
-    links = dict(topology.links)
-    changed = False
+    measured = {}
     for pair, measurement in measurements.items():
-        link = links.get(pair)
-        if link is None or not measurement.trusted or measurement.bandwidth_bytes_per_s <= 0:
+        if pair not in topology.links or not measurement.trusted or measurement.bandwidth_bytes_per_s <= 0:
             continue
-        links[pair] = replace(link, bandwidth_bytes_per_s=measurement.bandwidth_bytes_per_s)
-        changed = True
-    return replace(topology, links=links) if changed else topology
+        measured[pair] = replace(topology.links[pair], bandwidth_bytes_per_s=measurement.bandwidth_bytes_per_s)
+    if not measured:
+        return topology
+    links = topology.links
+    # Links builds the others on demand; a plain mapping of every pair is copied
+    links = links.with_overrides(measured) if isinstance(links, Links) else {**links, **measured}
+    return replace(topology, links=links)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.errors import GravityConfigError, short_repr
 from dagster_gravity.placement import InputData
 
 if TYPE_CHECKING:
@@ -100,13 +100,21 @@ class DataLocation:
         size = get(SIZE_BYTES)
         try:
             size_bytes = int(size) if size is not None else 0
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
+            size_bytes = -1
+        if size_bytes < 0 or isinstance(size, bool):
             raise GravityConfigError(
-                f"{what}: metadata {SIZE_BYTES} is {size!r}; expected a whole number of bytes"
-            ) from None
+                f"{what}: metadata {SIZE_BYTES} is {short_repr(size)}; expected a whole number of bytes >= 0"
+            )
         replicas = get(REPLICAS) or []
-        if isinstance(replicas, str) or not isinstance(replicas, Iterable):
-            raise GravityConfigError(f"{what}: metadata {REPLICAS} is {replicas!r}; expected a list of site names")
+        if isinstance(replicas, (str, bytes, Mapping)) or not isinstance(replicas, Iterable):
+            raise GravityConfigError(f"{what}: metadata {REPLICAS} is {short_repr(replicas)}; expected a list of site names")
+        sha256, uri = get(SHA256), get(URI)
+        # types only: the value is compared with stored checksums, never parsed
+        if sha256 is not None and not isinstance(sha256, str):
+            raise GravityConfigError(f"{what}: metadata {SHA256} is {short_repr(sha256)}; expected a sha256 hex string")
+        if uri is not None and not isinstance(uri, str):
+            raise GravityConfigError(f"{what}: metadata {URI} is {short_repr(uri)}; expected a URI string")
         site = get(SITE) or default_site
         residency = get(RESIDENCY)
         return cls(
@@ -114,8 +122,8 @@ class DataLocation:
             replicas=tuple(dict.fromkeys(str(r) for r in replicas if str(r) != site)),
             size_bytes=size_bytes,
             residency=str(residency) if residency else None,
-            sha256=get(SHA256),
-            uri=get(URI),
+            sha256=sha256,
+            uri=uri,
             **fields,
         )
 

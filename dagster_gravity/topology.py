@@ -19,13 +19,16 @@ from __future__ import annotations
 import math
 import os
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
-from dagster_gravity.errors import GravityConfigError
+from dagster_gravity import bounded_yaml
+from dagster_gravity.errors import GravityConfigError, short_repr
 
 SITE_KINDS = ("cloud", "colo", "onprem")
 STORAGE_KINDS = ("local", "s3")
@@ -44,6 +47,18 @@ SAME_REGION = dict(bandwidth_gbps=10.0, latency_ms=1.0, usd_per_gb=0.02)
 CROSS_REGION = dict(bandwidth_gbps=2.0, latency_ms=40.0, usd_per_gb=0.02)
 INTERNET = dict(bandwidth_gbps=1.0, latency_ms=30.0, usd_per_gb=0.09)
 
+# What a sites file may be (README, "sites.yaml"): beyond these it is refused, not parsed.
+# Placement keeps n x n cost matrices, so sites are bounded; a file of MAX_SITES sites is
+# about 80 kB, so the file size limit leaves room for comments; a sites file nests about 5
+# levels deep; values are counted with YAML aliases expanded (a "billion laughs" document).
+MAX_FILE_BYTES = 512 * 1024
+MAX_SITES = 1000
+MAX_DEPTH = 32
+MAX_VALUES = 1_000_000
+MAX_SLOTS = 10_000  # per compute pool: the local backend may fork this many workers
+MAX_GPUS = 1024  # GPUs one step in a compute pool may use
+MAX_NAME_CHARS = 128
+
 
 class TopologyError(GravityConfigError):
     """A sites file (or dict) that does not describe a valid topology."""
@@ -53,7 +68,7 @@ class TopologyError(GravityConfigError):
         self.field_path = field_path
         self.value = value
         self.expected = expected
-        super().__init__(f"{source}: {field_path}: got {value!r}; expected {expected}")
+        super().__init__(f"{source}: {field_path}: got {short_repr(value)}; expected {expected}")
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,37 @@ class Link:
         return 0.0 if nbytes <= 0 else nbytes / 1e9 * self.usd_per_gb
 
 
+class Links(Mapping):
+    """Every ordered pair of sites -> its Link, built on demand: the links the sites file
+    (or a measurement) configured, else `default_link`. Holding n sites costs O(n) plus the
+    configured links, not n**2 Link objects (iterating still yields every pair)."""
+
+    def __init__(self, sites: Mapping[str, "Site"], configured: Mapping[tuple[str, str], Link]):
+        self.sites = sites
+        self.configured = dict(configured)
+
+    def __getitem__(self, pair: tuple[str, str]) -> Link:
+        link = self.configured.get(pair)
+        if link is not None:
+            return link
+        if pair not in self:
+            raise KeyError(pair)
+        src, dst = pair
+        return default_link(self.sites[src], self.sites[dst])  # KeyError for an unknown site
+
+    def __contains__(self, pair: object) -> bool:
+        return isinstance(pair, tuple) and len(pair) == 2 and pair[0] in self.sites and pair[1] in self.sites
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((a, b) for a in self.sites for b in self.sites)
+
+    def __len__(self) -> int:
+        return len(self.sites) ** 2
+
+    def with_overrides(self, links: Mapping[tuple[str, str], Link]) -> "Links":
+        return Links(self.sites, {**self.configured, **links})
+
+
 def _same_site_link(name: str) -> Link:
     return Link(name, name, math.inf, 0.0, 0.0)
 
@@ -141,7 +187,7 @@ def default_link(src: Site, dst: Site) -> Link:
 @dataclass(frozen=True)
 class Topology:
     sites: Mapping[str, Site]
-    links: Mapping[tuple[str, str], Link]  # every ordered pair of sites, defaults filled in
+    links: Mapping[tuple[str, str], Link]  # every ordered pair of sites (`Links`: defaults on demand)
     zones: Mapping[str, frozenset[str]]  # residency zone -> the sites inside it
     source: str = "<dict>"
     _pools: tuple[Pool, ...] = field(default=(), repr=False, compare=False)
@@ -158,7 +204,7 @@ class Topology:
 
     def unknown_site(self, name: str) -> str:
         """The one wording for a site name that is not in this topology."""
-        return f"site {name!r} is not in the topology {self.source}; known sites: {', '.join(self.sites)}"
+        return f"site {short_repr(name)} is not in the topology {self.source}; known sites: {shown_names(self.sites)}"
 
     def site(self, name: str) -> Site:
         try:
@@ -199,16 +245,36 @@ class Topology:
     def from_yaml(cls, path: str | os.PathLike) -> "Topology":
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)  # never more than the limit into memory
         except FileNotFoundError:
             raise TopologyError(str(path), "(file)", str(path), "an existing sites file") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise TopologyError(str(path), "(file)", str(path), f"a readable UTF-8 sites file ({exc})") from None
+        if len(raw) > MAX_FILE_BYTES:
+            raise TopologyError(str(path), "(file)", f"more than {MAX_FILE_BYTES:,} bytes",
+                                f"a sites file of at most {MAX_FILE_BYTES:,} bytes")
         try:
-            data = yaml.safe_load(text)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TopologyError(str(path), "(file)", str(path), f"a readable UTF-8 sites file ({exc})") from None
+        return cls.from_text(text, source=str(path), base_dir=path.resolve().parent)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<text>", base_dir: str | os.PathLike | None = None) -> "Topology":
+        """The topology in the YAML `text` (`from_yaml` without the file)."""
+        if len(text) > MAX_FILE_BYTES:
+            raise TopologyError(source, "(file)", f"{len(text):,} characters", f"at most {MAX_FILE_BYTES:,}")
+        try:
+            data = bounded_yaml.load(text, max_depth=MAX_DEPTH, max_nodes=MAX_VALUES)
+        except bounded_yaml.YamlLimitError as exc:
+            raise TopologyError(source, "(file)", str(exc), f"at most {MAX_DEPTH} levels of nesting and "
+                                f"{MAX_VALUES:,} values (aliases expanded)") from None
         except yaml.YAMLError as exc:
-            raise TopologyError(str(path), "(file)", str(exc).splitlines()[0], "valid YAML") from None
-        return cls.from_dict(data, source=str(path), base_dir=path.resolve().parent)
+            raise TopologyError(source, "(file)", str(exc).splitlines()[0], "valid YAML") from None
+        except (ValueError, OverflowError) as exc:  # a plain scalar PyYAML cannot build (2020-13-45)
+            raise TopologyError(source, "(file)", str(exc), "valid YAML values") from None
+        return cls.from_dict(data, source=source, base_dir=base_dir)
 
     @classmethod
     def from_dict(
@@ -269,29 +335,52 @@ class _Loader:
         allowed = set(allowed)
         for key in value:
             if key not in allowed:
-                raise self.fail(f"{field_path}.{key}", value[key], f"one of the fields {sorted(allowed)}")
+                shown = key if isinstance(key, str) and len(key) <= 40 and not _has_control(key) else short_repr(key, 40)
+                raise self.fail(f"{field_path}.{shown}", value[key], f"one of the fields {sorted(allowed)}")
         return value
 
     def number(self, value: Any, field_path: str, *, minimum: float, strict: bool = False) -> float:
+        """A finite number: an infinite bandwidth, latency or price is a typo, not a link."""
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or value < minimum or (strict and value == minimum) or math.isnan(value):
+        if not ok or not math.isfinite(value) or value < minimum or (strict and value == minimum):
             bound = f"> {minimum}" if strict else f">= {minimum}"
-            raise self.fail(field_path, value, f"a number {bound}")
+            raise self.fail(field_path, value, f"a number {bound} (finite)")
         return float(value)
 
-    def integer(self, value: Any, field_path: str, *, minimum: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.fail(field_path, value, f"an integer >= {minimum}")
+    def integer(self, value: Any, field_path: str, *, minimum: int, maximum: int | None = None) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (maximum is not None and value > maximum):
+            raise self.fail(field_path, value, f"an integer >= {minimum}" + (f" and <= {maximum:,}" if maximum is not None else ""))
+        return value
+
+    def text(self, value: Any, field_path: str, expected: str) -> str:
+        """A non-empty string without control characters (a NUL or newline in a region or
+        kind ends up in paths, logs and Dask resource names)."""
+        if not isinstance(value, str) or not value or _has_control(value):
+            raise self.fail(field_path, value, f"{expected} (a non-empty string without control characters)")
         return value
 
     def name(self, value: Any, field_path: str) -> str:
-        if not isinstance(value, str) or not value or "/" in value or value.strip() != value:
-            raise self.fail(field_path, value, "a non-empty name without '/' or surrounding spaces")
+        # a site's name is a directory under storage_root: '.' and '..' would be the root or its parent
+        if (
+            not isinstance(value, str)
+            or not value
+            or len(value) > MAX_NAME_CHARS
+            or value in (".", "..")
+            or "/" in value
+            or "\\" in value
+            or value.strip() != value
+            or _has_control(value)
+        ):
+            raise self.fail(
+                field_path, value,
+                f"a name of 1 to {MAX_NAME_CHARS} characters, not '.' or '..', without '/', '\\', "
+                "control characters (NUL, newline) or surrounding spaces",
+            )
         return value
 
     def site_ref(self, value: Any, field_path: str, sites: Mapping[str, Site]) -> str:
-        if value not in sites:
-            raise self.fail(field_path, value, f"a site defined under 'sites' ({', '.join(sites)})")
+        if not isinstance(value, str) or value not in sites:
+            raise self.fail(field_path, value, f"the name of a site defined under 'sites' ({shown_names(sites)})")
         return value
 
     def load(self, data: Any) -> Topology:
@@ -299,9 +388,13 @@ class _Loader:
         storage_root = data.get("storage_root", ".gravity/sites")
         if not isinstance(storage_root, str) or not storage_root:
             raise self.fail("storage_root", storage_root, "a directory path")
+        if _has_control(storage_root):
+            raise self.fail("storage_root", storage_root, "a directory path without control characters")
         sites_data = data.get("sites")
         if not isinstance(sites_data, list) or not sites_data:
             raise self.fail("sites", sites_data, "a non-empty list of sites")
+        if len(sites_data) > MAX_SITES:
+            raise self.fail("sites", f"a list of {len(sites_data):,} sites", f"at most {MAX_SITES:,} sites")
 
         sites: dict[str, Site] = {}
         for i, site_data in enumerate(sites_data):
@@ -309,18 +402,31 @@ class _Loader:
             if site.name in sites:
                 raise self.fail(f"sites[{i}].name", site.name, "a site name not used by another site")
             sites[site.name] = site
+        self.check_storage_apart(sites)
 
-        links = {(a.name, b.name): default_link(a, b) for a in sites.values() for b in sites.values()}
-        for i, link_data in enumerate(data.get("links") or []):
+        links_data = data.get("links") or []
+        if not isinstance(links_data, list):
+            raise self.fail("links", links_data, "a list of links ({from: SITE, to: SITE, ...})")
+        configured: dict[tuple[str, str], Link] = {}
+        given_by: dict[tuple[str, str], str] = {}
+        for i, link_data in enumerate(links_data):
             for link in self.load_link(link_data, f"links[{i}]", sites):
-                links[(link.src, link.dst)] = link
+                pair = (link.src, link.dst)
+                # the same link twice is harmless; two different ones would silently keep the last
+                if pair in configured and configured[pair] != link:
+                    raise self.fail(
+                        f"links[{i}]", f"from {link.src} to {link.dst}",
+                        f"one link per direction; {given_by[pair]} already sets it differently (both_ways: true sets both)",
+                    )
+                configured[pair], given_by[pair] = link, f"links[{i}]"
+        links = Links(sites, configured)
 
         zones: dict[str, frozenset[str]] = {}
         residency = data.get("residency") or {}
         if not isinstance(residency, dict):
             raise self.fail("residency", residency, "a mapping of zone name -> list of sites")
         for zone, members in residency.items():
-            self.name(zone, f"residency.{zone}")
+            self.name(zone, f"residency.{short_repr(zone, 40)}")
             if not isinstance(members, list) or not members:
                 raise self.fail(f"residency.{zone}", members, "a non-empty list of sites in the zone")
             for j, member in enumerate(members):
@@ -333,9 +439,7 @@ class _Loader:
     def load_site(self, data: Any, where: str, storage_root: str) -> Site:
         data = self.mapping(data, where, ["name", "region", "kind", "storage", "pools"])
         name = self.name(data.get("name"), f"{where}.name")
-        region = data.get("region")
-        if not isinstance(region, str) or not region:
-            raise self.fail(f"{where}.region", region, "a region name such as 'us-east-1'")
+        region = self.text(data.get("region"), f"{where}.region", "a region name such as 'us-east-1'")
         kind = data.get("kind")
         if kind not in SITE_KINDS:
             raise self.fail(f"{where}.kind", kind, f"one of {', '.join(SITE_KINDS)}")
@@ -364,15 +468,24 @@ class _Loader:
                 if key in data:
                     raise self.fail(f"{where}.{key}", data[key], "no S3 client setting on a local storage (only kind: s3)")
             path = data.get("path", os.path.join(storage_root, site))
-            if not isinstance(path, str) or not path:
-                raise self.fail(f"{where}.path", path, "a directory path")
+            if not isinstance(path, str) or not path or _has_control(path):
+                raise self.fail(f"{where}.path", path, "a directory path without control characters")
             return StorageSpec(kind="local", path=str((self.base_dir / path).resolve()))
         bucket = data.get("bucket")
-        if not isinstance(bucket, str) or not bucket:
-            raise self.fail(f"{where}.bucket", bucket, "an S3 bucket name")
+        if not isinstance(bucket, str) or not bucket or _has_control(bucket) or "/" in bucket:
+            raise self.fail(f"{where}.bucket", bucket, "an S3 bucket name (no '/' or control characters)")
         for key in ("prefix", "region", "endpoint_url"):
-            if key in data and not isinstance(data[key], str):
-                raise self.fail(f"{where}.{key}", data[key], "a string")
+            if key in data and (not isinstance(data[key], str) or _has_control(data[key])):
+                raise self.fail(f"{where}.{key}", data[key], "a string without control characters")
+        prefix = data.get("prefix", "").strip("/")
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            # '..' would reach keys outside the site's part of the bucket on servers that normalise keys
+            raise self.fail(f"{where}.prefix", data["prefix"], "a key prefix of names separated by '/', none of them '.', '..' or empty")
+        endpoint = data.get("endpoint_url")
+        if endpoint is not None:
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in endpoint):
+                raise self.fail(f"{where}.endpoint_url", endpoint, "an http:// or https:// URL such as http://127.0.0.1:8333")
         settings: dict[str, float | int] = {}
         for key in ("connect_timeout_seconds", "read_timeout_seconds"):
             if key in data:
@@ -385,21 +498,40 @@ class _Loader:
         return StorageSpec(
             kind="s3",
             bucket=bucket,
-            prefix=data.get("prefix", "").strip("/"),
+            prefix=prefix,
             region=data.get("region"),
-            endpoint_url=data.get("endpoint_url"),
+            endpoint_url=endpoint,
             **settings,
         )
 
     def load_pool(self, data: Any, where: str, site: str) -> Pool:
         data = self.mapping(data, where, ["name", "slots", "gpus", "kind"])
         name = self.name(data.get("name"), f"{where}.name")
-        slots = self.integer(data.get("slots"), f"{where}.slots", minimum=1)
-        gpus = self.integer(data.get("gpus", 0), f"{where}.gpus", minimum=0)
-        kind = data.get("kind", "gpu" if gpus else "cpu")
-        if not isinstance(kind, str) or not kind:
-            raise self.fail(f"{where}.kind", kind, "a pool kind such as 'cpu' or 'gpu'")
+        slots = self.integer(data.get("slots"), f"{where}.slots", minimum=1, maximum=MAX_SLOTS)
+        gpus = self.integer(data.get("gpus", 0), f"{where}.gpus", minimum=0, maximum=MAX_GPUS)
+        kind = self.text(data.get("kind", "gpu" if gpus else "cpu"), f"{where}.kind", "a pool kind such as 'cpu' or 'gpu'")
         return Pool(site=site, name=name, slots=slots, gpus=gpus, kind=kind)
+
+    def check_storage_apart(self, sites: Mapping[str, Site]) -> None:
+        """No two sites share storage, or keep it inside another's: each site's versions,
+        listings and garbage collection would see (and delete) the other's objects."""
+        places = []
+        for i, site in enumerate(sites.values()):
+            spec = site.storage
+            if spec.kind == "local":
+                place = ("local",) + Path(spec.path or "").parts
+            else:
+                place = ("s3", spec.endpoint_url or "", spec.bucket or "") + tuple(p for p in spec.prefix.split("/") if p)
+            places.append((place, i, site.name))
+        places.sort()
+        # sorted by path parts, whatever lies inside a place comes right after it
+        for (a, _, a_name), (b, j, b_name) in zip(places, places[1:]):
+            if b[: len(a)] == a:
+                shown = "/".join(b[1:]) if b[0] == "local" else f"s3 {'/'.join(b[1:])}"
+                raise self.fail(
+                    f"sites[{j}].storage", shown,
+                    f"storage of its own; site {a_name!r} stores at {'the same place' if a == b else 'a place containing it'}",
+                )
 
     def load_link(self, data: Any, where: str, sites: Mapping[str, Site]) -> list[Link]:
         data = self.mapping(
@@ -437,3 +569,14 @@ class _Loader:
         elif "reverse_usd_per_gb" in data:
             raise self.fail(f"{where}.reverse_usd_per_gb", data["reverse_usd_per_gb"], "no reverse price when both_ways is false")
         return links
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Cs") for c in text)
+
+
+def shown_names(names: Iterable[str], limit: int = 10) -> str:
+    """At most `limit` names, then how many more (a message about one of 1,000 sites)."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

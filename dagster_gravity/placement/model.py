@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from dagster_gravity.errors import GravityConfigError, GravityError
-from dagster_gravity.topology import Topology
+from dagster_gravity.topology import Links, Topology, default_link
 
 # Weight of transfer seconds added to the pure cost objective inside the plan solvers, to
 # break ties among equally cheap plans: small enough not to change which plan is cheaper
@@ -129,16 +129,20 @@ class CostModel:
         self.sites: list[str] = list(topology.sites)
         self.index: dict[str, int] = {s: i for i, s in enumerate(self.sites)}
         n = len(self.sites)
-        self.sec_per_byte = np.zeros((n, n))
-        self.latency = np.zeros((n, n))
-        self.usd_per_byte = np.zeros((n, n))
-        for a, src in enumerate(self.sites):
-            for b, dst in enumerate(self.sites):
-                link = topology.link(src, dst)
-                if a != b:
-                    self.sec_per_byte[a, b] = 1.0 / link.bandwidth_bytes_per_s
-                    self.latency[a, b] = link.latency_s
-                self.usd_per_byte[a, b] = link.usd_per_gb / 1e9
+        links = topology.links
+        if isinstance(links, Links):
+            # default links by array (n**2 Link objects would take minutes at 1,000 sites),
+            # then the configured ones; the same floats as Link.seconds/dollars
+            self.sec_per_byte, self.latency, self.usd_per_byte = _default_matrices(topology)
+            pairs = [((self.index[src], self.index[dst]), link) for (src, dst), link in links.configured.items()]
+        else:  # any other mapping of every pair
+            self.sec_per_byte, self.latency, self.usd_per_byte = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
+            pairs = [((a, b), topology.link(src, dst)) for a, src in enumerate(self.sites) for b, dst in enumerate(self.sites)]
+        for (a, b), link in pairs:
+            if a != b:
+                self.sec_per_byte[a, b] = 1.0 / link.bandwidth_bytes_per_s
+                self.latency[a, b] = link.latency_s
+            self.usd_per_byte[a, b] = link.usd_per_gb / 1e9
         self.pools = list(topology.pools)
         self.pool_site = np.array([self.index[p.site] for p in self.pools], dtype=np.int64)
         self._by_objective: dict[object, tuple[np.ndarray, np.ndarray]] = {}
@@ -176,6 +180,37 @@ class CostModel:
             return self.index[site]
         except KeyError:
             raise GravityConfigError(f"{what}: {self.topology.unknown_site(site)}") from None
+
+
+def _default_matrices(topology: Topology) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sec_per_byte, latency, usd_per_byte) of every pair by `default_link` (0 on the diagonal)."""
+    sites = list(topology.sites.values())
+    n = len(sites)
+    _, region = np.unique([s.region for s in sites], return_inverse=True)
+    cloud = np.array([s.kind == "cloud" for s in sites])
+    # 0: same region, 1: both cloud, 2: otherwise, in default_link's order of rules
+    category = np.where(region[:, None] == region[None, :], 0, np.where(cloud[:, None] & cloud[None, :], 1, 2))
+    examples = _category_examples()
+    sec = np.array([1.0 / link.bandwidth_bytes_per_s for link in examples])[category]
+    latency = np.array([link.latency_s for link in examples])[category]
+    usd = np.array([link.usd_per_gb / 1e9 for link in examples])[category]
+    for matrix in (sec, latency, usd):
+        np.fill_diagonal(matrix, 0.0)  # a site's link to itself: free and instant
+    return sec.reshape(n, n), latency.reshape(n, n), usd.reshape(n, n)
+
+
+def _category_examples():
+    """default_link of one pair per category: same region, cloud to cloud, other."""
+    from dagster_gravity.topology import Site, StorageSpec
+
+    def site(name, region, kind):
+        return Site(name, region, kind, StorageSpec("local"), ())
+
+    return (
+        default_link(site("a", "r", "cloud"), site("b", "r", "cloud")),
+        default_link(site("a", "r1", "cloud"), site("b", "r2", "cloud")),
+        default_link(site("a", "r1", "onprem"), site("b", "r2", "cloud")),
+    )
 
 
 _COST_MODELS: "OrderedDict[int, tuple[Topology, CostModel]]" = OrderedDict()

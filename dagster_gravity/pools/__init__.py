@@ -48,7 +48,9 @@ def create_backend(
         raise GravityConfigError(f"compute pool backend {name!r} is unknown; expected one of {', '.join(backend_names())}")
     module_name, _, attr = path.partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
-    return factory(dict(settings), worker_max_steps=worker_max_steps, unhealthy_after=unhealthy_after)
+    # with_defaults (in the factory) names a non-mapping; None means no settings
+    settings = {} if settings is None else dict(settings) if isinstance(settings, Mapping) else settings
+    return factory(settings, worker_max_steps=worker_max_steps, unhealthy_after=unhealthy_after)
 
 
 def group_pools(

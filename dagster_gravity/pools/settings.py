@@ -10,12 +10,13 @@ merge, and backends built directly (tests, `gravity sites --health`) call it too
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from dagster import Field, Map, Noneable, Selector, Shape
 
 from dagster_gravity.dagster_internals import process_config
-from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.errors import GravityConfigError, short_repr
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "local": {"prestart": 0, "stop_grace_seconds": 10.0, "env": {}, "startup_check": None},
@@ -86,8 +87,45 @@ def with_defaults(backend: str, settings: Mapping[str, Any]) -> dict[str, Any]:
         raise GravityConfigError(
             f"compute pool backend {backend!r} is unknown; expected one of {', '.join(sorted(SETTINGS))}"
         )
+    if not isinstance(settings, Mapping):
+        raise GravityConfigError(f"{backend} pool backend settings: got {short_repr(settings)}; expected a mapping of settings")
     result = process_config(Shape(SETTINGS[backend]), dict(settings))
     if not result.success:
         problems = "; ".join(error.message for error in result.errors or [])
-        raise GravityConfigError(f"{backend} pool backend settings {dict(settings)!r}: {problems}")
-    return {**DEFAULTS[backend], **(result.value or {})}
+        raise GravityConfigError(f"{backend} pool backend settings {short_repr(dict(settings))}: {problems}")
+    values = {**DEFAULTS[backend], **(result.value or {})}
+    for name, (ok, expected) in _RANGES[backend].items():
+        if not ok(values[name]):
+            raise GravityConfigError(f"{backend} pool backend setting {name}: got {short_repr(values[name])}; expected {expected}")
+    return values
+
+
+def _seconds(strict: bool):
+    return lambda v: isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 if strict else v >= 0)
+
+
+def _env(env: Mapping[str, str]) -> bool:
+    # os.environ refuses a NUL anywhere and '=' or '' in a name, in the worker, after the fork
+    return all(k and "=" not in k and "\0" not in k + v for k, v in env.items())
+
+
+def _import_path(value: str | None) -> bool:
+    module, _, function = (value or "").partition(":")
+    return value is None or (bool(module) and function.isidentifier())
+
+
+# What Dagster's types cannot say: the range of each value.
+_RANGES: dict[str, dict[str, tuple[Any, str]]] = {
+    "local": {
+        "prestart": (lambda v: v >= 0, "an integer >= 0 (workers forked per compute pool when the run starts)"),
+        "stop_grace_seconds": (_seconds(strict=False), "a finite number of seconds >= 0"),
+        "env": (_env, "variable names without '=' and values without NUL characters"),
+        "startup_check": (_import_path, "'module:function'"),
+    },
+    "dask": {
+        "scheduler": (lambda v: bool(v.strip()), "a scheduler address such as tcp://10.0.0.5:8786"),
+        "resources": (lambda r: all(_seconds(strict=False)(x) for x in r.values()), "finite amounts >= 0"),
+        "connect_timeout_seconds": (_seconds(strict=True), "a finite number of seconds > 0"),
+        "worker_refresh_seconds": (_seconds(strict=True), "a finite number of seconds > 0"),
+    },
+}

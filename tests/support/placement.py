@@ -41,7 +41,7 @@ def random_topology(rng: random.Random, n_sites: int, *, zones: bool = True) -> 
     if zones and n_sites > 1:
         residency["z1"] = [f"s{i}" for i in sorted(rng.sample(range(n_sites), rng.randint(1, n_sites - 1)))]
         residency["z2"] = [f"s{i}" for i in sorted(rng.sample(range(n_sites), rng.randint(1, n_sites)))]
-    return Topology.from_dict({"sites": sites, "links": links, "residency": residency})
+    return Topology.from_dict({"sites": sites, "links": _last_per_pair(links), "residency": residency})
 
 
 def random_plan(rng: random.Random, topology: Topology, n_steps: int, *, p_zone: float = 0.15) -> list[PlanStep]:
@@ -100,7 +100,7 @@ def ml_topology(rng: random.Random, n_sites: int) -> Topology:
                 "usd_per_gb": rng.choice([0.0, 0.01, 0.02]),
             }
         )
-    return Topology.from_dict({"sites": sites, "links": links})
+    return Topology.from_dict({"sites": sites, "links": _last_per_pair(links)})
 
 
 def ml_pipelines(rng: random.Random, topology: Topology, n_pipelines: int) -> list[PlanStep]:
@@ -127,3 +127,10 @@ def ml_pipelines(rng: random.Random, topology: Topology, n_pipelines: int) -> li
             evals.append((ev.key, int(10 ** rng.uniform(4, 7))))
         steps.append(PlanStep(f"p{p}/report", upstream=tuple(evals)))
     return steps
+
+
+def _last_per_pair(links: list[dict]) -> list[dict]:
+    """The last link drawn between each pair of sites (both_ways: it sets both directions):
+    a sites file may not set one pair twice differently, and the draws stay as they were."""
+    last = {frozenset((link["from"], link["to"])): link for link in links}
+    return list(last.values())
