@@ -33,6 +33,7 @@ class SimulatedRun:
     starts: dict[str, float] = field(default_factory=dict)  # step key -> simulated start second
     bytes_per_link: dict[tuple[str, str], int] = field(default_factory=dict)
     seconds_per_link: dict[tuple[str, str], float] = field(default_factory=dict)
+    dollars_per_link: dict[tuple[str, str], float] = field(default_factory=dict)
     dollars: float = 0.0
     makespan: float = 0.0
 
@@ -145,6 +146,7 @@ def _account(topology: Topology, inputs: Sequence[InputData], site: str, out: Si
         pair = (link.src, link.dst)
         out.bytes_per_link[pair] = out.bytes_per_link.get(pair, 0) + item.size_bytes
         out.seconds_per_link[pair] = out.seconds_per_link.get(pair, 0.0) + seconds
+        out.dollars_per_link[pair] = out.dollars_per_link.get(pair, 0.0) + link.dollars(item.size_bytes)
         out.dollars += link.dollars(item.size_bytes)
         total += seconds
     return total
