@@ -99,6 +99,9 @@ def make_topology(rng: random.Random, n_sites: int) -> Topology:
         )
     eu = [f"site{i:02d}" for i in range(1, n_sites, 4)] or ["site00"]
     us = [f"site{i:02d}" for i in range(n_sites) if f"site{i:02d}" not in eu]
+    # the last link drawn per pair (links set both directions): a sites file may not set a
+    # pair twice differently, and the draws, so the workloads, stay as they were
+    links = list({frozenset((link["from"], link["to"])): link for link in links}.values())
     return Topology.from_dict({"sites": sites, "links": links, "residency": {"eu": eu, "us": us or eu}})
 
 
