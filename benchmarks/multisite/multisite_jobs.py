@@ -35,7 +35,10 @@ LONG_INPUT_MB = 5.0
 
 
 def _array(mb: float, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random(int(mb * 1024 * 1024 / 4), dtype=np.float32)
+    # Versions are content-named: the same bytes again would be the same version, with the
+    # replicas earlier runs made still valid. run.py sets a new salt before each run.
+    salt = int(os.environ.get("MULTISITE_SALT", "0"))
+    return np.random.default_rng([seed, salt]).random(int(mb * 1024 * 1024 / 4), dtype=np.float32)
 
 
 def _raw(i: int):

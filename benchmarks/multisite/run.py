@@ -187,7 +187,9 @@ def write_sites(path: Path, servers: dict) -> Path:
 
 
 def materialize_raw(workload: str, deployment: str, sites_file: Path, instance) -> None:
-    """The raw data at onprem-dc, freshly (so no replica of an earlier run is there)."""
+    """The raw data at onprem-dc, freshly: new bytes (a new salt), so no copy an earlier run
+    made is a replica of them (versions are content-named)."""
+    os.environ["MULTISITE_SALT"] = str(time.monotonic_ns())
     from dagster import AssetSelection, materialize
 
     import multisite_jobs as jobs
