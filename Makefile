@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench ui clean
+.PHONY: demo test bench bench-multisite ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/executor_overhead.py
 	$(PY) benchmarks/retry_stress.py
 	$(PY) benchmarks/runtime_rule.py
+
+# Sites as network namespaces joined by shaped links (root only; see benchmarks/multisite/README.md).
+bench-multisite: $(STAMP)
+	$(PY) benchmarks/multisite/run.py --rounds $${ROUNDS:-3}
 
 ui: $(STAMP)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(VENV)/bin/dagster dev -w workspace.yaml
