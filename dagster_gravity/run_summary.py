@@ -162,7 +162,13 @@ class RunSummary:
         if event.event_type == DagsterEventType.LOADED_INPUT:
             metadata = getattr(event.event_specific_data, "metadata", None) or {}
             here = self.steps[key].site if key in self.steps else None
-            for src, dst, nbytes, seconds in _copies(metadata, here):
+            try:
+                copies = list(_copies(metadata, here))
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                # another IO manager's values under gravity's keys: a note, never a failed run
+                self.notes.append(f"step {key}: unreadable copy metadata on LOADED_INPUT ({exc!r}); not counted")
+                return
+            for src, dst, nbytes, seconds in copies:
                 self.transfer(src, dst, nbytes, seconds, step_key=key)
 
     def transfer(self, src: str, dst: str | None, nbytes: int, seconds: float, step_key: str | None = None) -> None:

@@ -153,3 +153,29 @@ def test_bad_predicted_figures_name_what_was_expected():
         RunFigures.from_mapping({"links": {"a-b": {"bytes": 1}}})
     with pytest.raises(GravityConfigError, match=r"unknown keys \['bytes'\]"):
         RunFigures.from_mapping({"bytes": 1})
+
+
+def _loaded_input(step_key: str, metadata: dict):
+    from dagster._core.definitions.dependency import NodeHandle
+    from dagster._core.events import DagsterEvent, LoadedInputData
+    from dagster._core.definitions.metadata import normalize_metadata
+    from dagster._core.execution.plan.handle import StepHandle
+
+    return DagsterEvent(
+        DagsterEventType.LOADED_INPUT.value, "job", step_handle=StepHandle(NodeHandle(step_key, None)),
+        event_specific_data=LoadedInputData(input_name="x", manager_key="io_manager",
+                                            metadata=normalize_metadata(metadata)),
+    )
+
+
+def test_a_copy_without_its_destination_counts_at_the_steps_site_and_bad_values_are_a_note():
+    summary = RunSummary(Topology.from_dict(TOPOLOGY))
+    summary.step_placed("s", "b/cpu", "b", 0)
+    summary.observe(_loaded_input("s", {"gravity/bytes_moved": 2_000_000_000, "gravity/replicated_from": "a",
+                                        "gravity/replication_seconds": 2.0}))
+    summary.observe(_loaded_input("s", {"gravity/bytes_moved": "lots", "gravity/replicated_from": "a"}))
+    summary.observe(_loaded_input("s", {"dagster/size_bytes": 10}))  # another IO manager's load: no copy
+    meta = summary.metadata()
+    assert meta[LINKS].value == {"a->b": {"bytes": 2_000_000_000, "seconds": 2.0, "dollars": pytest.approx(0.2),
+                                          "copies": 1}}
+    assert "step s: unreadable copy metadata" in meta["gravity/notes"].value
