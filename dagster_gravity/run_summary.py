@@ -222,7 +222,7 @@ class RunSummary:
         dollars = sum(v.dollars for v in self.links.values())
         n = len([v for v in self.links.values() if v.bytes])
         return (SUMMARY_PREFIX + where + f"; moved {format_bytes(total)} over {n} link{'s' * (n != 1)} "
-                f"({seconds:.3g} s of copying, ${dollars:.4g})")
+                f"({seconds:.3g} s of copying, ${_money(dollars)})")
 
     def event(self, plan_context, predicted: Mapping[str, Any] | RunFigures | None = None) -> DagsterEvent:
         """The run-level engine event. `predicted`: the run plan's figures (RunFigures, or
@@ -243,6 +243,13 @@ def _copies(metadata: Mapping[str, Any], here: str | None) -> Iterator[tuple[str
     if src and nbytes is not None:
         seconds = value(md.REPLICATION_SECONDS)
         yield str(src), value(md.REPLICATED_TO) or here, int(nbytes), float(seconds or 0.0)
+
+
+def _money(dollars: float) -> str:
+    """Dollars readable at any size: 12.35, 0.0001, 0.000001 (never 9.2e-07)."""
+    if dollars >= 0.01 or dollars == 0:
+        return f"{dollars:,.2f}" if dollars else "0"
+    return f"{dollars:.6f}".rstrip("0").rstrip(".") if dollars >= 5e-7 else "<0.000001"
 
 
 def _num(x: float | None, fmt: str = ".3g") -> str:
@@ -278,9 +285,9 @@ def markdown(steps: Mapping[str, StepFigures], actual: RunFigures, plan: RunFigu
         label = f"**{name}**" if name == "total" else name
         if plan:
             lines.append(f"| {label} | {format_bytes(p.bytes)} | {format_bytes(a.bytes)} | {_num(p.seconds)} "
-                         f"| {_num(a.seconds)} | {_num(p.dollars, '.4g')} | {_num(a.dollars, '.4g')} |")
+                         f"| {_num(a.seconds)} | {_money(p.dollars)} | {_money(a.dollars)} |")
         else:
-            lines.append(f"| {label} | {format_bytes(a.bytes)} | {a.copies} | {_num(a.seconds)} | {_num(a.dollars, '.4g')} |")
+            lines.append(f"| {label} | {format_bytes(a.bytes)} | {a.copies} | {_num(a.seconds)} | {_money(a.dollars)} |")
     if not names:
         lines.append("| (no data moved) | | | | |" + (" | |" if plan else ""))
     makespan = f"Makespan: {_num(actual.makespan_seconds)} s"

@@ -137,7 +137,7 @@ def test_predicted_figures_show_beside_the_actual_ones():
     assert meta[LINKS].value["a->b"] == {"bytes": 4_000_000_000, "seconds": 1.0, "dollars": 0.4, "copies": 2}
     assert meta[PREDICTED].value["links"]["a->b"]["bytes"] == 2_000_000_000
     table = meta[TABLE].value
-    assert "| a->b | 2 GB | 4 GB | 1.5 | 1 | 0.2 | 0.4 |" in table
+    assert "| a->b | 2 GB | 4 GB | 1.5 | 1 | 0.20 | 0.40 |" in table
     assert "| s | b/cpu | 2 | did not end | 4 GB | a/cpu |" in table  # planned pool beside the actual
     assert "Makespan: 12.5 s (predicted 10 s)" in table
 
