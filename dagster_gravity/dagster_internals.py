@@ -17,6 +17,7 @@ from dagster._config.pythonic_config.resource import (
 )
 from dagster._core.definitions.definition_config_schema import ConfiguredDefinitionConfigSchema
 from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
+from dagster._core.definitions.metadata import normalize_metadata
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.errors import DagsterExecutionInterruptedError, DagsterSubprocessError
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData, StepFailureData
@@ -94,5 +95,15 @@ __all__ = [
     "process_config",
     "serializable_error_info_from_exc_info",
     "serialize_value",
+    "add_loaded_input_metadata",
     "trigger_hook",
 ]
+
+
+def add_loaded_input_metadata(context, metadata) -> None:
+    """Metadata on an input's LOADED_INPUT event only. `InputContext.add_input_metadata`
+    also makes an observation of an asset input, which needs a single partition key (it
+    raises for an input spanning partitions) and would record an observation with nothing
+    to say about the asset; the LOADED_INPUT event takes what `_user_generated_metadata`
+    holds (dagster/_core/execution/plan/inputs.py)."""
+    context._user_generated_metadata = {**context._user_generated_metadata, **normalize_metadata(metadata)}

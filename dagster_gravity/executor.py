@@ -70,6 +70,7 @@ from dagster_gravity.placement.waits import expected_wait, remaining_seconds
 from dagster_gravity.placement_events import placement_event, pool_unhealthy_event, unplaceable_events
 from dagster_gravity.pools import CRASHED, NOT_STARTED, PoolBackend, StepEnded, StepEvent, StepRequest, create_backends
 from dagster_gravity.resources import resolve_run_sites_file
+from dagster_gravity.run_summary import RunSummary
 from dagster_gravity.step_runner import RunPayload
 from dagster_gravity.link_measurements import measured_links, with_measured_links
 from dagster_gravity.run_plan import RunPlan, make_run_plan, run_plan_event
@@ -395,6 +396,7 @@ class _RunLoop:
         yield placement_event(self.plan_context.for_step(step), placement, w.notes, waited, spilled_from)
         del self.waiting[step.key]
         self.running[step.key] = _Running(step, placement.pool, placement.site, attempt)
+        self.summary.step_placed(step.key, placement.pool, placement.site, attempt)
         self.locations.step_ran_at(step.key, placement.site)
         planned = self.plan.sites.get(step.key)
         if planned is not None and planned != placement.site:
@@ -441,6 +443,7 @@ class _RunLoop:
         # plan's; the step's own events are.
         if event.step_key is not None:
             self.locations.record(event)
+            self.summary.observe(event)
             self.active.handle_event(event)
             if event.is_step_success:
                 self.finished_durations[event.step_key] = event.event_specific_data.duration_ms / 1000.0
@@ -454,6 +457,7 @@ class _RunLoop:
                 step_context, event.engine_event_data.error, self.active.get_known_state()
             )
             yield failure
+            self.summary.observe(failure)
             self.active.handle_event(failure)
             running.finished = True
 
@@ -502,6 +506,7 @@ class _RunLoop:
             failure = self.ex.log_failure_or_retry_event_after_error(step_context, error, self.active.get_known_state())
         if failure.is_step_failure and update.error is None:
             self.worker_errors[update.pid or 0] = error
+        self.summary.observe(failure)
         self.active.handle_event(failure)
         yield failure
 
@@ -539,6 +544,8 @@ class _RunLoop:
 
     def run(self, stack: ExitStack) -> Iterator[DagsterEvent]:
         plan_context = self.plan_context
+        self.summary = RunSummary(self.topology)
+        predicted = None  # the run plan's figures (run_summary.RunFigures), once the run is planned
         yield self._run_start_event()
         yield from self._start_backends(stack)
         yield self._make_plan()
@@ -582,7 +589,11 @@ class _RunLoop:
                 )
                 for backend in self.backends:
                     backend.interrupt()
+            yield self.summary.event(plan_context, predicted)  # what ran until the error
             raise
+
+        # Where each step ran and what moved: on every run, before it ends as failed or interrupted.
+        yield self.summary.event(plan_context, predicted)
 
         # As the multiprocess executor does: a run whose workers raised (a step's resources
         # failed to initialise, a crash that failed its step) fails with those errors;

@@ -27,13 +27,16 @@ any object gravity holds is older than it. With gravity's metadata, a copy at th
 site is used only if its sha256 equals the materialization's; otherwise the object is
 replicated from the primary site (or, when the primary has lost it or cannot be reached,
 from a site holding a current replica), and an AssetObservation on the upstream asset
-records `gravity/replicas`, `gravity/sha256`, `gravity/bytes_moved` and
-`gravity/replicated_from`. The observation is
-attached with `InputContext.add_input_metadata`, which Dagster turns into an
-ASSET_OBSERVATION event of the step (so it reaches the event log through the executor's
-event stream, like every other step event); inputs spanning several partitions cannot use
-it (it needs a single partition key) and report through
-`instance.report_runless_asset_event` instead.
+records `gravity/replicas`, `gravity/sha256` and the copy: `gravity/bytes_moved`,
+`gravity/replicated_from`, `gravity/replicated_to`, `gravity/replication_seconds`
+(metadata.py). The observation is attached with `InputContext.add_input_metadata`, which
+Dagster turns into an ASSET_OBSERVATION event of the step and puts the same keys on the
+input's LOADED_INPUT event (both reach the event log through the executor's event stream,
+like every other step event; the executor's run summary adds up the LOADED_INPUT ones).
+Inputs spanning several partitions cannot use it (it needs a single partition key): they
+report each partition's observation through `instance.report_runless_asset_event`, and their
+LOADED_INPUT lists the copies under `gravity/transfers`. A copy of an object no
+materialization records (op outputs) is on LOADED_INPUT only.
 
 Every storage failure is a StorageError naming the asset, the site and the URI: a full
 disk or a denied write says so in words, an object that gravity did not write is a
@@ -68,6 +71,7 @@ from dagster import (
 from pydantic import Field
 
 from dagster_gravity import metadata as md
+from dagster_gravity.dagster_internals import add_loaded_input_metadata
 from dagster_gravity.link_measurements import record_transfer
 from dagster_gravity.metadata import DataLocation
 from dagster_gravity.recorded_versions import recorded_version
@@ -92,10 +96,6 @@ from dagster_gravity.storage.keys import EXTENSIONS, asset_base, extension_of, r
 from dagster_gravity.errors import GravityConfigError, short_repr
 from dagster_gravity.topology import Topology, shown_names
 
-BYTES_MOVED = "gravity/bytes_moved"
-REPLICATED_FROM = "gravity/replicated_from"
-REPLICATION_SECONDS = "gravity/replication_seconds"
-REPLICA_URI = "gravity/replica_uri"  # not dagster/uri: the UI would show it as the asset's address
 
 def asset_label(context) -> str:
     if context.has_asset_key:
@@ -381,8 +381,14 @@ class GravityIOManager(ConfigurableIOManager):
         label = context.asset_key.to_user_string()
         if context.has_asset_partitions:
             keys = list(context.asset_partition_keys)
-            values = {pk: self._load_asset(context, label, pk, single=len(keys) == 1) for pk in keys}
-            return values[keys[0]] if len(keys) == 1 else values
+            if len(keys) == 1:
+                return self._load_asset(context, label, keys[0], single=True)
+            # each partition is replicated on its own; the input's LOADED_INPUT lists the copies
+            transfers: list[dict] = []
+            values = {pk: self._load_asset(context, label, pk, single=False, transfers=transfers) for pk in keys}
+            if transfers:
+                add_loaded_input_metadata(context, {md.TRANSFERS: MetadataValue.json(transfers)})
+            return values
         return self._load_asset(context, label, None, single=True)
 
     def _definition_site_note(self, context: InputContext, topology: Topology) -> str:
@@ -403,12 +409,16 @@ class GravityIOManager(ConfigurableIOManager):
                 return zone
         return None
 
-    def _load_asset(self, context: InputContext, label: str, partition: str | None, single: bool) -> Any:
+    def _load_asset(
+        self, context: InputContext, label: str, partition: str | None, single: bool, transfers: list | None = None
+    ) -> Any:
+        """One partition (or the whole asset). `single`: the input is this one object, so a
+        replication is reported on its events; otherwise it is appended to `transfers`."""
         base = asset_base(context.asset_key.path, partition)
         record = _latest_materialization(context.instance, context.asset_key, partition)
         if record is None:
             # never materialized at all (e.g. a direct load in a test): find the object
-            return self._load_unrecorded(context, base, label, self._definition_residency(context))
+            return self._load_unrecorded(context, base, label, self._definition_residency(context), transfers)
         loc = DataLocation.from_metadata(
             record.asset_materialization.metadata, what=f"the latest materialization of asset {label!r}"
         )
@@ -450,12 +460,15 @@ class GravityIOManager(ConfigurableIOManager):
                     f"gravity: the copy of {label} at {here} is stale (sha256 {existing.sha256[:12]}, latest "
                     f"{loc.sha256[:12]}); replicating the latest from {loc.site}"
                 )
-        data = self._replicate_here(context, record, loc, key, here, label, partition, single, primary_error, damaged)
+        data = self._replicate_here(
+            context, record, loc, key, here, label, partition, single, primary_error, damaged, transfers
+        )
         return _decode(data, extension, wanted)
 
     def _replicate_here(
         self, context: InputContext, record, loc: DataLocation, key: str, here: str, label: str,
         partition: str | None, single: bool, primary_error: StorageError | None, damaged: bool = False,
+        transfers: list | None = None,
     ) -> bytes:
         """Copy the recorded version to `here` from its primary site, else a current replica
         (checksum verified), record the new replica, and return its bytes."""
@@ -499,10 +512,8 @@ class GravityIOManager(ConfigurableIOManager):
         observation = {
             md.REPLICAS: sorted((set(current_replicas) | {here}) - {primary}),
             md.SHA256: sha,
-            BYTES_MOVED: result.bytes_moved,
-            REPLICATED_FROM: source_site,
-            REPLICA_URI: result.replica.uri,
-            REPLICATION_SECONDS: round(result.seconds, 6),
+            md.REPLICA_URI: result.replica.uri,
+            **_transfer_metadata(source_site, here, result),
         }
         context.log.info(
             f"gravity: replicated {where} from {source_site} to "
@@ -514,10 +525,16 @@ class GravityIOManager(ConfigurableIOManager):
             context.instance.report_runless_asset_event(
                 AssetObservation(asset_key=context.asset_key, partition=partition, metadata=observation)
             )
+            if transfers is not None:
+                transfers.append(_transfer_entry(source_site, here, result))
         return data
 
-    def _load_unrecorded(self, context: InputContext, base: str, label: str, zone: str | None) -> Any:
-        """No materialization says where the object is: try here, then the other sites."""
+    def _load_unrecorded(
+        self, context: InputContext, base: str, label: str, zone: str | None, transfers: list | None = None
+    ) -> Any:
+        """No materialization says where the object is: try here, then the other sites. A
+        copy is reported on the input's LOADED_INPUT event (or appended to `transfers`), with
+        no observation: nothing recorded says where the asset is to add a replica to."""
         here = self.site_here(label)
         topology = self.load_topology()
         wanted = _wanted_type(context)
@@ -534,10 +551,17 @@ class GravityIOManager(ConfigurableIOManager):
                 if site != here:
                     self.check_residency(zone, here, label, info.uri, "copy it to")
                     try:
-                        replicate(storage, self.storage(here, label), info.key, info.sha256)
+                        result = replicate(storage, self.storage(here, label), info.key, info.sha256)
                     except StorageError as err:
                         raise err.for_asset(label) from err
                     context.log.info(f"gravity: replicated {label} from {site} to {here} ({info.size_bytes} bytes)")
+                    self._measure_link(context, site, here, result)
+                    if transfers is not None:
+                        transfers.append(_transfer_entry(site, here, result))
+                    elif context.has_asset_key:
+                        add_loaded_input_metadata(context, _transfer_metadata(site, here, result))
+                    else:
+                        context.add_input_metadata(_transfer_metadata(site, here, result))
                 return _decode(self._read(here, info.key, info.sha256, label), extension, wanted)
         where = self.storage(here, label).uri(base + ".parquet")
         # an object that is there but foreign is not "missing": say so (its site and URI first)
@@ -596,6 +620,21 @@ class GravityIOManager(ConfigurableIOManager):
         except StorageError as err:
             raise err.for_asset(label) from err
         return data
+
+
+def _transfer_metadata(src: str, dst: str, result) -> dict[str, Any]:
+    """One replication's keys (metadata.py), for the input's events and the run summary."""
+    return {
+        md.BYTES_MOVED: result.bytes_moved,
+        md.REPLICATED_FROM: src,
+        md.REPLICATED_TO: dst,
+        md.REPLICATION_SECONDS: round(result.seconds, 6),
+    }
+
+
+def _transfer_entry(src: str, dst: str, result) -> dict[str, Any]:
+    """One replication as an entry of md.TRANSFERS."""
+    return {"from": src, "to": dst, "bytes": result.bytes_moved, "seconds": round(result.seconds, 6)}
 
 
 def _latest_materialization(instance, asset_key: AssetKey, partition: str | None):

@@ -34,6 +34,18 @@ TAG_POOL_RENAMED = "gravity/pool"  # the old name of TAG_POOL_KIND: refused with
 # Engine-event metadata: the compute pool a step was placed on ("site/name").
 POOL_ID = "gravity/pool_id"
 
+# A replication into the reading step's site, on the input's LOADED_INPUT event (and on the
+# ASSET_OBSERVATION of the upstream asset): what moved over which directed link, and how long
+# it took. The executor's run summary (run_summary.py) adds these up per link.
+BYTES_MOVED = "gravity/bytes_moved"  # bytes copied (int)
+REPLICATED_FROM = "gravity/replicated_from"  # the site copied from (str)
+REPLICATED_TO = "gravity/replicated_to"  # the site copied into: where the step runs (str)
+REPLICATION_SECONDS = "gravity/replication_seconds"  # wall seconds of the copy (float)
+REPLICA_URI = "gravity/replica_uri"  # not dagster/uri: the UI would show it as the asset's address
+# An input that needed several copies (it spans partitions, each replicated on its own) lists
+# them instead, on LOADED_INPUT only: [{"from": site, "to": site, "bytes": int, "seconds": float}].
+TRANSFERS = "gravity/transfers"
+
 # An input whose site is known but size is not counts as one byte: moving it costs a link's
 # latency, so among otherwise equal pools the step goes to the data.
 UNKNOWN_SIZE = 1

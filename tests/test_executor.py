@@ -334,6 +334,12 @@ def test_interrupting_a_run_stops_its_workers(gravity, dagster_home):
     step_events = [e.dagster_event.event_type for e in logs if e.dagster_event and e.step_key == "sleeps_long"]
     assert DagsterEventType.STEP_FAILURE in step_events
     assert not (gravity.store / "sleeps_long.json").exists()
+    # An interrupted run still ends with its summary: what ran until then, and where.
+    summaries = [e.dagster_event for e in logs if e.dagster_event and not e.step_key
+                 and (e.dagster_event.message or "").startswith("gravity run summary: ")]
+    assert len(summaries) == 1, [e.dagster_event.message for e in logs if e.dagster_event and not e.step_key]
+    steps = summaries[0].event_specific_data.metadata["gravity/steps"].value
+    assert steps["sleeps_long"]["status"] == "failed" and steps["sleeps_long"]["pool_id"], steps
 
 
 def _start_sleep_run(gravity, job: str = "sleep_job", **config):

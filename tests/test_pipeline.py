@@ -84,6 +84,14 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
     assert 0 < numbers["measured"] == numbers["aware"]
     assert numbers["blind"] > 2 * numbers["aware"]  # ~3.6x at this tiny size, ~120x at the demo size
 
+    # The run's summary event says the same: where each step ran, and the bytes the IO manager moved.
+    [summary] = [
+        e.dagster_event.engine_event_data.metadata for e in run_events(instance, run_id, DagsterEventType.ENGINE_EVENT)
+        if (e.dagster_event.message or "").startswith("gravity run summary: ")
+    ]
+    assert {k: v["pool_id"] for k, v in plain_value(summary["gravity/steps"]).items()} == placements
+    assert plain_value(summary["gravity/bytes_moved"]) == numbers["measured"]
+
 
 def start_slow_retrain(partition):
     """A retrain run in its own process (and process group), slowed down so it can be killed."""
