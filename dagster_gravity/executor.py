@@ -66,6 +66,7 @@ from dagster_gravity.errors import GravityError
 from dagster_gravity.executor_config import GRAVITY_CONFIG, GravityConfig
 from dagster_gravity.input_locations import InputLocations, requirements_for
 from dagster_gravity.placement import Placement, PlacementError, format_bytes, place_step
+from dagster_gravity.placement.simulate import simulate_run
 from dagster_gravity.placement.waits import expected_wait, remaining_seconds
 from dagster_gravity.placement_events import placement_event, pool_unhealthy_event, unplaceable_events
 from dagster_gravity.pools import CRASHED, NOT_STARTED, PoolBackend, StepEnded, StepEvent, StepRequest, create_backends
@@ -239,6 +240,29 @@ class _RunLoop:
         self.planned_healthy = frozenset(healthy)
         self.replan_reason = None
         return run_plan_event(self.plan_context, self.plan, reason)
+
+    def _predicted(self) -> dict | None:
+        """What the run plan predicts, simulated with slots and expected durations
+        (`placement.simulate`), in the run summary's shape; None without a plan."""
+        if self.plan.error is not None or not self.plan.steps:
+            return None
+        durations = {s.key: self.durations.expected(s.key) for s in self.plan.steps}
+        try:
+            sim = simulate_run(
+                self.topology, self.plan.steps, durations, planned_sites=self.plan.sites,
+                objective=self.config.objective, healthy=self.healthy_pools(),
+            )
+        except GravityError as exc:  # a step the simulation cannot place: it says so when it runs
+            log.info("gravity: no prediction for the run summary: %s", exc)
+            return None
+        return {
+            "links": {
+                pair: {"bytes": nbytes, "seconds": sim.seconds_per_link[pair], "dollars": sim.dollars_per_link[pair]}
+                for pair, nbytes in sim.bytes_per_link.items()
+            },
+            "steps": dict(sim.pools),
+            "makespan_seconds": sim.makespan,
+        }
 
     def _replan_if_diverged(self) -> Iterator[DagsterEvent]:
         if self.replan_reason is None and self.planned_healthy != frozenset(self.healthy_pools()):
@@ -545,10 +569,10 @@ class _RunLoop:
     def run(self, stack: ExitStack) -> Iterator[DagsterEvent]:
         plan_context = self.plan_context
         self.summary = RunSummary(self.topology)
-        predicted = None  # the run plan's figures (run_summary.RunFigures), once the run is planned
         yield self._run_start_event()
         yield from self._start_backends(stack)
         yield self._make_plan()
+        predicted = self._predicted()  # the start plan's simulated run, for the summary
         stack.callback(self._record_durations)
         instance_concurrency_context = stack.enter_context(
             InstanceConcurrencyContext(plan_context.instance, plan_context.dagster_run)
