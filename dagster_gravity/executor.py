@@ -635,8 +635,14 @@ class _RunLoop:
 
 
     def _record_durations(self) -> None:
+        # What a step takes wherever it runs: its duration less the time it spent copying
+        # inputs (a step that ran away from its data must not teach that it is slow).
+        durations = {}
+        for key, seconds in self.finished_durations.items():
+            copying = self.summary.steps[key].seconds_in if key in self.summary.steps else 0.0
+            durations[key] = max(0.0, seconds - copying)
         try:
-            record_durations(self.plan_context.instance, self.plan_context.dagster_run.job_name, self.finished_durations)
+            record_durations(self.plan_context.instance, self.plan_context.dagster_run.job_name, durations)
         except Exception:  # history is an estimate: failing to keep it must not fail the run
             log.warning("gravity: could not record step durations", exc_info=True)
 

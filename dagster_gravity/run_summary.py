@@ -72,6 +72,7 @@ class StepFigures:
     pools: list[str] = field(default_factory=list)  # every compute pool it was handed to, in order
     status: str = NOT_ENDED
     bytes_in: int = 0
+    seconds_in: float = 0.0  # spent copying its inputs into its site (part of its step duration)
 
     def as_dict(self) -> dict[str, Any]:
         out = {"pool_id": self.pool_id, "site": self.site, "attempts": len(self.attempts) or 1,
@@ -187,6 +188,7 @@ class RunSummary:
                 self.notes.append(note)
         if step_key in self.steps:
             self.steps[step_key].bytes_in += int(nbytes)
+            self.steps[step_key].seconds_in += float(seconds)
 
     # -- the summary ---------------------------------------------------------------------
 

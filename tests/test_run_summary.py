@@ -14,6 +14,7 @@ from dagster import AssetKey, DagsterEventType, execute_job, materialize, recons
 from dagster_gravity import GravityIOManager, GravityTopology
 from dagster_gravity.locations import latest_location
 from dagster_gravity.errors import GravityConfigError
+from dagster_gravity.step_durations import expected_durations
 from dagster_gravity.run_summary import LINKS, MAKESPAN, PREDICTED, STEPS, SUMMARY_PREFIX, TABLE, RunFigures, RunSummary
 from dagster_gravity.topology import Topology
 from tests.support import summary_jobs
@@ -62,6 +63,10 @@ def test_the_summary_names_each_steps_pool_and_the_bytes_of_the_copy(instance, s
     with _run(instance, summary_jobs.moving_job, sites) as result:
         assert result.success is not fail
         message, meta = _summary(result)
+        step_seconds = {
+            e.step_key: e.event_specific_data.duration_ms / 1000.0
+            for e in result.all_events if e.event_type == DagsterEventType.STEP_SUCCESS
+        }
     steps = meta[STEPS]
     assert steps["made_at_alpha"] == {"pool_id": "alpha/cpu", "site": "alpha", "attempts": 1,
                                       "status": "succeeded", "bytes_in": 0}
@@ -80,6 +85,11 @@ def test_the_summary_names_each_steps_pool_and_the_bytes_of_the_copy(instance, s
     assert meta[MAKESPAN] > 0
     assert "| read_at_beta | beta/cpu | 1 |" in meta[TABLE]
     assert "2 steps on 2 compute pools; moved 2 MB over 1 link" in message
+    # the duration it leaves for the next run's wait estimates excludes the copy it made
+    if not fail:
+        learned = expected_durations(instance, "moving_job")
+        assert learned["read_at_beta"] == pytest.approx(step_seconds["read_at_beta"] - link["seconds"], abs=1e-3)
+        assert learned["made_at_alpha"] == pytest.approx(step_seconds["made_at_alpha"], abs=1e-3)
     # beside what the run plan predicted: the simulated run knew no sizes (1 B) nor durations (10 s each)
     predicted = meta[PREDICTED]
     assert predicted["steps"] == {"made_at_alpha": "alpha/cpu", "read_at_beta": "beta/cpu"}

@@ -344,13 +344,24 @@ def main(argv=None) -> int:
 
         from dagster import DagsterInstance
 
-        instance = DagsterInstance.get()
+        # One instance per deployment: gravity learns link speeds and step durations from its
+        # own earlier runs, and the unshaped bound's links must not teach the shaped run.
+        instances: dict[str, DagsterInstance] = {}
+
+        def instance_for(deployment: str) -> DagsterInstance:
+            if deployment not in instances:
+                own = work / f"dagster_home_{deployment}"
+                own.mkdir()
+                (own / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+                instances[deployment] = DagsterInstance.from_config(str(own))
+            return instances[deployment]
+
         for workload in args.workloads.split(","):
             deployments = args.deployments.split(",") if args.deployments else DEPLOYMENTS[workload]
             results: dict[str, list[dict]] = {d: [] for d in deployments}
             for round_ in range(args.rounds):
                 for deployment in deployments:  # interleaved, so drift hits every deployment alike
-                    r = run_once(workload, deployment, net, sites_file, scheduler, instance)
+                    r = run_once(workload, deployment, net, sites_file, scheduler, instance_for(deployment))
                     print(f"  {workload} round {round_ + 1} {deployment:<10} {r['makespan']:6.2f} s  "
                           f"{ {s: {d: round(v / 1e6, 1) for d, v in l.items()} for s, l in r['links'].items()} }  "
                           f"${r['usd']:.5f}  {r['where']}", flush=True)
