@@ -81,6 +81,9 @@ from dagster_gravity.topology import Topology, load_topology
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+# The run summary's prediction is simulated at run start; beyond this many decisions (a
+# few tenths of a second) the run is not held up for it and the summary has no prediction.
+PREDICTION_DECISIONS = 5_000
 INTERRUPTS = {"DagsterExecutionInterruptedError", "KeyboardInterrupt"}  # longest the loop blocks waiting for workers (interrupt latency)
 
 
@@ -251,8 +254,9 @@ class _RunLoop:
             sim = simulate_run(
                 self.topology, self.plan.steps, durations, planned_sites=self.plan.sites,
                 objective=self.config.objective, healthy=self.healthy_pools(),
+                max_decisions=PREDICTION_DECISIONS,
             )
-        except GravityError as exc:  # a step the simulation cannot place: it says so when it runs
+        except GravityError as exc:  # too large, or a step it cannot place (that step says so when it runs)
             log.info("gravity: no prediction for the run summary: %s", exc)
             return None
         return {

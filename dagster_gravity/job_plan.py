@@ -139,14 +139,19 @@ def plan_and_simulate(
         for output in step.step_outputs:  # its outputs land where it runs
             locations.assume_output_at(step, output.name, placement.site)
     simulation = None
+    from dagster_gravity.placement.simulate import SimulationTooLarge
+
     if run_plan.error is None:
         estimates = DurationEstimates(expected_durations(instance, job_def.name))
         durations = {s.key: estimates.expected(s.key) for s in run_plan.steps}
         options = dict(objective=objective, healthy=healthy)
-        simulation = Simulation(
-            simulate_run(topology, run_plan.steps, durations, planned_sites=run_plan.sites, **options),
-            simulate_run(topology, run_plan.steps, durations, rule="blind", **options),
-        )
+        try:
+            simulation = Simulation(
+                simulate_run(topology, run_plan.steps, durations, planned_sites=run_plan.sites, **options),
+                simulate_run(topology, run_plan.steps, durations, rule="blind", **options),
+            )
+        except SimulationTooLarge:
+            simulation = None  # the plan is still printed; the simulation is left out
     return out, simulation
 
 

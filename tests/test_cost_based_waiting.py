@@ -186,3 +186,13 @@ def test_the_location_blind_simulation_moves_what_it_does_not_find(two_sites):
     assert simulate_run(two_sites, steps, {"only": 1.0}).bytes_moved == 0
     blind = simulate_run(two_sites, steps, {"only": 1.0}, rule="blind")
     assert blind.pools == {"only": "a/cpu"} and blind.bytes_per_link == {("b", "a"): 100_000_000}
+
+
+def test_a_run_too_large_to_simulate_is_refused_by_its_decision_budget(two_sites):
+    from dagster_gravity.placement import PlanStep
+    from dagster_gravity.placement.simulate import SimulationTooLarge, simulate_run
+
+    steps = [PlanStep(f"s{i}", (InputData("data", 1_000, ("a",)),)) for i in range(50)]
+    assert len(simulate_run(two_sites, steps, max_decisions=1_000).pools) == 50
+    with pytest.raises(SimulationTooLarge, match="more than 10 placement decisions"):
+        simulate_run(two_sites, steps, max_decisions=10)

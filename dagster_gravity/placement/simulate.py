@@ -20,11 +20,21 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from dagster_gravity.placement.feasibility import _requirement_failures
-from dagster_gravity.placement.model import InputData, Objective, OutputTrip, PlacementError
+from dagster_gravity.errors import GravityError
+from dagster_gravity.placement.model import InputData, Objective, OutputTrip
 from dagster_gravity.placement.problem import PlanStep
 from dagster_gravity.placement.step import place_step
 from dagster_gravity.placement.waits import DEFAULT_STEP_SECONDS, expected_wait
 from dagster_gravity.topology import Topology
+
+
+# Decisions (one `place_step` each) a simulation may make: a run start must not stall on
+# predicting a huge run; beyond it `simulate_run` raises `SimulationTooLarge`.
+MAX_DECISIONS = 50_000
+
+
+class SimulationTooLarge(GravityError):
+    """The run is too large to simulate within `MAX_DECISIONS` decisions."""
 
 
 @dataclass
@@ -52,8 +62,12 @@ def simulate_run(
     healthy=None,
     rule: str = "gravity",
     default_seconds: float = DEFAULT_STEP_SECONDS,
+    max_decisions: int = MAX_DECISIONS,
 ) -> SimulatedRun:
-    """Simulate `steps` (in topological order); `durations`: step key -> expected seconds."""
+    """Simulate `steps` (in topological order); `durations`: step key -> expected seconds.
+
+    As in the executor, at most as many ready steps as there are slots in all are being
+    placed at once (Dagster hands out no more); the others wait their turn in order."""
     if rule not in ("gravity", "blind"):
         raise ValueError(f"simulate_run rule: got {rule!r}; expected 'gravity' or 'blind'")
     durations = durations or {}
@@ -67,6 +81,8 @@ def simulate_run(
     running: dict[str, list[float]] = {pid: [] for pid in pools}  # pool -> end times of its steps
     left = {s.key: len({u for u, _ in s.upstream}) for s in steps}
     ready = [s.key for s in steps if left[s.key] == 0]
+    limit = max(1, sum(p.slots for p in pools.values()))
+    decisions = 0
     ends: list[tuple[float, str]] = []
     where: dict[str, str] = {}
     out = SimulatedRun()
@@ -74,7 +90,14 @@ def simulate_run(
     while ready or ends:
         queued: dict[str, list[float]] = defaultdict(list)
         still: list[str] = []
-        for key in ready:
+        in_flight = sum(len(ends_at) for ends_at in running.values())
+        considered, later = ready[: max(0, limit - in_flight)], ready[max(0, limit - in_flight):]
+        for key in considered:
+            decisions += 1
+            if decisions > max_decisions:
+                raise SimulationTooLarge(
+                    f"simulating {len(steps)} steps needs more than {max_decisions} placement decisions; not simulated"
+                )
             step = by_key[key]
             inputs = _inputs(topology, step, by_key, where)
             pool_id = _choose(topology, step, inputs, pools, running, queued, now, planned, consumers, durations,
@@ -90,7 +113,7 @@ def simulate_run(
             else:
                 queued[pool_id].append(durations.get(key, default_seconds))
                 still.append(key)
-        ready = still
+        ready = still + later
         if not ends:
             break  # nothing running and nothing can start: cannot happen with >= 1 slot per pool
         now, key = heapq.heappop(ends)
