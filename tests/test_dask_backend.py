@@ -448,7 +448,7 @@ def test_backend_reports_an_unreachable_scheduler_as_unhealthy():
     "settings, expected",
     [
         ({}, 'Missing required config entry "scheduler"'),
-        ({"scheduler": ""}, "setting 'scheduler' is ''"),
+        ({"scheduler": ""}, "setting scheduler: got ''"),
         ({"scheduler": "tcp://x:1", "schedular": "typo"}, 'unexpected config entry "schedular"'),
         ({"scheduler": "tcp://x:1", "resources": {"GPU": 0}}, "setting 'resources' is {'GPU': 0.0}"),
     ],

@@ -223,6 +223,14 @@ def run_once(workload: str, deployment: str, net: Network, sites_file: Path, sch
         if deployment == "never-move":
             execution["disabled_pools"] = [CLOUD]
         config = {"execution": {"config": execution}}
+    predicted = None
+    if deployment == "gravity":  # what `gravity plan` predicts for this run, just before it
+        from dagster_gravity.job_plan import plan_and_simulate
+        from dagster_gravity.topology import Topology
+
+        _, simulation = plan_and_simulate(job_fn(), instance, Topology.from_yaml(sites_file))
+        if simulation is not None:
+            predicted = {"makespan": simulation.gravity.makespan, "bytes": simulation.gravity.bytes_moved}
     before = net.counters()
     started = time.monotonic()
     with execute_job(reconstructable(job_fn), instance=instance, run_config={**config, **QUIET}) as result:
@@ -232,12 +240,17 @@ def run_once(workload: str, deployment: str, net: Network, sites_file: Path, sch
             failures = [e.message for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
             raise RuntimeError(f"{workload}/{deployment} run {result.run_id} failed: {failures[:3]}")
         run_id = result.run_id
+        # the bytes gravity's IO managers copied, from the run summary event
+        summaries = [e.event_specific_data.metadata for e in result.all_events
+                     if e.event_type == DagsterEventType.ENGINE_EVENT
+                     and "gravity/links" in (e.event_specific_data.metadata or {})]
+        copied = summaries[-1]["gravity/bytes_moved"].value if summaries else None
     stats = instance.get_run_stats(run_id)
     links = {s: {d: after[s][d] - before[s][d] for d in ("up", "down")} for s in after}
     # Bytes that left each site toward the other, priced at that direction's link price.
     usd = sum(links[a]["up"] / 1e9 * PRICE[(a, b)] for a, b in PRICE)
     return {"makespan": stats.end_time - stats.start_time, "wall": wall, "links": links, "usd": usd,
-            "where": placements(instance, run_id)}
+            "where": placements(instance, run_id), "predicted": predicted, "copied": copied}
 
 
 def placements(instance, run_id: str) -> dict[str, int]:
@@ -291,6 +304,14 @@ def report(workload: str, results: dict[str, list[dict]]) -> None:
                       f"{other} ${rows[other]['usd']:.5f} vs gravity ${rows['gravity']['usd']:.5f}")
         if bound:
             print(f"gravity / all-local bound makespan: {g / bound:.2f}x")
+        for i, r in enumerate(results["gravity"]):
+            p = r.get("predicted")
+            if p is None:
+                print(f"gravity plan, round {i + 1}: no simulation")
+                continue
+            print(f"gravity plan, round {i + 1}: predicted makespan {p['makespan']:.2f} s vs {r['makespan']:.2f} s "
+                  f"({p['makespan'] / r['makespan']:.2f}x), bytes moved {p['bytes'] / 1e6:.1f} MB vs "
+                  f"{(r['copied'] or 0) / 1e6:.1f} MB copied")
 
 
 # ---------------------------------------------------------------------------------------
