@@ -386,9 +386,11 @@ class _RunLoop:
                 w.placement = placement = self._place(w, queued=queued)
                 pool_id = placement.pool
                 if self.free_slots(pool_id) > 0 and not queued.get(pool_id):
-                    if w.waiting_for is not None and w.why_wait:
+                    if w.waiting_for == pool_id and w.why_wait:
                         w.notes.append(f"waited {now - w.since:.1f} s: {w.why_wait}")
                     else:
+                        if w.waiting_for is not None:  # it waited, then moving became cheaper
+                            w.notes.append(f"waited {now - w.since:.1f} s for {w.waiting_for}, then moving won")
                         moved = _move_beats_wait(placement)
                         if moved:
                             w.notes.append(moved)
