@@ -154,6 +154,7 @@ class _Running:
     site: str
     attempt: int  # Dagster's attempt number (its count of earlier attempts)
     finished: bool = False  # a terminal step event (success/failure/retry) was seen
+    retried: bool = False  # ... and it was a retry: this attempt's worker error does not fail the run
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -479,6 +480,7 @@ class _RunLoop:
                 self.finished_durations[event.step_key] = event.event_specific_data.duration_ms / 1000.0
             if event.is_step_success or event.is_step_failure or event.is_step_up_for_retry:
                 running.finished = True
+                running.retried = event.is_step_up_for_retry
         if event.is_resource_init_failure and not running.finished:
             # Resources failed to initialise (for the worker's session or for the step):
             # that is the failure of the step that was waiting for them.
@@ -490,10 +492,11 @@ class _RunLoop:
             self.summary.observe(failure)
             self.active.handle_event(failure)
             running.finished = True
+            running.retried = failure.is_step_up_for_retry
 
     def _handle_end(self, update: StepEnded, running: _Running) -> Iterator[DagsterEvent]:
         del self.running[update.step_key]
-        if update.error is not None and update.outcome != NOT_STARTED:
+        if update.error is not None and update.outcome != NOT_STARTED and not running.retried:
             self.worker_errors[update.pid or 0] = update.error
         if update.outcome == NOT_STARTED:
             if self.stopping:  # the run is stopping: nothing more starts
