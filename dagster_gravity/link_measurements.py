@@ -48,13 +48,19 @@ def _key(src: str) -> str:
     return KEY_PREFIX + src
 
 
-def _read(instance, src: str) -> dict[str, dict]:
-    raw = instance.daemon_cursor_storage.get_cursor_values({_key(src)}).get(_key(src))
+def read_json_entry(instance, key: str) -> dict:
+    """A JSON object kept under `key` in the instance's key-value store ({} when absent or
+    unreadable: an estimate starts again rather than fail a step or a run)."""
+    raw = instance.daemon_cursor_storage.get_cursor_values({key}).get(key)
     try:
         value = json.loads(raw) if raw else {}
     except ValueError:
-        return {}  # unreadable: start again rather than fail a step
+        return {}
     return value if isinstance(value, dict) else {}
+
+
+def _read(instance, src: str) -> dict[str, dict]:
+    return read_json_entry(instance, _key(src))
 
 
 def record_transfer(instance, topology: Topology, src: str, dst: str, nbytes: int, seconds: float) -> LinkMeasurement | None:

@@ -15,6 +15,7 @@ import json
 import math
 from typing import Mapping
 
+from dagster_gravity.link_measurements import read_json_entry
 from dagster_gravity.placement.waits import DEFAULT_STEP_SECONDS
 
 KEY_PREFIX = "gravity/step-seconds/"
@@ -31,12 +32,7 @@ def _key(job_name: str) -> str:
 
 
 def _read(instance, job_name: str) -> dict[str, dict]:
-    raw = instance.daemon_cursor_storage.get_cursor_values({_key(job_name)}).get(_key(job_name))
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}  # unreadable: start again rather than fail a run
-    return value if isinstance(value, dict) else {}
+    return read_json_entry(instance, _key(job_name))
 
 
 def expected_durations(instance, job_name: str) -> dict[str, float]:
