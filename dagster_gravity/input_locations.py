@@ -77,7 +77,7 @@ class InputLocations:
         size, residency = 0, None
         if asset_key is not None:
             try:
-                found = self._from_instance(asset_key)
+                found = self.latest_location_of(asset_key)
             except GravityConfigError:  # unreadable metadata of the old version: size unknown
                 found = None
             if found is not None:
@@ -97,7 +97,7 @@ class InputLocations:
         notes = [] if notes is None else notes
         inputs: list[InputData | None] = []
         for step_input in step.step_inputs:
-            asset_key = self._input_asset_key(step, step_input.name)
+            asset_key = self.input_asset_key(step, step_input.name)
             handles = list(step_input.get_step_output_handle_dependencies())
             if asset_key is not None and asset_key in self._assets:
                 loc = _ok(self._assets[asset_key], asset_key.to_user_string())
@@ -119,7 +119,7 @@ class InputLocations:
                         inputs.append(InputData(f"{h.step_key}.{h.output_name}", md.UNKNOWN_SIZE, (site,), None))
                 continue
             if asset_key is not None:
-                inputs.append(self._from_instance(asset_key, notes))
+                inputs.append(self.latest_location_of(asset_key, notes))
         known = [i for i in inputs if i is not None]
         for item in known:
             if item.residency is not None:
@@ -151,9 +151,9 @@ class InputLocations:
         except Exception:  # an op output that is no asset
             return None
 
-    # -- the instance and the definitions ---------------------------------------------
+    # -- the instance and the definitions (the run plan reads these too) ---------------
 
-    def _input_asset_key(self, step: ExecutionStep, input_name: str):
+    def input_asset_key(self, step: ExecutionStep, input_name: str):
         try:
             return self.asset_layer.get_asset_key_for_node_input(step.node_handle, input_name)
         except Exception:  # an op input that is no asset
@@ -165,7 +165,7 @@ class InputLocations:
         zone = md.plain_value((self.asset_layer.get(asset_key).metadata or {}).get(md.RESIDENCY))
         return str(zone) if zone else None
 
-    def _from_instance(self, asset_key, notes: list[str] | None = None) -> InputData | None:
+    def latest_location_of(self, asset_key, notes: list[str] | None = None) -> InputData | None:
         """The asset's latest location as placement input, read once per run."""
         if asset_key not in self._instance_cache:
             own_notes: list[str] = []

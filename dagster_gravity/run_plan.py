@@ -92,9 +92,9 @@ def make_run_plan(
                         upstream.append((h.step_key, size))
                 if handles and len(in_run) == len(handles):
                     continue
-                asset_key = locations._input_asset_key(step, step_input.name)
+                asset_key = locations.input_asset_key(step, step_input.name)
                 if asset_key is not None:
-                    found = locations._from_instance(asset_key)
+                    found = locations.latest_location_of(asset_key)
                     if found is not None:
                         external.append(found)
             residency = next((i.residency for i in locations.output_residency(step)), None)
@@ -114,7 +114,7 @@ def _output_size(locations: InputLocations, step: ExecutionStep, output_name: st
     if asset_key is None:
         return md.UNKNOWN_SIZE
     try:
-        found = locations._from_instance(asset_key)
+        found = locations.latest_location_of(asset_key)
     except GravityError:
         return md.UNKNOWN_SIZE
     return found.size_bytes if found is not None and found.size_bytes > 0 else md.UNKNOWN_SIZE
