@@ -196,3 +196,72 @@ def test_a_run_too_large_to_simulate_is_refused_by_its_decision_budget(two_sites
     assert len(simulate_run(two_sites, steps, max_decisions=1_000).pools) == 50
     with pytest.raises(SimulationTooLarge, match="more than 10 placement decisions"):
         simulate_run(two_sites, steps, max_decisions=10)
+
+
+# -- shared links ---------------------------------------------------------------------------
+
+def test_copies_in_flight_on_a_link_share_its_bandwidth_so_waiting_can_win(two_sites):
+    big_at_a = [InputData("big", 500_000_000, ("a",))]  # 5 s to b on an idle link
+    assert place_step(two_sites, big_at_a, expected_wait={"a/cpu": 8.0}).site == "b"
+    # two copies already on a->b: a third gets a third of it, 15 s, so waiting 8 s wins
+    shared = place_step(two_sites, big_at_a, expected_wait={"a/cpu": 8.0}, link_load={("a", "b"): 2})
+    assert shared.site == "a", shared.reason
+    at_b = next(c for c in shared.candidates if c.site == "b")
+    assert at_b.transfer_seconds == pytest.approx(0.001 + 15.0)
+    # the load of the reverse link changes nothing
+    assert place_step(two_sites, big_at_a, expected_wait={"a/cpu": 8.0}, link_load={("b", "a"): 5}).site == "b"
+
+
+def test_a_transfer_comes_from_the_replica_whose_link_is_less_loaded(tmp_path):
+    from dagster_gravity.placement import transfers_to
+
+    path = tmp_path / "sites.yaml"
+    path.write_text(
+        "sites:\n"
+        "  - {name: a, region: ra, kind: onprem, pools: [{name: cpu, slots: 1}]}\n"
+        "  - {name: b, region: rb, kind: onprem, pools: [{name: cpu, slots: 1}]}\n"
+        "  - {name: c, region: rc, kind: onprem, pools: [{name: cpu, slots: 1}]}\n"
+        "links:\n"
+        "  - {from: a, to: c, bandwidth_gbps: 0.8, latency_ms: 0}\n"
+        "  - {from: b, to: c, bandwidth_gbps: 0.4, latency_ms: 0}\n"
+    )
+    topology = Topology.from_yaml(path)
+    data = [InputData("data", 100_000_000, ("a", "b"))]
+    (idle,) = transfers_to(topology, data, "c")
+    assert (idle.src, idle.seconds) == ("a", pytest.approx(1.0))
+    (busy,) = transfers_to(topology, data, "c", link_load={("a", "c"): 2})  # a->c at a third: 3 s; b->c 2 s
+    assert (busy.src, busy.dst, busy.seconds) == ("b", "c", pytest.approx(2.0))
+    assert transfers_to(topology, data, "a") == []
+
+
+@pytest.mark.parametrize(
+    "link_load, expected",
+    [
+        ({("a",): 1}, "expected a (source site, destination site) pair"),
+        ({("a", "b"): -1}, "expected a whole number of transfers >= 0"),
+        ({("a", "b"): 1.5}, "expected a whole number of transfers >= 0"),
+        ({("a", "mars"): 1}, "mars"),
+    ],
+)
+def test_a_bad_link_load_is_refused_naming_it(two_sites, link_load, expected):
+    from dagster_gravity.errors import GravityConfigError
+
+    with pytest.raises(GravityConfigError, match=re.escape(expected)):
+        place_step(two_sites, [InputData("big", 500_000_000, ("a",))], link_load=link_load)
+
+
+def test_the_simulation_shares_a_link_between_copies_that_overlap(tmp_path):
+    from dagster_gravity.placement import PlanStep, Requirements
+    from dagster_gravity.placement.simulate import simulate_run
+
+    path = tmp_path / "sites.yaml"
+    path.write_text(TWO_SITES.replace("{name: a, region: ra, kind: onprem, pools: [{name: cpu, kind: cpu, slots: 1}]}",
+                                      "{name: a, region: ra, kind: onprem, pools: [{name: cpu, kind: cpu, slots: 2}]}"))
+    topology = Topology.from_yaml(path)
+    # two steps pinned to a, each reading 100 MB from b: alone a copy is 1 s (+1 ms)
+    steps = [PlanStep(k, (InputData(f"{k}.in", 100_000_000, ("b",)),), requirements=Requirements(pin="a")) for k in ("x", "y")]
+    run = simulate_run(topology, steps, {"x": 1.0, "y": 1.0})
+    assert run.bytes_per_link == {("b", "a"): 200_000_000}
+    # the second copy starts while the first is in flight: it gets half the link, 2 s
+    assert run.seconds_per_link[("b", "a")] == pytest.approx((0.001 + 1.0) + (0.001 + 2.0))
+    assert run.makespan == pytest.approx(0.001 + 2.0 + 1.0)

@@ -70,8 +70,10 @@ from dagster_gravity.placement.model import (
     Placement,
     PlacementError,
     Requirements,
+    Transfer,
     cost_model,
     format_bytes,
+    transfers_to,
 )
 from dagster_gravity.placement.plan import (
     PlanPlacement,
@@ -104,6 +106,7 @@ __all__ = [
     "PlanPlacement",
     "PlanStep",
     "Requirements",
+    "Transfer",
     "brute_force_plan",
     "check_plan",
     "cost_model",
@@ -112,4 +115,5 @@ __all__ = [
     "place_step",
     "plan_cost",
     "plan_lower_bound",
+    "transfers_to",
 ]

@@ -12,7 +12,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -233,11 +233,41 @@ def cost_model(topology: Topology) -> CostModel:
     return model
 
 
-def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objective, matrices=None):
+def check_link_load(link_load: Mapping[tuple[str, str], int] | None) -> dict[tuple[str, str], int]:
+    """`link_load` as a plain dict, refusing what is not {(src, dst): transfers >= 0}."""
+    out: dict[tuple[str, str], int] = {}
+    for pair, count in (link_load or {}).items():
+        if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
+            raise GravityConfigError(f"link_load key {pair!r}: expected a (source site, destination site) pair")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise GravityConfigError(f"link_load[{pair!r}] is {count!r}; expected a whole number of transfers >= 0")
+        if count and pair[0] != pair[1]:
+            out[pair] = count
+    return out
+
+
+def _replica_scores(cm: CostModel, item: InputData, rows: np.ndarray, per_byte, fixed, objective: Objective, link_load):
+    """(score, seconds per byte) of copying `item` from each replica row to each site.
+
+    A link that already carries k transfers gives a new one 1/(k+1) of its bandwidth, so
+    its per-byte seconds (and the time part of its score) are k+1 times the nominal."""
+    sec_per_byte = cm.sec_per_byte[rows]
+    if not link_load:
+        return item.size_bytes * per_byte[rows] + fixed[rows], sec_per_byte
+    share = np.ones((len(rows), len(cm.sites)))
+    for (src, dst), count in link_load.items():
+        a = cm.site_index(src, f"input {item.name!r}: link_load source")
+        share[rows == a, cm.site_index(dst, f"input {item.name!r}: link_load destination")] = 1.0 + count
+    extra = (1 - objective.weight) * sec_per_byte * (share - 1.0)
+    return item.size_bytes * (per_byte[rows] + extra) + fixed[rows], sec_per_byte * share
+
+
+def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objective, matrices=None, link_load=None):
     """Per candidate site: (bytes, seconds, dollars, score) of moving every input there.
 
     Each input comes from its cheapest replica for the objective; inputs already at the
-    site cost nothing; transfers add up (sequential).
+    site cost nothing; transfers add up (sequential). ``link_load`` (see `check_link_load`)
+    counts the transfers already in flight per directed link: they share its bandwidth.
     """
     n_sites = len(cm.sites)
     per_byte, fixed = matrices if matrices is not None else cm.matrices(objective)
@@ -255,16 +285,54 @@ def _input_costs(cm: CostModel, inputs: Sequence[InputData], objective: Objectiv
         if size == 0:
             continue
         rows = np.array([cm.site_index(s, f"input {item.name!r}") for s in item.sites], dtype=np.int64)
-        scores = size * per_byte[rows] + fixed[rows]  # (replicas, sites)
+        scores, sec_per_byte = _replica_scores(cm, item, rows, per_byte, fixed, objective, link_load)
         held = np.zeros(n_sites, dtype=bool)
         held[rows] = True
-        best = rows[np.argmin(scores, axis=0)]
+        pick = np.argmin(scores, axis=0)
+        best = rows[pick]
         moved = ~held
         total_bytes += np.where(moved, size, 0)
-        total_sec += np.where(moved, cm.latency[best, cols] + size * cm.sec_per_byte[best, cols], 0.0)
+        total_sec += np.where(moved, cm.latency[best, cols] + size * sec_per_byte[pick, cols], 0.0)
         total_usd += np.where(moved, size * cm.usd_per_byte[best, cols], 0.0)
         total_score += np.where(moved, scores.min(axis=0), 0.0)
     return total_bytes, total_sec, total_usd, total_score
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One input copy a placement implies: over which directed link, how many bytes, and the
+    seconds it is expected to take (at its share of the link's bandwidth)."""
+
+    name: str
+    src: str
+    dst: str
+    size_bytes: int
+    seconds: float
+
+
+def transfers_to(
+    topology: Topology,
+    inputs: Sequence[InputData],
+    site: str,
+    objective: Objective = Objective(),
+    link_load: Mapping[tuple[str, str], int] | None = None,
+) -> list[Transfer]:
+    """The copies running a step at `site` implies: each input not held there, from the
+    replica `place_step` priced (the cheapest for the objective, at the links' loads)."""
+    cm = cost_model(topology)
+    load = check_link_load(link_load)
+    d = cm.site_index(site, "transfer destination")
+    per_byte, fixed = cm.matrices(objective)
+    out = []
+    for item in inputs:
+        if item.size_bytes <= 0 or site in item.sites:
+            continue
+        rows = np.array([cm.site_index(s, f"input {item.name!r}") for s in item.sites], dtype=np.int64)
+        scores, sec_per_byte = _replica_scores(cm, item, rows, per_byte, fixed, objective, load)
+        k = int(np.argmin(scores[:, d]))
+        seconds = float(cm.latency[rows[k], d] + item.size_bytes * sec_per_byte[k, d])
+        out.append(Transfer(item.name, cm.sites[rows[k]], site, item.size_bytes, seconds))
+    return out
 
 
 def _output_costs(cm: CostModel, outputs: Sequence[OutputTrip], objective: Objective):

@@ -6,6 +6,9 @@ executor places it (`place_step` over its inputs where their producers ran, its 
 trip on to their consumers' planned sites, and every busy pool's expected wait from
 `waits.expected_wait`); it starts at once where a slot is free, else it waits for its
 pool. A step takes its transfers (inputs one after another) and then its expected duration.
+A copy shares its link with the copies already in flight on it (`place_step`'s
+``link_load``): started while k others run, it gets 1/(k+1) of the bandwidth throughout (an
+approximation: the ones already running are not slowed down in turn).
 
 ``rule="blind"`` is the location-blind reference: each step goes to the first pool (in
 topology order) that meets its requirements and has a free slot, and every input it does not
@@ -21,7 +24,7 @@ from typing import Mapping, Sequence
 
 from dagster_gravity.placement.feasibility import _requirement_failures
 from dagster_gravity.errors import GravityError
-from dagster_gravity.placement.model import InputData, Objective, OutputTrip
+from dagster_gravity.placement.model import InputData, Objective, OutputTrip, transfers_to
 from dagster_gravity.placement.problem import PlanStep
 from dagster_gravity.placement.step import place_step
 from dagster_gravity.placement.waits import DEFAULT_STEP_SECONDS, expected_wait
@@ -84,6 +87,7 @@ def simulate_run(
     limit = max(1, sum(p.slots for p in pools.values()))
     decisions = 0
     ends: list[tuple[float, str]] = []
+    copies: dict[tuple[str, str], list[float]] = defaultdict(list)  # link -> end times of its copies
     where: dict[str, str] = {}
     out = SimulatedRun()
     now = 0.0
@@ -100,12 +104,13 @@ def simulate_run(
                 )
             step = by_key[key]
             inputs = _inputs(topology, step, by_key, where)
+            load = _in_flight(copies, now)
             pool_id = _choose(topology, step, inputs, pools, running, queued, now, planned, consumers, durations,
-                              default_seconds, objective, rule)
+                              default_seconds, objective, rule, load)
             free = pools[pool_id].slots - len(running[pool_id])
             if free > 0 and not queued.get(pool_id):
                 site = pools[pool_id].site
-                transfer = _account(topology, inputs, site, out)
+                transfer = _account(topology, inputs, site, out, objective, load, now, copies)
                 end = now + transfer + durations.get(key, default_seconds)
                 running[pool_id].append(end)
                 heapq.heappush(ends, (end, key))
@@ -136,7 +141,7 @@ def _inputs(topology: Topology, step: PlanStep, by_key, where) -> list[InputData
     return inputs
 
 
-def _choose(topology, step, inputs, pools, running, queued, now, planned, consumers, durations, default_seconds, objective, rule) -> str:
+def _choose(topology, step, inputs, pools, running, queued, now, planned, consumers, durations, default_seconds, objective, rule, load) -> str:
     if rule == "blind":
         feasible = place_step(topology, inputs, step.requirements, objective=objective, healthy=set(pools)).candidates
         allowed = [c.pool for c in feasible if c.feasible]
@@ -154,22 +159,28 @@ def _choose(topology, step, inputs, pools, running, queued, now, planned, consum
     ]
     return place_step(
         topology, inputs, step.requirements, objective=objective, healthy=set(pools), expected_wait=waits,
-        outputs=outputs, step=step.key,
+        outputs=outputs, step=step.key, link_load=load,
     ).pool
 
 
-def _account(topology: Topology, inputs: Sequence[InputData], site: str, out: SimulatedRun) -> float:
-    """Move every input not at `site` from its fastest replica; the seconds they take in all."""
+def _in_flight(copies: Mapping[tuple[str, str], list[float]], now: float) -> dict[tuple[str, str], int]:
+    """How many copies each link carries at `now`."""
+    counts = {pair: sum(1 for end in ends_at if end > now) for pair, ends_at in copies.items()}
+    return {pair: n for pair, n in counts.items() if n}
+
+
+def _account(topology: Topology, inputs: Sequence[InputData], site: str, out: SimulatedRun, objective: Objective,
+             load, now: float, copies) -> float:
+    """Move every input not at `site` as `place_step` priced it, one after another, each
+    at its share of its link; the seconds they take in all."""
     total = 0.0
-    for item in inputs:
-        if item.size_bytes <= 0 or site in item.sites:
-            continue
-        link = min((topology.link(src, site) for src in item.sites), key=lambda l: l.seconds(item.size_bytes))
-        seconds = link.seconds(item.size_bytes)
-        pair = (link.src, link.dst)
-        out.bytes_per_link[pair] = out.bytes_per_link.get(pair, 0) + item.size_bytes
-        out.seconds_per_link[pair] = out.seconds_per_link.get(pair, 0.0) + seconds
-        out.dollars_per_link[pair] = out.dollars_per_link.get(pair, 0.0) + link.dollars(item.size_bytes)
-        out.dollars += link.dollars(item.size_bytes)
-        total += seconds
+    for move in transfers_to(topology, inputs, site, objective, load):
+        pair = (move.src, move.dst)
+        dollars = topology.link(move.src, move.dst).dollars(move.size_bytes)
+        out.bytes_per_link[pair] = out.bytes_per_link.get(pair, 0) + move.size_bytes
+        out.seconds_per_link[pair] = out.seconds_per_link.get(pair, 0.0) + move.seconds
+        out.dollars_per_link[pair] = out.dollars_per_link.get(pair, 0.0) + dollars
+        out.dollars += dollars
+        total += move.seconds
+        copies[pair].append(now + total)
     return total

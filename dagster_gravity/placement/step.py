@@ -22,6 +22,7 @@ from dagster_gravity.placement.model import (
     Requirements,
     _input_costs,
     _output_costs,
+    check_link_load,
     cost_model,
     format_bytes,
 )
@@ -39,13 +40,16 @@ def place_step(
     exclude: Collection[str] = (),
     step: str | None = None,
     outputs: Sequence[OutputTrip] = (),
+    link_load: Mapping[tuple[str, str], int] | None = None,
 ) -> Placement:
     """Choose the pool for one step and explain why.
 
     Scores every pool: the seconds and dollars to move each input that is not already at
     the pool's site (from its cheapest replica; transfers one after another, so seconds
     add up), plus moving each of ``outputs`` on to the sites its consumers are planned at,
-    plus ``expected_wait[pool]`` seconds until a slot frees. The score is
+    plus ``expected_wait[pool]`` seconds until a slot frees. ``link_load[(src, dst)]``
+    counts the copies already in flight on a directed link: a new one gets its share of the
+    bandwidth, 1/(k+1), so its seconds over that link are k+1 times the nominal. The score is
     ``objective.score(transfer_seconds + output_seconds + wait_seconds, dollars)``; the lowest feasible
     score wins, ties broken by fewer bytes moved, then by fewer GPUs left idle (a CPU
     step does not take a GPU pool's slot when a CPU pool is as good), then topology order.
@@ -59,7 +63,7 @@ def place_step(
     objective = Objective.parse(objective)
     _check_requirements(topology, requirements, what)
     cm = cost_model(topology)
-    nbytes, seconds, dollars, transfer_score = _input_costs(cm, inputs, objective)
+    nbytes, seconds, dollars, transfer_score = _input_costs(cm, inputs, objective, link_load=check_link_load(link_load))
     out_bytes, out_seconds, out_dollars, out_score = _output_costs(cm, outputs, objective)
     zones = _zones_of(inputs)
     healthy_set = None if healthy is None else set(healthy)
