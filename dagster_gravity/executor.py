@@ -65,7 +65,7 @@ from dagster_gravity.dagster_internals import (
 from dagster_gravity.errors import GravityError
 from dagster_gravity.executor_config import GRAVITY_CONFIG, GravityConfig
 from dagster_gravity.input_locations import InputLocations, requirements_for
-from dagster_gravity.placement import Placement, PlacementError, format_bytes, place_step
+from dagster_gravity.placement import Placement, PlacementError, format_bytes, place_step, transfers_to
 from dagster_gravity.placement.simulate import simulate_run
 from dagster_gravity.placement.waits import expected_wait, remaining_seconds
 from dagster_gravity.placement_events import placement_event, pool_unhealthy_event, unplaceable_events
@@ -145,6 +145,7 @@ class _Waiting:
     why_wait: str | None = None  # the comparison that made it wait, said when it is submitted
     exclude: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)  # what happened before it was submitted
+    inputs: list = field(default_factory=list)  # the InputData its latest placement scored
 
 
 @dataclass
@@ -156,6 +157,9 @@ class _Running:
     finished: bool = False  # a terminal step event (success/failure/retry) was seen
     retried: bool = False  # ... and it was a retry: this attempt's worker error does not fail the run
     started_at: float = field(default_factory=time.monotonic)
+    # (link, expected end) of each input copy its placement implies; they share the links
+    # with later copies until they are expected to be done or the step has produced output
+    copies: list[tuple[tuple[str, str], float]] = field(default_factory=list)
 
 
 class _RunLoop:
@@ -343,6 +347,16 @@ class _RunLoop:
             slots = free + len(remaining)
         return expected_wait(max(1, slots), remaining, ahead)
 
+    def _link_load(self) -> dict[tuple[str, str], int]:
+        """How many input copies each directed link is expected to carry now."""
+        now = time.monotonic()
+        load: dict[tuple[str, str], int] = {}
+        for r in self.running.values():
+            for link, ends_at in r.copies:
+                if ends_at > now:
+                    load[link] = load.get(link, 0) + 1
+        return load
+
     def _place(self, w: _Waiting, *, queued: Mapping[str, list[float]] | None = None, spill_from: set[str] = frozenset()) -> Placement:
         """Where `w` should run now: inputs from where they are, outputs on to their consumers'
         planned sites, and each busy compute pool's expected wait (`queued`: the steps already
@@ -350,10 +364,10 @@ class _RunLoop:
         when the step fails over from a compute pool that would have won had it been healthy."""
         healthy = self.healthy_pools()
         step = w.step
-        inputs = [*self.locations.inputs_for(step, w.notes), *self.locations.output_residency(step)]
+        w.inputs = inputs = [*self.locations.inputs_for(step, w.notes), *self.locations.output_residency(step)]
         req = requirements_for(step)
         outputs = self.plan.output_trips(step.key, self.locations.step_sites)
-        options = dict(objective=self.config.objective, step=step.key, outputs=outputs)
+        options = dict(objective=self.config.objective, step=step.key, outputs=outputs, link_load=self._link_load())
         if spill_from:
             return place_step(self.topology, inputs, req, healthy=healthy, exclude=w.exclude | spill_from, **options)
         queued = queued or {}
@@ -426,7 +440,8 @@ class _RunLoop:
         # first and the worker's own writes do not contend with it for the run's event log.
         yield placement_event(self.plan_context.for_step(step), placement, w.notes, waited, spilled_from)
         del self.waiting[step.key]
-        self.running[step.key] = _Running(step, placement.pool, placement.site, attempt)
+        copies = transfers_to(self.topology, w.inputs, placement.site, self.config.objective, self._link_load())
+        self.running[step.key] = _Running(step, placement.pool, placement.site, attempt, copies=_copy_ends(copies))
         self.summary.step_placed(step.key, placement.pool, placement.site, attempt)
         self.locations.step_ran_at(step.key, placement.site)
         planned = self.plan.sites.get(step.key)
@@ -476,6 +491,8 @@ class _RunLoop:
             self.locations.record(event)
             self.summary.observe(event)
             self.active.handle_event(event)
+            if event.is_successful_output:
+                running.copies = []  # its inputs are in: it no longer shares any link
             if event.is_step_success:
                 self.finished_durations[event.step_key] = event.event_specific_data.duration_ms / 1000.0
             if event.is_step_success or event.is_step_failure or event.is_step_up_for_retry:
@@ -654,6 +671,15 @@ class _RunLoop:
             record_durations(self.plan_context.instance, self.plan_context.dagster_run.job_name, durations)
         except Exception:  # history is an estimate: failing to keep it must not fail the run
             log.warning("gravity: could not record step durations", exc_info=True)
+
+
+def _copy_ends(copies) -> list[tuple[tuple[str, str], float]]:
+    """(link, expected end) of copies made one after another from now."""
+    now, out = time.monotonic(), []
+    for move in copies:
+        now += move.seconds
+        out.append(((move.src, move.dst), now))
+    return out
 
 
 def _wait_beats_move(placement: Placement) -> str | None:
