@@ -224,3 +224,9 @@ def test_no_dagster_home_holds_an_sqlite_database(postgres_run):
     for name, home in postgres_run.homes.items():
         assert (home / "dagster.yaml").exists()
         assert sqlite_files(home) == [], f"SQLite database(s) in the {name} DAGSTER_HOME {home}"
+    # What the instance ref carries besides storage are the launcher's local paths: the
+    # workers wrote the steps' compute logs there (README: use S3 compute logs across hosts),
+    # and nothing at all under their own DAGSTER_HOME.
+    launcher, workers = postgres_run.homes["launcher"], postgres_run.homes["workers"]
+    assert (launcher / "storage" / postgres_run.run_id / "compute_logs").is_dir()
+    assert [p.name for p in workers.rglob("*")] == ["dagster.yaml"]
