@@ -1,10 +1,11 @@
-# `make demo` and `make test` each create .venv and install on first use.
+# `make demo` and `make test` each create .venv and install on first use; `make test` also
+# installs Debian's postgresql package when its server binaries are missing (needs root).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-multisite ui clean
+.PHONY: demo test postgres-server bench bench-multisite ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +16,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m pipelines.demo
 
-test: $(STAMP)
+# The PostgreSQL server tests/test_postgres_instance.py starts; a no-op when installed.
+postgres-server:
+	@sh tests/support/install_postgres.sh
+
+test: $(STAMP) postgres-server
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Long benchmarks, each printing a side-by-side table with ratios; not part of `make test`.

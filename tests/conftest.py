@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.support.instance",  # dagster_home, instance
     "tests.support.s3",  # seaweedfs (session), s3_buckets
     "tests.support.dask_cluster",  # dask_cluster (module)
+    "tests.support.postgres",  # postgres (module)
     "tests.support.pipeline",  # pipeline_sites
     "tests.support.executor_runs",  # gravity
 ]
@@ -36,6 +37,7 @@ if os.environ.get("CI"):
 FIXTURE_MARKS = {
     "seaweedfs": ("slow", "s3"),
     "dask_cluster": ("slow", "dask"),
+    "postgres": ("slow", "postgres"),
     "gravity": ("slow", "executor"),
 }
 

@@ -104,8 +104,11 @@ class DaskCluster:
             time.sleep(0.1)
         raise TimeoutError(f"dask scheduler did not write {scheduler_file} within {timeout_s}s")
 
-    def start_worker(self, name: str, site: str, slots: int = 1, wait: bool = True) -> subprocess.Popen:
-        """A worker of `site` named `name`, with `slots` threads and `site-<site>=<slots>`."""
+    def start_worker(
+        self, name: str, site: str, slots: int = 1, wait: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """A worker of `site` named `name`, with `slots` threads and `site-<site>=<slots>`;
+        `env` is set in its environment over the test's (its own DAGSTER_HOME, say)."""
         if name in self.workers and self.workers[name].poll() is None:
             raise ValueError(f"worker {name!r} is already running (pid {self.workers[name].pid})")
         log = open(self.workdir / f"worker-{name}.log", "wb")
@@ -126,7 +129,7 @@ class DaskCluster:
                 "--preload", "dagster_gravity.pools.dask",
             ),
             cwd=self.workdir,
-            env=_process_env(),
+            env={**_process_env(), **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
