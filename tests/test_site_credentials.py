@@ -141,6 +141,30 @@ def test_each_site_writes_and_reads_with_its_own_keys(servers, site_keys, tmp_pa
         assert head["Metadata"][SHA_META] == hashlib.sha256(data).hexdigest()
 
 
+def test_a_boto3_profile_holds_a_sites_keys(servers, tmp_path, monkeypatch):
+    profile = f"gravity-site-a-{uuid.uuid4().hex[:8]}"  # sessions are cached per profile name
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[{profile}]\naws_access_key_id = {servers['a'].keys[0]}\n"
+                           f"aws_secret_access_key = {servers['a'].keys[1]}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    doc = yaml.safe_load(_sites_file(tmp_path, servers).read_text())
+    storage = doc["sites"][0]["storage"]
+    del storage["access_key_id_env"], storage["secret_access_key_env"]
+    storage["profile"] = profile
+    topology = Topology.from_dict(doc, source="sites.yaml")
+    store = storage_for_site(topology, "a")
+    info = store.put_version("creds/by-profile", b"profile keys", ".txt")
+    assert store.read_bytes(info.key, info.sha256)[0] == b"profile keys"
+
+    storage["profile"] = "no-such-profile"
+    with pytest.raises(SiteCredentialsError) as err:
+        storage_for_site(Topology.from_dict(doc, source="sites.yaml"), "a")
+    message = str(err.value)
+    assert "sites[0].storage.profile in sites.yaml" in message and "'no-such-profile'" in message, message
+    assert "site 'a'" in message, message
+
+
 def test_replication_reads_with_the_source_keys_and_writes_with_the_destination_keys(servers, site_keys, tmp_path, monkeypatch):
     topology = Topology.from_yaml(_sites_file(tmp_path, servers))
     a, b = storage_for_site(topology, "a"), storage_for_site(topology, "b")
