@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from dagster_gravity.storage import unresponsive
 from dagster_gravity.storage.credentials import REFUSED_CODES, describe, session_for
@@ -202,6 +202,13 @@ class S3SiteStorage(SiteStorage):
                 f"S3 {action} timed out after {seconds:g} s at {endpoint} (site {self.site!r}, bucket "
                 f"{self.bucket!r}): {_timeout_what(kind, seconds, self.options.max_attempts)}; "
                 f"{self._raise_hint(kind)} ({type(exc).__name__}: {exc})",
+                site=self.site,
+                uri=uri,
+            )
+        if isinstance(exc, NoCredentialsError):  # e.g. a profile that names no keys
+            return StorageError(
+                f"S3 {action} not sent to {endpoint}: no credentials found in "
+                f"{describe(self.credentials, self.settings_at)}",
                 site=self.site,
                 uri=uri,
             )
