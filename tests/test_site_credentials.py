@@ -260,3 +260,22 @@ def test_an_unset_variable_names_site_field_and_variable(tmp_path, monkeypatch):
     with pytest.raises(SiteCredentialsError, match=r"\$GRAVITY_TEST_C_KEY_ID, which is not set"):
         storage_for_site(topology, "c")
     assert isinstance(err.value, ValueError)  # a configuration error too
+
+
+def test_a_profile_without_keys_says_which_profile_was_searched(tmp_path, monkeypatch, capsys):
+    """No server needed: boto3 finds no keys before it opens a connection."""
+    profile = f"gravity-empty-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "config").write_text(f"[profile {profile}]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    doc = {"sites": [{"name": "c", "region": "r", "kind": "cloud", "pools": [{"name": "cpu", "slots": 1}], "storage": {
+        "kind": "s3", "bucket": "bkt", "endpoint_url": "http://127.0.0.1:9", "profile": profile, "max_attempts": 1}}]}
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(yaml.safe_dump(doc))
+    # process-wide keys are there, but not used for a site that names a profile
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "process-wide-key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "process-wide-secret")
+    with pytest.raises(StorageError, match=rf"no credentials found in boto3 profile '{profile}' \(sites\[0\]\.storage\)"):
+        storage_for_site(Topology.from_yaml(sites), "c").head("x")
+    rc, text = _health(capsys, sites)
+    assert rc == 1 and f"boto3 profile '{profile}' (sites[0].storage) holds no credentials" in _row(text, "c"), text
