@@ -27,6 +27,8 @@ def _storage_text(storage) -> str:
     where = f"s3://{storage.bucket}/{storage.prefix}".rstrip("/")
     if storage.endpoint_url:
         where += f" @ {storage.endpoint_url}"
+    if storage.credentials is not None:  # names only: a profile or variables, never a secret
+        where += f" ({storage.credentials.describe()})"
     return where
 
 

@@ -13,7 +13,9 @@ can tell outside a run:
 
 Storage: a local directory must be writable (a temporary file is created and removed; a
 directory that does not exist yet must have a writable parent); an S3 bucket must answer
-HEAD bucket through the same client the IO manager uses, with one attempt and short timeouts.
+HEAD bucket through the same client the IO manager uses, with the site's own credentials
+(its profile or environment variables, resolved in this process), one attempt and short
+timeouts. A failure says which profile or variables were used, never a secret.
 """
 
 from __future__ import annotations
@@ -112,14 +114,17 @@ def pool_health(topology: Topology, executor_config: Mapping[str, Any], timeout_
 
 
 def storage_health(topology: Topology, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[HealthRow]:
-    return [_storage_row(site.name, site.storage, timeout_s) for site in topology.sites.values()]
+    return [
+        _storage_row(site.name, site.storage, timeout_s, f"sites[{i}].storage", topology.source)
+        for i, site in enumerate(topology.sites.values())
+    ]
 
 
-def _storage_row(site: str, spec: StorageSpec, timeout_s: float) -> HealthRow:
+def _storage_row(site: str, spec: StorageSpec, timeout_s: float, settings_at: str, source: str) -> HealthRow:
     if spec.kind == "local":
         ok, detail = _local_writable(Path(spec.path or "."))
     elif spec.kind == "s3":
-        ok, detail = _s3_reachable(spec, timeout_s)
+        ok, detail = _s3_reachable(site, spec, timeout_s, settings_at, source)
     else:
         ok, detail = False, f"unknown storage kind {spec.kind!r}; expected 'local' or 's3'"
     return HealthRow(site, spec.kind, ok, detail)
@@ -144,22 +149,31 @@ def _local_writable(path: Path) -> tuple[bool, str]:
     return False, f"directory {path} does not exist and {parent} is not writable"
 
 
-def _s3_reachable(spec: StorageSpec, timeout_s: float) -> tuple[bool, str]:
+def _s3_reachable(site: str, spec: StorageSpec, timeout_s: float, settings_at: str, source: str) -> tuple[bool, str]:
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    from dagster_gravity.storage.s3 import S3Options, make_client
+    from dagster_gravity.storage.credentials import REFUSED_CODES, SiteCredentialsError, describe
+    from dagster_gravity.storage.s3 import S3Options, site_client
 
     endpoint = spec.endpoint_url or f"AWS S3 ({spec.region or 'us-east-1'})"
     where = f"bucket {spec.bucket!r} at {endpoint}"
+    used = describe(spec.credentials, settings_at)
     options = S3Options(connect_timeout_s=timeout_s, read_timeout_s=timeout_s, max_attempts=1)
     try:
-        make_client(spec.endpoint_url, spec.region, options).head_bucket(Bucket=spec.bucket)
+        site_client(site, spec, options, settings_at, source).head_bucket(Bucket=spec.bucket)
+    except SiteCredentialsError as exc:
+        return False, f"{where}: no credentials for site {site!r}: {exc.reason}"
     except NoCredentialsError:
-        return False, f"{where}: no credentials in the boto3 chain (AWS_ACCESS_KEY_ID, profile, instance role)"
+        if spec.credentials is None:
+            return False, f"{where}: no credentials in the boto3 chain (AWS_ACCESS_KEY_ID, profile, instance role)"
+        return False, f"{where}: {used} holds no credentials"
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        code = error.get("Code", "?")
-        return False, f"{where} answered {code}: {error.get('Message') or 'HEAD bucket refused'}"
+        code = str(error.get("Code", "?"))
+        answer = f"{where} answered {code}: {error.get('Message') or 'HEAD bucket refused'}"
+        if code in REFUSED_CODES:
+            return False, f"{answer}; site {site!r} used {used}: check that they hold this endpoint's keys"
+        return False, answer
     except BotoCoreError as exc:
         return False, f"{where} is unreachable: {exc}"
-    return True, f"{where} reachable"
+    return True, f"{where} reachable" + (f" with {used}" if spec.credentials else "")

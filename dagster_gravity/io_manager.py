@@ -203,7 +203,8 @@ class GravityIOManager(ConfigurableIOManager):
     The site is `dagster_gravity.runtime.current_site()` (set by the gravity executor's
     workers around each step), else `default_site`. Storage locations come from the per-site
     `storage` entries of the topology of the `topology` resource (`GravityTopology`: under
-    the gravity executor, the file the executor placed the step by); S3 credentials from the
+    the gravity executor, the file the executor placed the step by); S3 credentials are each
+    site's own (its storage's `profile` or `*_env` variables, read in this process), else the
     normal boto3 chain.
     """
 

@@ -12,12 +12,20 @@ its client's failure times: `connect_timeout_seconds` and `read_timeout_seconds`
 > 0, per attempt) and `max_attempts` (an integer >= 1, per request, the first included).
 What a site sets wins; what it leaves out comes from GravityIOManager's `s3_*` fields, whose
 defaults (5 s, 10 s, 2) make a hung endpoint fail in about 21 s.
+
+An S3 storage may name where its credentials come from, never the secrets themselves:
+`profile: NAME` (a boto3 profile), or `access_key_id_env: VAR` and `secret_access_key_env: VAR`
+(and optionally `session_token_env: VAR`), the names of environment variables read by the
+process that makes the site's client. Without them, the process-wide boto3 chain is used.
+A field that looks like a literal secret (`aws_secret_access_key`, `access_key`, ...) is
+refused without echoing its value.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import unicodedata
 from dataclasses import dataclass, field
@@ -38,6 +46,12 @@ S3_SETTINGS = {
     "read_timeout_seconds": "read_timeout_s",
     "max_attempts": "max_attempts",
 }
+# where an S3 site's credentials come from: a boto3 profile, or environment variable names
+CREDENTIAL_FIELDS = ("profile", "access_key_id_env", "secret_access_key_env", "session_token_env")
+# words that mark a field as holding a secret itself (aws_secret_access_key, access_key, token, ...)
+_SECRET_WORDS = ("secret", "password", "access_key", "token", "credential")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_AWS_KEY_ID = re.compile(r"(AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}")  # what a key id itself looks like
 
 # Default link prices and speeds, from public list prices (AWS, 2024-2026):
 # about $0.01/GB each way between availability zones of one region, about $0.02/GB between
@@ -72,6 +86,24 @@ class TopologyError(GravityConfigError):
 
 
 @dataclass(frozen=True)
+class S3Credentials:
+    """Where one S3 site's credentials come from: a boto3 profile, or the names of the
+    environment variables that hold its keys (read where the client is made). Never a secret."""
+
+    profile: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+
+    def describe(self) -> str:
+        """The source in words, for messages: names only, never a value."""
+        if self.profile is not None:
+            return f"boto3 profile {self.profile!r}"
+        names = [self.access_key_id_env, self.secret_access_key_env, self.session_token_env]
+        return "environment variables " + ", ".join(f"${n}" for n in names if n)
+
+
+@dataclass(frozen=True)
 class StorageSpec:
     """Where a site keeps its data: a local directory, or an S3 bucket and prefix."""
 
@@ -85,6 +117,8 @@ class StorageSpec:
     connect_timeout_s: float | None = None
     read_timeout_s: float | None = None
     max_attempts: int | None = None
+    # s3: where this site's credentials come from; None: the process-wide boto3 chain
+    credentials: S3Credentials | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +353,16 @@ def load_topology(path: str | os.PathLike) -> Topology:
     return topology
 
 
+class _NotShown:
+    """Stands in an error for a value that may be a secret (it must not reach a log)."""
+
+    def __repr__(self) -> str:
+        return "(a value, not shown: it may be a secret)"
+
+
+NOT_SHOWN = _NotShown()
+
+
 class _Loader:
     """Turns the parsed YAML into a Topology, raising TopologyError at the first problem."""
 
@@ -459,14 +503,18 @@ class _Loader:
     def load_storage(self, data: Any, where: str, site: str, storage_root: str) -> StorageSpec:
         if data is None:
             data = {"kind": "local"}
-        data = self.mapping(data, where, ["kind", "path", "bucket", "prefix", "region", "endpoint_url", *S3_SETTINGS])
+        self.refuse_literal_secrets(data, where)
+        data = self.mapping(
+            data, where, ["kind", "path", "bucket", "prefix", "region", "endpoint_url", *S3_SETTINGS, *CREDENTIAL_FIELDS]
+        )
         kind = data.get("kind", "local")
         if kind not in STORAGE_KINDS:
             raise self.fail(f"{where}.kind", kind, f"one of {', '.join(STORAGE_KINDS)}")
         if kind == "local":
-            for key in S3_SETTINGS:
+            for key in (*S3_SETTINGS, *CREDENTIAL_FIELDS):
                 if key in data:
-                    raise self.fail(f"{where}.{key}", data[key], "no S3 client setting on a local storage (only kind: s3)")
+                    shown = NOT_SHOWN if key.endswith("_env") else data[key]
+                    raise self.fail(f"{where}.{key}", shown, "no S3 client setting or credentials on a local storage (only kind: s3)")
             path = data.get("path", os.path.join(storage_root, site))
             if not isinstance(path, str) or not path or _has_control(path):
                 raise self.fail(f"{where}.path", path, "a directory path without control characters")
@@ -501,8 +549,55 @@ class _Loader:
             prefix=prefix,
             region=data.get("region"),
             endpoint_url=endpoint,
+            credentials=self.load_credentials(data, where),
             **settings,
         )
+
+    def refuse_literal_secrets(self, data: Any, where: str) -> None:
+        """A key or secret written into sites.yaml would be in every copy of the file, in
+        version control and in logs: refuse it, without echoing it, before anything else."""
+        if not isinstance(data, dict):
+            return
+        for key in data:
+            if isinstance(key, str) and key not in CREDENTIAL_FIELDS and any(w in key.lower() for w in _SECRET_WORDS):
+                shown = key if len(key) <= 40 and not _has_control(key) else short_repr(key, 40)
+                raise self.fail(
+                    f"{where}.{shown}", NOT_SHOWN,
+                    "no secret in a sites file: name the environment variables that hold the keys "
+                    "(access_key_id_env, secret_access_key_env, session_token_env) or a boto3 profile (profile)",
+                )
+
+    def load_credentials(self, data: dict, where: str) -> S3Credentials | None:
+        given = {key: data[key] for key in CREDENTIAL_FIELDS if key in data}
+        if not given:
+            return None
+        if "profile" in given:
+            if len(given) > 1:
+                other = next(k for k in CREDENTIAL_FIELDS if k in given and k != "profile")
+                raise self.fail(f"{where}.{other}", NOT_SHOWN,
+                                "either a boto3 profile (profile) or environment variable names (*_env), not both")
+            profile = given["profile"]
+            if not isinstance(profile, str) or not profile or len(profile) > MAX_NAME_CHARS or _has_control(profile) \
+                    or profile.strip() != profile:
+                raise self.fail(f"{where}.profile", profile,
+                                f"a boto3 profile name of 1 to {MAX_NAME_CHARS} characters without control characters "
+                                "or surrounding spaces")
+            return S3Credentials(profile=profile)
+        for key, value in given.items():
+            # a variable name is shown; anything else may be a pasted secret, so it is not
+            if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+                raise self.fail(f"{where}.{key}", NOT_SHOWN,
+                                "the name of an environment variable (letters, digits and '_', not starting with a "
+                                "digit, at most 128 characters), not the secret itself")
+            if _AWS_KEY_ID.fullmatch(value):
+                raise self.fail(f"{where}.{key}", NOT_SHOWN,
+                                "the name of an environment variable; this looks like an access key id itself")
+        for key in ("access_key_id_env", "secret_access_key_env"):
+            if key not in given:
+                raise self.fail(f"{where}.{key}", None,
+                                "both access_key_id_env and secret_access_key_env (the names of the variables "
+                                "that hold the key pair) when either is given, or a boto3 profile (profile)")
+        return S3Credentials(**given)
 
     def load_pool(self, data: Any, where: str, site: str) -> Pool:
         data = self.mapping(data, where, ["name", "slots", "gpus", "kind"])

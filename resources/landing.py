@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dagster_gravity.storage import S3Options, StorageError, storage_for_site
-from dagster_gravity.storage.s3 import make_client, site_options
+from dagster_gravity.storage.s3 import site_client, site_options
 from dagster_gravity.topology import StorageSpec, Topology
 
 LANDING = "landing"
@@ -41,10 +41,11 @@ class LandingFile:
     modified: float = 0.0  # seconds since the epoch
 
 
-def s3_client(spec: StorageSpec, options: S3Options = S3Options()):
+def s3_client(spec: StorageSpec, options: S3Options = S3Options(), site: str = "(landing area)"):
     """An S3 client for a landing area, with site storage's short timeouts and few retries
-    (so a sensor tick fails fast on an unreachable site instead of hanging)."""
-    return make_client(spec.endpoint_url, spec.region, site_options(spec, options))
+    (so a sensor tick fails fast on an unreachable site instead of hanging), and the site's
+    own credentials."""
+    return site_client(site, spec, site_options(spec, options))
 
 
 class LandingArea:

@@ -18,13 +18,13 @@ from dagster_aws.s3.sensor import get_objects
 
 from dagster_gravity import GravityTopology
 from resources import landing_area
-from resources.landing import LandingArea, LandingFile, s3_client
+from resources.landing import LandingArea, LandingFile
 
 
 def list_landing(area: LandingArea, dataset: str) -> list[LandingFile]:
     """The finished landing files of `dataset` at the area's site (S3 via get_objects)."""
     if area.spec.kind == "s3":
-        objects = get_objects(area.spec.bucket, prefix=area.s3_prefix(dataset), client=s3_client(area.spec))
+        objects = get_objects(area.spec.bucket, prefix=area.s3_prefix(dataset), client=area.client)
         return area.files_from_s3_objects(dataset, objects)
     return area.list(dataset)
 

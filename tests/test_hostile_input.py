@@ -38,6 +38,12 @@ BASE = {
 }
 
 
+S3 = BASE["sites"][2]["storage"]
+# AWS's documented example keys: what a pasted key id and secret look like
+KEY_ID, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+ENV_PAIR = {"access_key_id_env": "A_KEY", "secret_access_key_env": "A_SECRET"}
+
+
 def with_(path: str, value) -> dict:
     """BASE with the value at a dotted path ('sites.0.name') replaced."""
     doc = copy.deepcopy(BASE)
@@ -114,6 +120,22 @@ SITES_CASES = [
     ("S3 prefix a//b", with_("sites.2.storage.prefix", "a//b"), "sites[2].storage.prefix", "none of them '.', '..' or empty"),
     ("negative S3 timeout", with_("sites.2.storage.connect_timeout_seconds", -1), "sites[2].storage.connect_timeout_seconds", "> 0"),
     ("S3 max_attempts 0", with_("sites.2.storage.max_attempts", 0), "sites[2].storage.max_attempts", "an integer >= 1"),
+    # S3 credentials: names of a profile or of environment variables, never the secrets
+    ("literal secret_access_key", with_("sites.2.storage.secret_access_key", SECRET), "sites[2].storage.secret_access_key", "no secret in a sites file"),
+    ("literal aws_access_key_id", with_("sites.2.storage.aws_access_key_id", KEY_ID), "sites[2].storage.aws_access_key_id", "name the environment variables"),
+    ("literal access_key", with_("sites.2.storage.access_key", KEY_ID), "sites[2].storage.access_key", "or a boto3 profile (profile)"),
+    ("literal aws_session_token", with_("sites.2.storage.aws_session_token", SECRET), "sites[2].storage.aws_session_token", "no secret in a sites file"),
+    ("a secret on a local storage", with_("sites.0.storage", {"kind": "local", "secret_key": SECRET}), "sites[0].storage.secret_key", "no secret in a sites file"),
+    ("profile and env names", with_("sites.2.storage", {**S3, "profile": "p", **ENV_PAIR}), "sites[2].storage.access_key_id_env", "not both"),
+    ("key id env without secret env", with_("sites.2.storage", {**S3, "access_key_id_env": "A_KEY"}), "sites[2].storage.secret_access_key_env", "both access_key_id_env and secret_access_key_env"),
+    ("session token env alone", with_("sites.2.storage", {**S3, "session_token_env": "A_TOKEN"}), "sites[2].storage.access_key_id_env", "when either is given"),
+    ("a secret pasted as env name", with_("sites.2.storage", {**S3, **ENV_PAIR, "secret_access_key_env": SECRET}), "sites[2].storage.secret_access_key_env", "not the secret itself"),
+    ("an env name of 200 chars", with_("sites.2.storage", {**S3, **ENV_PAIR, "access_key_id_env": "V" * 200}), "sites[2].storage.access_key_id_env", "at most 128 characters"),
+    ("env name 5", with_("sites.2.storage", {**S3, **ENV_PAIR, "access_key_id_env": 5}), "sites[2].storage.access_key_id_env", "the name of an environment variable"),
+    ("a key id pasted as env name", with_("sites.2.storage", {**S3, **ENV_PAIR, "access_key_id_env": KEY_ID}), "sites[2].storage.access_key_id_env", "looks like an access key id itself"),
+    ("profile with a newline", with_("sites.2.storage.profile", "prod\n"), "sites[2].storage.profile", "without control characters"),
+    ("profile []", with_("sites.2.storage.profile", []), "sites[2].storage.profile", "a boto3 profile name"),
+    ("profile on a local storage", with_("sites.0.storage", {"kind": "local", "profile": "p"}), "sites[0].storage.profile", "only kind: s3"),
     (
         "two sites on one local path",
         {**BASE, "sites": [dict(s, storage={"kind": "local", "path": "shared"}) for s in BASE["sites"][:2]]},
@@ -142,6 +164,25 @@ def test_bad_sites_file_names_field_and_expectation(tmp_path, doc, field, expect
     err = refused(tmp_path, doc)
     assert err.field_path == field and expected in err.expected, str(err)
     assert f"{field}: got " in str(err)
+
+
+@pytest.mark.parametrize(
+    "doc", [c[1] for c in SITES_CASES if "sites[0].storage" in c[2] or "sites[2].storage" in c[2]],
+    ids=[c[0] for c in SITES_CASES if "sites[0].storage" in c[2] or "sites[2].storage" in c[2]],
+)
+def test_a_pasted_key_or_secret_is_never_echoed(tmp_path, doc):
+    message = str(refused(tmp_path, doc))
+    assert SECRET not in message and KEY_ID not in message and "wJalr" not in message, message
+
+
+def test_credential_names_are_accepted_and_kept(tmp_path):
+    by_env = Topology.from_dict(with_("sites.2.storage", {**S3, **ENV_PAIR, "session_token_env": "A_TOKEN"}))
+    creds = by_env.site("c").storage.credentials
+    assert (creds.access_key_id_env, creds.secret_access_key_env, creds.session_token_env) == ("A_KEY", "A_SECRET", "A_TOKEN")
+    assert creds.describe() == "environment variables $A_KEY, $A_SECRET, $A_TOKEN"
+    by_profile = Topology.from_dict(with_("sites.2.storage.profile", "onprem-minio"))
+    assert by_profile.site("c").storage.credentials.describe() == "boto3 profile 'onprem-minio'"
+    assert Topology.from_dict(BASE).site("c").storage.credentials is None  # the process-wide chain, as before
 
 
 YAML_CASES = [
@@ -353,7 +394,8 @@ def test_a_definition_naming_an_unknown_site_says_so(tmp_path):
 
 WORDS = ["sites", "links", "residency", "storage_root", "name", "region", "kind", "pools", "slots", "gpus",
          "storage", "path", "bucket", "prefix", "endpoint_url", "from", "to", "bandwidth_gbps", "latency_ms",
-         "usd_per_gb", "both_ways", "cloud", "onprem", "colo", "local", "s3", "a", "b", "..", "", "max_attempts"]
+         "usd_per_gb", "both_ways", "cloud", "onprem", "colo", "local", "s3", "a", "b", "..", "", "max_attempts",
+         "profile", "access_key_id_env", "secret_access_key_env", "session_token_env", "secret_access_key"]
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.floats(allow_nan=True), st.sampled_from(WORDS),
     st.text(max_size=8),

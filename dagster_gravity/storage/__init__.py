@@ -29,7 +29,8 @@ from dagster_gravity.storage.base import (
 )
 from dagster_gravity.storage.local import LocalSiteStorage
 from dagster_gravity.storage.replication import Replication, bytes_moved, replicate
-from dagster_gravity.storage.s3 import S3Options, S3SiteStorage, site_options
+from dagster_gravity.storage.credentials import SiteCredentialsError, session_for
+from dagster_gravity.storage.s3 import S3Options, S3SiteStorage, make_client, site_options
 from dagster_gravity.storage.single_flight import replicate_once
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "ResidencyError",
     "S3Options",
     "S3SiteStorage",
+    "SiteCredentialsError",
     "SiteStorage",
     "StorageError",
     "UnknownSite",
@@ -59,7 +61,8 @@ def storage_for_site(topology, site_name: str, s3_options: S3Options | None = No
     """The storage of `site_name` in `topology` (cached: S3 clients are costly to build).
 
     An S3 site's client settings are what its sites.yaml storage sets (connect_timeout_seconds,
-    read_timeout_seconds, max_attempts), else `s3_options` (the IO manager's), else the defaults.
+    read_timeout_seconds, max_attempts), else `s3_options` (the IO manager's), else the defaults;
+    its credentials are the ones its storage names (`credentials.py`), resolved in this process.
     """
     if site_name not in topology.sites:
         raise UnknownSite(
@@ -69,7 +72,10 @@ def storage_for_site(topology, site_name: str, s3_options: S3Options | None = No
     spec = topology.sites[site_name].storage
     options = site_options(spec, s3_options)
     settings_at = f"sites[{list(topology.sites).index(site_name)}].storage"  # named by timeout errors
-    cache_key = (site_name, spec, options, settings_at, topology.source)
+    # the site's credentials, resolved now: rotated keys make a new client, an unset variable fails here
+    # (no credentials named: the process-wide chain, looked up when the client is made)
+    session = session_for(spec.credentials, site_name, settings_at, topology.source) if spec.credentials else None
+    cache_key = (site_name, spec, options, settings_at, topology.source, id(session))
     with _cache_lock:
         storage = _cache.get(cache_key)
         if storage is None:
@@ -85,6 +91,8 @@ def storage_for_site(topology, site_name: str, s3_options: S3Options | None = No
                     options=options,
                     settings_at=settings_at,
                     settings_file=topology.source,
+                    credentials=spec.credentials,
+                    client=make_client(spec.endpoint_url, spec.region, options, session=session),
                 )
             else:
                 raise StorageError(f"unknown storage kind {spec.kind!r}; expected 'local' or 's3'", site=site_name)

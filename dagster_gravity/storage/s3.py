@@ -15,8 +15,11 @@ ETag with 412, checked with racing writers in tests/test_checkpoints.py).
 An object under a gravity key without that metadata is foreign (put there by something
 else): `head` and the reads raise ForeignObject saying so, rather than reporting it missing.
 
-Credentials come from the normal boto3 chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
-profiles, instance roles). Failure times are bounded: a connect timeout of 5 s and a read
+Credentials: each site's own, when its sites.yaml storage names a boto3 `profile` or the
+environment variables holding its keys (`credentials.py` resolves them in this process);
+otherwise the normal boto3 chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles,
+instance roles). A request the endpoint refuses for its credentials says which were used.
+Failure times are bounded: a connect timeout of 5 s and a read
 timeout of 10 s per attempt (a wait for the socket, not a limit on a whole transfer, so large
 uploads are unaffected), 2 attempts per request, and after one request to an endpoint timed
 out, further requests to it fail at once for 30 s (`unresponsive.py`). So a hung or
@@ -32,14 +35,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tempfile
+import threading
 from dataclasses import dataclass
 
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from dagster_gravity.storage import unresponsive
+from dagster_gravity.storage.credentials import REFUSED_CODES, describe, session_for
 from dagster_gravity.storage.base import (
     AtomicWrite,
     ForeignObject,
@@ -55,7 +60,7 @@ from dagster_gravity.storage.base import (
     version_key,
 )
 from dagster_gravity.storage.oserrors import os_error_reason
-from dagster_gravity.topology import S3_SETTINGS
+from dagster_gravity.topology import S3_SETTINGS, S3Credentials, StorageSpec
 
 SHA_META = "sha256"
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -64,7 +69,7 @@ PART_SIZE = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class S3Options:
-    """S3 client settings (credentials come from the boto3 chain). The defaults bound a
+    """S3 client settings (credentials: the site's, see `credentials.py`). The defaults bound a
     hung endpoint to about read_timeout_s x max_attempts + 1 s of backoff per storage call,
     and the unresponsive mark (see `unresponsive.py`) to one such wait per operation."""
 
@@ -82,7 +87,12 @@ def site_options(spec, base: S3Options | None = None) -> S3Options:
     return dataclasses.replace(base or S3Options(), **overrides)
 
 
-def make_client(endpoint_url: str | None, region: str | None, options: S3Options = S3Options()):
+_client_lock = threading.Lock()  # a boto3 Session may be shared by threads; creating clients from it is not thread-safe
+
+
+def make_client(endpoint_url: str | None, region: str | None, options: S3Options = S3Options(), session=None):
+    """An S3 client with `options`' timeouts, from `session` (a site's credentials; default:
+    a fresh Session on the process-wide boto3 chain)."""
     config = Config(
         connect_timeout=options.connect_timeout_s,
         read_timeout=options.read_timeout_s,
@@ -94,9 +104,22 @@ def make_client(endpoint_url: str | None, region: str | None, options: S3Options
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"} if endpoint_url else {},
     )
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url, region_name=region or "us-east-1", config=config
-    )
+    session = session or boto3.session.Session()
+    with _client_lock:
+        return session.client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1", config=config)
+
+
+def site_client(
+    site: str,
+    spec: StorageSpec,
+    options: S3Options = S3Options(),
+    settings_at: str | None = None,
+    settings_file: str | None = None,
+):
+    """A client for S3 site `site` with its own credentials (SiteCredentialsError when a
+    variable it names is unset here) and `options` as given (see `site_options`)."""
+    session = session_for(spec.credentials, site, settings_at, settings_file)
+    return make_client(spec.endpoint_url, spec.region, options, session=session)
 
 
 def transfer_config(options: S3Options = S3Options()) -> TransferConfig:
@@ -121,6 +144,7 @@ class S3SiteStorage(SiteStorage):
         client=None,
         settings_at: str | None = None,
         settings_file: str | None = None,
+        credentials: S3Credentials | None = None,
     ):
         super().__init__(site)
         self.bucket = bucket
@@ -128,10 +152,14 @@ class S3SiteStorage(SiteStorage):
         self.region = region
         self.endpoint_url = endpoint_url
         self.options = options
-        self.client = client or make_client(endpoint_url, region, options)
         # where a timeout error tells the user to change the setting: "sites[2].storage" of a file
         self.settings_at = settings_at
         self.settings_file = settings_file
+        self.credentials = credentials  # None: the process-wide boto3 chain
+        if client is None:
+            session = session_for(credentials, site, settings_at, settings_file)
+            client = make_client(endpoint_url, region, options, session=session)
+        self.client = client
         # the endpoint actually called (AWS: the regional one), which the unresponsive mark is keyed by
         self.endpoint = self.client.meta.endpoint_url
         unresponsive.watch(self.client, self.endpoint, options.unresponsive_for_s)
@@ -154,7 +182,8 @@ class S3SiteStorage(SiteStorage):
                 return ObjectNotFound("no stored object under this key", site=self.site, uri=uri)
             if code == "NoSuchBucket":
                 return StorageError(f"bucket {self.bucket!r} does not exist at {endpoint}", site=self.site, uri=uri)
-            return StorageError(f"S3 {action} failed at {endpoint}: {code}: {exc}", site=self.site, uri=uri)
+            used = f" (credentials: {describe(self.credentials, self.settings_at)})" if code in REFUSED_CODES else ""
+            return StorageError(f"S3 {action} failed at {endpoint}: {code}: {exc}{used}", site=self.site, uri=uri)
         if isinstance(exc, unresponsive.EndpointUnresponsive):
             t = exc.timeout
             return StorageError(
@@ -173,6 +202,13 @@ class S3SiteStorage(SiteStorage):
                 f"S3 {action} timed out after {seconds:g} s at {endpoint} (site {self.site!r}, bucket "
                 f"{self.bucket!r}): {_timeout_what(kind, seconds, self.options.max_attempts)}; "
                 f"{self._raise_hint(kind)} ({type(exc).__name__}: {exc})",
+                site=self.site,
+                uri=uri,
+            )
+        if isinstance(exc, NoCredentialsError):  # e.g. a profile that names no keys
+            return StorageError(
+                f"S3 {action} not sent to {endpoint}: no credentials found in "
+                f"{describe(self.credentials, self.settings_at)}",
                 site=self.site,
                 uri=uri,
             )

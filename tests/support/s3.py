@@ -5,11 +5,14 @@ handle with `.endpoint_url`, `.client()`, `.make_bucket(name)` and `.stop()`. Th
 fixture `seaweedfs` is session scoped; `s3_buckets` gives each test two fresh buckets;
 `s3_credentials` gives a test of an unreachable endpoint dummy credentials.
 Any access key works (no identities are configured), so the fixture sets dummy
-AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when none are set.
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when none are set. `start_seaweedfs(..., keys=(ID,
+SECRET))` instead requires that one key pair (weed's `-s3.config` identities) and refuses
+any other, anonymous requests included; its `.client()` then signs with that pair.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -68,15 +71,21 @@ class SeaweedFS:
     workdir: Path
     log_path: Path
     ports: dict[str, int] = field(default_factory=dict)
+    keys: tuple[str, str] | None = None  # the only key pair the server accepts; None: any
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def client(self):
+        import boto3
+
         from dagster_gravity.storage.s3 import S3Options, make_client
 
-        return make_client(self.endpoint_url, "us-east-1", S3Options(connect_timeout_s=5, read_timeout_s=30))
+        session = None
+        if self.keys:
+            session = boto3.session.Session(aws_access_key_id=self.keys[0], aws_secret_access_key=self.keys[1])
+        return make_client(self.endpoint_url, "us-east-1", S3Options(connect_timeout_s=5, read_timeout_s=30), session)
 
     def make_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
@@ -106,13 +115,19 @@ class SeaweedFS:
             return "(no log)"
 
 
-def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0, volumes_per_bucket: int | None = None) -> SeaweedFS:
+def start_seaweedfs(
+    workdir: str | os.PathLike,
+    timeout: float = 60.0,
+    volumes_per_bucket: int | None = None,
+    keys: tuple[str, str] | None = None,
+) -> SeaweedFS:
     """Start `weed server -s3` on free loopback ports under `workdir`; wait until S3 works.
 
     Each bucket is a SeaweedFS collection, which grows 7 volumes by default, and a server has
     room for a number of volumes set by its free disk; a test session makes many buckets, so
     it asks for fewer volumes each (`volumes_per_bucket`, through weed's
-    master.volume_growth.copy_1 setting). Benchmarks keep weed's default."""
+    master.volume_growth.copy_1 setting). Benchmarks keep weed's default. With `keys`, the
+    S3 API accepts only that (access key id, secret) pair."""
     workdir = Path(workdir)
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -143,6 +158,12 @@ def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0, volumes_p
         "-s3.port.lance=0",
         f"-s3.localSocket={workdir / 's3.sock'}",
     ]
+    if keys:
+        identity = {"name": "gravity", "credentials": [{"accessKey": keys[0], "secretKey": keys[1]}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        config = workdir / "s3-identities.json"
+        config.write_text(json.dumps({"identities": [identity]}))
+        args.append(f"-s3.config={config}")
     log_path = workdir / "weed.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -157,7 +178,7 @@ def start_seaweedfs(workdir: str | os.PathLike, timeout: float = 60.0, volumes_p
                 **({"WEED_MASTER_VOLUME_GROWTH_COPY_1": str(volumes_per_bucket)} if volumes_per_bucket else {}),
             },
         )
-    server = SeaweedFS(process, f"http://127.0.0.1:{ports['s3']}", workdir, log_path, ports)
+    server = SeaweedFS(process, f"http://127.0.0.1:{ports['s3']}", workdir, log_path, ports, keys)
     ensure_test_credentials()
     try:
         _wait_until_writable(server, timeout)
