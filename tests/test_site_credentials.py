@@ -30,6 +30,7 @@ from dagster_gravity.locations import latest_location
 from dagster_gravity.runtime import running_at
 from dagster_gravity.storage import SiteCredentialsError, StorageError, replicate, storage_for_site
 from dagster_gravity.storage.credentials import REFUSED_CODES
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY
 from dagster_gravity.storage.s3 import SHA_META
 from dagster_gravity.topology import Topology
 from tests.support.s3 import start_seaweedfs
@@ -112,7 +113,7 @@ def _client_code(call) -> str:
     return str(err.value.response["Error"]["Code"])
 
 
-def test_each_server_refuses_the_other_sites_keys(servers, site_keys, tmp_path):
+def test_each_server_refuses_the_other_sites_keys(servers, site_keys, tmp_path, monkeypatch):
     a, b = servers["a"], servers["b"]
     assert a.keys != b.keys
     crossed_a, crossed_b = dataclasses.replace(a, keys=b.keys), dataclasses.replace(b, keys=a.keys)
@@ -121,11 +122,20 @@ def test_each_server_refuses_the_other_sites_keys(servers, site_keys, tmp_path):
     a.client().head_bucket(Bucket=BUCKETS["a"])
     b.client().head_bucket(Bucket=BUCKETS["b"])
 
-    # a site that names no credentials gets the process-wide chain, which neither server takes
+    # a site that names no credentials gets the process-wide chain, which neither server
+    # takes; the chain is pinned to the suite's dummy keys, whatever earlier tests left
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     topology = Topology.from_yaml(_sites_file(tmp_path, servers, plain=True))
-    assert os.environ.get("AWS_ACCESS_KEY_ID") not in (a.keys[0], b.keys[0])
+    assert ACCESS_KEY not in (a.keys[0], b.keys[0])
+    plain = storage_for_site(topology, "plain")
     with pytest.raises(StorageError) as err:
-        storage_for_site(topology, "plain").put_version("probe", b"x")
+        info = plain.put_version("probe", b"x")
+        pytest.fail(f"{plain} wrote {info} with the process-wide chain's keys; a's server takes only its own")
     assert "process-wide boto3 chain" in str(err.value), err.value
 
 
