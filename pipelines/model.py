@@ -1,7 +1,8 @@
 """Training, evaluation and the quality gate, as separate steps; plus the rollback job.
 
-- `model_checkpoint` trains incrementally (warm start from the promoted checkpoint; resumes
-  from its intermediate checkpoint when a killed step is retried) and saves a new version.
+- `model_checkpoint` trains incrementally (scikit-learn `SGDClassifier.partial_fit`, warm
+  start from the promoted checkpoint; resumes from its intermediate checkpoint when a killed
+  step is retried) and saves a new version (safetensors + JSON manifest).
 - `model_evaluation` scores the new version and the promoted one on the same holdout.
 - `promoted_model` is the quality gate: it promotes the new version only if it is not
   worse, otherwise keeps the promoted one; then applies retention.
@@ -28,7 +29,7 @@ FEATURE_CODE_VERSIONS = {"event_features": "1", "eu_segment_features": "2", "tra
 class TrainingConfig(Config):
     batch_rows: int = 512
     epochs: int = 2
-    learning_rate: float = 0.1
+    learning_rate: float = 0.1  # the first step size (SGDClassifier's eta0); it decays with t
     checkpoint_every: int = 4
     batch_delay_s: float = 0.0
 
@@ -57,7 +58,7 @@ def load_parent(context, store: CheckpointStore):
 
 @asset(
     partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version=CODE_VERSION,
-    op_tags={gm.TAG_POOL_KIND: "gpu", gm.TAG_GPU: "1"}, kinds={"numpy"},
+    op_tags={gm.TAG_POOL_KIND: "gpu", gm.TAG_GPU: "1"}, kinds={"scikitlearn", "safetensors"},
     # A killed or crashed training step is retried, and resumes from its last intermediate
     # checkpoint (same partition, parent and data -> same progress key).
     retry_policy=RetryPolicy(max_retries=2, delay=1),

@@ -175,7 +175,7 @@ def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores
     store = store_for(pipeline_sites)
     assert store.promoted(MODEL_NAME) == 2
 
-    weights = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "v2" / "weights.npz"
+    weights = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "v2" / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[100] ^= 0xFF
     weights.write_bytes(bytes(data))

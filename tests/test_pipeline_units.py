@@ -1,5 +1,5 @@
-"""Unit tests of single pieces of the reference pipeline: point-in-time joins, the quality
-gate, the data generator, drift scoring."""
+"""Unit tests of single pieces of the reference pipeline: point-in-time joins, training
+(scikit-learn, resumable), the quality gate, the data generator, drift scoring."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dagster_gravity.topology import Topology
 from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
 from pipelines.model import promoted_model
-from pipelines.training import MODEL_NAME
+from pipelines.training import FEATURES, LABEL, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, restore, train_incremental
 from resources import CHECKPOINT_SITE
 from sensors.drift import drift_scores
 from tests.support.pipeline import write_sites
@@ -163,6 +163,117 @@ def test_quality_gate_keeps_the_promoted_model_when_the_candidate_is_worse(check
 
     out = promoted_model(build_asset_context(partition_key="2026-01-02"), checkpoints=resource, model_evaluation=evaluation(0.55, 0.60))
     assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 2
+
+
+# -- training ---------------------------------------------------------------------------
+
+
+def synthetic_training_rows(n: int = 3000, seed: int = 0, shift: float = 0.0) -> pd.DataFrame:
+    """Rows with the training features whose label follows a known logistic model."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURES))) * [1.0, 2.0, 0.5, 0.5, 3.0, 1.0] + [2.0, 1.0, 3.0, 0.5, 10.0, 2.0]
+    z = 1.5 * (x[:, 0] - 2.0) - 0.8 * (x[:, 1] - 1.0) + shift
+    df = pd.DataFrame(x, columns=FEATURES)
+    df[LABEL] = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    df["event_id"] = np.arange(n)
+    return df
+
+
+def fresh_store(tmp_path, name: str) -> CheckpointStore:
+    return CheckpointStore.local(tmp_path / name)
+
+
+CONFIG = TrainConfig(batch_rows=100, epochs=2, checkpoint_every=4)
+
+
+def test_training_is_scikit_learn_sgd_that_learns_the_signal(tmp_path):
+    from sklearn.linear_model import SGDClassifier
+
+    df = synthetic_training_rows()
+    train, holdout = df[~holdout_mask(df)], df[holdout_mask(df)]
+    result = train_incremental(fresh_store(tmp_path, "s"), train, None, "k1", CONFIG)
+    model = restore(result.arrays)
+    assert isinstance(model, SGDClassifier) and model.loss == "log_loss"
+    assert result.start_batch == 0 and result.total_batches == 2 * 24 and result.intermediate_saves == 11
+    assert result.arrays["t"][0] == 1 + 2 * len(train)  # sklearn's step count: one per sample seen
+    x, y = matrix(holdout)
+    scores = metrics(result.arrays, x, y)
+    base_rate = y.mean()
+    constant_loss = -(base_rate * np.log(base_rate) + (1 - base_rate) * np.log(1 - base_rate))
+    assert scores["auc"] > 0.8 and scores["log_loss"] < constant_loss - 0.1
+    # the two informative features carry the weight, with the signs of the true model
+    coef = result.arrays["coef"][0]
+    assert coef[0] > 0.5 and coef[1] < -0.5 and np.abs(coef[2:]).max() < 0.3
+
+
+class KilledAfterProgress(CheckpointStore):
+    """A store whose training process dies right after its `saves`-th progress save."""
+
+    def __init__(self, storage, saves: int):
+        super().__init__(storage)
+        self.left = saves
+
+    def save_progress(self, *args, **kwargs):
+        super().save_progress(*args, **kwargs)
+        self.left -= 1
+        if self.left == 0:
+            raise SystemExit("killed")
+
+
+def test_killed_training_resumes_from_its_progress_and_ends_with_the_same_weights(tmp_path):
+    df = synthetic_training_rows()
+    train = df[~holdout_mask(df)]
+    uninterrupted = train_incremental(fresh_store(tmp_path, "a"), train, None, "k1", CONFIG)
+
+    store = fresh_store(tmp_path, "b")
+    with pytest.raises(SystemExit):
+        train_incremental(KilledAfterProgress(store.storage, saves=3), train, None, "k1", CONFIG)
+    assert [k.rsplit("/", 1)[1] for k in store.storage.list_keys(f"checkpoints/{MODEL_NAME}/_intermediate/k1/")] == [
+        "state.json", "weights-000012.safetensors"]
+    resumed = train_incremental(store, train, None, "k1", CONFIG)
+    assert resumed.start_batch == 12 and resumed.total_batches == uninterrupted.total_batches
+    assert sorted(resumed.arrays) == sorted(uninterrupted.arrays)
+    for key, value in uninterrupted.arrays.items():
+        np.testing.assert_array_equal(resumed.arrays[key], value, err_msg=key)
+
+
+def test_warm_start_continues_the_parents_model_and_schedule(tmp_path):
+    store = fresh_store(tmp_path, "s")
+    day1, day2 = synthetic_training_rows(seed=1), synthetic_training_rows(seed=2, shift=0.5)
+    first = train_incremental(store, day1, None, "d1", CONFIG)
+    parent = store.load(MODEL_NAME, store.save(MODEL_NAME, first.arrays, lineage={}).version)  # through safetensors
+    assert parent.version.weights_format == "safetensors"
+    warm = train_incremental(store, day2, parent, "d2", CONFIG)
+    cold = train_incremental(store, day2, None, "d2-cold", CONFIG)
+    assert warm.arrays["t"][0] == first.arrays["t"][0] + 2 * len(day2)  # the step sizes keep decaying
+    np.testing.assert_array_equal(warm.arrays["mean"], first.arrays["mean"])  # the parent's feature scale
+    assert not np.allclose(warm.arrays["coef"], cold.arrays["coef"])
+    x, y = matrix(day2)
+    assert metrics(warm.arrays, x, y)["log_loss"] < metrics(first.arrays, x, y)["log_loss"]  # it learnt the shift
+
+
+def test_a_checkpoint_of_the_earlier_numpy_model_restores_predicts_and_warm_starts(tmp_path):
+    """Arrays the hand-written numpy model saved (coef of shape (n,), no step count)."""
+    rng = np.random.default_rng(3)
+    old = {"coef": rng.normal(size=len(FEATURES)), "intercept": np.array([-0.2]),
+           "mean": rng.normal(size=len(FEATURES)), "std": rng.random(len(FEATURES)) + 0.5}
+    df = synthetic_training_rows(500)
+    x, _ = matrix(df)
+    z = ((x - old["mean"]) / old["std"]) @ old["coef"] + old["intercept"][0]
+    from pipelines.training import predict_proba
+
+    np.testing.assert_allclose(predict_proba(old, x), 1 / (1 + np.exp(-z)), rtol=1e-12)
+    store = fresh_store(tmp_path, "s")
+    store.save(MODEL_NAME, old, lineage={}, weights_format="npz")
+    result = train_incremental(store, df, store.load(MODEL_NAME, 1), "k", CONFIG)
+    assert result.arrays["coef"].shape == (1, len(FEATURES)) and result.arrays["t"][0] == 1 + 2 * len(df)
+
+
+def test_a_checkpoint_without_the_models_arrays_is_refused_naming_them():
+    with pytest.raises(ValueError, match=r"lacks arrays \['mean', 'std'\] of the 'conversion' model; has \['coef', 'intercept'\]"):
+        restore({"coef": np.ones(len(FEATURES)), "intercept": np.zeros(1)})
+    with pytest.raises(ValueError, match=r"expected coef \(1, 6\)"):
+        restore({"coef": np.ones(4), "intercept": np.zeros(1), "mean": np.zeros(4), "std": np.ones(4)})
 
 
 def test_datagen_is_deterministic_and_sized(tmp_path):
