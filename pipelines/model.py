@@ -3,25 +3,38 @@
 - `model_checkpoint` trains incrementally (scikit-learn `SGDClassifier.partial_fit`, warm
   start from the promoted checkpoint; resumes from its intermediate checkpoint when a killed
   step is retried) and saves a new version (safetensors + JSON manifest).
-- `model_evaluation` scores the new version and the promoted one on the same holdout.
-- `promoted_model` is the quality gate: it promotes the new version only if it is not
-  worse, otherwise keeps the promoted one; then applies retention.
+- `model_evaluation` scores the new version and the promoted one (if any) on the same holdout.
+- `promoted_model` is the quality gate (`pipelines.quality_gate`): from that one comparison
+  it promotes the new version unless it is worse, otherwise keeps the promoted one; with
+  nothing promoted yet it promotes a first model that passes absolute thresholds. Then it
+  applies retention.
 """
 
 
 import hashlib
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, AssetObservation, Config, OpExecutionContext, RetryPolicy, asset, job, op
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
+    Config,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    RetryPolicy,
+    asset,
+    job,
+    op,
+)
 
 from dagster_gravity import GravityCheckpoints
 from dagster_gravity import metadata as gm
 from dagster_gravity.checkpoints import CheckpointStore, checkpoint_metadata
+from pipelines import quality_gate
 from pipelines.common import DAILY, TRAINING_GROUP, TRAINING_SITE, at_site
 from pipelines.training import CODE_VERSION, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, progress_key, train_incremental
 
-GATE_METRIC = "log_loss"  # lower is better
-GATE_TOLERANCE = 0.002  # a candidate this much worse still counts as "not worse" (noise)
 RETAIN_VERSIONS = 5
 FEATURE_CODE_VERSIONS = {"event_features": "1", "eu_segment_features": "2", "training_set": "1"}
 
@@ -38,9 +51,12 @@ def data_sha256(df: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
 
 
-def load_parent(context, store: CheckpointStore):
+def load_promoted(context, store: CheckpointStore):
     """The promoted checkpoint, or the newest good one below it if it is corrupted; every
-    refusal becomes a warning and an observation on the checkpoint asset."""
+    refusal becomes a warning and an observation on the checkpoint asset. None while nothing
+    is promoted: a version that never passed the gate is neither a parent nor a baseline."""
+    if store.promoted(MODEL_NAME) is None:
+        return None
     fallback = store.load_usable(MODEL_NAME)
     for refused in fallback.refused:
         message = f"refused checkpoint {MODEL_NAME}@v{refused.version}: {refused}"
@@ -68,7 +84,7 @@ def model_checkpoint(
 ) -> pd.DataFrame:
     """A new checkpoint version trained on the partition, warm-started from the promoted one."""
     store = checkpoints.store()
-    parent = load_parent(context, store)
+    parent = load_promoted(context, store)
     train_rows = training_set[~holdout_mask(training_set)]
     sha = data_sha256(train_rows)
     parent_version = parent.version.version if parent else None
@@ -113,20 +129,25 @@ def model_evaluation(
     context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_checkpoint: pd.DataFrame,
     training_set: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Holdout metrics of the new version and of the promoted one, on the same rows."""
+    """Holdout metrics of the new version and of the promoted one (none while nothing is
+    promoted), on the same rows: the one comparison the quality gate decides on."""
     store = checkpoints.store()
     holdout = training_set[holdout_mask(training_set)]
     x, y = matrix(holdout)
     candidate = store.load(MODEL_NAME, int(model_checkpoint["version"].iloc[0]))
     rows = [{"role": "candidate", "version": candidate.version.version, **metrics(candidate.arrays, x, y)}]
     store.update_metrics(MODEL_NAME, candidate.version.version, {f"eval_{k}": v for k, v in rows[0].items() if k not in ("role", "version")})
-    promoted = load_parent(context, store)
+    promoted = load_promoted(context, store)
     if promoted is not None:
         rows.append({"role": "promoted", "version": promoted.version.version, **metrics(promoted.arrays, x, y)})
     out = pd.DataFrame(rows)
     context.add_output_metadata({
         f"{r['role']}/{m}": float(r[m]) for r in rows for m in ("log_loss", "auc", "accuracy")
-    } | {"candidate/version": candidate.version.version})
+    } | {
+        "candidate/version": candidate.version.version,
+        "evaluation/baseline": f"v{promoted.version.version}" if promoted else quality_gate.FIRST_MODEL,
+        "evaluation/holdout_rows": int(len(y)),
+    })
     return out
 
 
@@ -137,38 +158,35 @@ def model_evaluation(
 def promoted_model(
     context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_evaluation: pd.DataFrame
 ) -> pd.DataFrame:
-    """The quality gate: promote the candidate unless it evaluates worse than the promoted."""
+    """The quality gate: promote the candidate unless it evaluates worse than the promoted
+    model on the same holdout; with nothing promoted, if it passes absolute thresholds."""
     store = checkpoints.store()
     by_role = {r["role"]: r for r in model_evaluation.to_dict("records")}
     cand = by_role["candidate"]
-    current = by_role.get("promoted")
-    if current is None:
-        decision, reason = "promoted", "no promoted model yet"
-    elif cand[GATE_METRIC] <= current[GATE_METRIC] + GATE_TOLERANCE:
-        decision = "promoted"
-        reason = f"{GATE_METRIC} {cand[GATE_METRIC]:.4f} vs promoted v{int(current['version'])} {current[GATE_METRIC]:.4f}"
+    gate = quality_gate.decide(cand, by_role.get("promoted"))
+    outcome = {
+        "gate/decision": gate.decision, "gate/reason": gate.reason, "gate/candidate": int(cand["version"]),
+        "gate/baseline": gate.baseline,
+        # candidate - promoted, from the comparison the decision was made on (same holdout)
+        "gate/metric_deltas": MetadataValue.json(gate.deltas),
+    }
+    if gate.decision == quality_gate.REJECTED:
+        raise Failure(description=f"quality gate rejected the first model: {gate.reason}", metadata=outcome)
+    if gate.promotes:
+        store.promote(MODEL_NAME, int(cand["version"]), reason=gate.reason)
     else:
-        decision = "kept"
-        reason = (f"candidate v{int(cand['version'])} is worse: {GATE_METRIC} {cand[GATE_METRIC]:.4f} > "
-                  f"{current[GATE_METRIC]:.4f} of promoted v{int(current['version'])}")
-    if decision == "promoted":
-        store.promote(MODEL_NAME, int(cand["version"]), reason=reason)
-    else:
-        context.log.warning(f"quality gate kept the promoted model: {reason}")
-    comparison = {}
-    if current is not None:
-        diff = store.compare(MODEL_NAME, int(current["version"]), int(cand["version"]))
-        comparison = {"gate/metric_deltas": {k: v["delta"] for k, v in diff.metrics.items() if v["delta"] is not None},
-                      "gate/lineage_changes": sorted(diff.lineage_changes)}
+        context.log.warning(f"quality gate kept the promoted model: {gate.reason}")
+    if "promoted" in by_role:
+        changes = store.compare(MODEL_NAME, int(by_role["promoted"]["version"]), int(cand["version"])).lineage_changes
+        outcome["gate/lineage_changes"] = sorted(changes)
     deleted = store.apply_retention(MODEL_NAME, keep=RETAIN_VERSIONS)
     version = store.manifest(MODEL_NAME, store.promoted(MODEL_NAME))
     context.add_output_metadata({
         **checkpoint_metadata(version),
-        "gate/decision": decision, "gate/reason": reason, "gate/candidate": int(cand["version"]),
+        **outcome,
         "retention/deleted": [int(v) for v in deleted],
-        **comparison,
     })
-    return pd.DataFrame([{"model": MODEL_NAME, "version": version.version, "decision": decision, "sha256": version.sha256,
+    return pd.DataFrame([{"model": MODEL_NAME, "version": version.version, "decision": gate.decision, "sha256": version.sha256,
                           **{k: v for k, v in version.metrics.items()}}])
 
 

@@ -75,6 +75,9 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
     assert ckpt["train/start_batch"] == 0 and "metric/train_log_loss" in ckpt
     gate = latest_metadata(instance, "promoted_model", DAY1)
     assert gate["gate/decision"] == "promoted" and gate["checkpoint/version"] == 1
+    # nothing was promoted: a first model, on absolute thresholds, not compared with itself
+    assert gate["gate/baseline"] == "first model" and gate["gate/metric_deltas"] == {}
+    assert not any(k.startswith("promoted/") for k in latest_metadata(instance, "model_evaluation", DAY1))
     assert store_for(pipeline_sites).promoted(MODEL_NAME) == 1
 
     # What the demo reports: the bytes the IO manager replicated match the cost model, and
@@ -174,6 +177,11 @@ def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores
         assert run_job(instance, "everything_job", day)[1]
     store = store_for(pipeline_sites)
     assert store.promoted(MODEL_NAME) == 2
+    # day 2's gate compared v2 with v1 on day 2's holdout, and reports that comparison
+    gate, scores = latest_metadata(instance, "promoted_model", DAY2), latest_metadata(instance, "model_evaluation", DAY2)
+    assert gate["gate/baseline"] == "v1" and gate["gate/decision"] == "promoted"
+    assert gate["gate/metric_deltas"] == pytest.approx(
+        {m: scores[f"candidate/{m}"] - scores[f"promoted/{m}"] for m in ("log_loss", "auc", "accuracy")})
 
     weights = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "v2" / "weights.safetensors"
     data = bytearray(weights.read_bytes())

@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import build_asset_context
+from dagster import Failure, build_asset_context
 
 from dagster_gravity import GravityCheckpoints, GravityTopology
 from dagster_gravity.checkpoints import CheckpointStore
 from dagster_gravity.topology import Topology
 from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
-from pipelines.model import promoted_model
+from pipelines import quality_gate
+from pipelines.model import model_evaluation, promoted_model
 from pipelines.training import FEATURES, LABEL, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, restore, train_incremental
 from resources import CHECKPOINT_SITE
 from sensors.drift import drift_scores
@@ -165,6 +166,60 @@ def test_quality_gate_keeps_the_promoted_model_when_the_candidate_is_worse(check
     assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 2
 
 
+def test_the_gate_reports_deltas_of_its_own_same_holdout_comparison_not_of_the_manifests(checkpoints):
+    """Each version's manifest holds metrics on its own day's holdout (here v2 looks worse
+    than v1); the gate scores both on one holdout (v2 better) and reports that comparison."""
+    resource, store = checkpoints
+    store.save(MODEL_NAME, {"coef": np.ones(3)}, lineage={"partitions": ["2026-01-01"]}, metrics={"eval_log_loss": 0.50})
+    store.save(MODEL_NAME, {"coef": np.zeros(3)}, lineage={"partitions": ["2026-01-02"]}, metrics={"eval_log_loss": 0.60})
+    store.promote(MODEL_NAME, 1)
+    context = build_asset_context(partition_key="2026-01-02")
+    rows = evaluation(0.55, 0.60)
+    rows.loc[rows["role"] == "candidate", "auc"] = 0.75
+    out = promoted_model(context, checkpoints=resource, model_evaluation=rows)
+    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 2
+    meta = context.get_output_metadata("result")
+    deltas = meta["gate/metric_deltas"].value
+    assert deltas == pytest.approx({"log_loss": -0.05, "auc": 0.05, "accuracy": 0.0})
+    assert meta["gate/baseline"] == "v1" and meta["gate/lineage_changes"] == ["partitions"]
+    assert "0.5500 vs 0.6000 of promoted v1 on the same 100 holdout rows" in meta["gate/reason"]
+
+
+def test_a_first_model_is_promoted_on_absolute_thresholds_and_says_so(checkpoints):
+    resource, store = checkpoints
+    store.save(MODEL_NAME, {"coef": np.ones(3)}, lineage={})
+    context = build_asset_context(partition_key="2026-01-01")
+    first = evaluation(0.55, 0.0).iloc[:1]  # no promoted row: nothing is promoted
+    first.loc[:, "version"] = 1
+    out = promoted_model(context, checkpoints=resource, model_evaluation=first)
+    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 1
+    meta = context.get_output_metadata("result")
+    assert meta["gate/baseline"] == "first model" and meta["gate/metric_deltas"].value == {}
+    reason = meta["gate/reason"]
+    assert reason.startswith("first model: nothing promoted to compare with") and "auc 0.7000 >= 0.6" in reason
+    assert "log_loss 0.5500 <= 0.69" in reason and "gate/lineage_changes" not in meta
+
+
+def test_a_first_model_below_the_absolute_thresholds_is_not_promoted(checkpoints):
+    resource, store = checkpoints
+    store.save(MODEL_NAME, {"coef": np.ones(3)}, lineage={})
+    weak = evaluation(0.66, 0.0).iloc[:1].assign(version=1, auc=0.52)
+    with pytest.raises(Failure, match=r"rejected the first model.*auc 0.5200 is not >= 0.6") as info:
+        promoted_model(build_asset_context(partition_key="2026-01-01"), checkpoints=resource, model_evaluation=weak)
+    assert "log_loss" not in info.value.description.split("misses")[1]  # 0.66 <= 0.69 passed; only auc is named
+    assert store.promoted(MODEL_NAME) is None
+
+
+def test_gate_decisions_and_thresholds():
+    row = {"version": 3, "rows": 50, "log_loss": 0.5, "auc": 0.7, "accuracy": 0.7}
+    worse = quality_gate.decide(row, {**row, "version": 2, "log_loss": 0.5 - 2 * quality_gate.TOLERANCE})
+    assert worse.decision == "kept" and worse.deltas["log_loss"] == pytest.approx(2 * quality_gate.TOLERANCE)
+    assert quality_gate.decide(row, {**row, "version": 2, "log_loss": 0.499}).decision == "promoted"  # within noise
+    assert quality_gate.decide({**row, "log_loss": 0.70}, None).decision == "rejected"  # worse than a coin flip
+    with pytest.raises(ValueError, match=r"the promoted evaluation row lacks \['auc'\]"):
+        quality_gate.decide(row, {"version": 2, "rows": 50, "log_loss": 0.5, "accuracy": 0.7})
+
+
 # -- training ---------------------------------------------------------------------------
 
 
@@ -274,6 +329,30 @@ def test_a_checkpoint_without_the_models_arrays_is_refused_naming_them():
         restore({"coef": np.ones(len(FEATURES)), "intercept": np.zeros(1)})
     with pytest.raises(ValueError, match=r"expected coef \(1, 6\)"):
         restore({"coef": np.ones(4), "intercept": np.zeros(1), "mean": np.zeros(4), "std": np.ones(4)})
+
+
+def test_evaluation_with_nothing_promoted_scores_the_candidate_alone(checkpoints, tmp_path):
+    """Not the candidate against itself (loading fell back to the newest version)."""
+    resource, store = checkpoints
+    df = synthetic_training_rows()
+    result = train_incremental(store, df[~holdout_mask(df)], None, "k", CONFIG)
+    store.save(MODEL_NAME, result.arrays, lineage={})
+    context = build_asset_context(partition_key="2026-01-01")
+    candidate = pd.DataFrame([{"model": MODEL_NAME, "version": 1}])
+    out = model_evaluation(context, checkpoints=resource, model_checkpoint=candidate, training_set=df)
+    assert out["role"].tolist() == ["candidate"]
+    meta = context.get_output_metadata("result")
+    assert meta["evaluation/baseline"] == "first model" and meta["evaluation/holdout_rows"] == holdout_mask(df).sum()
+    assert not any(k.startswith("promoted/") for k in meta)
+    assert store.manifest(MODEL_NAME, 1).metrics["eval_auc"] == pytest.approx(out["auc"].iloc[0])
+
+    store.promote(MODEL_NAME, 1)
+    store.save(MODEL_NAME, {**result.arrays, "coef": result.arrays["coef"] * 0.5}, lineage={})
+    context = build_asset_context(partition_key="2026-01-01")
+    out = model_evaluation(context, checkpoints=resource, model_checkpoint=candidate.assign(version=2), training_set=df)
+    assert out["role"].tolist() == ["candidate", "promoted"] and out["version"].tolist() == [2, 1]
+    assert context.get_output_metadata("result")["evaluation/baseline"] == "v1"
+    assert out["log_loss"].iloc[0] != out["log_loss"].iloc[1]  # two models, one holdout
 
 
 def test_datagen_is_deterministic_and_sized(tmp_path):
