@@ -1,7 +1,8 @@
 """The quality gate's decision: pure, from the evaluation rows of candidate and promoted model.
 
-Both rows come from `model_evaluation`, which scores the two models on the same holdout
-rows, so the decision and the deltas it reports are one comparison:
+Both rows come from the `quality_gate` check (`pipelines.model`), which scores the two
+models on the same holdout rows, so the decision and the deltas it reports are one
+comparison:
 
 - a promoted model exists: the candidate is promoted unless its log loss is worse than the
   promoted model's by more than `TOLERANCE` (noise); `deltas` are candidate minus promoted,

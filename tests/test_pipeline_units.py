@@ -14,7 +14,7 @@ from dagster_gravity.topology import Topology
 from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
 from pipelines import quality_gate
-from pipelines.model import model_evaluation, promoted_model
+from pipelines.model import promoted_model, quality_gate_check
 from pipelines.training import FEATURES, LABEL, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, restore, train_incremental
 from resources import CHECKPOINT_SITE
 from sensors.drift import drift_scores
@@ -146,67 +146,101 @@ def checkpoints(tmp_path):
     return resource, CheckpointStore.for_site(Topology.from_yaml(sites), "onprem-dc")
 
 
-def evaluation(candidate_loss, promoted_loss):
-    return pd.DataFrame([
-        {"role": "candidate", "version": 2, "log_loss": candidate_loss, "auc": 0.7, "accuracy": 0.7, "rows": 100.0},
-        {"role": "promoted", "version": 1, "log_loss": promoted_loss, "auc": 0.7, "accuracy": 0.7, "rows": 100.0},
-    ])
+def trained(store: CheckpointStore, seed: int = 0, scale: float = 1.0, **metrics) -> int:
+    """A saved version of the model trained on synthetic rows (coef scaled by `scale`)."""
+    df = synthetic_training_rows(seed=seed)
+    result = train_incremental(store, df[~holdout_mask(df)], None, f"k{seed}-{scale}", CONFIG)
+    arrays = {**result.arrays, "coef": result.arrays["coef"] * scale}
+    return store.save(MODEL_NAME, arrays, lineage={"partitions": [f"2026-01-0{seed + 1}"]}, metrics=metrics).version
 
 
-def test_quality_gate_keeps_the_promoted_model_when_the_candidate_is_worse(checkpoints):
+def gate(resource, version: int, training_set: pd.DataFrame):
+    """The quality gate check on candidate `version`, invoked directly: its result."""
+    from dagster import build_asset_check_context
+
+    return quality_gate_check(build_asset_check_context(), checkpoints=resource, training_set=training_set,
+                              model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
+
+
+def promote(resource, version: int):
+    context = build_asset_context(partition_key="2026-01-02")
+    out = promoted_model(context, checkpoints=resource, model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
+    return out, context.get_output_metadata("result")
+
+
+def test_the_gate_fails_a_worse_candidate_and_nothing_is_promoted_then_passes_a_better_one(checkpoints):
     resource, store = checkpoints
-    for seed in (1, 2):
-        store.save(MODEL_NAME, {"coef": np.full(3, seed)}, lineage={})
-    store.promote(MODEL_NAME, 1)
-    out = promoted_model(build_asset_context(partition_key="2026-01-02"), checkpoints=resource, model_evaluation=evaluation(0.70, 0.60))
-    assert out["decision"].iloc[0] == "kept" and out["version"].iloc[0] == 1
+    holdout_day = synthetic_training_rows(seed=5)
+    store.promote(MODEL_NAME, trained(store, seed=0))
+    worse = trained(store, seed=1, scale=0.2)  # shrunken weights: a worse fit of the same signal
+    result = gate(resource, worse, holdout_day)
+    assert not result.passed and result.severity.value == "ERROR"
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    assert meta["gate/decision"] == "kept" and meta["gate/baseline"] == "v1" and "is worse" in meta["gate/reason"]
+    with pytest.raises(Failure, match=r"conversion@v2: the quality gate \(check model_checkpoint:quality_gate\) failed it"):
+        promote(resource, worse)
     assert store.promoted(MODEL_NAME) == 1
 
-    out = promoted_model(build_asset_context(partition_key="2026-01-02"), checkpoints=resource, model_evaluation=evaluation(0.55, 0.60))
-    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 2
+    better = trained(store, seed=2)
+    assert gate(resource, better, holdout_day).passed
+    out, meta = promote(resource, better)
+    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == better
+    assert meta["gate/reason"] == "passed the quality gate against promoted v1" and meta["gate/baseline"] == "v1"
+    assert store.promotion_history(MODEL_NAME)[-1]["reason"] == meta["gate/reason"]
+
+
+def test_promotion_refuses_a_candidate_the_gate_never_ran_on(checkpoints):
+    resource, store = checkpoints
+    version = trained(store)
+    with pytest.raises(Failure, match="has not run on it, so it is not promoted"):
+        promote(resource, version)
+    assert store.promoted(MODEL_NAME) is None
 
 
 def test_the_gate_reports_deltas_of_its_own_same_holdout_comparison_not_of_the_manifests(checkpoints):
-    """Each version's manifest holds metrics on its own day's holdout (here v2 looks worse
-    than v1); the gate scores both on one holdout (v2 better) and reports that comparison."""
+    """Each version's manifest holds metrics on its own day's holdout (here v1 looks far
+    better than v2 will); the gate scores both on one holdout and reports that comparison,
+    on the check and on the promotion alike."""
     resource, store = checkpoints
-    store.save(MODEL_NAME, {"coef": np.ones(3)}, lineage={"partitions": ["2026-01-01"]}, metrics={"eval_log_loss": 0.50})
-    store.save(MODEL_NAME, {"coef": np.zeros(3)}, lineage={"partitions": ["2026-01-02"]}, metrics={"eval_log_loss": 0.60})
-    store.promote(MODEL_NAME, 1)
-    context = build_asset_context(partition_key="2026-01-02")
-    rows = evaluation(0.55, 0.60)
-    rows.loc[rows["role"] == "candidate", "auc"] = 0.75
-    out = promoted_model(context, checkpoints=resource, model_evaluation=rows)
-    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 2
-    meta = context.get_output_metadata("result")
-    deltas = meta["gate/metric_deltas"].value
-    assert deltas == pytest.approx({"log_loss": -0.05, "auc": 0.05, "accuracy": 0.0})
+    store.promote(MODEL_NAME, trained(store, seed=0, scale=0.5, eval_log_loss=0.10, eval_auc=0.99))
+    candidate = trained(store, seed=1)
+    result = gate(resource, candidate, synthetic_training_rows(seed=5))
+    assert result.passed
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    deltas = meta["gate/metric_deltas"]
+    assert deltas == pytest.approx({m: meta[f"candidate/{m}"] - meta[f"promoted/{m}"] for m in ("log_loss", "auc", "accuracy")})
+    assert deltas["log_loss"] < 0  # better on the shared holdout, whatever the manifests say
     assert meta["gate/baseline"] == "v1" and meta["gate/lineage_changes"] == ["partitions"]
-    assert "0.5500 vs 0.6000 of promoted v1 on the same 100 holdout rows" in meta["gate/reason"]
+    assert f"on the same {meta['evaluation/holdout_rows']} holdout rows" in meta["gate/reason"]
+    assert store.manifest(MODEL_NAME, candidate).metrics["eval_log_loss"] == pytest.approx(meta["candidate/log_loss"])
+    _, promoted = promote(resource, candidate)
+    assert promoted["gate/metric_deltas"].value == pytest.approx(deltas)
 
 
-def test_a_first_model_is_promoted_on_absolute_thresholds_and_says_so(checkpoints):
+def test_a_first_model_passes_on_absolute_thresholds_and_says_so(checkpoints):
+    """Nothing promoted: the candidate is scored alone, not against itself."""
     resource, store = checkpoints
-    store.save(MODEL_NAME, {"coef": np.ones(3)}, lineage={})
-    context = build_asset_context(partition_key="2026-01-01")
-    first = evaluation(0.55, 0.0).iloc[:1]  # no promoted row: nothing is promoted
-    first.loc[:, "version"] = 1
-    out = promoted_model(context, checkpoints=resource, model_evaluation=first)
-    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 1
-    meta = context.get_output_metadata("result")
-    assert meta["gate/baseline"] == "first model" and meta["gate/metric_deltas"].value == {}
+    version = trained(store)
+    result = gate(resource, version, synthetic_training_rows(seed=5))
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    assert result.passed and meta["gate/baseline"] == "first model" and meta["gate/metric_deltas"] == {}
+    assert not any(k.startswith("promoted/") for k in meta) and "gate/lineage_changes" not in meta
     reason = meta["gate/reason"]
-    assert reason.startswith("first model: nothing promoted to compare with") and "auc 0.7000 >= 0.6" in reason
-    assert "log_loss 0.5500 <= 0.69" in reason and "gate/lineage_changes" not in meta
+    assert reason.startswith("first model: nothing promoted to compare with") and "auc" in reason and "<= 0.69" in reason
+    out, promoted = promote(resource, version)
+    assert store.promoted(MODEL_NAME) == version and promoted["gate/baseline"] == "first model"
+    assert promoted["gate/reason"] == "passed the quality gate as the first model"
 
 
-def test_a_first_model_below_the_absolute_thresholds_is_not_promoted(checkpoints):
+def test_a_first_model_below_the_absolute_thresholds_fails_the_gate(checkpoints):
     resource, store = checkpoints
-    store.save(MODEL_NAME, {"coef": np.ones(3)}, lineage={})
-    weak = evaluation(0.66, 0.0).iloc[:1].assign(version=1, auc=0.52)
-    with pytest.raises(Failure, match=r"rejected the first model.*auc 0.5200 is not >= 0.6") as info:
-        promoted_model(build_asset_context(partition_key="2026-01-01"), checkpoints=resource, model_evaluation=weak)
-    assert "log_loss" not in info.value.description.split("misses")[1]  # 0.66 <= 0.69 passed; only auc is named
+    version = trained(store, scale=0.0)  # no weights: ranks nothing (AUC 0.5)
+    result = gate(resource, version, synthetic_training_rows(seed=5))
+    reason = result.metadata["gate/reason"].value
+    assert not result.passed and result.metadata["gate/decision"].value == "rejected"
+    assert "misses the absolute thresholds: auc 0.5000 is not >= 0.6" in reason
+    with pytest.raises(Failure, match="failed it"):
+        promote(resource, version)
     assert store.promoted(MODEL_NAME) is None
 
 
@@ -329,30 +363,6 @@ def test_a_checkpoint_without_the_models_arrays_is_refused_naming_them():
         restore({"coef": np.ones(len(FEATURES)), "intercept": np.zeros(1)})
     with pytest.raises(ValueError, match=r"expected coef \(1, 6\)"):
         restore({"coef": np.ones(4), "intercept": np.zeros(1), "mean": np.zeros(4), "std": np.ones(4)})
-
-
-def test_evaluation_with_nothing_promoted_scores_the_candidate_alone(checkpoints, tmp_path):
-    """Not the candidate against itself (loading fell back to the newest version)."""
-    resource, store = checkpoints
-    df = synthetic_training_rows()
-    result = train_incremental(store, df[~holdout_mask(df)], None, "k", CONFIG)
-    store.save(MODEL_NAME, result.arrays, lineage={})
-    context = build_asset_context(partition_key="2026-01-01")
-    candidate = pd.DataFrame([{"model": MODEL_NAME, "version": 1}])
-    out = model_evaluation(context, checkpoints=resource, model_checkpoint=candidate, training_set=df)
-    assert out["role"].tolist() == ["candidate"]
-    meta = context.get_output_metadata("result")
-    assert meta["evaluation/baseline"] == "first model" and meta["evaluation/holdout_rows"] == holdout_mask(df).sum()
-    assert not any(k.startswith("promoted/") for k in meta)
-    assert store.manifest(MODEL_NAME, 1).metrics["eval_auc"] == pytest.approx(out["auc"].iloc[0])
-
-    store.promote(MODEL_NAME, 1)
-    store.save(MODEL_NAME, {**result.arrays, "coef": result.arrays["coef"] * 0.5}, lineage={})
-    context = build_asset_context(partition_key="2026-01-01")
-    out = model_evaluation(context, checkpoints=resource, model_checkpoint=candidate.assign(version=2), training_set=df)
-    assert out["role"].tolist() == ["candidate", "promoted"] and out["version"].tolist() == [2, 1]
-    assert context.get_output_metadata("result")["evaluation/baseline"] == "v1"
-    assert out["log_loss"].iloc[0] != out["log_loss"].iloc[1]  # two models, one holdout
 
 
 def test_datagen_is_deterministic_and_sized(tmp_path):
