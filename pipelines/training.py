@@ -50,6 +50,17 @@ class TrainConfig:
     checkpoint_every: int = 4  # batches between intermediate checkpoints
     batch_delay_s: float = 0.0  # slows each batch down (tests use it to kill mid-way)
 
+    def __post_init__(self):
+        for name in ("batch_rows", "epochs", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"training config {name}={value!r}: expected an integer >= 1")
+        if not self.learning_rate > 0:  # also refuses NaN
+            raise ValueError(f"training config learning_rate={self.learning_rate!r}: expected a number > 0 "
+                             "(the first step size, SGDClassifier's eta0)")
+        if not self.batch_delay_s >= 0:
+            raise ValueError(f"training config batch_delay_s={self.batch_delay_s!r}: expected seconds >= 0")
+
 
 @dataclass
 class TrainResult:

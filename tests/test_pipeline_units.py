@@ -358,6 +358,15 @@ def test_a_checkpoint_of_the_earlier_numpy_model_restores_predicts_and_warm_star
     assert result.arrays["coef"].shape == (1, len(FEATURES)) and result.arrays["t"][0] == 1 + 2 * len(df)
 
 
+@pytest.mark.parametrize("setting, value, expected", [
+    ("batch_rows", 0, "an integer >= 1"), ("epochs", 1.5, "an integer >= 1"), ("checkpoint_every", -1, "an integer >= 1"),
+    ("learning_rate", 0.0, "a number > 0"), ("learning_rate", float("nan"), "a number > 0"), ("batch_delay_s", -1.0, "seconds >= 0"),
+])
+def test_bad_training_config_is_refused_naming_the_setting_value_and_expectation(setting, value, expected):
+    with pytest.raises(ValueError, match=rf"training config {setting}={value!r}: expected {expected}"):
+        TrainConfig(**{setting: value})
+
+
 def test_a_checkpoint_without_the_models_arrays_is_refused_naming_them():
     with pytest.raises(ValueError, match=r"lacks arrays \['mean', 'std'\] of the 'conversion' model; has \['coef', 'intercept'\]"):
         restore({"coef": np.ones(len(FEATURES)), "intercept": np.zeros(1)})
