@@ -2,11 +2,18 @@
 
 Layout inside a site's storage (under an optional prefix, default ``checkpoints``)::
 
-    <name>/v<N>/weights.npz      the arrays (numpy .npz, loaded with allow_pickle=False)
-    <name>/v<N>/manifest.json    lineage, metrics, code version, sha256 of weights, created_at
+    <name>/v<N>/weights.safetensors   the arrays (safetensors; or weights.npz, see below)
+    <name>/v<N>/manifest.json    lineage, metrics, code version, weights format, sha256 of
+                                 weights, created_at
     <name>/v<N>/claim.json       created exclusively first: the saver that made it owns v<N>
     <name>/promoted.json         the promoted version and the history of promotions
-    <name>/_intermediate/<key>/weights.npz + state.json    resumable training progress
+    <name>/_intermediate/<key>/weights-<batch>.safetensors + state.json    resumable training progress
+
+Weights are safetensors by default (`dagster_gravity.checkpoint_weights`); `save(...,
+weights_format="npz")` writes numpy .npz (loaded with allow_pickle=False) for arrays that
+safetensors cannot hold (strings, structured). The manifest's `weights_format` says which
+file a version has; a manifest without one was written before safetensors, as npz, and
+loads as such.
 
 A `CheckpointStore` works directly over a site's storage (`dagster_gravity.storage`, the
 backend the IO manager writes to): every file is written atomically (one rename commits a
@@ -29,7 +36,6 @@ metric updates are never lost: the promotion history is one linear chain.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -44,7 +50,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from dagster_gravity.errors import GravityError
+from dagster_gravity import checkpoint_weights as weights_io
+from dagster_gravity.errors import CheckpointError
 from dagster_gravity.storage import (
     LocalSiteStorage,
     ObjectInfo,
@@ -63,10 +70,6 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 # racing promoters settle in a few rounds, so the bound only stops a livelock.
 CAS_ATTEMPTS = 100
 CAS_BACKOFF_S = (0.005, 0.25)  # first pause, longest pause
-
-
-class CheckpointError(GravityError):
-    """A checkpoint operation that cannot be done as asked."""
 
 
 class CorruptCheckpointError(CheckpointError):
@@ -89,36 +92,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def arrays_to_npz(arrays: Mapping[str, np.ndarray], what: str = "a checkpoint") -> bytes:
-    """The arrays as .npz bytes; refuses what could not be loaded back (see below)."""
-    if not arrays:
-        raise CheckpointError(f"{what} needs at least one array; got none")
-    checked = {}
-    for key, value in arrays.items():
-        try:
-            array = np.asarray(value)
-        except ValueError as exc:  # ragged nesting
-            raise CheckpointError(f"{what}: array {key!r} is not a regular array ({exc}); expected an ndarray") from None
-        # np.savez pickles any dtype holding Python objects, and loads refuse pickles
-        # (allow_pickle=False): such a checkpoint could never be loaded, so never write it.
-        if array.dtype.hasobject:
-            raise CheckpointError(
-                f"{what}: array {key!r} has dtype {array.dtype}, which numpy can store only by pickling "
-                "and checkpoints never unpickle; expected a numeric, bool, string or other fixed-size dtype "
-                "(convert it, e.g. np.asarray(x, dtype=float))"
-            )
-        checked[key] = array
-    buf = io.BytesIO()
-    np.savez(buf, **checked)
-    return buf.getvalue()
-
-
-def npz_to_arrays(data: bytes) -> dict[str, np.ndarray]:
-    # allow_pickle=False: object arrays are refused, nothing executes on load.
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -139,10 +112,16 @@ class Version:
     code_version: str
     created_at: str
     parent: int | None = None  # the version it warm-started from, if any
+    weights_format: str = weights_io.LEGACY_FORMAT  # manifests written before safetensors name none
 
     @property
     def label(self) -> str:
         return f"{self.name}@v{self.version}"
+
+    @property
+    def weights_file(self) -> str:
+        """The name of the version's weights file inside `v<N>/`."""
+        return "weights" + weights_io.suffix(self.weights_format)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +138,7 @@ class Version:
             code_version=str(data.get("code_version", "")),
             created_at=data.get("created_at", ""),
             parent=data.get("parent"),
+            weights_format=str(data.get("weights_format") or weights_io.LEGACY_FORMAT),
         )
 
 
@@ -293,9 +273,12 @@ class CheckpointStore:
         metrics: Mapping[str, float] | None = None,
         code_version: str = "",
         parent: int | None = None,
+        weights_format: str = weights_io.DEFAULT_FORMAT,
     ) -> Version:
+        """A new version holding `arrays` (in `weights_format`: 'safetensors' or 'npz')."""
         self._check_name(name)
-        data = arrays_to_npz(arrays, f"checkpoint {name!r}")  # refuses before anything is written
+        # Refuses (a bad format, arrays the format cannot hold) before anything is written.
+        data = weights_io.encode(arrays, weights_format, f"checkpoint {name!r}")
         number = self._claim_version(name)
         version = Version(
             name=name,
@@ -307,9 +290,10 @@ class CheckpointStore:
             code_version=code_version,
             created_at=_now(),
             parent=parent,
+            weights_format=weights_format,
         )
         # Weights first, manifest last: the manifest is what makes the version exist.
-        self.storage.put_bytes(self._mkey(name, f"v{number}", "weights.npz"), data)
+        self.storage.put_bytes(self._mkey(name, f"v{number}", version.weights_file), data)
         self._write_json(self._mkey(name, f"v{number}", "manifest.json"), version.to_json())
         return version
 
@@ -345,19 +329,26 @@ class CheckpointStore:
     def load(self, name: str, version: int) -> Checkpoint:
         """The arrays of a version, after checking their sha256 against the manifest."""
         meta = self.manifest(name, version)
+        if meta.weights_format not in weights_io.WEIGHTS_FORMATS:
+            raise CorruptCheckpointError(
+                name, version, meta.sha256, None,
+                f"manifest.json names weights_format {meta.weights_format!r}; expected one of {list(weights_io.WEIGHTS_FORMATS)}",
+            )
         try:
-            data = self._read(self._mkey(name, f"v{version}", "weights.npz"))
+            data = self._read(self._mkey(name, f"v{version}", meta.weights_file))
         except ObjectNotFound:
-            raise CorruptCheckpointError(name, version, meta.sha256, None, "weights.npz is missing") from None
+            raise CorruptCheckpointError(name, version, meta.sha256, None, f"{meta.weights_file} is missing") from None
         except StorageError as exc:
             raise CorruptCheckpointError(name, version, meta.sha256, None, str(exc)) from None
         actual = sha256_bytes(data)
         if actual != meta.sha256:
             raise CorruptCheckpointError(name, version, meta.sha256, actual)
         try:
-            arrays = npz_to_arrays(data)
-        except Exception as exc:  # checksum matched but the bytes are not a valid npz
-            raise CorruptCheckpointError(name, version, meta.sha256, actual, f"not a valid npz: {exc}") from None
+            arrays = weights_io.decode(data, meta.weights_format)
+        except Exception as exc:  # checksum matched but the bytes are not a valid file of the format
+            raise CorruptCheckpointError(
+                name, version, meta.sha256, actual, f"not a valid {meta.weights_format}: {exc}"
+            ) from None
         return Checkpoint(meta, arrays)
 
     def verify(self, name: str, version: int) -> bool:
@@ -527,23 +518,28 @@ class CheckpointStore:
         kept = set(versions[-keep:]) | protected
         deleted = [v for v in versions if v not in kept]
         for number in deleted:
-            # Manifest first: the version disappears before its weights do.
+            # Manifest first: the version disappears before its weights do. Each format's
+            # file name is deleted (absent ones are no-ops), so a manifest that cannot be read
+            # still leaves no weights behind.
             self.storage.delete(self._mkey(name, f"v{number}", "manifest.json"))
-            self.storage.delete(self._mkey(name, f"v{number}", "weights.npz"))
+            for weights_format in weights_io.WEIGHTS_FORMATS:
+                self.storage.delete(self._mkey(name, f"v{number}", "weights" + weights_io.suffix(weights_format)))
             self.storage.delete(self._mkey(name, f"v{number}", CLAIM))
         return deleted
 
     # -- intermediate progress (resumable training) --
 
     def save_progress(
-        self, name: str, key: str, next_batch: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any] | None = None
+        self, name: str, key: str, next_batch: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any] | None = None,
+        weights_format: str = weights_io.DEFAULT_FORMAT,
     ) -> None:
         """Record that training under `key` finished every batch before `next_batch`."""
         self._check_name(key, "progress key")
-        data = arrays_to_npz(arrays, f"progress {name}/{key}")
+        data = weights_io.encode(arrays, weights_format, f"progress {name}/{key}")
         # Weights under a name tied to the batch, then the state that points at them, so a
         # kill between the two writes leaves the previous (consistent) progress in place.
-        weights_key = self._mkey(name, "_intermediate", key, f"weights-{next_batch:06d}.npz")
+        # The name's ending says the format (progress written before safetensors is .npz).
+        weights_key = self._mkey(name, "_intermediate", key, f"weights-{next_batch:06d}{weights_io.suffix(weights_format)}")
         self.storage.put_bytes(weights_key, data)
         previous = self._progress_state(name, key)
         self._write_json(
@@ -581,7 +577,8 @@ class CheckpointStore:
                 stacklevel=2,
             )
             return None
-        return Progress(key, int(state["next_batch"]), npz_to_arrays(data), dict(state.get("state") or {}))
+        arrays = weights_io.decode(data, weights_io.format_of(state["weights"]))
+        return Progress(key, int(state["next_batch"]), arrays, dict(state.get("state") or {}))
 
     def clear_progress(self, name: str, key: str) -> None:
         self._check_name(key, "progress key")
@@ -632,6 +629,7 @@ def checkpoint_metadata(version: Version, site: str | None = None) -> dict[str, 
         "checkpoint/sha256": version.sha256,
         "checkpoint/size_bytes": version.size_bytes,
         "checkpoint/code_version": version.code_version,
+        "checkpoint/weights_format": version.weights_format,
         "checkpoint/lineage": version.lineage,
     }
     if version.parent is not None:

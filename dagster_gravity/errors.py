@@ -20,6 +20,10 @@ class GravityConfigError(GravityError, ValueError):
     location metadata. The message names the thing, the value and what was expected."""
 
 
+class CheckpointError(GravityError):
+    """A checkpoint operation that cannot be done as asked (`dagster_gravity.checkpoints`)."""
+
+
 def short_repr(value: object, limit: int = 80) -> str:
     """`repr(value)` cut to about `limit` characters, for error messages.
 

@@ -14,7 +14,7 @@ from dagster_gravity import gravity_executor
 from pipelines.datagen import EU_SITE, EVENTS_SITE, REFERENCE_SITE
 from pipelines.features import FEATURE_ASSETS, STATS_ASSETS
 from pipelines.jobs import ASSET_JOBS, daily_features_schedule, ingest_jobs, retrain_job
-from pipelines.model import MODEL_ASSETS, rollback_job
+from pipelines.model import MODEL_ASSETS, MODEL_CHECKS, rollback_job
 from pipelines.raw import RAW_ASSETS
 from resources import project_resources
 from sensors.drift import make_drift_sensor
@@ -44,6 +44,7 @@ def build_defs(sites: str | None = None, executor=None) -> Definitions:
     docstring); building the definitions never reads or writes the environment."""
     return Definitions(
         assets=[*RAW_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS],
+        asset_checks=MODEL_CHECKS,
         jobs=[*ASSET_JOBS, rollback_job],
         schedules=[daily_features_schedule],
         sensors=build_sensors(),

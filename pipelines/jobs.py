@@ -8,7 +8,7 @@ from pipelines.common import DAILY, GROUPS, TRAINING_GROUP
 
 SITE_GROUPS = AssetSelection.groups(*GROUPS.values())
 
-# Everything for one day: raw -> features -> stats -> train -> evaluate -> gate.
+# Everything for one day: raw -> features -> stats -> train -> quality gate check -> promote.
 everything_job = define_asset_job("everything_job", selection=AssetSelection.all())
 
 # The day's features at every site (what the schedule runs).
@@ -20,7 +20,7 @@ ingest_jobs = {
     for site, group in GROUPS.items()
 }
 
-# Train, evaluate, gate (what the drift sensor requests).
+# Train, gate (the blocking check on the candidate), promote (what the drift sensor requests).
 retrain_job = define_asset_job("retrain_job", selection=AssetSelection.groups(TRAINING_GROUP))
 
 # Runs after each day ends, for that day's partition, at 00:30 UTC.

@@ -1,26 +1,48 @@
 """Training, evaluation and the quality gate, as separate steps; plus the rollback job.
 
-- `model_checkpoint` trains incrementally (warm start from the promoted checkpoint; resumes
-  from its intermediate checkpoint when a killed step is retried) and saves a new version.
-- `model_evaluation` scores the new version and the promoted one on the same holdout.
-- `promoted_model` is the quality gate: it promotes the new version only if it is not
-  worse, otherwise keeps the promoted one; then applies retention.
+- `model_checkpoint` trains incrementally (scikit-learn `SGDClassifier.partial_fit`, warm
+  start from the promoted checkpoint; resumes from its intermediate checkpoint when a killed
+  step is retried) and saves a new version (safetensors + JSON manifest).
+- `quality_gate`, a blocking asset check on `model_checkpoint` (the candidate), scores the
+  new version and the promoted one (if any) on the same holdout and decides from that one
+  comparison (`pipelines.quality_gate`): it passes unless the candidate is worse; with
+  nothing promoted yet it passes a first model that reaches absolute thresholds. It records
+  the scores and its verdict on the candidate's manifest.
+- `promoted_model` runs only when the gate passed (Dagster skips it after a failed blocking
+  check), promotes the candidate, refusing one whose manifest shows no passed gate, and
+  applies retention.
 """
 
 
 import hashlib
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, AssetObservation, Config, OpExecutionContext, RetryPolicy, asset, job, op
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetObservation,
+    Config,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    RetryPolicy,
+    asset,
+    asset_check,
+    job,
+    op,
+)
 
 from dagster_gravity import GravityCheckpoints
 from dagster_gravity import metadata as gm
 from dagster_gravity.checkpoints import CheckpointStore, checkpoint_metadata
+from pipelines import quality_gate
 from pipelines.common import DAILY, TRAINING_GROUP, TRAINING_SITE, at_site
 from pipelines.training import CODE_VERSION, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, progress_key, train_incremental
 
-GATE_METRIC = "log_loss"  # lower is better
-GATE_TOLERANCE = 0.002  # a candidate this much worse still counts as "not worse" (noise)
 RETAIN_VERSIONS = 5
 FEATURE_CODE_VERSIONS = {"event_features": "1", "eu_segment_features": "2", "training_set": "1"}
 
@@ -28,7 +50,7 @@ FEATURE_CODE_VERSIONS = {"event_features": "1", "eu_segment_features": "2", "tra
 class TrainingConfig(Config):
     batch_rows: int = 512
     epochs: int = 2
-    learning_rate: float = 0.1
+    learning_rate: float = 0.1  # the first step size (SGDClassifier's eta0); it decays with t
     checkpoint_every: int = 4
     batch_delay_s: float = 0.0
 
@@ -37,9 +59,12 @@ def data_sha256(df: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
 
 
-def load_parent(context, store: CheckpointStore):
+def load_promoted(context, store: CheckpointStore):
     """The promoted checkpoint, or the newest good one below it if it is corrupted; every
-    refusal becomes a warning and an observation on the checkpoint asset."""
+    refusal becomes a warning and an observation on the checkpoint asset. None while nothing
+    is promoted: a version that never passed the gate is neither a parent nor a baseline."""
+    if store.promoted(MODEL_NAME) is None:
+        return None
     fallback = store.load_usable(MODEL_NAME)
     for refused in fallback.refused:
         message = f"refused checkpoint {MODEL_NAME}@v{refused.version}: {refused}"
@@ -57,7 +82,7 @@ def load_parent(context, store: CheckpointStore):
 
 @asset(
     partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version=CODE_VERSION,
-    op_tags={gm.TAG_POOL_KIND: "gpu", gm.TAG_GPU: "1"}, kinds={"numpy"},
+    op_tags={gm.TAG_POOL_KIND: "gpu", gm.TAG_GPU: "1"}, kinds={"scikitlearn", "safetensors"},
     # A killed or crashed training step is retried, and resumes from its last intermediate
     # checkpoint (same partition, parent and data -> same progress key).
     retry_policy=RetryPolicy(max_retries=2, delay=1),
@@ -67,7 +92,7 @@ def model_checkpoint(
 ) -> pd.DataFrame:
     """A new checkpoint version trained on the partition, warm-started from the promoted one."""
     store = checkpoints.store()
-    parent = load_parent(context, store)
+    parent = load_promoted(context, store)
     train_rows = training_set[~holdout_mask(training_set)]
     sha = data_sha256(train_rows)
     parent_version = parent.version.version if parent else None
@@ -104,74 +129,103 @@ def model_checkpoint(
     }])
 
 
-@asset(
-    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version="1",
-    kinds={"parquet"},
-)
-def model_evaluation(
-    context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_checkpoint: pd.DataFrame,
-    training_set: pd.DataFrame,
-) -> pd.DataFrame:
-    """Holdout metrics of the new version and of the promoted one, on the same rows."""
-    store = checkpoints.store()
+def evaluate_on_holdout(context, store: CheckpointStore, candidate_version: int, training_set: pd.DataFrame) -> list[dict]:
+    """Holdout metrics of the candidate and of the promoted model (none while nothing is
+    promoted), on the same rows: the one comparison the quality gate decides on. The
+    candidate's are recorded on its manifest (eval_*)."""
     holdout = training_set[holdout_mask(training_set)]
     x, y = matrix(holdout)
-    candidate = store.load(MODEL_NAME, int(model_checkpoint["version"].iloc[0]))
-    rows = [{"role": "candidate", "version": candidate.version.version, **metrics(candidate.arrays, x, y)}]
-    store.update_metrics(MODEL_NAME, candidate.version.version, {f"eval_{k}": v for k, v in rows[0].items() if k not in ("role", "version")})
-    promoted = load_parent(context, store)
+    candidate = store.load(MODEL_NAME, candidate_version)
+    rows = [{"role": "candidate", "version": candidate_version, **metrics(candidate.arrays, x, y)}]
+    store.update_metrics(MODEL_NAME, candidate_version, {f"eval_{k}": v for k, v in rows[0].items() if k not in ("role", "version")})
+    promoted = load_promoted(context, store)
     if promoted is not None:
         rows.append({"role": "promoted", "version": promoted.version.version, **metrics(promoted.arrays, x, y)})
-    out = pd.DataFrame(rows)
-    context.add_output_metadata({
-        f"{r['role']}/{m}": float(r[m]) for r in rows for m in ("log_loss", "auc", "accuracy")
-    } | {"candidate/version": candidate.version.version})
-    return out
+    return rows
+
+
+# The verdict, recorded on the candidate's manifest (its metrics are numbers): promoted_model
+# promotes nothing whose manifest lacks a passed gate, whatever selected it.
+GATE_PASSED = "gate_passed"  # 1.0 passed, 0.0 failed
+GATE_BASELINE = "gate_baseline"  # the version compared with; 0 for a first model
+GATE_DELTA = "gate_delta_"  # + metric: candidate - baseline on the same holdout
+
+
+# The check is partitioned like its asset (a Dagster preview feature, which warns once at
+# import): each day's candidate is gated on that day's holdout.
+@asset_check(
+    asset=model_checkpoint, name="quality_gate", blocking=True, partitions_def=DAILY,
+    additional_ins={"training_set": AssetIn("training_set")},
+    description="The candidate against the promoted model on the same holdout (log loss, within 0.002); "
+                "a first model against absolute thresholds. Promotion happens only when it passes.",
+)
+def quality_gate_check(
+    context: AssetCheckExecutionContext, checkpoints: GravityCheckpoints, model_checkpoint: pd.DataFrame,
+    training_set: pd.DataFrame,
+) -> AssetCheckResult:
+    store = checkpoints.store()
+    number = int(model_checkpoint["version"].iloc[0])
+    # the op's context: a refused (corrupted) promoted checkpoint is logged as an observation
+    rows = evaluate_on_holdout(context.op_execution_context, store, number, training_set)
+    by_role = {r["role"]: r for r in rows}
+    gate = quality_gate.decide(by_role["candidate"], by_role.get("promoted"))
+    baseline = by_role.get("promoted")
+    store.update_metrics(MODEL_NAME, number, {
+        GATE_PASSED: 1.0 if gate.promotes else 0.0, GATE_BASELINE: int(baseline["version"]) if baseline else 0,
+        **{GATE_DELTA + k: v for k, v in gate.deltas.items()},
+    })
+    outcome = {
+        "gate/decision": gate.decision, "gate/reason": gate.reason, "gate/candidate": number,
+        "gate/baseline": gate.baseline,
+        # candidate - promoted, from the comparison the decision was made on (same holdout)
+        "gate/metric_deltas": MetadataValue.json(gate.deltas),
+        "evaluation/holdout_rows": int(holdout_mask(training_set).sum()),
+        **{f"{r['role']}/{m}": float(r[m]) for r in rows for m in ("log_loss", "auc", "accuracy")},
+    }
+    if baseline is not None:
+        outcome["gate/lineage_changes"] = sorted(store.compare(MODEL_NAME, int(baseline["version"]), number).lineage_changes)
+    if not gate.promotes:
+        context.log.warning(f"quality gate: {gate.decision}: {gate.reason}")
+    return AssetCheckResult(passed=gate.promotes, severity=AssetCheckSeverity.ERROR, metadata=outcome)
 
 
 @asset(
-    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version="1",
+    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version="2",
     kinds={"parquet"},
 )
 def promoted_model(
-    context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_evaluation: pd.DataFrame
+    context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_checkpoint: pd.DataFrame
 ) -> pd.DataFrame:
-    """The quality gate: promote the candidate unless it evaluates worse than the promoted."""
+    """Promotes the candidate that passed the quality gate (the blocking check on
+    model_checkpoint), then applies retention."""
     store = checkpoints.store()
-    by_role = {r["role"]: r for r in model_evaluation.to_dict("records")}
-    cand = by_role["candidate"]
-    current = by_role.get("promoted")
-    if current is None:
-        decision, reason = "promoted", "no promoted model yet"
-    elif cand[GATE_METRIC] <= current[GATE_METRIC] + GATE_TOLERANCE:
-        decision = "promoted"
-        reason = f"{GATE_METRIC} {cand[GATE_METRIC]:.4f} vs promoted v{int(current['version'])} {current[GATE_METRIC]:.4f}"
-    else:
-        decision = "kept"
-        reason = (f"candidate v{int(cand['version'])} is worse: {GATE_METRIC} {cand[GATE_METRIC]:.4f} > "
-                  f"{current[GATE_METRIC]:.4f} of promoted v{int(current['version'])}")
-    if decision == "promoted":
-        store.promote(MODEL_NAME, int(cand["version"]), reason=reason)
-    else:
-        context.log.warning(f"quality gate kept the promoted model: {reason}")
-    comparison = {}
-    if current is not None:
-        diff = store.compare(MODEL_NAME, int(current["version"]), int(cand["version"]))
-        comparison = {"gate/metric_deltas": {k: v["delta"] for k, v in diff.metrics.items() if v["delta"] is not None},
-                      "gate/lineage_changes": sorted(diff.lineage_changes)}
+    number = int(model_checkpoint["version"].iloc[0])
+    verdict = store.manifest(MODEL_NAME, number).metrics
+    if verdict.get(GATE_PASSED) != 1.0:
+        state = "failed" if GATE_PASSED in verdict else "has not run on"
+        raise Failure(description=(
+            f"candidate {MODEL_NAME}@v{number}: the quality gate (check model_checkpoint:quality_gate) {state} it, "
+            "so it is not promoted; materialize model_checkpoint with its check"))
+    compared = int(verdict[GATE_BASELINE])
+    reason = (f"passed the quality gate against promoted v{compared}" if compared
+              else f"passed the quality gate as the {quality_gate.FIRST_MODEL}")
+    store.promote(MODEL_NAME, number, reason=reason)
     deleted = store.apply_retention(MODEL_NAME, keep=RETAIN_VERSIONS)
     version = store.manifest(MODEL_NAME, store.promoted(MODEL_NAME))
     context.add_output_metadata({
         **checkpoint_metadata(version),
-        "gate/decision": decision, "gate/reason": reason, "gate/candidate": int(cand["version"]),
+        "gate/decision": quality_gate.PROMOTED, "gate/reason": reason, "gate/candidate": number,
+        "gate/baseline": f"v{compared}" if compared else quality_gate.FIRST_MODEL,
+        "gate/metric_deltas": MetadataValue.json(
+            {k[len(GATE_DELTA):]: v for k, v in verdict.items() if k.startswith(GATE_DELTA)}),
         "retention/deleted": [int(v) for v in deleted],
-        **comparison,
     })
-    return pd.DataFrame([{"model": MODEL_NAME, "version": version.version, "decision": decision, "sha256": version.sha256,
-                          **{k: v for k, v in version.metrics.items()}}])
+    return pd.DataFrame([{"model": MODEL_NAME, "version": version.version, "decision": quality_gate.PROMOTED,
+                          "sha256": version.sha256, **{k: v for k, v in version.metrics.items()}}])
 
 
-MODEL_ASSETS = [model_checkpoint, model_evaluation, promoted_model]
+MODEL_ASSETS = [model_checkpoint, promoted_model]
+MODEL_CHECKS = [quality_gate_check]
 
 
 class RollbackConfig(Config):

@@ -75,12 +75,12 @@ def plan_steps(steps: list[StepRun], asset_graph, instance, landing_sizes: dict[
     for run_id in dict.fromkeys(s.run_id for s in steps):
         in_run = {s.step: s for s in steps if s.run_id == run_id}
         for s in in_run.values():
-            key = AssetKey(s.step)
+            node = _node(asset_graph, s.step)
             external, upstream = [], []
             if s.step.startswith("raw_"):
                 site, size = landing_sizes[(s.step, s.partition)]
-                external.append(InputData(f"landing/{s.step}", size, (site,), _residency(asset_graph, key)))
-            for parent in asset_graph.get(key).parent_keys:
+                external.append(InputData(f"landing/{s.step}", size, (site,), _residency(asset_graph, node.key)))
+            for parent in node.parent_entity_keys:
                 name = parent.to_user_string()
                 size = _size(instance, parent, s.partition, in_run)
                 if name in in_run:
@@ -90,6 +90,18 @@ def plan_steps(steps: list[StepRun], asset_graph, instance, landing_sizes: dict[
                     external.append(InputData(name, size, (loc.site,), loc.residency))
             out.append(PlanStep(f"{run_id[:8]}:{s.step}", tuple(external), tuple((f"{run_id[:8]}:{u}", b) for u, b in upstream)))
     return out
+
+
+def _node(asset_graph, step: str):
+    """The asset a step materializes, or the asset check it evaluates (its parents are the
+    checked asset and the check's other inputs)."""
+    key = AssetKey(step)
+    if asset_graph.has(key):
+        return asset_graph.get(key)
+    for check_key in asset_graph.asset_check_keys:
+        if asset_graph.assets_def_for_key(check_key).node_def.name == step:
+            return asset_graph.get(check_key)
+    raise KeyError(f"step {step!r} is neither an asset nor an asset check of the definitions")
 
 
 def _residency(asset_graph, key: AssetKey):
@@ -148,9 +160,10 @@ def render(topology: Topology, instance, run_ids: list[str], asset_graph, landin
     for s in steps:
         per_step[s.step].add(s.pool or s.site or "?")
         counts[s.step] += 1
+    width = max([22, *map(len, per_step)])  # asset check steps have longer names
     for step, pools in per_step.items():
         asset_site = {getattr(s.materialized.get(step), "site", None) for s in steps if s.step == step} - {None}
-        lines.append(f"  {step:22} {', '.join(sorted(pools)):30} x{counts[step]}  data at {', '.join(sorted(asset_site)) or '-'}")
+        lines.append(f"  {step:{width}} {', '.join(sorted(pools)):30} x{counts[step]}  data at {', '.join(sorted(asset_site)) or '-'}")
     lines += ["", "Bytes moved across sites:"]
     for asset, to, n in moves:
         lines.append(f"  {asset:22} -> {to:15} {format_bytes(n):>10}")

@@ -38,7 +38,7 @@ def visible_names(folder):
 
 
 def corrupt(store_root, version):
-    path = store_root / "checkpoints" / "m" / f"v{version}" / "weights.npz"
+    path = store_root / "checkpoints" / "m" / f"v{version}" / "weights.safetensors"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -48,12 +48,16 @@ def test_save_writes_the_documented_layout_and_loads_verified(store, tmp_path):
     v = save(store, 1)
     assert v.version == 1 and len(v.sha256) == 64
     vdir = tmp_path / "site" / "checkpoints" / "m" / "v1"
-    assert visible_names(vdir) == ["claim.json", "manifest.json", "weights.npz"]
+    assert visible_names(vdir) == ["claim.json", "manifest.json", "weights.safetensors"]
     # the site storage's layout: each name links to its data, checksum recorded (as on S3)
-    info = store.storage.head("checkpoints/m/v1/weights.npz")
-    assert info.sha256 == v.sha256 and (vdir / "weights.npz").is_symlink()
+    info = store.storage.head("checkpoints/m/v1/weights.safetensors")
+    assert info.sha256 == v.sha256 and (vdir / "weights.safetensors").is_symlink()
     manifest = json.loads((vdir / "manifest.json").read_text())
     assert manifest["sha256"] == v.sha256 and manifest["lineage"]["features"] == "f1"
+    assert manifest["weights_format"] == "safetensors"
+    # a plain safetensors file: any safetensors reader gets the arrays back
+    from safetensors.numpy import load_file
+    np.testing.assert_array_equal(load_file(vdir / "weights.safetensors")["coef"], arrays(1)["coef"])
     assert manifest["code_version"] == "c1" and manifest["created_at"]
     loaded = store.load("m", 1)
     np.testing.assert_array_equal(loaded.arrays["coef"], arrays(1)["coef"])
@@ -65,7 +69,7 @@ def test_a_version_without_manifest_is_invisible(store, tmp_path):
     save(store, 1)
     half = tmp_path / "site" / "checkpoints" / "m" / "v2"
     half.mkdir()
-    (half / "weights.npz").write_bytes(b"partial")
+    (half / "weights.safetensors").write_bytes(b"partial")
     assert store.versions("m") == [1]
     assert save(store, 2).version == 2  # the unfinished v2 is overwritten, not trusted
 
@@ -99,6 +103,7 @@ def test_npz_with_objects_is_refused_not_unpickled(store, tmp_path):
     site.put_bytes("checkpoints/m/v1/weights.npz", data)
     manifest = json.loads(site.read_bytes("checkpoints/m/v1/manifest.json")[0])
     manifest["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest["weights_format"] = "npz"
     site.put_bytes("checkpoints/m/v1/manifest.json", json.dumps(manifest).encode())
     with pytest.raises(CorruptCheckpointError, match="not a valid npz"):
         store.load("m", v.version)
@@ -158,8 +163,8 @@ def test_progress_roundtrip_and_corrupt_progress_starts_over(store, tmp_path):
     progress = store.load_progress("m", "run-a")
     assert progress.next_batch == 6 and progress.state == {"seen": 60}
     inter = tmp_path / "site" / "checkpoints" / "m" / "_intermediate" / "run-a"
-    assert visible_names(inter) == ["state.json", "weights-000006.npz"]
-    (inter / "weights-000006.npz").write_bytes(b"garbage")
+    assert visible_names(inter) == ["state.json", "weights-000006.safetensors"]
+    (inter / "weights-000006.safetensors").write_bytes(b"garbage")
     with pytest.warns(CheckpointCorruptionWarning, match="starting that training from the beginning"):
         assert store.load_progress("m", "run-a") is None
     store.clear_progress("m", "run-a")
@@ -171,6 +176,7 @@ def test_checkpoint_metadata_surfaces_version_metrics_and_checksum(store):
     meta = checkpoint_metadata(v, site="onprem-dc")
     assert meta["checkpoint/version"] == 1 and meta["metric/auc"] == 0.9
     assert meta["checkpoint/sha256"] == v.sha256 and meta["gravity/site"] == "onprem-dc"
+    assert meta["checkpoint/weights_format"] == "safetensors"
 
 
 def test_checkpoints_on_an_s3_site_verify_and_fall_back(tmp_path, seaweedfs, s3_buckets):
@@ -189,7 +195,7 @@ def test_checkpoints_on_an_s3_site_verify_and_fall_back(tmp_path, seaweedfs, s3_
     np.testing.assert_array_equal(store.load("m", 2).arrays["coef"], arrays(2)["coef"])
     # Overwrite v2's weights behind the store's back, keeping the recorded checksum.
     client = seaweedfs.client()
-    key = "site/checkpoints/m/v2/weights.npz"
+    key = "site/checkpoints/m/v2/weights.safetensors"
     head = client.head_object(Bucket=s3_buckets[0], Key=key)
     client.put_object(Bucket=s3_buckets[0], Key=key, Body=b"not the weights", Metadata=head["Metadata"])
     with pytest.warns(CheckpointCorruptionWarning, match="v2 is corrupted"):
@@ -212,8 +218,8 @@ def test_local_checkpoints_live_in_the_site_storage_with_checksums(tmp_path):
     v = save(store, 1)
     site = storage_for_site(topology, "dc")
     assert store.storage is site  # the same backend as the IO manager's, not a side door
-    assert site.head("checkpoints/m/v1/weights.npz").sha256 == v.sha256
-    assert site.list_keys("checkpoints/m/") == [f"checkpoints/m/v1/{n}" for n in ("claim.json", "manifest.json", "weights.npz")]
+    assert site.head("checkpoints/m/v1/weights.safetensors").sha256 == v.sha256
+    assert site.list_keys("checkpoints/m/") == [f"checkpoints/m/v1/{n}" for n in ("claim.json", "manifest.json", "weights.safetensors")]
     corrupt(tmp_path / "dc", 1)
     with pytest.raises(CorruptCheckpointError, match="v1 is corrupted.*checksum mismatch"):
         store.load("m", 1)
@@ -412,16 +418,114 @@ def test_save_refuses_a_ragged_array_naming_it(store):
         store.save("m", {"rows": [[1, 2], [3]]}, lineage={})
 
 
-def test_fixed_size_dtypes_round_trip(store):
+def test_fixed_size_dtypes_round_trip_as_npz(store):
     values = {
         "f": np.arange(3, dtype=np.float32), "b": np.array([True, False]), "s": np.array(["ab", "c"]),
         "by": np.array([b"x", b"yz"]), "rec": np.zeros(2, dtype=[("a", "f8"), ("b", "i4")]), "c": np.array([1 + 2j]),
     }
-    store.save("m", values, lineage={})
+    v = store.save("m", values, lineage={}, weights_format="npz")
+    assert v.weights_file == "weights.npz" and store.storage.head("checkpoints/m/v1/weights.npz") is not None
     loaded = store.load("m", 1).arrays
     for key, value in values.items():
         assert loaded[key].dtype == value.dtype
         np.testing.assert_array_equal(loaded[key], value)
+
+
+def test_safetensors_round_trips_numeric_arrays_whatever_their_memory_layout(store):
+    grid = np.arange(12, dtype=np.float64).reshape(3, 4)
+    values = {
+        "fortran": np.asfortranarray(grid), "strided": np.arange(10, dtype=np.int64)[::3], "transposed": grid.T,
+        "scalar": np.asarray(2.5), "empty": np.zeros((0, 3), dtype=np.float32), "b": np.array([True, False]),
+        "u8": np.arange(4, dtype=np.uint8), "half": np.ones(2, dtype=np.float16),
+    }
+    store.save("m", values, lineage={})
+    loaded = store.load("m", 1).arrays
+    assert sorted(loaded) == sorted(values)
+    for key, value in values.items():  # safetensors writes memory as it lies: these must be copied C-ordered first
+        assert loaded[key].dtype == value.dtype and loaded[key].shape == value.shape, key
+        np.testing.assert_array_equal(loaded[key], value)
+    loaded["fortran"][0, 0] = -1.0  # the loaded arrays are the caller's to change
+
+
+@pytest.mark.parametrize("value", [np.array(["ab", "c"]), np.zeros(2, dtype=[("a", "f8")]), np.array([1 + 2j])])
+def test_safetensors_refuses_what_it_cannot_hold_naming_the_array_the_dtype_and_npz(store, value):
+    with pytest.raises(CheckpointError) as info:
+        store.save("m", {"coef": np.ones(2), "vocab": value}, lineage={})
+    message = str(info.value)
+    assert "'vocab'" in message and str(value.dtype) in message and "safetensors cannot store" in message
+    assert "weights_format='npz'" in message and "'m'" in message
+    assert store.storage.list_keys("") == []  # refused before anything was written
+    with pytest.raises(CheckpointError, match="weights_format 'pickle' is not a weights format; expected one of"):
+        store.save("m", {"coef": np.ones(2)}, lineage={}, weights_format="pickle")
+
+
+def write_version_the_old_way(store, name: str, version: int, arrays: dict, **fields) -> None:
+    """A version exactly as the store wrote it before safetensors: weights.npz and a manifest
+    without a weights_format field."""
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    site, folder = store.storage, f"checkpoints/{name}/v{version}"
+    site.put_bytes(f"{folder}/claim.json", b"{}")
+    site.put_bytes(f"{folder}/weights.npz", data)
+    manifest = {"name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+                "lineage": {"old": True}, "metrics": {"eval_log_loss": 0.6}, "code_version": "logreg-numpy-1",
+                "created_at": "2026-01-01T00:00:00+00:00", "parent": None, **fields}
+    site.put_bytes(f"{folder}/manifest.json", json.dumps(manifest).encode())
+
+
+def test_checkpoints_written_as_npz_before_safetensors_still_load_promote_and_retire(store, tmp_path):
+    old = {"coef": np.array([0.5, -1.0, 2.0]), "intercept": np.array([0.1]), "mean": np.zeros(3), "std": np.ones(3)}
+    write_version_the_old_way(store, "m", 1, old)
+    assert store.versions("m") == [1] and store.manifest("m", 1).weights_format == "npz"
+    loaded = store.load("m", 1)
+    for key, value in old.items():
+        np.testing.assert_array_equal(loaded.arrays[key], value)
+    store.promote("m", 1)
+    new = save(store, 2)  # the next version is safetensors, beside the npz one
+    assert new.weights_format == "safetensors" and store.versions("m") == [1, 2]
+    store.update_metrics("m", 1, {"eval_auc": 0.7})  # rewriting an old manifest keeps its format
+    assert store.manifest("m", 1).weights_format == "npz" and store.load("m", 1).version.metrics["eval_auc"] == 0.7
+    store.promote("m", 2)
+    assert store.rollback("m").version == 1  # back onto the old npz version
+    assert store.apply_retention("m", keep=1) == []  # v1 promoted, v2 the newest
+    # an old version retention deletes goes entirely, its npz weights too
+    write_version_the_old_way(store, "old", 1, old)
+    store.save("old", old, lineage={})
+    assert store.apply_retention("old", keep=1) == [1]
+    assert store.storage.list_keys("checkpoints/old/v1/") == []
+    # corruption of an old file is caught by the same checksums
+    write_version_the_old_way(store, "bad", 1, old)
+    (tmp_path / "site" / "checkpoints" / "bad" / "v1" / "weights.npz").write_bytes(b"junk")
+    with pytest.raises(CorruptCheckpointError, match="'bad' v1 is corrupted"):
+        store.load("bad", 1)
+
+
+def test_a_manifest_naming_an_unknown_weights_format_is_a_corrupted_version(store):
+    write_version_the_old_way(store, "m", 1, {"coef": np.ones(2)}, weights_format="pickle")
+    with pytest.raises(CorruptCheckpointError, match=r"weights_format 'pickle'; expected one of \['safetensors', 'npz'\]"):
+        store.load("m", 1)
+
+
+def test_progress_written_as_npz_before_safetensors_still_resumes(store):
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, coef=np.arange(3.0))
+    data = buf.getvalue()
+    weights = "checkpoints/m/_intermediate/run-a/weights-000004.npz"
+    store.storage.put_bytes(weights, data)
+    state = {"next_batch": 4, "weights": weights, "sha256": hashlib.sha256(data).hexdigest(), "state": {"pid": 1}, "at": ""}
+    store.storage.put_bytes("checkpoints/m/_intermediate/run-a/state.json", json.dumps(state).encode())
+    progress = store.load_progress("m", "run-a")
+    assert progress.next_batch == 4 and progress.arrays["coef"].tolist() == [0.0, 1.0, 2.0]
+    store.save_progress("m", "run-a", 8, {"coef": np.arange(3.0) + 1})  # the next save replaces it as safetensors
+    assert store.storage.list_keys("checkpoints/m/_intermediate/run-a/") == [
+        "checkpoints/m/_intermediate/run-a/state.json", "checkpoints/m/_intermediate/run-a/weights-000008.safetensors"]
 
 
 # -- compare-and-swap updates ------------------------------------------------------------

@@ -39,6 +39,14 @@ def run_events(instance, run_id, event_type):
     return [e for e in instance.all_logs(run_id) if e.dagster_event and e.dagster_event.event_type == event_type]
 
 
+def gate_evaluation(instance, run_id):
+    """The quality gate check's evaluation in the run: (passed, metadata)."""
+    [event] = run_events(instance, run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
+    evaluation = event.dagster_event.asset_check_evaluation_data
+    assert evaluation.check_name == "quality_gate" and evaluation.asset_key == AssetKey("model_checkpoint")
+    return evaluation.passed, {k: plain_value(v) for k, v in evaluation.metadata.items()}
+
+
 def store_for(sites) -> CheckpointStore:
     return CheckpointStore.for_site(Topology.from_yaml(sites), "onprem-dc")
 
@@ -66,7 +74,7 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
         for e in run_events(instance, run_id, DagsterEventType.ENGINE_EVENT)
         if "gravity/pool_id" in (e.dagster_event.engine_event_data.metadata or {}) and e.step_key
     }
-    assert len(placements) == len(graph.get_all_asset_keys())
+    assert len(placements) == len(graph.get_all_asset_keys()) + 1  # and the quality gate check
     assert placements["model_checkpoint"] == "onprem-dc/gpu"
     assert placements["eu_customer_features"].startswith("eu-colo/")
 
@@ -75,7 +83,20 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
     assert ckpt["train/start_batch"] == 0 and "metric/train_log_loss" in ckpt
     gate = latest_metadata(instance, "promoted_model", DAY1)
     assert gate["gate/decision"] == "promoted" and gate["checkpoint/version"] == 1
+    # nothing was promoted: a first model, on absolute thresholds, not compared with itself
+    passed, check = gate_evaluation(instance, run_id)
+    assert passed and check["gate/baseline"] == "first model" and check["gate/metric_deltas"] == {}
+    assert not any(k.startswith("promoted/") for k in check) and gate["gate/baseline"] == "first model"
     assert store_for(pipeline_sites).promoted(MODEL_NAME) == 1
+
+    # A candidate worse than the promoted model fails the blocking gate: the run fails,
+    # promoted_model never runs, v1 stays promoted (huge step sizes make v2 diverge).
+    bad_run, ok, failures = run_job(instance, "retrain_job", DAY1, training_run_config(learning_rate=1000.0))
+    passed, check = gate_evaluation(instance, bad_run)
+    assert not ok and not passed and check["gate/decision"] == "kept" and check["gate/baseline"] == "v1", failures
+    assert [e.step_key for e in run_events(instance, bad_run, DagsterEventType.STEP_FAILURE)] == ["model_checkpoint_quality_gate"]
+    assert "promoted_model" not in {e.step_key for e in run_events(instance, bad_run, DagsterEventType.ASSET_MATERIALIZATION)}
+    assert store_for(pipeline_sites).promoted(MODEL_NAME) == 1 and store_for(pipeline_sites).versions(MODEL_NAME) == [1, 2]
 
     # What the demo reports: the bytes the IO manager replicated match the cost model, and
     # a location-blind run (everything at the hub) would move far more.
@@ -171,11 +192,19 @@ def test_killed_training_step_resumes_from_its_intermediate_checkpoint(pipeline_
 def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores(pipeline_sites, instance):
     generate_days(pipeline_sites, [DAY1, DAY2])
     for day in (DAY1, DAY2):
-        assert run_job(instance, "everything_job", day)[1]
+        run_id, ok, failures = run_job(instance, "everything_job", day)
+        assert ok, failures
     store = store_for(pipeline_sites)
     assert store.promoted(MODEL_NAME) == 2
+    # day 2's gate compared v2 with v1 on day 2's holdout, and both it and the promotion
+    # report that one comparison
+    passed, check = gate_evaluation(instance, run_id)
+    gate = latest_metadata(instance, "promoted_model", DAY2)
+    assert passed and check["gate/baseline"] == "v1" == gate["gate/baseline"] and check["gate/decision"] == "promoted"
+    deltas = {m: check[f"candidate/{m}"] - check[f"promoted/{m}"] for m in ("log_loss", "auc", "accuracy")}
+    assert check["gate/metric_deltas"] == pytest.approx(deltas) and gate["gate/metric_deltas"] == pytest.approx(deltas)
 
-    weights = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "v2" / "weights.npz"
+    weights = Path(Topology.from_yaml(pipeline_sites).site("onprem-dc").storage.path) / "checkpoints" / MODEL_NAME / "v2" / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[100] ^= 0xFF
     weights.write_bytes(bytes(data))

@@ -1,20 +1,21 @@
-"""Unit tests of single pieces of the reference pipeline: point-in-time joins, the quality
-gate, the data generator, drift scoring."""
+"""Unit tests of single pieces of the reference pipeline: point-in-time joins, training
+(scikit-learn, resumable), the quality gate, the data generator, drift scoring."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import build_asset_context
+from dagster import Failure, build_asset_context
 
 from dagster_gravity import GravityCheckpoints, GravityTopology
 from dagster_gravity.checkpoints import CheckpointStore
 from dagster_gravity.topology import Topology
 from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
-from pipelines.model import promoted_model
-from pipelines.training import MODEL_NAME
+from pipelines import quality_gate
+from pipelines.model import promoted_model, quality_gate_check
+from pipelines.training import FEATURES, LABEL, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, restore, train_incremental
 from resources import CHECKPOINT_SITE
 from sensors.drift import drift_scores
 from tests.support.pipeline import write_sites
@@ -145,24 +146,232 @@ def checkpoints(tmp_path):
     return resource, CheckpointStore.for_site(Topology.from_yaml(sites), "onprem-dc")
 
 
-def evaluation(candidate_loss, promoted_loss):
-    return pd.DataFrame([
-        {"role": "candidate", "version": 2, "log_loss": candidate_loss, "auc": 0.7, "accuracy": 0.7, "rows": 100.0},
-        {"role": "promoted", "version": 1, "log_loss": promoted_loss, "auc": 0.7, "accuracy": 0.7, "rows": 100.0},
-    ])
+def trained(store: CheckpointStore, seed: int = 0, scale: float = 1.0, **metrics) -> int:
+    """A saved version of the model trained on synthetic rows (coef scaled by `scale`)."""
+    df = synthetic_training_rows(seed=seed)
+    result = train_incremental(store, df[~holdout_mask(df)], None, f"k{seed}-{scale}", CONFIG)
+    arrays = {**result.arrays, "coef": result.arrays["coef"] * scale}
+    return store.save(MODEL_NAME, arrays, lineage={"partitions": [f"2026-01-0{seed + 1}"]}, metrics=metrics).version
 
 
-def test_quality_gate_keeps_the_promoted_model_when_the_candidate_is_worse(checkpoints):
+def gate(resource, version: int, training_set: pd.DataFrame):
+    """The quality gate check on candidate `version`, invoked directly: its result."""
+    from dagster import build_asset_check_context
+
+    return quality_gate_check(build_asset_check_context(), checkpoints=resource, training_set=training_set,
+                              model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
+
+
+def promote(resource, version: int):
+    context = build_asset_context(partition_key="2026-01-02")
+    out = promoted_model(context, checkpoints=resource, model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
+    return out, context.get_output_metadata("result")
+
+
+def test_the_gate_fails_a_worse_candidate_and_nothing_is_promoted_then_passes_a_better_one(checkpoints):
     resource, store = checkpoints
-    for seed in (1, 2):
-        store.save(MODEL_NAME, {"coef": np.full(3, seed)}, lineage={})
-    store.promote(MODEL_NAME, 1)
-    out = promoted_model(build_asset_context(partition_key="2026-01-02"), checkpoints=resource, model_evaluation=evaluation(0.70, 0.60))
-    assert out["decision"].iloc[0] == "kept" and out["version"].iloc[0] == 1
+    holdout_day = synthetic_training_rows(seed=5)
+    store.promote(MODEL_NAME, trained(store, seed=0))
+    worse = trained(store, seed=1, scale=0.2)  # shrunken weights: a worse fit of the same signal
+    result = gate(resource, worse, holdout_day)
+    assert not result.passed and result.severity.value == "ERROR"
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    assert meta["gate/decision"] == "kept" and meta["gate/baseline"] == "v1" and "is worse" in meta["gate/reason"]
+    with pytest.raises(Failure, match=r"conversion@v2: the quality gate \(check model_checkpoint:quality_gate\) failed it"):
+        promote(resource, worse)
     assert store.promoted(MODEL_NAME) == 1
 
-    out = promoted_model(build_asset_context(partition_key="2026-01-02"), checkpoints=resource, model_evaluation=evaluation(0.55, 0.60))
-    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == 2
+    better = trained(store, seed=2)
+    assert gate(resource, better, holdout_day).passed
+    out, meta = promote(resource, better)
+    assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == better
+    assert meta["gate/reason"] == "passed the quality gate against promoted v1" and meta["gate/baseline"] == "v1"
+    assert store.promotion_history(MODEL_NAME)[-1]["reason"] == meta["gate/reason"]
+
+
+def test_promotion_refuses_a_candidate_the_gate_never_ran_on(checkpoints):
+    resource, store = checkpoints
+    version = trained(store)
+    with pytest.raises(Failure, match="has not run on it, so it is not promoted"):
+        promote(resource, version)
+    assert store.promoted(MODEL_NAME) is None
+
+
+def test_the_gate_reports_deltas_of_its_own_same_holdout_comparison_not_of_the_manifests(checkpoints):
+    """Each version's manifest holds metrics on its own day's holdout (here v1 looks far
+    better than v2 will); the gate scores both on one holdout and reports that comparison,
+    on the check and on the promotion alike."""
+    resource, store = checkpoints
+    store.promote(MODEL_NAME, trained(store, seed=0, scale=0.5, eval_log_loss=0.10, eval_auc=0.99))
+    candidate = trained(store, seed=1)
+    result = gate(resource, candidate, synthetic_training_rows(seed=5))
+    assert result.passed
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    deltas = meta["gate/metric_deltas"]
+    assert deltas == pytest.approx({m: meta[f"candidate/{m}"] - meta[f"promoted/{m}"] for m in ("log_loss", "auc", "accuracy")})
+    assert deltas["log_loss"] < 0  # better on the shared holdout, whatever the manifests say
+    assert meta["gate/baseline"] == "v1" and meta["gate/lineage_changes"] == ["partitions"]
+    assert f"on the same {meta['evaluation/holdout_rows']} holdout rows" in meta["gate/reason"]
+    assert store.manifest(MODEL_NAME, candidate).metrics["eval_log_loss"] == pytest.approx(meta["candidate/log_loss"])
+    _, promoted = promote(resource, candidate)
+    assert promoted["gate/metric_deltas"].value == pytest.approx(deltas)
+
+
+def test_a_first_model_passes_on_absolute_thresholds_and_says_so(checkpoints):
+    """Nothing promoted: the candidate is scored alone, not against itself."""
+    resource, store = checkpoints
+    version = trained(store)
+    result = gate(resource, version, synthetic_training_rows(seed=5))
+    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
+    assert result.passed and meta["gate/baseline"] == "first model" and meta["gate/metric_deltas"] == {}
+    assert not any(k.startswith("promoted/") for k in meta) and "gate/lineage_changes" not in meta
+    reason = meta["gate/reason"]
+    assert reason.startswith("first model: nothing promoted to compare with") and "auc" in reason and "<= 0.69" in reason
+    out, promoted = promote(resource, version)
+    assert store.promoted(MODEL_NAME) == version and promoted["gate/baseline"] == "first model"
+    assert promoted["gate/reason"] == "passed the quality gate as the first model"
+
+
+def test_a_first_model_below_the_absolute_thresholds_fails_the_gate(checkpoints):
+    resource, store = checkpoints
+    version = trained(store, scale=0.0)  # no weights: ranks nothing (AUC 0.5)
+    result = gate(resource, version, synthetic_training_rows(seed=5))
+    reason = result.metadata["gate/reason"].value
+    assert not result.passed and result.metadata["gate/decision"].value == "rejected"
+    assert "misses the absolute thresholds: auc 0.5000 is not >= 0.6" in reason
+    with pytest.raises(Failure, match="failed it"):
+        promote(resource, version)
+    assert store.promoted(MODEL_NAME) is None
+
+
+def test_gate_decisions_and_thresholds():
+    row = {"version": 3, "rows": 50, "log_loss": 0.5, "auc": 0.7, "accuracy": 0.7}
+    worse = quality_gate.decide(row, {**row, "version": 2, "log_loss": 0.5 - 2 * quality_gate.TOLERANCE})
+    assert worse.decision == "kept" and worse.deltas["log_loss"] == pytest.approx(2 * quality_gate.TOLERANCE)
+    assert quality_gate.decide(row, {**row, "version": 2, "log_loss": 0.499}).decision == "promoted"  # within noise
+    assert quality_gate.decide({**row, "log_loss": 0.70}, None).decision == "rejected"  # worse than a coin flip
+    with pytest.raises(ValueError, match=r"the promoted evaluation row lacks \['auc'\]"):
+        quality_gate.decide(row, {"version": 2, "rows": 50, "log_loss": 0.5, "accuracy": 0.7})
+
+
+# -- training ---------------------------------------------------------------------------
+
+
+def synthetic_training_rows(n: int = 3000, seed: int = 0, shift: float = 0.0) -> pd.DataFrame:
+    """Rows with the training features whose label follows a known logistic model."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(FEATURES))) * [1.0, 2.0, 0.5, 0.5, 3.0, 1.0] + [2.0, 1.0, 3.0, 0.5, 10.0, 2.0]
+    z = 1.5 * (x[:, 0] - 2.0) - 0.8 * (x[:, 1] - 1.0) + shift
+    df = pd.DataFrame(x, columns=FEATURES)
+    df[LABEL] = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(float)
+    df["event_id"] = np.arange(n)
+    return df
+
+
+def fresh_store(tmp_path, name: str) -> CheckpointStore:
+    return CheckpointStore.local(tmp_path / name)
+
+
+CONFIG = TrainConfig(batch_rows=100, epochs=2, checkpoint_every=4)
+
+
+def test_training_is_scikit_learn_sgd_that_learns_the_signal(tmp_path):
+    from sklearn.linear_model import SGDClassifier
+
+    df = synthetic_training_rows()
+    train, holdout = df[~holdout_mask(df)], df[holdout_mask(df)]
+    result = train_incremental(fresh_store(tmp_path, "s"), train, None, "k1", CONFIG)
+    model = restore(result.arrays)
+    assert isinstance(model, SGDClassifier) and model.loss == "log_loss"
+    assert result.start_batch == 0 and result.total_batches == 2 * 24 and result.intermediate_saves == 11
+    assert result.arrays["t"][0] == 1 + 2 * len(train)  # sklearn's step count: one per sample seen
+    x, y = matrix(holdout)
+    scores = metrics(result.arrays, x, y)
+    base_rate = y.mean()
+    constant_loss = -(base_rate * np.log(base_rate) + (1 - base_rate) * np.log(1 - base_rate))
+    assert scores["auc"] > 0.8 and scores["log_loss"] < constant_loss - 0.1
+    # the two informative features carry the weight, with the signs of the true model
+    coef = result.arrays["coef"][0]
+    assert coef[0] > 0.5 and coef[1] < -0.5 and np.abs(coef[2:]).max() < 0.3
+
+
+class KilledAfterProgress(CheckpointStore):
+    """A store whose training process dies right after its `saves`-th progress save."""
+
+    def __init__(self, storage, saves: int):
+        super().__init__(storage)
+        self.left = saves
+
+    def save_progress(self, *args, **kwargs):
+        super().save_progress(*args, **kwargs)
+        self.left -= 1
+        if self.left == 0:
+            raise SystemExit("killed")
+
+
+def test_killed_training_resumes_from_its_progress_and_ends_with_the_same_weights(tmp_path):
+    df = synthetic_training_rows()
+    train = df[~holdout_mask(df)]
+    uninterrupted = train_incremental(fresh_store(tmp_path, "a"), train, None, "k1", CONFIG)
+
+    store = fresh_store(tmp_path, "b")
+    with pytest.raises(SystemExit):
+        train_incremental(KilledAfterProgress(store.storage, saves=3), train, None, "k1", CONFIG)
+    assert [k.rsplit("/", 1)[1] for k in store.storage.list_keys(f"checkpoints/{MODEL_NAME}/_intermediate/k1/")] == [
+        "state.json", "weights-000012.safetensors"]
+    resumed = train_incremental(store, train, None, "k1", CONFIG)
+    assert resumed.start_batch == 12 and resumed.total_batches == uninterrupted.total_batches
+    assert sorted(resumed.arrays) == sorted(uninterrupted.arrays)
+    for key, value in uninterrupted.arrays.items():
+        np.testing.assert_array_equal(resumed.arrays[key], value, err_msg=key)
+
+
+def test_warm_start_continues_the_parents_model_and_schedule(tmp_path):
+    store = fresh_store(tmp_path, "s")
+    day1, day2 = synthetic_training_rows(seed=1), synthetic_training_rows(seed=2, shift=0.5)
+    first = train_incremental(store, day1, None, "d1", CONFIG)
+    parent = store.load(MODEL_NAME, store.save(MODEL_NAME, first.arrays, lineage={}).version)  # through safetensors
+    assert parent.version.weights_format == "safetensors"
+    warm = train_incremental(store, day2, parent, "d2", CONFIG)
+    cold = train_incremental(store, day2, None, "d2-cold", CONFIG)
+    assert warm.arrays["t"][0] == first.arrays["t"][0] + 2 * len(day2)  # the step sizes keep decaying
+    np.testing.assert_array_equal(warm.arrays["mean"], first.arrays["mean"])  # the parent's feature scale
+    assert not np.allclose(warm.arrays["coef"], cold.arrays["coef"])
+    x, y = matrix(day2)
+    assert metrics(warm.arrays, x, y)["log_loss"] < metrics(first.arrays, x, y)["log_loss"]  # it learnt the shift
+
+
+def test_a_checkpoint_of_the_earlier_numpy_model_restores_predicts_and_warm_starts(tmp_path):
+    """Arrays the hand-written numpy model saved (coef of shape (n,), no step count)."""
+    rng = np.random.default_rng(3)
+    old = {"coef": rng.normal(size=len(FEATURES)), "intercept": np.array([-0.2]),
+           "mean": rng.normal(size=len(FEATURES)), "std": rng.random(len(FEATURES)) + 0.5}
+    df = synthetic_training_rows(500)
+    x, _ = matrix(df)
+    z = ((x - old["mean"]) / old["std"]) @ old["coef"] + old["intercept"][0]
+    from pipelines.training import predict_proba
+
+    np.testing.assert_allclose(predict_proba(old, x), 1 / (1 + np.exp(-z)), rtol=1e-12)
+    store = fresh_store(tmp_path, "s")
+    store.save(MODEL_NAME, old, lineage={}, weights_format="npz")
+    result = train_incremental(store, df, store.load(MODEL_NAME, 1), "k", CONFIG)
+    assert result.arrays["coef"].shape == (1, len(FEATURES)) and result.arrays["t"][0] == 1 + 2 * len(df)
+
+
+@pytest.mark.parametrize("setting, value, expected", [
+    ("batch_rows", 0, "an integer >= 1"), ("epochs", 1.5, "an integer >= 1"), ("checkpoint_every", -1, "an integer >= 1"),
+    ("learning_rate", 0.0, "a number > 0"), ("learning_rate", float("nan"), "a number > 0"), ("batch_delay_s", -1.0, "seconds >= 0"),
+])
+def test_bad_training_config_is_refused_naming_the_setting_value_and_expectation(setting, value, expected):
+    with pytest.raises(ValueError, match=rf"training config {setting}={value!r}: expected {expected}"):
+        TrainConfig(**{setting: value})
+
+
+def test_a_checkpoint_without_the_models_arrays_is_refused_naming_them():
+    with pytest.raises(ValueError, match=r"lacks arrays \['mean', 'std'\] of the 'conversion' model; has \['coef', 'intercept'\]"):
+        restore({"coef": np.ones(len(FEATURES)), "intercept": np.zeros(1)})
+    with pytest.raises(ValueError, match=r"expected coef \(1, 6\)"):
+        restore({"coef": np.ones(4), "intercept": np.zeros(1), "mean": np.zeros(4), "std": np.ones(4)})
 
 
 def test_datagen_is_deterministic_and_sized(tmp_path):

@@ -233,7 +233,7 @@ def test_checkpoints_resource_keeps_versions_at_its_site_of_its_topology(prod, s
     bound = GravityCheckpoints(topology=GravityTopology(sites_file=str(prod)), site="us-local")
     with running_at("us-local", str(prod)):
         assert bound.store().save("m", arrays(2), lineage={}).version == 1
-    assert (prod.parent / "store" / "us" / "checkpoints" / "m" / "v1" / "weights.npz").exists()
+    assert (prod.parent / "store" / "us" / "checkpoints" / "m" / "v1" / "weights.safetensors").exists()
     with running_at("us-local", str(stale_cwd / "sites.yaml")):
         with pytest.raises(GravityConfigError, match="the executor uses"):
             bound.store()
