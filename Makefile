@@ -20,8 +20,10 @@ demo: $(STAMP)
 postgres-server:
 	@sh tests/support/install_postgres.sh
 
+# Test files run in parallel, one file per worker at a time (module fixtures stay shared);
+# TEST_WORKERS=1 runs them one after another.
 test: $(STAMP) postgres-server
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $${TEST_WORKERS:-2} --dist loadfile
 
 # Long benchmarks, each printing a side-by-side table with ratios; not part of `make test`.
 bench: $(STAMP)
