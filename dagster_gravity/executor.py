@@ -367,7 +367,9 @@ class _RunLoop:
         w.inputs = inputs = [*self.locations.inputs_for(step, w.notes), *self.locations.output_residency(step)]
         req = requirements_for(step)
         outputs = self.plan.output_trips(step.key, self.locations.step_sites)
-        options = dict(objective=self.config.objective, step=step.key, outputs=outputs, link_load=self._link_load())
+        options = dict(
+            objective=self.config.objective, step=step.key, outputs=outputs, link_load=self._link_load(), disabled=self.disabled
+        )
         if spill_from:
             return place_step(self.topology, inputs, req, healthy=healthy, exclude=w.exclude | spill_from, **options)
         queued = queued or {}

@@ -154,6 +154,9 @@ def test_residency_fails_clearly_instead_of_moving_data_out(gravity):
     assert [e.step_key for e in failures] == ["eu_report"]
     message = failures[0].step_failure_data.error.message
     assert "eu_customers" in message and "'eu'" in message and "residency" in message
+    # a pool taken out for the run is said to be, not called unhealthy
+    assert "gamma/cpu: disabled for this run (disabled_pools)" in message, message
+    assert "gamma/cpu: unhealthy" not in message
     assert not (gravity.store / "eu_report.where.json").exists()
     assert not any(e.event_type == DagsterEventType.STEP_START for e in result.all_events)
 

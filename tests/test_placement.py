@@ -107,6 +107,15 @@ def test_gpu_pin_and_pool_kind_messages():
     assert rows["eu/cpu"].reason == "needs pool kind 'gpu', pool is 'cpu'"
 
 
+def test_a_pinned_steps_reason_names_the_pin_and_a_disabled_pool_is_not_called_unhealthy():
+    pinned = place_step(T, [], Requirements(pin="aws"))
+    assert "pinned to site 'aws' (op tag gravity/pin)" in pinned.reason, pinned.reason
+    assert "the only feasible site" not in pinned.reason
+    rows = by_pool(place_step(T, [], healthy={"aws/cpu", "eu/cpu"}, disabled={"dc/cpu"}))
+    assert rows["dc/cpu"].reason == "disabled for this run (disabled_pools)"
+    assert rows["dc/gpu"].reason == "unhealthy"
+
+
 def test_infeasible_step_error_lists_every_pool():
     customers = InputData("eu/customers", 10, ("eu",), residency="eu")
     with pytest.raises(PlacementError) as info:

@@ -41,6 +41,7 @@ def place_step(
     step: str | None = None,
     outputs: Sequence[OutputTrip] = (),
     link_load: Mapping[tuple[str, str], int] | None = None,
+    disabled: Collection[str] = (),
 ) -> Placement:
     """Choose the pool for one step and explain why.
 
@@ -54,8 +55,9 @@ def place_step(
     score wins, ties broken by fewer bytes moved, then by fewer GPUs left idle (a CPU
     step does not take a GPU pool's slot when a CPU pool is as good), then topology order.
 
-    A pool is infeasible when it is not in ``healthy`` (None means all healthy), is in
-    ``exclude``, fails a requirement (pin, pool kind, GPU count), or its site is outside
+    A pool is infeasible when it is in ``disabled`` (taken out for this run by the
+    executor's ``disabled_pools``: said so, not called unhealthy), is not in ``healthy``
+    (None means all healthy), is in ``exclude``, fails a requirement (pin, pool kind, GPU count), or its site is outside
     the residency zone of any input. Raises `PlacementError` (with ``.candidates``) when no
     pool is feasible; its message lists every pool and the constraint it fails.
     """
@@ -68,12 +70,13 @@ def place_step(
     zones = _zones_of(inputs)
     healthy_set = None if healthy is None else set(healthy)
     exclude_set = set(exclude)
+    disabled_set = set(disabled)
     waits = expected_wait or {}
     residency_cache: dict[str, list[str]] = {}
     rows = []
     for i, pool in enumerate(cm.pools):
         s = cm.pool_site[i]
-        reasons = _pool_failures(topology, pool, requirements, zones, healthy_set, exclude_set, residency_cache)
+        reasons = _pool_failures(topology, pool, requirements, zones, healthy_set, exclude_set, disabled_set, residency_cache)
         wait = float(waits.get(pool.id, 0.0))
         if wait < 0 or math.isnan(wait):
             raise GravityConfigError(f"expected_wait[{pool.id!r}] is {wait}; expected seconds >= 0")
@@ -107,15 +110,19 @@ def place_step(
     if not best.feasible:
         lines = "\n".join(f"  {c.pool}: {c.reason}" for c in candidates)
         raise PlacementError(f"no pool can run {what}:\n{lines}", candidates, step=step)
-    reason = _explain(best, candidates, objective, inputs)
+    reason = _explain(best, candidates, objective, inputs, requirements)
     return Placement(pool=best.pool, site=best.site, candidates=candidates, reason=reason)
 
 
-def _pool_failures(topology: Topology, pool, requirements: Requirements, zones, healthy_set, exclude_set, residency_cache) -> list[str]:
+def _pool_failures(
+    topology: Topology, pool, requirements: Requirements, zones, healthy_set, exclude_set, disabled_set, residency_cache
+) -> list[str]:
     """Why `pool` may not run the step (empty when it may); residency is the same for every
     pool of a site, so it is worked out once per site in `residency_cache`."""
     reasons = []
-    if healthy_set is not None and pool.id not in healthy_set:
+    if pool.id in disabled_set:
+        reasons.append("disabled for this run (disabled_pools)")
+    elif healthy_set is not None and pool.id not in healthy_set:
         reasons.append("unhealthy")
     if pool.id in exclude_set:
         reasons.append("excluded")
@@ -128,7 +135,8 @@ def _pool_failures(topology: Topology, pool, requirements: Requirements, zones, 
 
 
 def _explain(
-    best: Candidate, candidates: Sequence[Candidate], objective: Objective, inputs: Sequence[InputData]
+    best: Candidate, candidates: Sequence[Candidate], objective: Objective, inputs: Sequence[InputData],
+    requirements: Requirements = Requirements(),
 ) -> str:
     if best.bytes_moved == 0:
         has_data = any(i.size_bytes > 0 for i in inputs if i.role == "input")
@@ -140,7 +148,9 @@ def _explain(
     if best.wait_seconds:
         what += f", waits ~{best.wait_seconds:.3g} s for a slot"
     runner_up = next((c for c in candidates[1:] if c.feasible and c.site != best.site), None)
-    if runner_up is None:
+    if runner_up is None and requirements.pin is not None:
+        alt = f"pinned to site {requirements.pin!r} (op tag gravity/pin)"
+    elif runner_up is None:
         alt = "the only feasible site"
     else:
         alt = (
