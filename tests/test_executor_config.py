@@ -45,6 +45,7 @@ def test_pool_settings_merge_default_per_site_per_pool(tmp_path):
         ({"pools": {"default": {"local": {"prestrat": 1}}}}, 'unexpected config entry "prestrat"'),
         ({"pools": {"default": {"dask": {}}}}, 'Missing required config entry "scheduler"'),
         ({"locality_wait": "soon"}, "locality_wait"),
+        ({"zone_outage_wait": "soon"}, "zone_outage_wait"),
     ],
 )
 def test_bad_executor_config_is_refused_by_dagster_before_the_run(executor_config, expected):
@@ -60,6 +61,12 @@ def test_objective_and_cost_weight(tmp_path):
     assert GravityConfig.from_executor_config({"objective": "weighted", "cost_weight": 0.3}).objective.weight == 0.3
     with pytest.raises(GravityConfigError, match=r"cost_weight: got 1.5; expected a weight in \[0, 1\]"):
         GravityConfig.from_executor_config({"objective": "weighted", "cost_weight": 1.5})
+
+
+def test_zone_outage_wait_default_and_override():
+    assert GravityConfig.from_executor_config({}).zone_outage_wait == 120.0
+    assert GravityConfig.from_executor_config({"zone_outage_wait": 0}).zone_outage_wait == 0.0
+    assert GravityConfig.from_executor_config({"zone_outage_wait": "2.5"}).zone_outage_wait == 2.5
 
 
 def test_forking_backends_start_first_in_runs_mixed_with_other_backends(tmp_path):
