@@ -146,7 +146,9 @@ def test_dynamic_outputs_map_and_collect_on_dask_workers(dask_cluster, instance,
         assert [w["gravity/site"] for w in started[step_key]] == sites_placed
 
 
-def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, instance, tmp_path):
+def test_a_step_whose_worker_is_killed_runs_again_on_a_live_worker_without_using_a_retry(dask_cluster, instance, tmp_path):
+    """The backend knows the worker left the cluster: the step did not fail, so the same
+    attempt runs again on the site's other worker and its RetryPolicy is not consumed."""
     ensure_workers(
         dask_cluster,
         {"onprem-dc-1": dask_jobs.ONPREM, "onprem-dc-2": dask_jobs.ONPREM, "aws-us-east-1-1": dask_jobs.AWS},
@@ -169,7 +171,7 @@ def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, ins
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    first = markers / "attempt-0.json"
+    first = markers / "run-0.json"
     deadline = time.monotonic() + 60
     while not first.exists():
         assert thread.is_alive(), f"the run ended before its first attempt started: {outcome}"
@@ -182,19 +184,20 @@ def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, ins
     thread.join(timeout=60)
     assert not thread.is_alive(), "the run did not finish within 60 s of the worker being killed"
     assert outcome["success"], outcome
-    retry = json.loads((markers / "attempt-1.json").read_text())
+    again = json.loads((markers / "run-1.json").read_text())
     survivor = ({"onprem-dc-1", "onprem-dc-2"} - {victim["worker"]}).pop()
-    assert retry["worker"] == survivor and retry["site"] == dask_jobs.ONPREM
-    assert outcome["output"]["attempt"] == 1
+    assert again["worker"] == survivor and again["site"] == dask_jobs.ONPREM
+    assert outcome["output"] == again and again["attempt"] == 0, "the RetryPolicy was used"
+    assert not (markers / "run-2.json").exists()
 
     events = step_events(instance, outcome["run_id"])
     types = [e.event_type for e in events if e.step_key == "slow_first_attempt"]
-    assert DagsterEventType.STEP_UP_FOR_RETRY in types
-    # One start and one restart: Dask never ran the step again on its own.
+    # One attempt as Dagster knows it: one start, no retry, one success, no failure.
     assert types.count(DagsterEventType.STEP_START) == 1
-    assert types.count(DagsterEventType.STEP_RESTARTED) == 1
-    retry_event = next(e for e in events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY)
-    assert victim["worker"] in retry_event.event_specific_data.error.message
+    assert DagsterEventType.STEP_RESTARTED not in types and DagsterEventType.STEP_UP_FOR_RETRY not in types
+    assert types.count(DagsterEventType.STEP_SUCCESS) == 1 and DagsterEventType.STEP_FAILURE not in types
+    resumed = [e.message for e in events if e.event_type == DagsterEventType.ENGINE_EVENT and "runs again" in (e.message or "")]
+    assert len(resumed) == 1 and victim["worker"] in resumed[0] and "using no retry" in resumed[0], resumed
     assert [w["gravity/worker"] for w in workers_started(events)["slow_first_attempt"]] == [
         victim["worker"],
         survivor,
