@@ -159,6 +159,25 @@ def dynamic_job():
     total(fan_out().map(square).collect())
 
 
+@op(tags={TAG_PIN: ONPREM}, out=DynamicOut(int), retry_policy=RetryPolicy(max_retries=2))
+def fans_out_then_sleeps(context: OpExecutionContext, config: SlowConfig):
+    """Yields part0, writes fan-<n>.json, sleeps on its first execution (the test kills its
+    worker: part0 was already reported), then yields part1."""
+    marker_dir = Path(config.marker_dir)
+    n = len(list(marker_dir.glob("fan-*.json")))
+    yield DynamicOutput(1, mapping_key="part0")
+    info = {"worker": _worker_name(), "attempt": context.retry_number, "run": n}
+    (marker_dir / f"fan-{n}.json").write_text(json.dumps(info))
+    if n == 0:
+        time.sleep(config.sleep_seconds)
+    yield DynamicOutput(2, mapping_key="part1")
+
+
+@job(executor_def=gravity_executor)
+def lost_fan_out_job():
+    total(fans_out_then_sleeps().map(square).collect())
+
+
 @resource
 def broken_resource(_):
     raise RuntimeError("broken_resource cannot initialise (on purpose)")
