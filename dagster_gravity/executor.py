@@ -714,10 +714,12 @@ class _RunLoop:
     def _poll(self) -> Iterator[DagsterEvent]:
         """Wait briefly for updates from the workers and handle them."""
         timeout = POLL_SECONDS
-        if self.waiting:
+        # Steps waiting for a slot are re-scored often; those waiting for their zone only
+        # re-check a few times a second (ZONE_RECHECK_SECONDS), so they do not spin the loop.
+        if any(w.zone_outage is None for w in self.waiting.values()):
             timeout = 0.02
         elif not self.running:
-            timeout = min(POLL_SECONDS, max(0.0, self.active.sleep_interval()) or 0.01)
+            timeout = min(POLL_SECONDS, max(0.0, self.active.sleep_interval()) or (POLL_SECONDS if self.waiting else 0.01))
         got_any = False
         for backend in self.backends:
             for update in backend.poll(timeout / len(self.backends)):

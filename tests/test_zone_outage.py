@@ -134,6 +134,8 @@ def test_a_zone_whose_workers_return_within_the_wait_runs_the_step_there_without
     assert waiting.step_key == STEP
     assert "residency zone 'eu'" in waiting.message and EU_POOL in waiting.message and "zone_outage_wait" in waiting.message
     assert waiting.engine_event_data.metadata["gravity/pools_down"].value.keys() == {EU_POOL}
+    assert engine_messages(events, f"compute pool {EU_POOL} marked unhealthy")
+    assert engine_messages(events, f"compute pool {EU_POOL} is healthy again")
     (back,) = engine_messages(events, "came back after")
     assert back.step_key == STEP and EU_POOL in back.message
     assert back.engine_event_data.metadata["gravity/waited_seconds"].value > 0
