@@ -81,7 +81,9 @@ from dagster_gravity.link_measurements import measured_links, with_measured_link
 from dagster_gravity.run_plan import RunPlan, make_run_plan, run_plan_event
 from dagster_gravity.step_durations import DurationEstimates, expected_durations, record_durations
 from dagster_gravity.topology import Topology, load_topology
-from dagster_gravity.zone_outage import ZoneOutage, back_event, back_note, gave_up_event, gave_up_note, waiting_event
+from dagster_gravity.zone_outage import (
+    ZoneOutage, back_event, back_note, gave_up_event, gave_up_note, wait_limit, waiting_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -418,13 +420,15 @@ class _RunLoop:
     def _zone_outage(self, w: _Waiting) -> ZoneOutage | None:
         """Why `w` cannot be placed, if it is only that its residency zone has no healthy
         compute pool for now: the zone's pools that are down but may recover, one of which
-        would run it. None otherwise (no residency, `zone_outage_wait` 0, nothing that may
-        come back, or requirements no pool of the zone meets)."""
-        if self.config.zone_outage_wait <= 0:
-            return None
+        would run it. None otherwise (no residency, a wait of 0, nothing that may come back,
+        or requirements no pool of the zone meets)."""
         inputs, req, options = self._placement_inputs(w)
         zones = sorted({i.residency for i in inputs if i.residency is not None})
         if not zones:
+            return None
+        topology = self.topology
+        limit, setting = wait_limit(zones, topology.zone_outage_waits, self.config.zone_outage_wait, topology.source)
+        if limit <= 0:
             return None
         down: dict[str, str] = {}
         for pid, backend in self.by_pool.items():
@@ -440,7 +444,7 @@ class _RunLoop:
             place_step(self.topology, inputs, req, healthy=self.healthy_pools() | set(down), exclude=self._excluded(w), **options)
         except PlacementError:
             return None
-        return ZoneOutage(zones, down)
+        return ZoneOutage(zones, down, limit, setting)
 
     def _wait_for_zone(self, w: _Waiting, now: float) -> Iterator[DagsterEvent]:
         """Wait for `w`'s zone (see zone_outage.py) if that is why it cannot be placed;
@@ -449,18 +453,18 @@ class _RunLoop:
         step_context = self.plan_context.for_step(w.step)
         if outage is None:
             if w.zone_outage is not None:  # what it waited for will not come back now
-                w.notes.append(gave_up_note(w.zone_outage, self.config.zone_outage_wait, now))
-                yield gave_up_event(step_context, w.zone_outage, self.config.zone_outage_wait, now)
+                w.notes.append(gave_up_note(w.zone_outage, now))
+                yield gave_up_event(step_context, w.zone_outage, now)
                 w.zone_outage = None
             return
         if w.zone_outage is None:
             w.zone_outage = outage
-            yield waiting_event(step_context, outage, self.config.zone_outage_wait)
+            yield waiting_event(step_context, outage)
         w.zone_outage.down = outage.down
         w.zone_outage.checked = now
-        if w.zone_outage.waited(now) >= self.config.zone_outage_wait:
-            w.notes.append(gave_up_note(w.zone_outage, self.config.zone_outage_wait, now))
-            yield gave_up_event(step_context, w.zone_outage, self.config.zone_outage_wait, now)
+        if w.zone_outage.waited(now) >= w.zone_outage.limit:
+            w.notes.append(gave_up_note(w.zone_outage, now))
+            yield gave_up_event(step_context, w.zone_outage, now)
             w.zone_outage = None
 
     def _dispatch(self) -> Iterator[DagsterEvent]:
@@ -478,10 +482,7 @@ class _RunLoop:
                 w.placement = placement = self._place(w, queued=queued)
                 pool_id = placement.pool
                 if w.zone_outage is not None:
-                    yield back_event(
-                        self.plan_context.for_step(w.step), w.zone_outage, self.config.zone_outage_wait,
-                        pool_id, placement.site, now,
-                    )
+                    yield back_event(self.plan_context.for_step(w.step), w.zone_outage, pool_id, placement.site, now)
                     w.notes.append(back_note(w.zone_outage, pool_id, now))
                     w.zone_outage = None
                 if self.free_slots(pool_id) > 0 and not queued.get(pool_id):

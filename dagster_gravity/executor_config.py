@@ -85,7 +85,8 @@ GRAVITY_CONFIG = {
         float,
         "The longest a step whose data may not leave its residency zone waits, when no compute "
         "pool of that zone is healthy, for one to come back (workers that left may rejoin) before "
-        "it fails. Its data is never moved out of the zone meanwhile. 0: fail at once.",
+        "it fails. Its data is never moved out of the zone meanwhile. 0: fail at once. A zone's own "
+        "outage_wait_seconds in the sites file overrides it for that zone.",
     ),
     "objective": _field("objective", OBJECTIVES, "What placement minimises: time, cost, or weighted."),
     "cost_weight": _field(

@@ -134,6 +134,32 @@ SITES_CASES = [
     ),
     ("unknown residency member", {**BASE, "residency": {"eu": ["mars"]}}, "residency.eu[0]", "the name of a site"),
     ("residency zone named ..", {**BASE, "residency": {"..": ["a"]}}, "residency.'..'", "not '.' or '..'"),
+    (
+        "zone outage_wait_seconds -1",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait_seconds": -1}}},
+        "residency.eu.outage_wait_seconds",
+        "a number >= 0 (finite)",
+    ),
+    (
+        "zone outage_wait_seconds NaN",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait_seconds": float("nan")}}},
+        "residency.eu.outage_wait_seconds",
+        "a number >= 0 (finite)",
+    ),
+    (
+        "zone outage_wait_seconds soon",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait_seconds": "soon"}}},
+        "residency.eu.outage_wait_seconds",
+        "a number >= 0 (finite)",
+    ),
+    ("zone mapping without sites", {**BASE, "residency": {"eu": {"outage_wait_seconds": 5}}}, "residency.eu.sites", "a non-empty list"),
+    ("zone mapping, unknown site", {**BASE, "residency": {"eu": {"sites": ["mars"]}}}, "residency.eu.sites[0]", "the name of a site"),
+    (
+        "zone mapping, unknown field",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait": 5}}},
+        "residency.eu.outage_wait",
+        "one of the fields",
+    ),
 ]
 
 
