@@ -55,6 +55,7 @@ def topology_as_dict(topology: Topology) -> dict:
             for site in topology.sites.values()
         ],
         "zones": {zone: sorted(members) for zone, members in topology.zones.items()},
+        "zone_outage_waits": dict(topology.zone_outage_waits),
         "links": [
             {
                 "from": src,
@@ -92,7 +93,11 @@ def format_topology(topology: Topology) -> str:
         "residency zones (data of a zone may not leave its sites):",
     ]
     if topology.zones:
-        parts += [f"  {zone}: {', '.join(sorted(members))}" for zone, members in topology.zones.items()]
+        waits = topology.zone_outage_waits
+        parts += [
+            f"  {zone}: {', '.join(sorted(members))}" + (f" (outage wait {waits[zone]:g} s)" if zone in waits else "")
+            for zone, members in topology.zones.items()
+        ]
     else:
         parts.append("  (none)")
     parts += ["", "links, row = from, column = to (bandwidth, latency, $/GB):"]

@@ -46,6 +46,7 @@ from dagster._core.execution.tags import get_tag_concurrency_limits_config
 from dagster._core.executor.base import Executor
 from dagster._core.executor.child_process_executor import ChildProcessCrashException
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.log_manager import LOG_RECORD_EVENT_ATTR
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.system_config.objects import ResolvedRunConfig
 from dagster._serdes import deserialize_value, serialize_value
@@ -69,6 +70,7 @@ __all__ = [
     "InstanceConcurrencyContext",
     "InstanceRef",
     "KnownExecutionState",
+    "LOG_RECORD_EVENT_ATTR",
     "NestedResourcesResourceDefinition",
     "PlanExecutionContextManager",
     "PlanOrchestrationContext",

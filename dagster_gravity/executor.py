@@ -23,8 +23,12 @@ the "where and how does this ready step run" part differs:
    and every candidate's cost are an engine event on the step (placement_events.py).
 5. The compute pool's backend (`pools/`) runs the step in a warm worker at that site and
    streams its events back; they are fed to `ActiveExecution` exactly like multiprocess
-   children's. A worker that dies mid-step becomes a retryable step failure; a compute pool
-   whose workers keep dying is marked unhealthy and its steps fail over (within residency).
+   children's. A worker that dies mid-step becomes a retryable step failure, unless the
+   backend knows the worker is gone (it left the cluster): then the same attempt runs again
+   on a live worker, using no retry. A compute pool whose workers keep dying is marked
+   unhealthy and its steps fail over (within residency).
+6. A step whose residency zone has no healthy compute pool, where one may come back, waits
+   up to `zone_outage_wait` for it (zone_outage.py) instead of failing at once.
 
 The config schema is in executor_config.py; the topology a run uses is resolved once, in
 the run process, and shipped to every worker (`GravityTopology` in resources.py).
@@ -68,7 +72,7 @@ from dagster_gravity.input_locations import InputLocations, requirements_for
 from dagster_gravity.placement import Placement, PlacementError, format_bytes, place_step, transfers_to
 from dagster_gravity.placement.simulate import simulate_run
 from dagster_gravity.placement.waits import expected_wait, remaining_seconds
-from dagster_gravity.placement_events import placement_event, pool_unhealthy_event, unplaceable_events
+from dagster_gravity.placement_events import placement_event, pool_healthy_event, pool_unhealthy_event, unplaceable_events
 from dagster_gravity.pools import CRASHED, NOT_STARTED, PoolBackend, StepEnded, StepEvent, StepRequest, create_backends
 from dagster_gravity.resources import resolve_run_sites_file
 from dagster_gravity.run_summary import RunSummary
@@ -77,10 +81,16 @@ from dagster_gravity.link_measurements import measured_links, with_measured_link
 from dagster_gravity.run_plan import RunPlan, make_run_plan, run_plan_event
 from dagster_gravity.step_durations import DurationEstimates, expected_durations, record_durations
 from dagster_gravity.topology import Topology, load_topology
+from dagster_gravity.zone_outage import (
+    ZoneOutage, back_event, back_note, gave_up_event, gave_up_note, wait_limit, waiting_event,
+)
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+# How often a step waiting for its residency zone to come back re-checks health (placement
+# is re-scored then, not on every tick of the loop).
+ZONE_RECHECK_SECONDS = 0.25
 # The run summary's prediction is simulated at run start; beyond this many decisions (a
 # few tenths of a second) the run is not held up for it and the summary has no prediction.
 PREDICTION_DECISIONS = 5_000
@@ -146,6 +156,20 @@ class _Waiting:
     exclude: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)  # what happened before it was submitted
     inputs: list = field(default_factory=list)  # the InputData its latest placement scored
+    # The attempt continues after its worker was lost: Dagster has its STEP_START already.
+    resumed: bool = False
+    lost_workers: int = 0  # workers this attempt has lost (each lets it run again, no retry used)
+    outputs: set[tuple[str, str]] = field(default_factory=set)  # dynamic outputs ActiveExecution has seen
+    zone_outage: ZoneOutage | None = None  # waiting for its residency zone to come back
+
+    @classmethod
+    def again(cls, running: "_Running", note: str) -> "_Waiting":
+        """The same attempt of `running`'s step, to be placed again (its worker never ran it,
+        or was lost): whether it resumes, and what it has lost and produced, carry over."""
+        return cls(
+            running.step, notes=[note], resumed=running.resumed, lost_workers=running.lost_workers,
+            outputs=running.outputs,
+        )
 
 
 @dataclass
@@ -160,6 +184,9 @@ class _Running:
     # (link, expected end) of each input copy its placement implies; they share the links
     # with later copies until they are expected to be done or the step has produced output
     copies: list[tuple[tuple[str, str], float]] = field(default_factory=list)
+    resumed: bool = False  # see _Waiting
+    lost_workers: int = 0
+    outputs: set[tuple[str, str]] = field(default_factory=set)
 
 
 class _RunLoop:
@@ -178,6 +205,8 @@ class _RunLoop:
         )
         self.backends: list[PoolBackend] = [backend for backend, _ in self.groups]
         self.disabled = {p.id for p in topology.pools if config.is_disabled(p.id, p.site)}
+        # compute pools whose backend cannot continue an attempt that lost its worker
+        self.cannot_resume = {pid for pid, b in self.by_pool.items() if not b.capabilities.resumes_steps}
         total_slots = sum(p.slots for p in topology.pools if p.id not in self.disabled)
         self.limit = config.max_concurrent or max(1, total_slots)
         self.locations = InputLocations(
@@ -317,13 +346,18 @@ class _RunLoop:
         return self.by_pool[pool_id].free_slots(pool_id) if self.is_healthy(pool_id) else 0
 
     def unhealthy_events(self) -> Iterator[DagsterEvent]:
+        """A compute pool's health changed: marked unhealthy, or healthy again (a site
+        whose workers had left sees them rejoin)."""
         for pid in self.by_pool:
-            if pid in self.reported_unhealthy or pid in self.disabled or pid in self.start_failures:
+            if pid in self.disabled or pid in self.start_failures:
                 continue
             health = self.by_pool[pid].health(pid)
-            if not health.healthy:
+            if not health.healthy and pid not in self.reported_unhealthy:
                 self.reported_unhealthy.add(pid)
                 yield pool_unhealthy_event(self.plan_context, pid, health.reason)
+            elif health.healthy and pid in self.reported_unhealthy:
+                self.reported_unhealthy.discard(pid)
+                yield pool_healthy_event(self.plan_context, pid)
 
     # -- placement ---------------------------------------------------------------------
 
@@ -363,24 +397,18 @@ class _RunLoop:
         waiting per compute pool). With `spill_from`, those pools are excluded instead. Notes
         when the step fails over from a compute pool that would have won had it been healthy."""
         healthy = self.healthy_pools()
-        step = w.step
-        w.inputs = inputs = [*self.locations.inputs_for(step, w.notes), *self.locations.output_residency(step)]
-        req = requirements_for(step)
-        outputs = self.plan.output_trips(step.key, self.locations.step_sites)
-        options = dict(
-            objective=self.config.objective, step=step.key, outputs=outputs, link_load=self._link_load(), disabled=self.disabled
-        )
+        inputs, req, options = self._placement_inputs(w)
         if spill_from:
-            return place_step(self.topology, inputs, req, healthy=healthy, exclude=w.exclude | spill_from, **options)
+            return place_step(self.topology, inputs, req, healthy=healthy, exclude=self._excluded(w) | spill_from, **options)
         queued = queued or {}
         waits = {pid: self._expected_wait(pid, queued) for pid in healthy}
         placement = place_step(
-            self.topology, inputs, req, healthy=healthy, expected_wait=waits, exclude=w.exclude, **options
+            self.topology, inputs, req, healthy=healthy, expected_wait=waits, exclude=self._excluded(w), **options
         )
         unhealthy = {pid for pid in self.by_pool if pid not in healthy and pid not in self.disabled}
         if unhealthy:
             try:
-                ideal = place_step(self.topology, inputs, req, healthy=healthy | unhealthy, exclude=w.exclude, **options)
+                ideal = place_step(self.topology, inputs, req, healthy=healthy | unhealthy, exclude=self._excluded(w), **options)
             except PlacementError:
                 ideal = None
             if ideal is not None and ideal.pool in unhealthy:
@@ -389,6 +417,73 @@ class _RunLoop:
                 if note not in w.notes:
                     w.notes.append(note)
         return placement
+
+    def _excluded(self, w: _Waiting) -> set[str]:
+        """The compute pools `w` may not go to: those that refused it, and for an attempt that
+        resumes after a lost worker, those whose backend cannot resume it."""
+        return w.exclude | self.cannot_resume if w.resumed else w.exclude
+
+    def _placement_inputs(self, w: _Waiting) -> tuple[list, object, dict]:
+        """What placement needs about `w`: its inputs (and the residency of what it writes),
+        its requirements, and the options of `place_step`."""
+        step = w.step
+        w.inputs = inputs = [*self.locations.inputs_for(step, w.notes), *self.locations.output_residency(step)]
+        outputs = self.plan.output_trips(step.key, self.locations.step_sites)
+        options = dict(
+            objective=self.config.objective, step=step.key, outputs=outputs, link_load=self._link_load(),
+            disabled=self.disabled,
+        )
+        return inputs, requirements_for(step), options
+
+    def _zone_outage(self, w: _Waiting) -> ZoneOutage | None:
+        """Why `w` cannot be placed, if it is only that its residency zone has no healthy
+        compute pool for now: the zone's pools that are down but may recover, one of which
+        would run it. None otherwise (no residency, a wait of 0, nothing that may come back,
+        or requirements no pool of the zone meets)."""
+        inputs, req, options = self._placement_inputs(w)
+        zones = sorted({i.residency for i in inputs if i.residency is not None})
+        if not zones:
+            return None
+        topology = self.topology
+        limit, setting = wait_limit(zones, topology.zone_outage_waits, self.config.zone_outage_wait, topology.source)
+        if limit <= 0:
+            return None
+        down: dict[str, str] = {}
+        for pid, backend in self.by_pool.items():
+            if pid in self.disabled or pid in self.start_failures or pid in self._excluded(w):
+                continue
+            health = backend.health(pid)
+            site = self.topology.pool(pid).site
+            if not health.healthy and health.may_recover and all(self.topology.allows(z, site) for z in zones):
+                down[pid] = health.reason or "unhealthy"
+        if not down:
+            return None
+        try:  # would one of them run it, were it healthy?
+            place_step(self.topology, inputs, req, healthy=self.healthy_pools() | set(down), exclude=self._excluded(w), **options)
+        except PlacementError:
+            return None
+        return ZoneOutage(zones, down, limit, setting)
+
+    def _wait_for_zone(self, w: _Waiting, now: float) -> Iterator[DagsterEvent]:
+        """Wait for `w`'s zone (see zone_outage.py) if that is why it cannot be placed;
+        sets `w.zone_outage` while it waits, None when it gives up (a note says why)."""
+        outage = self._zone_outage(w)
+        step_context = self.plan_context.for_step(w.step)
+        if outage is None:
+            if w.zone_outage is not None:  # what it waited for will not come back now
+                w.notes.append(gave_up_note(w.zone_outage, now))
+                yield gave_up_event(step_context, w.zone_outage, now)
+                w.zone_outage = None
+            return
+        if w.zone_outage is None:
+            w.zone_outage = outage
+            yield waiting_event(step_context, outage)
+        w.zone_outage.down = outage.down
+        w.zone_outage.checked = now
+        if w.zone_outage.waited(now) >= w.zone_outage.limit:
+            w.notes.append(gave_up_note(w.zone_outage, now))
+            yield gave_up_event(step_context, w.zone_outage, now)
+            w.zone_outage = None
 
     def _dispatch(self) -> Iterator[DagsterEvent]:
         """Place every waiting step (in the order they were handed out) and submit those whose
@@ -399,9 +494,15 @@ class _RunLoop:
         queued: dict[str, list[float]] = {}
         for key in list(self.waiting):
             w = self.waiting[key]
+            if w.zone_outage is not None and now - w.zone_outage.checked < ZONE_RECHECK_SECONDS:
+                continue  # its zone is down: health is re-checked a few times a second
             try:
                 w.placement = placement = self._place(w, queued=queued)
                 pool_id = placement.pool
+                if w.zone_outage is not None:
+                    yield back_event(self.plan_context.for_step(w.step), w.zone_outage, pool_id, placement.site, now)
+                    w.notes.append(back_note(w.zone_outage, pool_id, now))
+                    w.zone_outage = None
                 if self.free_slots(pool_id) > 0 and not queued.get(pool_id):
                     if w.waiting_for == pool_id and w.why_wait:
                         w.notes.append(f"waited {now - w.since:.1f} s: {w.why_wait}")
@@ -430,7 +531,12 @@ class _RunLoop:
             except GravityError as exc:
                 # No pool may run it, or a bad op tag, unreadable location metadata, an unknown
                 # residency zone: this step's problem, not the run's. Anything else is a bug
-                # and fails the run with its traceback.
+                # and fails the run with its traceback. Unless its zone's pools are only down
+                # for now: then it waits for them (zone_outage_wait).
+                if isinstance(exc, PlacementError):
+                    yield from self._wait_for_zone(w, now)
+                    if w.zone_outage is not None:
+                        continue
                 yield from self._fail_unplaceable(w, exc)
 
     def _submit(self, w: _Waiting, placement: Placement, *, waited: float = 0.0, spilled_from: str | None = None):
@@ -443,19 +549,20 @@ class _RunLoop:
         yield placement_event(self.plan_context.for_step(step), placement, w.notes, waited, spilled_from)
         del self.waiting[step.key]
         copies = transfers_to(self.topology, w.inputs, placement.site, self.config.objective, self._link_load())
-        self.running[step.key] = _Running(step, placement.pool, placement.site, attempt, copies=_copy_ends(copies))
+        self.running[step.key] = _Running(
+            step, placement.pool, placement.site, attempt,
+            resumed=w.resumed, lost_workers=w.lost_workers, outputs=w.outputs, copies=_copy_ends(copies),
+        )
         self.summary.step_placed(step.key, placement.pool, placement.site, attempt)
         self.locations.step_ran_at(step.key, placement.site)
         planned = self.plan.sites.get(step.key)
         if planned is not None and planned != placement.site:
             self.replan_reason = f"{step.key} runs at {placement.site}, planned at {planned}"
         try:
-            backend.submit(placement.pool, StepRequest(step.key, known_state, attempt))
+            backend.submit(placement.pool, StepRequest(step.key, known_state, attempt, resumed=w.resumed))
         except Exception as exc:  # a backend that refuses, for whatever reason: place the step again
-            del self.running[step.key]
-            retry = _Waiting(step)
-            retry.exclude.add(placement.pool)
-            retry.notes.append(f"{placement.pool} refused the step ({exc})")
+            retry = _Waiting.again(self.running.pop(step.key), f"{placement.pool} refused the step ({exc})")
+            retry.exclude |= w.exclude | {placement.pool}
             self.waiting[step.key] = retry
 
     def _fail_unplaceable(self, w: _Waiting, exc: GravityError) -> Iterator[DagsterEvent]:
@@ -492,7 +599,8 @@ class _RunLoop:
         if event.step_key is not None:
             self.locations.record(event)
             self.summary.observe(event)
-            self.active.handle_event(event)
+            if not self._seen_before(event, running):
+                self.active.handle_event(event)
             if event.is_successful_output:
                 running.copies = []  # its inputs are in: it no longer shares any link
             if event.is_step_success:
@@ -513,8 +621,29 @@ class _RunLoop:
             running.finished = True
             running.retried = failure.is_step_up_for_retry
 
+    @staticmethod
+    def _seen_before(event: DagsterEvent, running: _Running) -> bool:
+        """A dynamic output a lost worker had already reported for this attempt: its mapping
+        key is ActiveExecution's once (twice, the step would map it twice)."""
+        if not event.is_successful_output:
+            return False
+        handle = event.step_output_data.step_output_handle
+        if not handle.mapping_key:
+            return False
+        seen = (handle.output_name, handle.mapping_key)
+        if seen in running.outputs:
+            return True
+        running.outputs.add(seen)
+        return False
+
     def _handle_end(self, update: StepEnded, running: _Running) -> Iterator[DagsterEvent]:
         del self.running[update.step_key]
+        if (
+            update.outcome == CRASHED and update.worker_lost and not running.finished and not self.stopping
+            and running.lost_workers < self.config.unhealthy_after
+        ):
+            yield self._resume_elsewhere(running, update)
+            return
         if update.error is not None and update.outcome != NOT_STARTED and not running.retried:
             self.worker_errors[update.pid or 0] = update.error
         if update.outcome == NOT_STARTED:
@@ -522,13 +651,38 @@ class _RunLoop:
                 self.active.mark_abandoned(update.step_key)
                 return
             # The worker never ran it: place it again (the pool may now be unhealthy).
-            w = _Waiting(running.step)
-            w.notes.append(f"not started on {update.pool_id}: {update.message}")
-            self.waiting[update.step_key] = w
+            self.waiting[update.step_key] = _Waiting.again(running, f"not started on {update.pool_id}: {update.message}")
             return
         if not running.finished and (update.outcome == CRASHED or update.error is not None):
             yield from self._fail_crashed(running, update)
         self.active.verify_complete(self.plan_context, update.step_key)
+
+    def _resume_elsewhere(self, running: _Running, update: StepEnded) -> DagsterEvent:
+        """The backend reports the step's worker gone (it left the cluster), not the step
+        failed: the same attempt is placed again, on a live worker (the backend never
+        chooses one it knows is gone), and uses no retry. ActiveExecution still has the
+        step in flight; the new worker does not write a second STEP_START. Only backends
+        that can resume an attempt get it. After `unhealthy_after` lost workers the step
+        is taken as the cause: its next loss is a crash, which the RetryPolicy decides."""
+        key = running.step.key
+        lost = running.lost_workers + 1
+        w = _Waiting.again(running, f"resumed after {update.message} (compute pool {update.pool_id})")
+        w.resumed, w.lost_workers = True, lost
+        self.waiting[key] = w
+        return DagsterEvent.engine_event(
+            self.plan_context.for_step(running.step),
+            f"gravity: {update.message} (compute pool {update.pool_id}); step {key} runs again on a live "
+            f"worker as the same attempt, using no retry: the worker was lost, the step did not fail "
+            f"(this attempt has lost {lost} worker(s); past unhealthy_after = {self.config.unhealthy_after} "
+            "a lost worker counts as a crash, which the RetryPolicy decides)",
+            EngineEventData(
+                metadata={
+                    "gravity/pool_id": MetadataValue.text(update.pool_id),
+                    "gravity/worker_lost": MetadataValue.text(update.message),
+                    "gravity/lost_workers": MetadataValue.int(lost),
+                }
+            ),
+        )
 
     def _fail_crashed(self, running: _Running, update: StepEnded) -> Iterator[DagsterEvent]:
         """The step's worker died or failed without the step's own end: a retryable
@@ -582,10 +736,12 @@ class _RunLoop:
     def _poll(self) -> Iterator[DagsterEvent]:
         """Wait briefly for updates from the workers and handle them."""
         timeout = POLL_SECONDS
-        if self.waiting:
+        # Steps waiting for a slot are re-scored often; those waiting for their zone only
+        # re-check a few times a second (ZONE_RECHECK_SECONDS), so they do not spin the loop.
+        if any(w.zone_outage is None for w in self.waiting.values()):
             timeout = 0.02
         elif not self.running:
-            timeout = min(POLL_SECONDS, max(0.0, self.active.sleep_interval()) or 0.01)
+            timeout = min(POLL_SECONDS, max(0.0, self.active.sleep_interval()) or (POLL_SECONDS if self.waiting else 0.01))
         got_any = False
         for backend in self.backends:
             for update in backend.poll(timeout / len(self.backends)):

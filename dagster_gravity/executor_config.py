@@ -6,6 +6,7 @@ parsed form the executor, `gravity plan` and `gravity sites --health` use.
       config:
         sites_file: sites.yaml            # default: the GravityTopology resource's, $GRAVITY_SITES, ./sites.yaml
         locality_wait: 300
+        zone_outage_wait: 120
         objective: weighted               # time | cost | weighted
         cost_weight: 0.3                  # with weighted: 0 = all seconds, 1 = all dollars
         pools:
@@ -33,6 +34,7 @@ from dagster_gravity.topology import Topology
 DEFAULTS: dict[str, Any] = {
     "sites_file": None,
     "locality_wait": 300.0,
+    "zone_outage_wait": 120.0,
     "objective": "time",
     "cost_weight": 0.5,
     "max_concurrent": None,
@@ -77,6 +79,14 @@ GRAVITY_CONFIG = {
         "at all is decided by cost: the pool's expected wait (from its running steps' expected "
         "remaining time and the steps queued for it) against moving the data elsewhere. Past "
         "this many seconds the step spills to the best compute pool with a free slot.",
+    ),
+    "zone_outage_wait": _field(
+        "zone_outage_wait",
+        float,
+        "The longest a step whose data may not leave its residency zone waits, when no compute "
+        "pool of that zone is healthy, for one to come back (workers that left may rejoin) before "
+        "it fails. Its data is never moved out of the zone meanwhile. 0: fail at once. A zone's own "
+        "outage_wait_seconds in the sites file overrides it for that zone.",
     ),
     "objective": _field("objective", OBJECTIVES, "What placement minimises: time, cost, or weighted."),
     "cost_weight": _field(
@@ -144,6 +154,7 @@ class GravityConfig:
 
     sites_file: str | None = DEFAULTS["sites_file"]
     locality_wait: float = DEFAULTS["locality_wait"]
+    zone_outage_wait: float = DEFAULTS["zone_outage_wait"]
     objective: Objective = field(default_factory=Objective)
     retries: RetryMode = RetryMode.ENABLED
     max_concurrent: int | None = DEFAULTS["max_concurrent"]
@@ -173,6 +184,7 @@ class GravityConfig:
         cfg = cls(
             sites_file=sites_file,
             locality_wait=_number("locality_wait", get("locality_wait"), "seconds >= 0"),
+            zone_outage_wait=_number("zone_outage_wait", get("zone_outage_wait"), "seconds >= 0"),
             objective=_objective(get("objective"), get("cost_weight")),
             retries=RetryMode.from_config(config.get("retries", {"enabled": {}})),  # type: ignore[arg-type]
             max_concurrent=None if max_concurrent is None else _integer("max_concurrent", max_concurrent, ">= 1"),
@@ -189,6 +201,7 @@ class GravityConfig:
     def _check(self) -> None:
         for name, value, ok, expected in (
             ("locality_wait", self.locality_wait, self.locality_wait >= 0, "seconds >= 0"),
+            ("zone_outage_wait", self.zone_outage_wait, self.zone_outage_wait >= 0, "seconds >= 0"),
             ("worker_max_steps", self.worker_max_steps, self.worker_max_steps >= 1, ">= 1"),
             ("unhealthy_after", self.unhealthy_after, self.unhealthy_after >= 1, ">= 1"),
             ("max_concurrent", self.max_concurrent, self.max_concurrent is None or self.max_concurrent >= 1, ">= 1"),

@@ -90,6 +90,14 @@ def pool_unhealthy_event(plan_context, pool_id: str, reason: str) -> DagsterEven
     )
 
 
+def pool_healthy_event(plan_context, pool_id: str) -> DagsterEvent:
+    return DagsterEvent.engine_event(
+        plan_context,
+        f"gravity: compute pool {pool_id} is healthy again; it takes steps",
+        EngineEventData(metadata={md.POOL_ID: MetadataValue.text(pool_id)}),
+    )
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = "| compute pool | site | bytes moved in | transfer s | outputs on to consumers | wait s | $ | score | feasible / why not |\n"
     head += "|---|---|---|---|---|---|---|---|---|\n"

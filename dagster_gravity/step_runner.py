@@ -36,6 +36,7 @@ it (`MAX_CACHED_RUNS`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from contextlib import ExitStack
@@ -52,6 +53,7 @@ from dagster_gravity.dagster_internals import (
     ExecutionStep,
     InstanceRef,
     KnownExecutionState,
+    LOG_RECORD_EVENT_ATTR,
     PlanExecutionContextManager,
     ReconstructableJob,
     RetryMode,
@@ -121,6 +123,15 @@ def _mapping_signature(known_state: KnownExecutionState | None) -> str:
 _STEP_END = object()  # marks the end of one step's events inside a session
 
 
+class _NoStepStart(logging.Filter):
+    """Keeps a resumed attempt's STEP_START out of the event log: the attempt's first worker
+    wrote it before it was lost, and Dagster counts one start per attempt."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = getattr(record, LOG_RECORD_EVENT_ATTR, None)
+        return getattr(event, "event_type_value", None) != "STEP_START"
+
+
 class _Session:
     """A Dagster execution context for one step, or for some steps of a run, in this worker.
 
@@ -156,7 +167,7 @@ class _Session:
 
     def _serve(self, execution_plan: ExecutionPlan, job_context) -> Iterator[Any]:
         while self._request is not None:
-            step_key, known_state = self._request
+            step_key, known_state, resumed = self._request
             self._request = None
             # An interrupt captured between steps is not cleared: the executor only
             # interrupts a stopping run, so a step queued behind it fails as interrupted
@@ -166,6 +177,8 @@ class _Session:
             if log_context is not None:
                 yield DagsterEvent.capture_logs(job_context, [step_key], log_key, log_context)
             step_context = job_context.for_step(step, known_state)
+            if resumed:
+                step_context.log.addFilter(_NoStepStart())
             events = []
             for event in dagster_event_sequence_for_step(step_context):
                 events.append(event)
@@ -173,9 +186,10 @@ class _Session:
             yield from trigger_hook(step_context, events)
             yield _STEP_END
 
-    def run(self, step_key: str, known_state: KnownExecutionState) -> Iterator[DagsterEvent]:
-        """The step's events; sets `alive` False if the session ended instead (set-up failed)."""
-        self._request = (step_key, known_state)
+    def run(self, step_key: str, known_state: KnownExecutionState, resumed: bool = False) -> Iterator[DagsterEvent]:
+        """The step's events; sets `alive` False if the session ended instead (set-up failed).
+        `resumed`: see `StepRunner.run_step`."""
+        self._request = (step_key, known_state, resumed)
         self.running = True
         ended = False
         try:
@@ -448,15 +462,23 @@ class StepRunner:
         payload: RunPayload,
         step_key: str,
         known_state: KnownExecutionState,
+        resumed: bool = False,
     ) -> Iterator[DagsterEvent]:
-        """Execute one step; events are written to the instance and yielded."""
+        """Execute one step; events are written to the instance and yielded.
+
+        `resumed`: this attempt already started on a worker that was lost; its STEP_START is
+        still yielded (it marks where the step's own work begins) but not written again."""
         cache = self._cache(payload)
         with runtime.running_at(self.site, payload.sites_file):
             session = cache.session_for(step_key, known_state)
+            own_session = False
+            if session is None and resumed:
+                # Only a session's step context can hold back the STEP_START: one just for it.
+                session, own_session = _Session(cache, cache.plan_for(step_key, known_state)), True
             if session is not None:
                 try:
-                    yield from session.run(step_key, known_state)
-                    if payload.resource_lifetime == STEP and session.alive:
+                    yield from session.run(step_key, known_state, resumed)
+                    if (payload.resource_lifetime == STEP or own_session) and session.alive:
                         yield from session.finish()
                 finally:
                     if not session.alive:

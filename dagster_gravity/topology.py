@@ -225,6 +225,8 @@ class Topology:
     zones: Mapping[str, frozenset[str]]  # residency zone -> the sites inside it
     source: str = "<dict>"
     _pools: tuple[Pool, ...] = field(default=(), repr=False, compare=False)
+    # residency zone -> its own `outage_wait_seconds` (overrides the executor's zone_outage_wait)
+    zone_outage_waits: Mapping[str, float] = field(default_factory=dict)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -466,19 +468,30 @@ class _Loader:
         links = Links(sites, configured)
 
         zones: dict[str, frozenset[str]] = {}
+        outage_waits: dict[str, float] = {}
         residency = data.get("residency") or {}
         if not isinstance(residency, dict):
             raise self.fail("residency", residency, "a mapping of zone name -> list of sites")
         for zone, members in residency.items():
             self.name(zone, f"residency.{short_repr(zone, 40)}")
+            where = f"residency.{zone}"
+            if isinstance(members, dict):  # {sites: [...], outage_wait_seconds: N}
+                spec = self.mapping(members, where, ["sites", "outage_wait_seconds"])
+                members, where = spec.get("sites"), f"{where}.sites"
+                if "outage_wait_seconds" in spec:
+                    outage_waits[zone] = self.number(
+                        spec["outage_wait_seconds"], f"residency.{zone}.outage_wait_seconds", minimum=0
+                    )
             if not isinstance(members, list) or not members:
-                raise self.fail(f"residency.{zone}", members, "a non-empty list of sites in the zone")
+                raise self.fail(where, members, "a non-empty list of sites in the zone")
             for j, member in enumerate(members):
-                self.site_ref(member, f"residency.{zone}[{j}]", sites)
+                self.site_ref(member, f"{where}[{j}]", sites)
             zones[zone] = frozenset(members)
 
         pools = tuple(pool for site in sites.values() for pool in site.pools)
-        return Topology(sites=sites, links=links, zones=zones, source=self.source, _pools=pools)
+        return Topology(
+            sites=sites, links=links, zones=zones, source=self.source, _pools=pools, zone_outage_waits=outage_waits
+        )
 
     def load_site(self, data: Any, where: str, storage_root: str) -> Site:
         data = self.mapping(data, where, ["name", "region", "kind", "storage", "pools"])

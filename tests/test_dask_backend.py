@@ -146,7 +146,9 @@ def test_dynamic_outputs_map_and_collect_on_dask_workers(dask_cluster, instance,
         assert [w["gravity/site"] for w in started[step_key]] == sites_placed
 
 
-def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, instance, tmp_path):
+def test_a_step_whose_worker_is_killed_runs_again_on_a_live_worker_without_using_a_retry(dask_cluster, instance, tmp_path):
+    """The backend knows the worker left the cluster: the step did not fail, so the same
+    attempt runs again on the site's other worker and its RetryPolicy is not consumed."""
     ensure_workers(
         dask_cluster,
         {"onprem-dc-1": dask_jobs.ONPREM, "onprem-dc-2": dask_jobs.ONPREM, "aws-us-east-1-1": dask_jobs.AWS},
@@ -169,7 +171,7 @@ def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, ins
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    first = markers / "attempt-0.json"
+    first = markers / "run-0.json"
     deadline = time.monotonic() + 60
     while not first.exists():
         assert thread.is_alive(), f"the run ended before its first attempt started: {outcome}"
@@ -182,23 +184,71 @@ def test_killed_worker_mid_step_is_retried_by_the_retry_policy(dask_cluster, ins
     thread.join(timeout=60)
     assert not thread.is_alive(), "the run did not finish within 60 s of the worker being killed"
     assert outcome["success"], outcome
-    retry = json.loads((markers / "attempt-1.json").read_text())
+    again = json.loads((markers / "run-1.json").read_text())
     survivor = ({"onprem-dc-1", "onprem-dc-2"} - {victim["worker"]}).pop()
-    assert retry["worker"] == survivor and retry["site"] == dask_jobs.ONPREM
-    assert outcome["output"]["attempt"] == 1
+    assert again["worker"] == survivor and again["site"] == dask_jobs.ONPREM
+    assert outcome["output"] == again and again["attempt"] == 0, "the RetryPolicy was used"
+    assert not (markers / "run-2.json").exists()
 
     events = step_events(instance, outcome["run_id"])
     types = [e.event_type for e in events if e.step_key == "slow_first_attempt"]
-    assert DagsterEventType.STEP_UP_FOR_RETRY in types
-    # One start and one restart: Dask never ran the step again on its own.
+    # One attempt as Dagster knows it: one start, no retry, one success, no failure.
     assert types.count(DagsterEventType.STEP_START) == 1
-    assert types.count(DagsterEventType.STEP_RESTARTED) == 1
-    retry_event = next(e for e in events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY)
-    assert victim["worker"] in retry_event.event_specific_data.error.message
+    assert DagsterEventType.STEP_RESTARTED not in types and DagsterEventType.STEP_UP_FOR_RETRY not in types
+    assert types.count(DagsterEventType.STEP_SUCCESS) == 1 and DagsterEventType.STEP_FAILURE not in types
+    resumed = [e.message for e in events if e.event_type == DagsterEventType.ENGINE_EVENT and "runs again" in (e.message or "")]
+    assert len(resumed) == 1 and victim["worker"] in resumed[0] and "using no retry" in resumed[0], resumed
     assert [w["gravity/worker"] for w in workers_started(events)["slow_first_attempt"]] == [
         victim["worker"],
         survivor,
     ]
+
+
+def test_dynamic_outputs_a_lost_worker_reported_are_mapped_once(dask_cluster, instance, tmp_path):
+    """The fan-out step yields part0, then its worker is killed: the attempt runs again on the
+    other worker and yields part0 again and part1; each is mapped once."""
+    workers = {"onprem-dc-1": dask_jobs.ONPREM, "onprem-dc-2": dask_jobs.ONPREM}
+    ensure_workers(dask_cluster, workers)
+    sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM])
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    config = run_config(
+        sites, dask_cluster.address,
+        ops={"fans_out_then_sleeps": {"config": {"marker_dir": str(markers), "sleep_seconds": 120}}},
+    )
+    outcome: dict = {}
+
+    def run() -> None:
+        with execute_job(reconstructable(dask_jobs.lost_fan_out_job), instance, run_config=config) as result:
+            outcome["success"] = result.success
+            outcome["run_id"] = result.run_id
+            outcome["total"] = result.output_for_node("total") if result.success else None
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (markers / "fan-0.json").exists():
+        assert thread.is_alive() and time.monotonic() < deadline, "the fan-out step did not start"
+        time.sleep(0.05)
+    time.sleep(1.0)  # part0's event reaches the executor
+    victim = json.loads((markers / "fan-0.json").read_text())["worker"]
+    dask_cluster.kill_worker(victim)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the run did not finish within 60 s of the worker being killed"
+    assert outcome["success"], "\n".join(run_messages(instance, outcome["run_id"])) if "run_id" in outcome else outcome
+    assert outcome["total"] == 1 * 1 + 2 * 2
+    assert json.loads((markers / "fan-1.json").read_text())["attempt"] == 0
+    events = step_events(instance, outcome["run_id"])
+    part0 = [
+        e for e in events if e.event_type == DagsterEventType.STEP_OUTPUT
+        and e.step_key == "fans_out_then_sleeps" and e.step_output_data.mapping_key == "part0"
+    ]
+    assert len(part0) == 2, "the lost worker had reported part0 before it died"
+    mapped = sorted({e.step_key for e in events if e.event_type == DagsterEventType.STEP_SUCCESS and e.step_key.startswith("square[")})
+    assert mapped == ["square[part0]", "square[part1]"]
+    starts = [e.step_key for e in events if e.event_type == DagsterEventType.STEP_START]
+    assert sorted(starts) == ["fans_out_then_sleeps", "square[part0]", "square[part1]", "total"], starts
+    assert not [e for e in events if e.event_type in (DagsterEventType.STEP_UP_FOR_RETRY, DagsterEventType.STEP_FAILURE)]
 
 
 def test_site_without_workers_is_unhealthy_and_its_steps_fail_over(dask_cluster, instance, tmp_path):

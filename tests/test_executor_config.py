@@ -45,6 +45,7 @@ def test_pool_settings_merge_default_per_site_per_pool(tmp_path):
         ({"pools": {"default": {"local": {"prestrat": 1}}}}, 'unexpected config entry "prestrat"'),
         ({"pools": {"default": {"dask": {}}}}, 'Missing required config entry "scheduler"'),
         ({"locality_wait": "soon"}, "locality_wait"),
+        ({"zone_outage_wait": "soon"}, "zone_outage_wait"),
     ],
 )
 def test_bad_executor_config_is_refused_by_dagster_before_the_run(executor_config, expected):
@@ -62,6 +63,12 @@ def test_objective_and_cost_weight(tmp_path):
         GravityConfig.from_executor_config({"objective": "weighted", "cost_weight": 1.5})
 
 
+def test_zone_outage_wait_default_and_override():
+    assert GravityConfig.from_executor_config({}).zone_outage_wait == 120.0
+    assert GravityConfig.from_executor_config({"zone_outage_wait": 0}).zone_outage_wait == 0.0
+    assert GravityConfig.from_executor_config({"zone_outage_wait": "2.5"}).zone_outage_wait == 2.5
+
+
 def test_forking_backends_start_first_in_runs_mixed_with_other_backends(tmp_path):
     topology = Topology.from_yaml(jobs.write_test_sites(tmp_path))
 
@@ -75,3 +82,36 @@ def test_forking_backends_start_first_in_runs_mixed_with_other_backends(tmp_path
     mixed = groups({"per_site": {"alpha": {"dask": {"scheduler": "tcp://127.0.0.1:9"}}}})
     assert mixed == [("local", True, ["beta/cpu", "gamma/cpu"]), ("dask", False, ["alpha/cpu", "alpha/gpu"])]
     assert groups({}) == [("local", True, ["alpha/cpu", "alpha/gpu", "beta/cpu", "gamma/cpu"])]
+
+
+def test_a_zones_own_outage_wait_overrides_the_executors_and_the_shortest_of_several_wins(tmp_path):
+    from dagster_gravity.zone_outage import wait_limit
+
+    doc = {
+        "sites": [
+            {"name": "a", "region": "r1", "kind": "cloud", "pools": [{"name": "cpu", "slots": 1}]},
+            {"name": "b", "region": "r2", "kind": "cloud", "pools": [{"name": "cpu", "slots": 1}]},
+        ],
+        "residency": {"eu": {"sites": ["a"], "outage_wait_seconds": 30}, "eea": ["a", "b"], "strict": {"sites": ["a"]}},
+    }
+    topology = Topology.from_dict(doc)
+    assert topology.zones["eu"] == frozenset({"a"}) and topology.zones["strict"] == frozenset({"a"})
+    assert topology.zone_outage_waits == {"eu": 30.0}
+    per_zone, source = topology.zone_outage_waits, topology.source
+    assert wait_limit(["eea"], per_zone, 120.0, source) == (120.0, "zone_outage_wait")
+    assert wait_limit(["eu"], per_zone, 120.0, source) == (30.0, f"residency.eu.outage_wait_seconds in {source}")
+    assert wait_limit(["eea", "eu"], per_zone, 10.0, source) == (10.0, "zone_outage_wait")
+
+
+def test_zone_outage_messages_name_the_zone_the_pools_down_and_the_setting():
+    from dagster_gravity.zone_outage import ZoneOutage, back_note, gave_up_note
+
+    outage = ZoneOutage(["eu"], {"eu-west/cpu": "no Dask worker declares 'site-eu-west'"}, 3.0, "zone_outage_wait", since=100.0)
+    assert gave_up_note(outage, now=103.25) == (
+        "gave up after 3.2 s (zone_outage_wait is 3 s): residency zone 'eu' still has no healthy compute pool "
+        "(eu-west/cpu: no Dask worker declares 'site-eu-west')"
+    )
+    assert back_note(outage, "eu-west/cpu", now=107.0) == (
+        "waited 7.0 s (zone_outage_wait) for residency zone 'eu', which came back: runs on eu-west/cpu"
+    )
+    assert ZoneOutage(["eea", "eu"], {}, 1.0, "zone_outage_wait").zone_words() == "residency zones 'eea', 'eu'"

@@ -156,6 +156,32 @@ SITES_CASES = [
     ),
     ("unknown residency member", {**BASE, "residency": {"eu": ["mars"]}}, "residency.eu[0]", "the name of a site"),
     ("residency zone named ..", {**BASE, "residency": {"..": ["a"]}}, "residency.'..'", "not '.' or '..'"),
+    (
+        "zone outage_wait_seconds -1",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait_seconds": -1}}},
+        "residency.eu.outage_wait_seconds",
+        "a number >= 0 (finite)",
+    ),
+    (
+        "zone outage_wait_seconds NaN",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait_seconds": float("nan")}}},
+        "residency.eu.outage_wait_seconds",
+        "a number >= 0 (finite)",
+    ),
+    (
+        "zone outage_wait_seconds soon",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait_seconds": "soon"}}},
+        "residency.eu.outage_wait_seconds",
+        "a number >= 0 (finite)",
+    ),
+    ("zone mapping without sites", {**BASE, "residency": {"eu": {"outage_wait_seconds": 5}}}, "residency.eu.sites", "a non-empty list"),
+    ("zone mapping, unknown site", {**BASE, "residency": {"eu": {"sites": ["mars"]}}}, "residency.eu.sites[0]", "the name of a site"),
+    (
+        "zone mapping, unknown field",
+        {**BASE, "residency": {"eu": {"sites": ["a"], "outage_wait": 5}}},
+        "residency.eu.outage_wait",
+        "one of the fields",
+    ),
 ]
 
 
@@ -273,6 +299,12 @@ SETTINGS_CASES = [
     ("locality_wait NaN", {"locality_wait": float("nan")}, "locality_wait", "a finite number of seconds >= 0"),
     ("locality_wait inf", {"locality_wait": float("inf")}, "locality_wait", "a finite number of seconds >= 0"),
     ("locality_wait x", {"locality_wait": "x"}, "locality_wait", "a number of seconds >= 0"),
+    ("zone_outage_wait -1", {"zone_outage_wait": -1}, "zone_outage_wait: got -1", "a finite number of seconds >= 0"),
+    ("zone_outage_wait NaN", {"zone_outage_wait": float("nan")}, "zone_outage_wait: got nan", "a finite number of seconds >= 0"),
+    ("zone_outage_wait inf", {"zone_outage_wait": float("inf")}, "zone_outage_wait", "a finite number of seconds >= 0"),
+    ("zone_outage_wait soon", {"zone_outage_wait": "soon"}, "zone_outage_wait: got 'soon'", "a number of seconds >= 0"),
+    ("zone_outage_wait a list", {"zone_outage_wait": [5]}, "zone_outage_wait: got [5]", "a number of seconds >= 0"),
+    ("zone_outage_wait True", {"zone_outage_wait": True}, "zone_outage_wait: got True", "a number of seconds >= 0"),
     ("worker_max_steps ten", {"worker_max_steps": "ten"}, "worker_max_steps", "an integer >= 1"),
     ("unhealthy_after 0", {"unhealthy_after": 0}, "unhealthy_after", ">= 1"),
     ("cost_weight NaN", {"objective": "weighted", "cost_weight": float("nan")}, "cost_weight", "a weight in [0, 1]"),

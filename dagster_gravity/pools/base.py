@@ -16,7 +16,9 @@ pool's site. The executor drives it from its single-threaded `ActiveExecution` l
 Every submitted step attempt ends with exactly one `StepEnded`, whatever happens to its
 worker, and a worker takes no other step until that end has been reported:
 `outcome` says whether it ran to completion, crashed mid-step (the executor turns that into
-a retryable step failure), or never started (the executor places it again elsewhere).
+a retryable step failure; or, when `worker_lost` says the backend knows the worker is gone,
+runs the same attempt again elsewhere without a retry, on backends that declare
+`resumes_steps`), or never started (the executor places it again elsewhere).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class StepRequest:
     # about it carries the same number, so an update of an earlier attempt (its end can
     # arrive after the retry was submitted) is never taken for the current one.
     attempt: int = 0
+    # The attempt continues on a new worker after its worker was lost (`StepEnded.worker_lost`):
+    # Dagster already has its STEP_START, so the worker does not write another one.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class StepEnded:
     exit_code: int | None = None
     error: Any = None  # a SerializableErrorInfo when the worker reported one
     attempt: int = 0
+    # CRASHED because the backend knows the worker is gone (it left the cluster), not because
+    # the step failed: the executor runs the attempt again elsewhere without using a retry.
+    worker_lost: bool = False
 
 
 StepUpdate = Union[StepEvent, StepEnded]
@@ -90,6 +98,9 @@ class BackendCapabilities:
     """
 
     forks_run_process: bool = False
+    # Its workers can continue an attempt whose worker was lost (`StepRequest.resumed`)
+    # without writing a second STEP_START; only such backends get a resumed attempt.
+    resumes_steps: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,10 @@ class PoolHealth:
     busy: int = 0
     consecutive_failures: int = 0
     detail: str = ""  # for a healthy pool: what was checked (`probe`)
+    # For an unhealthy pool: whether it may become healthy again during the run (a site whose
+    # workers left may see them return); a step whose zone has no healthy pool waits only for
+    # such pools (`zone_outage_wait`). A pool marked unhealthy for good says False.
+    may_recover: bool = False
 
 
 @runtime_checkable

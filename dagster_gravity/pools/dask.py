@@ -6,8 +6,11 @@ A step placed at a site is submitted with ``resources={"site-<site>": 1}`` *and*
 ``workers=[<one worker of that site>]``, ``allow_other_workers=False``. The resource keeps the
 step off every other site; the worker restriction means that when that worker dies, Dask has
 nowhere to re-run the task (it never runs it again silently, whatever the scheduler's
-``allowed-failures``): the backend cancels the task and reports the step as crashed, and
-Dagster's RetryPolicy decides about a retry, which the executor places again.
+``allowed-failures``): the backend cancels the task and reports the step as crashed with its
+worker lost (`StepEnded.worker_lost`); the executor runs the same attempt again on a live
+worker (`StepRequest.resumed`: the task does not publish, nor the worker write, a second
+STEP_START), using no retry. Departures the client has heard of are handled before a worker
+is chosen (`_drain`), so a step is never sent to a worker the backend knows is gone.
 
 Event streaming. The worker runs the step with `step_runner.StepRunner` (events are written to
 the Dagster instance from the worker, as with Dagster's own multiprocess children) and also
@@ -18,7 +21,10 @@ carries the task key and a sequence number; the task's return value holds the wh
 used only to fill a gap if a message was lost.
 
 Health. A pool is healthy while its scheduler is reachable and at least one worker declares
-``site-<site>``; the executor stops placing on an unhealthy pool and fails over. A step that
+``site-<site>``; the executor stops placing on an unhealthy pool and fails over. A pool
+without workers, or whose scheduler is unreachable or reconnecting, may recover
+(`PoolHealth.may_recover`: workers may join again); one whose client never connected, gave up
+reconnecting, or lost `unhealthy_after` workers in a row does not. A step that
 was waiting for a worker of a site that lost all of them is reported NOT_STARTED, so the
 executor places it elsewhere.
 
@@ -193,8 +199,11 @@ def cached_runs_on_worker() -> list[str]:
     return sorted({run_id for runner in runners for run_id in runner.cached_run_ids()})
 
 
-def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key: str, known_state) -> list[str]:
-    """The Dask task: run one step, publish each event as it happens, return them all."""
+def run_step_on_worker(
+    task_key: str, payload, site: str, pool_id: str, step_key: str, known_state, resumed: bool = False
+) -> list[str]:
+    """The Dask task: run one step, publish each event as it happens, return them all.
+    `resumed`: the attempt continues after its first worker was lost (StepRequest.resumed)."""
     from dagster import MetadataValue
     from dagster_gravity.dagster_internals import serialize_value
     from distributed import get_worker
@@ -232,9 +241,12 @@ def run_step_on_worker(task_key: str, payload, site: str, pool_id: str, step_key
     before: dict[int, int] | None = None
     events: list[str] = []
     try:
-        for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state)):
-            if clean_up and before is None and event.step_key == step_key and event.event_type_value in _STEP_STARTS:
+        for event in itertools.chain([announce], runner.run_step(payload, step_key, known_state, resumed)):
+            starts = event.step_key == step_key and event.event_type_value in _STEP_STARTS
+            if clean_up and before is None and starts:
                 before = process_tree.descendants()
+            if resumed and starts:
+                continue  # not written again (the lost worker wrote it): not the executor's either
             text = serialize_value(event)
             worker.log_event(EVENT_TOPIC, {"key": task_key, "seq": len(events), "event": text})
             events.append(text)
@@ -558,7 +570,7 @@ class DaskBackend:
     """Runs steps on Dask workers restricted to the placed site (see the module docstring)."""
 
     name = "dask"
-    capabilities = BackendCapabilities(forks_run_process=False)
+    capabilities = BackendCapabilities(forks_run_process=False, resumes_steps=True)
 
     def __init__(self, settings: Mapping[str, Any], *, worker_max_steps: int = 100, unhealthy_after: int = 3):
         settings = with_defaults("dask", settings)
@@ -629,12 +641,16 @@ class DaskBackend:
 
     def health(self, pool_id: str) -> PoolHealth:
         pool = self._pools[pool_id]
+        self._drain()
         self._refresh()
         sched = self._scheduler
         busy = sum(1 for s in self._steps.values() if s.pool_id == pool_id and not s.finished)
         failures = self._failures.get(pool_id, 0)
         if sched.error:
-            return PoolHealth(False, sched.error, workers=0, busy=busy, consecutive_failures=failures)
+            # Unreachable or reconnecting may pass; a client that never connected or gave up
+            # reconnecting (closed) does not come back in this run.
+            may_recover = sched.client is not None and getattr(sched.client, "status", "running") in ("running", "connecting")
+            return PoolHealth(False, sched.error, workers=0, busy=busy, consecutive_failures=failures, may_recover=may_recover)
         if failures >= self.unhealthy_after:
             return PoolHealth(
                 False,
@@ -650,6 +666,7 @@ class DaskBackend:
                 f"no Dask worker on scheduler {sched.address} declares resource {site_resource(pool.site)!r}",
                 workers=0,
                 busy=busy,
+                may_recover=True,  # workers of the site may join (again) at any time
             )
         return PoolHealth(True, workers=len(workers), busy=busy, consecutive_failures=failures)
 
@@ -658,6 +675,7 @@ class DaskBackend:
         sched = self._scheduler
         if sched.client is None:
             raise RuntimeError(f"pool {pool_id}: {sched.error or 'the Dask backend was not started'}")
+        self._drain()  # a worker we have been told left is never chosen
         self._refresh()
         if sched.error:
             raise RuntimeError(f"pool {pool_id} is unhealthy: {sched.error}")
@@ -677,6 +695,7 @@ class DaskBackend:
             pool_id,
             request.step_key,
             request.known_state,
+            request.resumed,
             key=key,
             resources=resources,
             workers=[worker],
@@ -691,6 +710,17 @@ class DaskBackend:
         future.add_done_callback(lambda f, key=key: self._inbox.put(("done", key)))
         name = sched.names.get(worker, worker)
         return Submission(pool_id=pool_id, worker=f"dask worker {name} ({worker})")
+
+    def _drain(self) -> None:
+        """Handle what the client's thread has queued so far (a worker that left, a step's
+        end) now, not at the next poll: a worker the scheduler said is gone is then out of
+        the worker list before a step is placed or sent. The ends it decides are reported
+        by the next `poll`, in order."""
+        try:
+            while True:
+                self._handle(self._inbox.get_nowait(), self._ended)
+        except queue.Empty:
+            pass
 
     def poll(self, timeout: float) -> list[StepUpdate]:
         updates, self._ended = self._ended, []
@@ -897,7 +927,8 @@ class DaskBackend:
             else:
                 outcome = COMPLETED
                 message = f"{where} raised: {error.message.strip()}"
-            self._finish(step, StepEnded(step.step_key, outcome, step.pool_id, message=message, error=error), updates)
+            ended = StepEnded(step.step_key, outcome, step.pool_id, message=message, error=error, worker_lost=lost_worker)
+            self._finish(step, ended, updates)
         else:  # "cancelled" by someone else: we drop the steps we cancel before this runs
             self._refresh()
             if self._scheduler.lost:
@@ -921,6 +952,7 @@ class DaskBackend:
                 ended = StepEnded(
                     step.step_key, CRASHED, step.pool_id,
                     message=f"dask worker {name} ({address}) at site {site} left the cluster while running the step",
+                    worker_lost=True,
                 )
             else:
                 ended = StepEnded(

@@ -10,15 +10,21 @@ import os
 import time
 from pathlib import Path
 
-from dagster import Config, DynamicOut, DynamicOutput, OpExecutionContext, RetryPolicy, job, op, resource
+from dagster import (
+    Config, Definitions, DynamicOut, DynamicOutput, OpExecutionContext, RetryPolicy, asset, define_asset_job, job, op,
+    resource,
+)
 
 from dagster_gravity import gravity_executor
-from dagster_gravity.metadata import TAG_PIN
+from dagster_gravity.metadata import RESIDENCY, TAG_PIN
 from dagster_gravity.runtime import current_site
 
 # A test writes a sites file with these two sites, in this order (see tests/test_dask_backend.py).
 ONPREM = "onprem-dc"
 AWS = "aws-us-east-1"
+# The one site of residency zone EU_ZONE (tests/test_zone_outage.py).
+EU = "eu-west"
+EU_ZONE = "eu"
 
 
 def _worker_name() -> str:
@@ -52,15 +58,38 @@ class SlowConfig(Config):
     sleep_seconds: float = 60.0
 
 
-@op(tags={TAG_PIN: ONPREM}, retry_policy=RetryPolicy(max_retries=2))
-def slow_first_attempt(context: OpExecutionContext, config: SlowConfig) -> dict:
-    """The first attempt announces where it runs and sleeps (the test kills its worker)."""
-    info = {"worker": _worker_name(), "pid": os.getpid(), "attempt": context.retry_number, "site": current_site()}
-    marker = Path(config.marker_dir) / f"attempt-{context.retry_number}.json"
-    marker.write_text(json.dumps(info))
-    if context.retry_number == 0:
+def _announce_then_sleep_once(context, config: SlowConfig) -> dict:
+    """Each execution writes run-<n>.json (where it runs, Dagster's retry number); only the
+    first one sleeps (the test kills its worker meanwhile), later ones return at once."""
+    marker_dir = Path(config.marker_dir)
+    n = len(list(marker_dir.glob("run-*.json")))
+    info = {
+        "worker": _worker_name(), "pid": os.getpid(), "attempt": context.retry_number, "site": current_site(), "run": n,
+    }
+    (marker_dir / f"run-{n}.json").write_text(json.dumps(info))
+    if n == 0:
         time.sleep(config.sleep_seconds)
     return info
+
+
+@op(tags={TAG_PIN: ONPREM}, retry_policy=RetryPolicy(max_retries=2))
+def slow_first_attempt(context: OpExecutionContext, config: SlowConfig) -> dict:
+    return _announce_then_sleep_once(context, config)
+
+
+@asset(metadata={RESIDENCY: EU_ZONE}, retry_policy=RetryPolicy(max_retries=2))
+def eu_scores(context, config: SlowConfig) -> dict:
+    """Its data may not leave zone eu, whose one site is EU: it runs there or nowhere."""
+    return _announce_then_sleep_once(context, config)
+
+
+_zone_defs = Definitions(
+    assets=[eu_scores], jobs=[define_asset_job("eu_scores_job", selection=[eu_scores], executor_def=gravity_executor)]
+)
+
+
+def eu_scores_job():
+    return _zone_defs.resolve_job_def("eu_scores_job")
 
 
 @job(executor_def=gravity_executor)
@@ -128,6 +157,25 @@ def total(parts: list) -> int:
 @job(executor_def=gravity_executor)
 def dynamic_job():
     total(fan_out().map(square).collect())
+
+
+@op(tags={TAG_PIN: ONPREM}, out=DynamicOut(int), retry_policy=RetryPolicy(max_retries=2))
+def fans_out_then_sleeps(context: OpExecutionContext, config: SlowConfig):
+    """Yields part0, writes fan-<n>.json, sleeps on its first execution (the test kills its
+    worker: part0 was already reported), then yields part1."""
+    marker_dir = Path(config.marker_dir)
+    n = len(list(marker_dir.glob("fan-*.json")))
+    yield DynamicOutput(1, mapping_key="part0")
+    info = {"worker": _worker_name(), "attempt": context.retry_number, "run": n}
+    (marker_dir / f"fan-{n}.json").write_text(json.dumps(info))
+    if n == 0:
+        time.sleep(config.sleep_seconds)
+    yield DynamicOutput(2, mapping_key="part1")
+
+
+@job(executor_def=gravity_executor)
+def lost_fan_out_job():
+    total(fans_out_then_sleeps().map(square).collect())
 
 
 @resource
