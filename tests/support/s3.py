@@ -173,7 +173,9 @@ def start_seaweedfs(
             stdin=subprocess.DEVNULL,
             cwd=workdir,
             env={
-                **os.environ,
+                # weed takes AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in its environment as one more
+                # identity it accepts: a keyed server would also take the suite's dummy keys
+                **{k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")},
                 "TMPDIR": str(workdir),  # weed puts its gRPC socket there
                 **({"WEED_MASTER_VOLUME_GROWTH_COPY_1": str(volumes_per_bucket)} if volumes_per_bucket else {}),
             },
