@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dagster import Failure, build_asset_context
 
 from dagster_gravity import GravityCheckpoints, GravityTopology
@@ -15,6 +16,7 @@ from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
 from pipelines import quality_gate
 from pipelines.model import promoted_model, quality_gate_check
+from pipelines.ui import TELEMETRY_OFF, UiSetupError, choose_environment, parse_port
 from pipelines.training import FEATURES, LABEL, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, restore, train_incremental
 from resources import CHECKPOINT_SITE
 from sensors.drift import drift_scores
@@ -391,3 +393,40 @@ def test_drift_scores_compare_the_partition_with_the_earlier_ones():
     history = {"2026-01-01": {"x": (1.0, 1.0)}, "2026-01-02": {"x": (1.2, 1.0)}, "2026-01-03": {"x": (3.1, 1.0)}}
     assert drift_scores(history, "2026-01-03")["x"] == pytest.approx(2.0)
     assert drift_scores(history, "2026-01-01") == {}
+
+
+# -- make ui: which Dagster home it opens ------------------------------------------------
+
+
+def test_make_ui_creates_a_fresh_home_with_telemetry_off(tmp_path):
+    env, where = choose_environment(tmp_path, {"PATH": "/bin"})
+    home = tmp_path / ".dagster_home"
+    assert env["DAGSTER_HOME"] == str(home) and "project's own home" in where
+    assert yaml.safe_load((home / "dagster.yaml").read_text()) == {"telemetry": {"enabled": False}}
+    assert "GRAVITY_SITES" not in env
+
+
+def test_make_ui_opens_the_demos_instance_once_the_demo_has_run(tmp_path):
+    (tmp_path / ".gravity/demo_home").mkdir(parents=True)
+    (tmp_path / ".gravity/demo_home/dagster.yaml").write_text("telemetry:\n  enabled: false\nretention: {}\n")
+    (tmp_path / ".gravity/demo_sites").mkdir(parents=True)
+    (tmp_path / ".gravity/demo_sites/sites.yaml").write_text("sites: []\n")
+    env, where = choose_environment(tmp_path, {})
+    assert env["DAGSTER_HOME"] == str(tmp_path / ".gravity/demo_home") and "demo" in where
+    assert env["GRAVITY_SITES"] == str(tmp_path / ".gravity/demo_sites/sites.yaml")
+    assert "retention" in (tmp_path / ".gravity/demo_home/dagster.yaml").read_text()  # left as it was
+    assert not (tmp_path / ".dagster_home").exists()
+    # an explicit DAGSTER_HOME (relative: to the project root) wins, and is created
+    env, _ = choose_environment(tmp_path, {"DAGSTER_HOME": "mine", "GRAVITY_SITES": "/x.yaml"})
+    assert env["DAGSTER_HOME"] == str(tmp_path / "mine") and env["GRAVITY_SITES"] == "/x.yaml"
+    assert (tmp_path / "mine/dagster.yaml").read_text() == TELEMETRY_OFF
+
+
+def test_make_ui_refuses_a_bad_port_or_a_home_that_is_a_file(tmp_path):
+    assert parse_port("3001") == 3001
+    for bad in ("abc", "0", "70000"):
+        with pytest.raises(UiSetupError, match=f"PORT is '{bad}'; expected a TCP port number from 1 to 65535"):
+            parse_port(bad)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UiSetupError, match="DAGSTER_HOME is .*file'.*expected a directory"):
+        choose_environment(tmp_path, {"DAGSTER_HOME": str(tmp_path / "file")})
