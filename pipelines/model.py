@@ -40,7 +40,7 @@ from dagster_gravity import GravityCheckpoints
 from dagster_gravity import metadata as gm
 from dagster_gravity.checkpoints import CheckpointStore, checkpoint_metadata
 from pipelines import quality_gate
-from pipelines.common import DAILY, TRAINING_GROUP, TRAINING_SITE, at_site
+from pipelines.common import DAILY, TRAINING_GROUP, TRAINING_SITE, at_site, site_tags
 from pipelines.training import CODE_VERSION, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, progress_key, train_incremental
 
 RETAIN_VERSIONS = 5
@@ -81,7 +81,8 @@ def load_promoted(context, store: CheckpointStore):
 
 
 @asset(
-    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version=CODE_VERSION,
+    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE, asset="model_checkpoint"),
+    tags=site_tags(TRAINING_SITE), code_version=CODE_VERSION,
     op_tags={gm.TAG_POOL_KIND: "gpu", gm.TAG_GPU: "1"}, kinds={"scikitlearn", "safetensors"},
     # A killed or crashed training step is retried, and resumes from its last intermediate
     # checkpoint (same partition, parent and data -> same progress key).
@@ -190,7 +191,8 @@ def quality_gate_check(
 
 
 @asset(
-    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version="2",
+    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE, asset="promoted_model"),
+    tags=site_tags(TRAINING_SITE), code_version="2",
     kinds={"parquet"},
 )
 def promoted_model(

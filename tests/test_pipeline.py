@@ -67,6 +67,15 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
         meta = latest_metadata(instance, asset, DAY1)
         assert meta["gravity/residency"] == "eu" and meta["gravity/replicas"] == []
     assert "gravity/residency" not in latest_metadata(instance, "eu_segment_features", DAY1)
+    # The copy of raw_items into onprem-dc (for the point-in-time join) is recorded as where
+    # the version is now: its primary and every current replica.
+    [copied] = [
+        obs for e in run_events(instance, run_id, DagsterEventType.ASSET_OBSERVATION)
+        if (obs := e.dagster_event.asset_observation_data.asset_observation).asset_key == AssetKey("raw_items")
+    ]
+    assert {k: plain_value(copied.metadata[k]) for k in ("gravity/site", "gravity/replicas", "gravity/sha256")} == {
+        "gravity/site": "aws-us-east-1", "gravity/replicas": ["onprem-dc"],
+        "gravity/sha256": latest_metadata(instance, "raw_items", DAY1)["gravity/sha256"]}
 
     # The executor placed every step and said where; training went to the GPU pool.
     placements = {

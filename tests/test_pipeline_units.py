@@ -430,3 +430,40 @@ def test_make_ui_refuses_a_bad_port_or_a_home_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(UiSetupError, match="DAGSTER_HOME is .*file'.*expected a directory"):
         choose_environment(tmp_path, {"DAGSTER_HOME": str(tmp_path / "file")})
+
+
+# -- the UI filters and selects by site ---------------------------------------------------
+
+
+def test_every_asset_carries_its_site_and_residency_as_tags_the_ui_can_select_by():
+    from dagster import AssetSelection
+
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node, label = graph.get(key), key.to_user_string()
+        meta = {k: getattr(v, "value", v) for k, v in node.metadata.items()}
+        expected = {"gravity/site": meta["gravity/site"]}
+        if "gravity/residency" in meta:
+            expected["gravity/residency"] = meta["gravity/residency"]
+        assert {k: v for k, v in node.tags.items() if k.startswith("gravity/")} == expected, label
+        assert any(k.startswith("dagster/kind/") for k in node.tags), f"{label} lost its kinds"
+        # the overview's Storage field shows a definition's dagster/uri only
+        assert meta["dagster/uri"] == f"gravity://{meta['gravity/site']}/{label}/"
+    selected = lambda text: sorted(k.to_user_string() for k in AssetSelection.from_string(text).resolve(graph))  # noqa: E731
+    assert selected("tag:gravity/site=onprem-dc") == [
+        "event_feature_stats", "event_features", "model_checkpoint", "promoted_model", "raw_events", "training_set"]
+    assert selected("tag:gravity/site=aws-us-east-1") == ["raw_items"]
+    assert selected("tag:gravity/residency=eu") == ["eu_customer_features", "raw_eu_customers"]
+
+
+def test_a_site_or_zone_that_is_no_valid_tag_value_is_refused_naming_it():
+    from dagster_gravity.errors import GravityConfigError
+    from dagster_gravity.metadata import location_tags
+
+    assert location_tags("eu-colo", "eu") == {"gravity/site": "eu-colo", "gravity/residency": "eu"}
+    with pytest.raises(GravityConfigError, match=r"asset tag gravity/site is 'on prem'; expected .* at most 63"):
+        location_tags("on prem")
+    with pytest.raises(GravityConfigError, match="asset tag gravity/residency is 'x{64}'"):
+        location_tags("eu-colo", "x" * 64)
