@@ -11,6 +11,10 @@
 - `promoted_model` runs only when the gate passed (Dagster skips it after a failed blocking
   check), promotes the candidate, refusing one whose manifest shows no passed gate, and
   applies retention.
+- `rollback_job` materializes `promoted_model` too (config `rollback: true`): it promotes an
+  earlier version and records that as the asset's latest materialization (the model now
+  promoted, `promotion/decision: rolled back`, from and to versions, the reason), so the
+  asset page shows the current model and why.
 """
 
 
@@ -19,6 +23,7 @@ import hashlib
 import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
+    AssetSelection,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -28,12 +33,10 @@ from dagster import (
     Config,
     Failure,
     MetadataValue,
-    OpExecutionContext,
     RetryPolicy,
     asset,
     asset_check,
-    job,
-    op,
+    define_asset_job,
 )
 
 from dagster_gravity import GravityCheckpoints
@@ -190,17 +193,30 @@ def quality_gate_check(
     return AssetCheckResult(passed=gate.promotes, severity=AssetCheckSeverity.ERROR, metadata=outcome)
 
 
+ROLLED_BACK = "rolled back"  # promotion/decision of a rollback (quality_gate.PROMOTED otherwise)
+
+
+class PromotionConfig(Config):
+    rollback: bool = False  # True (rollback_job): promote an earlier version, not the candidate
+    to_version: int | None = None  # with rollback: the version to return to; None: the one promoted before
+    reason: str = "manual rollback"  # with rollback: recorded in the promotion history and on the asset
+
+
 @asset(
     partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE, asset="promoted_model"),
     tags=site_tags(TRAINING_SITE), code_version="2",
     kinds={"parquet"},
 )
 def promoted_model(
-    context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_checkpoint: pd.DataFrame
+    context: AssetExecutionContext, config: PromotionConfig, checkpoints: GravityCheckpoints,
+    model_checkpoint: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Promotes the candidate that passed the quality gate (the blocking check on
-    model_checkpoint), then applies retention."""
+    """The promoted model and why: promotes the candidate that passed the quality gate (the
+    blocking check on model_checkpoint), then applies retention; or, with `rollback`, rolls
+    the promotion back."""
     store = checkpoints.store()
+    if config.rollback:
+        return roll_back(context, store, config)
     number = int(model_checkpoint["version"].iloc[0])
     verdict = store.manifest(MODEL_NAME, number).metrics
     if verdict.get(GATE_PASSED) != 1.0:
@@ -216,6 +232,7 @@ def promoted_model(
     version = store.manifest(MODEL_NAME, store.promoted(MODEL_NAME))
     context.add_output_metadata({
         **checkpoint_metadata(version),
+        "promotion/decision": quality_gate.PROMOTED, "promotion/reason": reason,
         "gate/decision": quality_gate.PROMOTED, "gate/reason": reason, "gate/candidate": number,
         "gate/baseline": f"v{compared}" if compared else quality_gate.FIRST_MODEL,
         "gate/metric_deltas": MetadataValue.json(
@@ -226,27 +243,32 @@ def promoted_model(
                           "sha256": version.sha256, **{k: v for k, v in version.metrics.items()}}])
 
 
+def roll_back(context: AssetExecutionContext, store: CheckpointStore, config: PromotionConfig) -> pd.DataFrame:
+    """Promote an earlier version (the promotion history records it) and return the asset's
+    new value: the model promoted now, rolled back from which version, and why."""
+    before = store.promoted(MODEL_NAME)
+    version = store.rollback(MODEL_NAME, to=config.to_version, reason=config.reason)
+    rolled_from = before if before is not None else -1
+    reason = f"rolled back from v{rolled_from} to v{version.version}: {config.reason}"
+    context.log.info(f"{MODEL_NAME}: {reason}")
+    context.add_output_metadata({
+        **checkpoint_metadata(version),
+        "promotion/decision": ROLLED_BACK, "promotion/reason": reason,
+        "rollback/from": rolled_from, "rollback/to": version.version, "rollback/reason": config.reason,
+    })
+    return pd.DataFrame([{"model": MODEL_NAME, "version": version.version, "decision": ROLLED_BACK,
+                          "rolled_back_from": rolled_from, "sha256": version.sha256, **dict(version.metrics)}])
+
+
 MODEL_ASSETS = [model_checkpoint, promoted_model]
 MODEL_CHECKS = [quality_gate_check]
 
-
-class RollbackConfig(Config):
-    to_version: int | None = None  # None: the version promoted before the current one
-    reason: str = "manual rollback"
-
-
-@op(tags={gm.TAG_PIN: TRAINING_SITE})
-def rollback_model(context: OpExecutionContext, config: RollbackConfig, checkpoints: GravityCheckpoints) -> None:
-    store = checkpoints.store()
-    before = store.promoted(MODEL_NAME)
-    version = store.rollback(MODEL_NAME, to=config.to_version, reason=config.reason)
-    context.log.info(f"rolled {MODEL_NAME} back from v{before} to v{version.version}")
-    context.log_event(AssetObservation(
-        asset_key=AssetKey("promoted_model"),
-        metadata={**checkpoint_metadata(version, site=TRAINING_SITE), "rollback/from": before if before is not None else -1},
-    ))
-
-
-@job(description="Promote an earlier checkpoint version (default: the previously promoted one).")
-def rollback_job():
-    rollback_model()
+# Rolls the promotion back for the chosen day's partition of promoted_model (the day whose
+# promotion is undone), so that partition's latest materialization says what is promoted now.
+# Config: ops.promoted_model.config.to_version (None: the version promoted before) and reason.
+rollback_job = define_asset_job(
+    "rollback_job", selection=AssetSelection.assets(promoted_model),
+    config={"ops": {"promoted_model": {"config": {"rollback": True}}}},
+    description="Promote an earlier checkpoint version (default: the previously promoted one) and record it "
+                "as a materialization of promoted_model.",
+)

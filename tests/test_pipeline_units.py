@@ -15,7 +15,7 @@ from dagster_gravity.topology import Topology
 from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
 from pipelines import quality_gate
-from pipelines.model import promoted_model, quality_gate_check
+from pipelines.model import ROLLED_BACK, PromotionConfig, promoted_model, quality_gate_check
 from pipelines.ui import TELEMETRY_OFF, UiSetupError, choose_environment, parse_port
 from pipelines.training import FEATURES, LABEL, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, restore, train_incremental
 from resources import CHECKPOINT_SITE
@@ -164,9 +164,10 @@ def gate(resource, version: int, training_set: pd.DataFrame):
                               model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
 
 
-def promote(resource, version: int):
+def promote(resource, version: int, config: PromotionConfig | None = None):
     context = build_asset_context(partition_key="2026-01-02")
-    out = promoted_model(context, checkpoints=resource, model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
+    out = promoted_model(context, config=config or PromotionConfig(), checkpoints=resource,
+                         model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
     return out, context.get_output_metadata("result")
 
 
@@ -189,6 +190,26 @@ def test_the_gate_fails_a_worse_candidate_and_nothing_is_promoted_then_passes_a_
     assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == better
     assert meta["gate/reason"] == "passed the quality gate against promoted v1" and meta["gate/baseline"] == "v1"
     assert store.promotion_history(MODEL_NAME)[-1]["reason"] == meta["gate/reason"]
+
+
+def test_a_rollback_is_a_materialization_of_promoted_model_naming_the_model_now_promoted(checkpoints):
+    resource, store = checkpoints
+    holdout_day = synthetic_training_rows(seed=5)
+    for seed in (0, 2):
+        version = trained(store, seed=seed)
+        assert gate(resource, version, holdout_day).passed
+        out, meta = promote(resource, version)
+    assert store.promoted(MODEL_NAME) == 2 and meta["promotion/decision"] == "promoted"
+    # the candidate is not what a rollback promotes: it returns to the version before
+    out, meta = promote(resource, 2, PromotionConfig(rollback=True, reason="v2 mis-scores EU traffic"))
+    assert store.promoted(MODEL_NAME) == 1
+    assert out.iloc[0][["version", "decision", "rolled_back_from"]].tolist() == [1, ROLLED_BACK, 2]
+    assert meta["promotion/decision"] == "rolled back" and meta["gravity/checkpoint"] == f"{MODEL_NAME}@v1"
+    assert (meta["rollback/from"], meta["rollback/to"]) == (2, 1)
+    assert meta["promotion/reason"] == "rolled back from v2 to v1: v2 mis-scores EU traffic"
+    assert store.promotion_history(MODEL_NAME)[-1]["action"] == "rollback"
+    with pytest.raises(Exception, match="cannot roll 'conversion' back to v9"):
+        promote(resource, 2, PromotionConfig(rollback=True, to_version=9))
 
 
 def test_promotion_refuses_a_candidate_the_gate_never_ran_on(checkpoints):
