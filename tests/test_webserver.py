@@ -141,5 +141,10 @@ def test_make_ui_on_a_fresh_clone_serves_its_own_home_on_the_chosen_port(tmp_pat
             assert str(work / ".dagster_home") in info
             assert (work / ".dagster_home/dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
             assert f"DAGSTER_HOME={work / '.dagster_home'}" in log_path.read_text()
+            # what the UI filters by: the site and residency asset tags, beside the kinds
+            nodes = client._execute("{ assetNodes { assetKey { path } tags { key value } } }")["assetNodes"]
+            tags = {"/".join(n["assetKey"]["path"]): {t["key"]: t["value"] for t in n["tags"]} for n in nodes}
+            assert tags["raw_events"]["gravity/site"] == "onprem-dc" and "dagster/kind/parquet" in tags["raw_events"]
+            assert tags["raw_eu_customers"]["gravity/residency"] == "eu"
         finally:
             stop_group(proc)
