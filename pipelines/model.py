@@ -11,8 +11,8 @@
 - `promoted_model` runs only when the gate passed (Dagster skips it after a failed blocking
   check), promotes the candidate, refusing one whose manifest shows no passed gate, and
   applies retention.
-- `rollback_job` materializes `promoted_model` too (config `rollback: true`): it promotes an
-  earlier version and records that as the asset's latest materialization (the model now
+- `rollback_job` materializes `promoted_model` too (its runs carry the tag
+  `promotion/action: rollback`; config `to_version`, `reason`): it promotes an earlier version and records that as the asset's latest materialization (the model now
   promoted, `promotion/decision: rolled back`, from and to versions, the reason), so the
   asset page shows the current model and why.
 """
@@ -194,12 +194,15 @@ def quality_gate_check(
 
 
 ROLLED_BACK = "rolled back"  # promotion/decision of a rollback (quality_gate.PROMOTED otherwise)
+# The run tag of rollback_job: a run of it always rolls back, whatever config it was given.
+ACTION_TAG, ROLLBACK = "promotion/action", "rollback"
 
 
 class PromotionConfig(Config):
-    rollback: bool = False  # True (rollback_job): promote an earlier version, not the candidate
-    to_version: int | None = None  # with rollback: the version to return to; None: the one promoted before
-    reason: str = "manual rollback"  # with rollback: recorded in the promotion history and on the asset
+    """Settings of a rollback (rollback_job); a promotion takes none."""
+
+    to_version: int | None = None  # the version to return to; None: the one promoted before the current
+    reason: str = "manual rollback"  # recorded in the promotion history and on the asset
 
 
 @asset(
@@ -215,8 +218,13 @@ def promoted_model(
     blocking check on model_checkpoint), then applies retention; or, with `rollback`, rolls
     the promotion back."""
     store = checkpoints.store()
-    if config.rollback:
+    # the op context's run_tags (not deprecated there) also works when invoked directly
+    if context.op_execution_context.run_tags.get(ACTION_TAG) == ROLLBACK:
         return roll_back(context, store, config)
+    if config.to_version is not None:
+        raise Failure(description=(
+            f"promoted_model: to_version is {config.to_version}, but this run promotes the candidate; "
+            f"to_version applies to a rollback (run rollback_job, or tag the run {ACTION_TAG}={ROLLBACK})"))
     number = int(model_checkpoint["version"].iloc[0])
     verdict = store.manifest(MODEL_NAME, number).metrics
     if verdict.get(GATE_PASSED) != 1.0:
@@ -265,10 +273,9 @@ MODEL_CHECKS = [quality_gate_check]
 
 # Rolls the promotion back for the chosen day's partition of promoted_model (the day whose
 # promotion is undone), so that partition's latest materialization says what is promoted now.
-# Config: ops.promoted_model.config.to_version (None: the version promoted before) and reason.
+# Config (optional): ops.promoted_model.config.to_version (None: the version promoted before), reason.
 rollback_job = define_asset_job(
-    "rollback_job", selection=AssetSelection.assets(promoted_model),
-    config={"ops": {"promoted_model": {"config": {"rollback": True}}}},
+    "rollback_job", selection=AssetSelection.assets(promoted_model), tags={ACTION_TAG: ROLLBACK},
     description="Promote an earlier checkpoint version (default: the previously promoted one) and record it "
                 "as a materialization of promoted_model.",
 )

@@ -237,7 +237,7 @@ def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores
     promoted_before = store.promoted(MODEL_NAME)
     run_id, ok, failures = run_job(
         instance, "rollback_job", DAY2,
-        run_config={"ops": {"promoted_model": {"config": {"rollback": True, "to_version": 1, "reason": "test"}}}},
+        run_config={"ops": {"promoted_model": {"config": {"to_version": 1, "reason": "test"}}}},
     )
     assert ok, failures
     assert store.promoted(MODEL_NAME) == 1

@@ -164,8 +164,8 @@ def gate(resource, version: int, training_set: pd.DataFrame):
                               model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
 
 
-def promote(resource, version: int, config: PromotionConfig | None = None):
-    context = build_asset_context(partition_key="2026-01-02")
+def promote(resource, version: int, config: PromotionConfig | None = None, rollback: bool = False):
+    context = build_asset_context(partition_key="2026-01-02", run_tags={"promotion/action": "rollback"} if rollback else None)
     out = promoted_model(context, config=config or PromotionConfig(), checkpoints=resource,
                          model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
     return out, context.get_output_metadata("result")
@@ -201,7 +201,9 @@ def test_a_rollback_is_a_materialization_of_promoted_model_naming_the_model_now_
         out, meta = promote(resource, version)
     assert store.promoted(MODEL_NAME) == 2 and meta["promotion/decision"] == "promoted"
     # the candidate is not what a rollback promotes: it returns to the version before
-    out, meta = promote(resource, 2, PromotionConfig(rollback=True, reason="v2 mis-scores EU traffic"))
+    with pytest.raises(Failure, match="to_version is 1, but this run promotes the candidate; to_version applies to a rollback"):
+        promote(resource, 2, PromotionConfig(to_version=1))
+    out, meta = promote(resource, 2, PromotionConfig(reason="v2 mis-scores EU traffic"), rollback=True)
     assert store.promoted(MODEL_NAME) == 1
     assert out.iloc[0][["version", "decision", "rolled_back_from"]].tolist() == [1, ROLLED_BACK, 2]
     assert meta["promotion/decision"] == "rolled back" and meta["gravity/checkpoint"] == f"{MODEL_NAME}@v1"
@@ -209,7 +211,7 @@ def test_a_rollback_is_a_materialization_of_promoted_model_naming_the_model_now_
     assert meta["promotion/reason"] == "rolled back from v2 to v1: v2 mis-scores EU traffic"
     assert store.promotion_history(MODEL_NAME)[-1]["action"] == "rollback"
     with pytest.raises(Exception, match="cannot roll 'conversion' back to v9"):
-        promote(resource, 2, PromotionConfig(rollback=True, to_version=9))
+        promote(resource, 2, PromotionConfig(to_version=9), rollback=True)
 
 
 def test_promotion_refuses_a_candidate_the_gate_never_ran_on(checkpoints):
