@@ -37,8 +37,12 @@ bench: $(STAMP)
 bench-multisite: $(STAMP)
 	$(PY) benchmarks/multisite/run.py --rounds $${ROUNDS:-3}
 
+# dagster dev on pipelines/: $DAGSTER_HOME, else the demo's instance once `make demo` ran,
+# else .dagster_home (created with telemetry off); see pipelines/ui.py.
+PORT ?= 3000
+HOST ?= 127.0.0.1
 ui: $(STAMP)
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} $(VENV)/bin/dagster dev -w workspace.yaml
+	$(PY) -m pipelines.ui --port "$(PORT)" --host "$(HOST)"
 
 clean:
 	rm -rf $(VENV) .gravity .dagster_home

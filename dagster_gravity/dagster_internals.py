@@ -52,8 +52,11 @@ from dagster._core.system_config.objects import ResolvedRunConfig
 from dagster._serdes import deserialize_value, serialize_value
 from dagster._utils import get_run_crash_explanation, interrupts
 from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
+from dagster._utils.tags import VALID_STRICT_TAG_VALUE_REGEX, is_valid_strict_tag_value
 
 __all__ = [
+    "VALID_STRICT_TAG_VALUE_REGEX",
+    "is_valid_strict_tag_value",
     "ActiveExecution",
     "ChildProcessCrashException",
     "ConfiguredDefinitionConfigSchema",

@@ -27,7 +27,8 @@ any object gravity holds is older than it. With gravity's metadata, a copy at th
 site is used only if its sha256 equals the materialization's; otherwise the object is
 replicated from the primary site (or, when the primary has lost it or cannot be reached,
 from a site holding a current replica), and an AssetObservation on the upstream asset
-records `gravity/replicas`, `gravity/sha256` and the copy: `gravity/bytes_moved`,
+records `gravity/site` (the primary), `gravity/replicas` (every current replica),
+`gravity/sha256` and the copy: `gravity/bytes_moved`,
 `gravity/replicated_from`, `gravity/replicated_to`, `gravity/replication_seconds`
 (metadata.py). The observation is attached with `InputContext.add_input_metadata`, which
 Dagster turns into an ASSET_OBSERVATION event of the step and puts the same keys on the
@@ -511,6 +512,8 @@ class GravityIOManager(ConfigurableIOManager):
         if self.gc_on_write and version:  # older replicas here are now superseded
             self._collect_superseded(context, local, version[0], key, label, record=record)
         observation = {
+            # a whole statement of where the version is now: primary, every current replica
+            md.SITE: primary,
             md.REPLICAS: sorted((set(current_replicas) | {here}) - {primary}),
             md.SHA256: sha,
             md.REPLICA_URI: result.replica.uri,

@@ -73,6 +73,34 @@ def location_metadata(
     return out
 
 
+def definition_uri(site: str, asset_path: Sequence[str]) -> str:
+    """The `dagster/uri` of an asset definition, `gravity://<site>/<asset/key/path>/`: where
+    in gravity its versions live (the site, and the key's place in that site's storage). The
+    UI's Storage field shows only a definition's URI; the storage root behind it is resolved
+    at run time, and each materialization's `dagster/uri` is the exact object."""
+    return f"gravity://{site}/{'/'.join(asset_path)}/"
+
+
+def location_tags(site: str, residency: str | None = None) -> dict[str, str]:
+    """Asset tags `gravity/site` (and `gravity/residency`), so the UI can filter and select
+    assets by where they live (`tag:gravity/site=onprem-dc`). Metadata says the same, but
+    the UI filters only by tags. Values must pass Dagster's rule for asset tag values; one
+    that does not is refused here, naming the tag, the value and the rule."""
+    from dagster_gravity.dagster_internals import VALID_STRICT_TAG_VALUE_REGEX, is_valid_strict_tag_value
+
+    tags = {SITE: site}
+    if residency is not None:
+        tags[RESIDENCY] = residency
+    for key, value in tags.items():
+        if not isinstance(value, str) or not value or not is_valid_strict_tag_value(value):
+            raise GravityConfigError(
+                f"asset tag {key} is {short_repr(value)}; expected a non-empty string of at most 63 characters "
+                f"from A-Z, a-z, 0-9, '_', '-', '.' (Dagster's rule for asset tag values, "
+                f"{VALID_STRICT_TAG_VALUE_REGEX.pattern}), so name the site or zone that way"
+            )
+    return tags
+
+
 def plain_value(value: Any) -> Any:
     """The Python value behind a Dagster MetadataValue (or the value itself)."""
     return getattr(value, "value", value)

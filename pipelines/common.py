@@ -15,10 +15,18 @@ GROUPS = {EVENTS_SITE: "onprem_dc", REFERENCE_SITE: "aws_us_east_1", EU_SITE: "e
 TRAINING_GROUP = "training"
 
 
-def at_site(site: str, residency: str | None = None, **extra) -> dict:
-    """Definition metadata that shows in the UI where the asset's data is expected to live."""
+def at_site(site: str, residency: str | None = None, *, asset: str | None = None, **extra) -> dict:
+    """Definition metadata that shows in the UI where the asset's data is expected to live
+    (with `asset`, its name, also the `dagster/uri` the UI shows as its Storage)."""
     out = {gm.SITE: site}
+    if asset is not None:
+        out[gm.URI] = gm.definition_uri(site, [asset])
     if residency:
         out[gm.RESIDENCY] = residency
     out.update(extra)
     return out
+
+
+def site_tags(site: str, residency: str | None = None) -> dict[str, str]:
+    """Asset tags that let the UI filter and select by site and residency zone."""
+    return gm.location_tags(site, residency)

@@ -13,23 +13,30 @@ from dagster import AssetKey, Definitions
 from dagster_gravity import gravity_executor
 from pipelines.datagen import EU_SITE, EVENTS_SITE, REFERENCE_SITE
 from pipelines.features import FEATURE_ASSETS, STATS_ASSETS
-from pipelines.jobs import ASSET_JOBS, daily_features_schedule, ingest_jobs, retrain_job
+from pipelines.common import DAILY
+from pipelines.jobs import ASSET_JOBS, daily_features_job, ingest_jobs, retrain_job
 from pipelines.model import MODEL_ASSETS, MODEL_CHECKS, rollback_job
 from pipelines.raw import RAW_ASSETS
 from resources import project_resources
+from sensors.daily_schedule import make_daily_schedule
 from sensors.drift import make_drift_sensor
 from sensors.landing import make_landing_sensor
 
 DRIFT_THRESHOLD = 0.5  # standard deviations
+LANDING = {REFERENCE_SITE: ["items"], EU_SITE: ["eu_customers"], EVENTS_SITE: ["events"]}  # site -> datasets
+
+# Runs the day that ended, at 00:30 UTC, once every site's file of that day has landed.
+daily_features_schedule = make_daily_schedule(
+    daily_features_job, LANDING, first_day=DAILY.start.strftime("%Y-%m-%d"), minute_of_hour=30)
 
 
 def build_sensors() -> list:
     """The landing sensors read the topology from the `gravity_topology` resource."""
     landing = [
-        make_landing_sensor(REFERENCE_SITE, ["items"], ingest_jobs[REFERENCE_SITE]),
-        make_landing_sensor(EU_SITE, ["eu_customers"], ingest_jobs[EU_SITE]),
+        make_landing_sensor(REFERENCE_SITE, LANDING[REFERENCE_SITE], ingest_jobs[REFERENCE_SITE]),
+        make_landing_sensor(EU_SITE, LANDING[EU_SITE], ingest_jobs[EU_SITE]),
         # Event features join the reference table point-in-time: wait for that day's items.
-        make_landing_sensor(EVENTS_SITE, ["events"], ingest_jobs[EVENTS_SITE],
+        make_landing_sensor(EVENTS_SITE, LANDING[EVENTS_SITE], ingest_jobs[EVENTS_SITE],
                             requires={"events": [AssetKey("raw_items")]}),
     ]
     drift = make_drift_sensor(

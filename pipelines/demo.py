@@ -26,8 +26,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path.cwd()
-DEMO_HOME = ROOT / ".gravity" / "demo_home"
-DEMO_SITES_DIR = ROOT / ".gravity" / "demo_sites"
+# Relative to the project root; `make ui` (pipelines/ui.py) opens this home when it exists.
+DEMO_HOME_DIR = Path(".gravity") / "demo_home"
+DEMO_SITES_FILE = Path(".gravity") / "demo_sites" / "sites.yaml"
+DEMO_HOME = ROOT / DEMO_HOME_DIR
+DEMO_SITES_DIR = ROOT / DEMO_SITES_FILE.parent
 DAYS = ["2026-01-01", "2026-01-02"]
 NEW_DAY = "2026-01-03"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
             **{k: f"{v:.4f}" for k, v in sorted(version.metrics.items()) if k.startswith("eval_") and k != "eval_rows"},
         }
         print(report.render(topology, instance, run_ids, defs.resolve_asset_graph(), landing_sizes, promoted))
-    say(f"done in {time.time() - started:.0f}s. Browse it with:")
+    say(f"done in {time.time() - started:.0f}s. Browse it with `make ui` (it opens this instance), or:")
     print(f"  DAGSTER_HOME={DEMO_HOME.relative_to(ROOT)} GRAVITY_SITES={sites.relative_to(ROOT)} "
           ".venv/bin/dagster dev -w workspace.yaml")
     return 0

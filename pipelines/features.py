@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, asset
 
-from pipelines.common import DAILY, EU_ZONE, GROUPS, TRAINING_GROUP, TRAINING_SITE, at_site
+from pipelines.common import DAILY, EU_ZONE, GROUPS, TRAINING_GROUP, TRAINING_SITE, at_site, site_tags
 from pipelines.datagen import EU_COUNTRIES, EU_SITE, EVENTS_SITE
 
 K_ANONYMITY = 5  # an EU aggregate row leaves the EU only if it covers at least this many customers
@@ -32,7 +32,8 @@ def stats_metadata(stats: pd.DataFrame) -> dict:
 
 
 @asset(
-    partitions_def=DAILY, group_name=GROUPS[EVENTS_SITE], metadata=at_site(EVENTS_SITE), code_version="1",
+    partitions_def=DAILY, group_name=GROUPS[EVENTS_SITE], metadata=at_site(EVENTS_SITE, asset="event_features"),
+    tags=site_tags(EVENTS_SITE), code_version="1",
     kinds={"parquet"},
 )
 def event_features(context: AssetExecutionContext, raw_events: pd.DataFrame, raw_items: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +62,8 @@ def event_features(context: AssetExecutionContext, raw_events: pd.DataFrame, raw
 
 
 @asset(
-    partitions_def=DAILY, group_name=GROUPS[EVENTS_SITE], metadata=at_site(EVENTS_SITE), code_version="1",
+    partitions_def=DAILY, group_name=GROUPS[EVENTS_SITE], metadata=at_site(EVENTS_SITE, asset="event_feature_stats"),
+    tags=site_tags(EVENTS_SITE), code_version="1",
     kinds={"parquet"},
 )
 def event_feature_stats(context: AssetExecutionContext, event_features: pd.DataFrame) -> pd.DataFrame:
@@ -71,7 +73,8 @@ def event_feature_stats(context: AssetExecutionContext, event_features: pd.DataF
 
 
 @asset(
-    partitions_def=DAILY, group_name=GROUPS[EU_SITE], metadata=at_site(EU_SITE, EU_ZONE), code_version="1",
+    partitions_def=DAILY, group_name=GROUPS[EU_SITE], metadata=at_site(EU_SITE, EU_ZONE, asset="eu_customer_features"),
+    tags=site_tags(EU_SITE, EU_ZONE), code_version="1",
     kinds={"parquet"},
 )
 def eu_customer_features(raw_eu_customers: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +128,8 @@ def segment_aggregates(raw_eu_customers: pd.DataFrame, k: int = K_ANONYMITY, win
     # Aggregated over disjoint windows and k-anonymous (no row describes fewer than
     # K_ANONYMITY customers, no identifiers, no two rows share a record to difference):
     # this output may leave the EU, so it declares no residency.
-    metadata=at_site(EU_SITE, **{"gravity/derived_from_residency": EU_ZONE, "k_anonymity": K_ANONYMITY}),
+    metadata=at_site(EU_SITE, asset="eu_segment_features", **{"gravity/derived_from_residency": EU_ZONE, "k_anonymity": K_ANONYMITY}),
+    tags=site_tags(EU_SITE),
     code_version="2", kinds={"parquet"},
 )
 def eu_segment_features(raw_eu_customers: pd.DataFrame) -> pd.DataFrame:
@@ -138,7 +142,8 @@ def eu_segment_features(raw_eu_customers: pd.DataFrame) -> pd.DataFrame:
 @asset(
     partitions_def=DAILY, group_name=GROUPS[EU_SITE],
     # Summary statistics only (no rows about individuals): may leave the EU.
-    metadata=at_site(EU_SITE), code_version="1", kinds={"parquet"},
+    metadata=at_site(EU_SITE, asset="eu_feature_stats"),
+    tags=site_tags(EU_SITE), code_version="1", kinds={"parquet"},
 )
 def eu_feature_stats(context: AssetExecutionContext, eu_customer_features: pd.DataFrame) -> pd.DataFrame:
     stats = feature_stats(eu_customer_features, EU_FEATURES, context.partition_key)
@@ -147,7 +152,8 @@ def eu_feature_stats(context: AssetExecutionContext, eu_customer_features: pd.Da
 
 
 @asset(
-    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version="1",
+    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE, asset="training_set"),
+    tags=site_tags(TRAINING_SITE), code_version="1",
     kinds={"parquet"},
 )
 def training_set(event_features: pd.DataFrame, eu_segment_features: pd.DataFrame) -> pd.DataFrame:

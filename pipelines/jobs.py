@@ -1,10 +1,11 @@
-"""Jobs and the schedule over the reference assets."""
+"""Jobs over the reference assets (the schedule, which checks the landing areas first, is in
+pipelines/definitions.py: sensors/daily_schedule.py)."""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, build_schedule_from_partitioned_job, define_asset_job
+from dagster import AssetSelection, define_asset_job
 
-from pipelines.common import DAILY, GROUPS, TRAINING_GROUP
+from pipelines.common import GROUPS, TRAINING_GROUP
 
 SITE_GROUPS = AssetSelection.groups(*GROUPS.values())
 
@@ -12,7 +13,7 @@ SITE_GROUPS = AssetSelection.groups(*GROUPS.values())
 everything_job = define_asset_job("everything_job", selection=AssetSelection.all())
 
 # The day's features at every site (what the schedule runs).
-daily_features_job = define_asset_job("daily_features_job", selection=SITE_GROUPS, partitions_def=DAILY)  # the schedule needs it
+daily_features_job = define_asset_job("daily_features_job", selection=SITE_GROUPS)
 
 # One per site: that site's raw data, features and stats (what its landing sensor requests).
 ingest_jobs = {
@@ -22,8 +23,5 @@ ingest_jobs = {
 
 # Train, gate (the blocking check on the candidate), promote (what the drift sensor requests).
 retrain_job = define_asset_job("retrain_job", selection=AssetSelection.groups(TRAINING_GROUP))
-
-# Runs after each day ends, for that day's partition, at 00:30 UTC.
-daily_features_schedule = build_schedule_from_partitioned_job(daily_features_job, minute_of_hour=30)
 
 ASSET_JOBS = [everything_job, daily_features_job, retrain_job, *ingest_jobs.values()]

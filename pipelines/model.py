@@ -11,6 +11,10 @@
 - `promoted_model` runs only when the gate passed (Dagster skips it after a failed blocking
   check), promotes the candidate, refusing one whose manifest shows no passed gate, and
   applies retention.
+- `rollback_job` materializes `promoted_model` too (its runs carry the tag
+  `promotion/action: rollback`; config `to_version`, `reason`): it promotes an earlier version and records that as the asset's latest materialization (the model now
+  promoted, `promotion/decision: rolled back`, from and to versions, the reason), so the
+  asset page shows the current model and why.
 """
 
 
@@ -19,6 +23,7 @@ import hashlib
 import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
+    AssetSelection,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
@@ -28,19 +33,17 @@ from dagster import (
     Config,
     Failure,
     MetadataValue,
-    OpExecutionContext,
     RetryPolicy,
     asset,
     asset_check,
-    job,
-    op,
+    define_asset_job,
 )
 
 from dagster_gravity import GravityCheckpoints
 from dagster_gravity import metadata as gm
 from dagster_gravity.checkpoints import CheckpointStore, checkpoint_metadata
 from pipelines import quality_gate
-from pipelines.common import DAILY, TRAINING_GROUP, TRAINING_SITE, at_site
+from pipelines.common import DAILY, TRAINING_GROUP, TRAINING_SITE, at_site, site_tags
 from pipelines.training import CODE_VERSION, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, progress_key, train_incremental
 
 RETAIN_VERSIONS = 5
@@ -81,7 +84,8 @@ def load_promoted(context, store: CheckpointStore):
 
 
 @asset(
-    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version=CODE_VERSION,
+    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE, asset="model_checkpoint"),
+    tags=site_tags(TRAINING_SITE), code_version=CODE_VERSION,
     op_tags={gm.TAG_POOL_KIND: "gpu", gm.TAG_GPU: "1"}, kinds={"scikitlearn", "safetensors"},
     # A killed or crashed training step is retried, and resumes from its last intermediate
     # checkpoint (same partition, parent and data -> same progress key).
@@ -189,16 +193,38 @@ def quality_gate_check(
     return AssetCheckResult(passed=gate.promotes, severity=AssetCheckSeverity.ERROR, metadata=outcome)
 
 
+ROLLED_BACK = "rolled back"  # promotion/decision of a rollback (quality_gate.PROMOTED otherwise)
+# The run tag of rollback_job: a run of it always rolls back, whatever config it was given.
+ACTION_TAG, ROLLBACK = "promotion/action", "rollback"
+
+
+class PromotionConfig(Config):
+    """Settings of a rollback (rollback_job); a promotion takes none."""
+
+    to_version: int | None = None  # the version to return to; None: the one promoted before the current
+    reason: str = "manual rollback"  # recorded in the promotion history and on the asset
+
+
 @asset(
-    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE), code_version="2",
+    partitions_def=DAILY, group_name=TRAINING_GROUP, metadata=at_site(TRAINING_SITE, asset="promoted_model"),
+    tags=site_tags(TRAINING_SITE), code_version="2",
     kinds={"parquet"},
 )
 def promoted_model(
-    context: AssetExecutionContext, checkpoints: GravityCheckpoints, model_checkpoint: pd.DataFrame
+    context: AssetExecutionContext, config: PromotionConfig, checkpoints: GravityCheckpoints,
+    model_checkpoint: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Promotes the candidate that passed the quality gate (the blocking check on
-    model_checkpoint), then applies retention."""
+    """The promoted model and why: promotes the candidate that passed the quality gate (the
+    blocking check on model_checkpoint), then applies retention; or, with `rollback`, rolls
+    the promotion back."""
     store = checkpoints.store()
+    # the op context's run_tags (not deprecated there) also works when invoked directly
+    if context.op_execution_context.run_tags.get(ACTION_TAG) == ROLLBACK:
+        return roll_back(context, store, config)
+    if config.to_version is not None:
+        raise Failure(description=(
+            f"promoted_model: to_version is {config.to_version}, but this run promotes the candidate; "
+            f"to_version applies to a rollback (run rollback_job, or tag the run {ACTION_TAG}={ROLLBACK})"))
     number = int(model_checkpoint["version"].iloc[0])
     verdict = store.manifest(MODEL_NAME, number).metrics
     if verdict.get(GATE_PASSED) != 1.0:
@@ -214,6 +240,7 @@ def promoted_model(
     version = store.manifest(MODEL_NAME, store.promoted(MODEL_NAME))
     context.add_output_metadata({
         **checkpoint_metadata(version),
+        "promotion/decision": quality_gate.PROMOTED, "promotion/reason": reason,
         "gate/decision": quality_gate.PROMOTED, "gate/reason": reason, "gate/candidate": number,
         "gate/baseline": f"v{compared}" if compared else quality_gate.FIRST_MODEL,
         "gate/metric_deltas": MetadataValue.json(
@@ -224,27 +251,31 @@ def promoted_model(
                           "sha256": version.sha256, **{k: v for k, v in version.metrics.items()}}])
 
 
+def roll_back(context: AssetExecutionContext, store: CheckpointStore, config: PromotionConfig) -> pd.DataFrame:
+    """Promote an earlier version (the promotion history records it) and return the asset's
+    new value: the model promoted now, rolled back from which version, and why."""
+    before = store.promoted(MODEL_NAME)
+    version = store.rollback(MODEL_NAME, to=config.to_version, reason=config.reason)
+    rolled_from = before if before is not None else -1
+    reason = f"rolled back from v{rolled_from} to v{version.version}: {config.reason}"
+    context.log.info(f"{MODEL_NAME}: {reason}")
+    context.add_output_metadata({
+        **checkpoint_metadata(version),
+        "promotion/decision": ROLLED_BACK, "promotion/reason": reason,
+        "rollback/from": rolled_from, "rollback/to": version.version, "rollback/reason": config.reason,
+    })
+    return pd.DataFrame([{"model": MODEL_NAME, "version": version.version, "decision": ROLLED_BACK,
+                          "rolled_back_from": rolled_from, "sha256": version.sha256, **dict(version.metrics)}])
+
+
 MODEL_ASSETS = [model_checkpoint, promoted_model]
 MODEL_CHECKS = [quality_gate_check]
 
-
-class RollbackConfig(Config):
-    to_version: int | None = None  # None: the version promoted before the current one
-    reason: str = "manual rollback"
-
-
-@op(tags={gm.TAG_PIN: TRAINING_SITE})
-def rollback_model(context: OpExecutionContext, config: RollbackConfig, checkpoints: GravityCheckpoints) -> None:
-    store = checkpoints.store()
-    before = store.promoted(MODEL_NAME)
-    version = store.rollback(MODEL_NAME, to=config.to_version, reason=config.reason)
-    context.log.info(f"rolled {MODEL_NAME} back from v{before} to v{version.version}")
-    context.log_event(AssetObservation(
-        asset_key=AssetKey("promoted_model"),
-        metadata={**checkpoint_metadata(version, site=TRAINING_SITE), "rollback/from": before if before is not None else -1},
-    ))
-
-
-@job(description="Promote an earlier checkpoint version (default: the previously promoted one).")
-def rollback_job():
-    rollback_model()
+# Rolls the promotion back for the chosen day's partition of promoted_model (the day whose
+# promotion is undone), so that partition's latest materialization says what is promoted now.
+# Config (optional): ops.promoted_model.config.to_version (None: the version promoted before), reason.
+rollback_job = define_asset_job(
+    "rollback_job", selection=AssetSelection.assets(promoted_model), tags={ACTION_TAG: ROLLBACK},
+    description="Promote an earlier checkpoint version (default: the previously promoted one) and record it "
+                "as a materialization of promoted_model.",
+)

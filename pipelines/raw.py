@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, asset
 
 from dagster_gravity import GravityTopology
 from dagster_gravity import metadata as gm
-from pipelines.common import DAILY, EU_ZONE, GROUPS, at_site
+from pipelines.common import DAILY, EU_ZONE, GROUPS, at_site, site_tags
 from pipelines.datagen import EU_SITE, EVENTS_SITE, REFERENCE_SITE
 from resources import landing_area
 
@@ -21,7 +21,8 @@ def _raw_asset(dataset: str, site: str, description: str, residency: str | None 
         name=f"raw_{dataset}",
         partitions_def=DAILY,
         group_name=GROUPS[site],
-        metadata=at_site(site, residency, **{"gravity/landing": f"landing/{dataset}/<date>.parquet"}),
+        metadata=at_site(site, residency, asset=f"raw_{dataset}", **{"gravity/landing": f"landing/{dataset}/<date>.parquet"}),
+        tags=site_tags(site, residency),
         op_tags={gm.TAG_PIN: site},
         code_version="1",
         kinds={"parquet"},

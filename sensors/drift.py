@@ -1,6 +1,11 @@
-"""The drift sensor: compares the newest partition's feature statistics with the earlier
-partitions' and requests retraining on that partition when any feature's mean moved by
-more than `threshold` standard deviations.
+"""The drift sensor: compares the feature statistics of every partition materialized since
+its last tick with the earlier partitions' and requests retraining on each partition where
+any feature's mean moved by more than `threshold` standard deviations.
+
+Every new materialization counts, not only the newest partition: a day filled in by a
+backfill, or several days landed together, are each evaluated. The cursor holds, per stats
+asset, the storage id of the last materialization seen; the partitions already requested;
+and the drifted partitions still waiting for the assets a retrain needs.
 
 It reads the statistics from the stats assets' materialization metadata in the instance
 (``stats/<feature>/mean`` and ``.../std``), so it needs no access to any site's storage.
@@ -14,6 +19,9 @@ from typing import Sequence
 from dagster import AssetKey, AssetRecordsFilter, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from dagster_gravity.metadata import plain_value
+
+
+MAX_NEW_PER_TICK = 500  # new materializations read per stats asset and tick; the rest next tick
 
 
 def partition_stats(instance, asset_key: AssetKey, limit: int = 200) -> dict[str, dict[str, tuple[float, float]]]:
@@ -48,6 +56,28 @@ def drift_scores(history: dict[str, dict[str, tuple[float, float]]], partition: 
     return scores
 
 
+def read_cursor(text: str | None) -> dict:
+    """The cursor: {"after": {asset: storage id}, "done": [partition], "waiting": {partition:
+    scores}}. The earlier format, a list of requested partitions, reads as "done" with nothing
+    seen (so every materialization is evaluated once)."""
+    value = json.loads(text) if text else {}
+    if isinstance(value, list):
+        value = {"done": value}
+    return {"after": dict(value.get("after", {})), "done": list(value.get("done", [])), "waiting": dict(value.get("waiting", {}))}
+
+
+def new_partitions(instance, asset_key: AssetKey, after: int | None) -> tuple[int, list[str]] | None:
+    """(the last storage id read, the partitions materialized after storage id `after`, in
+    order), or None when nothing new was materialized."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, after_storage_id=after), limit=MAX_NEW_PER_TICK, ascending=True
+    ).records
+    if not records:
+        return None
+    partitions = list(dict.fromkeys(r.partition_key for r in records if r.partition_key is not None))
+    return records[-1].storage_id, partitions
+
+
 def make_drift_sensor(
     stats_assets: Sequence[AssetKey],
     job,
@@ -65,23 +95,37 @@ def make_drift_sensor(
         description=f"Retrain when a feature mean moves > {threshold} std from earlier partitions",
     )
     def _drift(context: SensorEvaluationContext):
-        done: list[str] = json.loads(context.cursor) if context.cursor else []
-        drifted: dict[str, dict[str, float]] = {}
+        cursor = read_cursor(context.cursor)
+        done: list[str] = cursor["done"]
+        drifted: dict[str, dict[str, float]] = {p: dict(s) for p, s in cursor["waiting"].items()}
         for key in stats_assets:
-            history = partition_stats(context.instance, key)
-            if not history:
+            label = key.to_user_string()
+            new = new_partitions(context.instance, key, cursor["after"].get(label))
+            if new is None:
                 continue
-            newest = max(history)
-            for feature, score in drift_scores(history, newest).items():
-                if score > threshold:
-                    drifted.setdefault(newest, {})[f"{key.to_user_string()}.{feature}"] = round(score, 3)
-        requests, notes = [], []
+            last_id, partitions = new
+            cursor["after"][label] = last_id
+            if not partitions:
+                continue
+            history = partition_stats(context.instance, key)
+            for partition in partitions:
+                if partition not in history:
+                    continue
+                # a newer materialization of a waiting partition replaces this asset's scores
+                entry = drifted.get(partition, {})
+                for name in [n for n in entry if n.startswith(label + ".")]:
+                    del entry[name]
+                for feature, score in drift_scores(history, partition).items():
+                    if score > threshold:
+                        drifted.setdefault(partition, {})[f"{label}.{feature}"] = round(score, 3)
+        requests, notes, waiting = [], [], {}
         for partition, scores in sorted(drifted.items()):
-            if partition in done:
+            if partition in done or not scores:
                 continue
             missing = [k.to_user_string() for k in requires if partition not in context.instance.get_materialized_partitions(k)]
             if missing:
                 notes.append(f"{partition} drifted but waits for {', '.join(missing)}")
+                waiting[partition] = scores
                 continue
             done.append(partition)
             requests.append(RunRequest(
@@ -89,7 +133,7 @@ def make_drift_sensor(
                 partition_key=partition,
                 tags={"gravity/trigger": "drift", "gravity/drift": json.dumps(scores, sort_keys=True)[:200]},
             ))
-        context.update_cursor(json.dumps(sorted(done)))
+        context.update_cursor(json.dumps({"after": cursor["after"], "done": sorted(done), "waiting": waiting}, sort_keys=True))
         if requests:
             return requests
         return SkipReason("; ".join(notes) or f"no feature moved more than {threshold} std")

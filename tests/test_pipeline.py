@@ -67,6 +67,15 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
         meta = latest_metadata(instance, asset, DAY1)
         assert meta["gravity/residency"] == "eu" and meta["gravity/replicas"] == []
     assert "gravity/residency" not in latest_metadata(instance, "eu_segment_features", DAY1)
+    # The copy of raw_items into onprem-dc (for the point-in-time join) is recorded as where
+    # the version is now: its primary and every current replica.
+    [copied] = [
+        obs for e in run_events(instance, run_id, DagsterEventType.ASSET_OBSERVATION)
+        if (obs := e.dagster_event.asset_observation_data.asset_observation).asset_key == AssetKey("raw_items")
+    ]
+    assert {k: plain_value(copied.metadata[k]) for k in ("gravity/site", "gravity/replicas", "gravity/sha256")} == {
+        "gravity/site": "aws-us-east-1", "gravity/replicas": ["onprem-dc"],
+        "gravity/sha256": latest_metadata(instance, "raw_items", DAY1)["gravity/sha256"]}
 
     # The executor placed every step and said where; training went to the GPU pool.
     placements = {
@@ -227,13 +236,20 @@ def test_corrupted_checkpoint_falls_back_with_an_event_and_rollback_job_restores
 
     promoted_before = store.promoted(MODEL_NAME)
     run_id, ok, failures = run_job(
-        instance, "rollback_job", run_config={"ops": {"rollback_model": {"config": {"to_version": 1}}}}
+        instance, "rollback_job", DAY2,
+        run_config={"ops": {"promoted_model": {"config": {"to_version": 1, "reason": "test"}}}},
     )
     assert ok, failures
     assert store.promoted(MODEL_NAME) == 1
     history = store.promotion_history(MODEL_NAME)
     assert history[-1]["action"] == "rollback" and history[-2]["version"] == promoted_before
     assert store.load(MODEL_NAME, 1).version.version == 1
+    # The asset page shows the rollback: it is promoted_model's latest materialization, stored
+    # and recorded by the gravity IO manager like any other.
+    rolled = latest_metadata(instance, "promoted_model", DAY2)
+    assert rolled["promotion/decision"] == "rolled back" and rolled["gravity/checkpoint"] == f"{MODEL_NAME}@v1"
+    assert (rolled["rollback/from"], rolled["rollback/to"]) == (promoted_before, 1)
+    assert rolled["gravity/site"] == "onprem-dc" and rolled["dagster/uri"] and "gate/decision" not in rolled
 
 
 def test_gc_after_the_day_is_rerun_keeps_every_recorded_version(pipeline_sites, instance, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dagster import Failure, build_asset_context
 
 from dagster_gravity import GravityCheckpoints, GravityTopology
@@ -14,7 +15,8 @@ from dagster_gravity.topology import Topology
 from pipelines import datagen
 from pipelines.features import eu_segment_features, event_features, training_set
 from pipelines import quality_gate
-from pipelines.model import promoted_model, quality_gate_check
+from pipelines.model import ROLLED_BACK, PromotionConfig, promoted_model, quality_gate_check
+from pipelines.ui import TELEMETRY_OFF, UiSetupError, choose_environment, parse_port
 from pipelines.training import FEATURES, LABEL, MODEL_NAME, TrainConfig, holdout_mask, matrix, metrics, restore, train_incremental
 from resources import CHECKPOINT_SITE
 from sensors.drift import drift_scores
@@ -162,9 +164,10 @@ def gate(resource, version: int, training_set: pd.DataFrame):
                               model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
 
 
-def promote(resource, version: int):
-    context = build_asset_context(partition_key="2026-01-02")
-    out = promoted_model(context, checkpoints=resource, model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
+def promote(resource, version: int, config: PromotionConfig | None = None, rollback: bool = False):
+    context = build_asset_context(partition_key="2026-01-02", run_tags={"promotion/action": "rollback"} if rollback else None)
+    out = promoted_model(context, config=config or PromotionConfig(), checkpoints=resource,
+                         model_checkpoint=pd.DataFrame([{"model": MODEL_NAME, "version": version}]))
     return out, context.get_output_metadata("result")
 
 
@@ -187,6 +190,28 @@ def test_the_gate_fails_a_worse_candidate_and_nothing_is_promoted_then_passes_a_
     assert out["decision"].iloc[0] == "promoted" and store.promoted(MODEL_NAME) == better
     assert meta["gate/reason"] == "passed the quality gate against promoted v1" and meta["gate/baseline"] == "v1"
     assert store.promotion_history(MODEL_NAME)[-1]["reason"] == meta["gate/reason"]
+
+
+def test_a_rollback_is_a_materialization_of_promoted_model_naming_the_model_now_promoted(checkpoints):
+    resource, store = checkpoints
+    holdout_day = synthetic_training_rows(seed=5)
+    for seed in (0, 2):
+        version = trained(store, seed=seed)
+        assert gate(resource, version, holdout_day).passed
+        out, meta = promote(resource, version)
+    assert store.promoted(MODEL_NAME) == 2 and meta["promotion/decision"] == "promoted"
+    # the candidate is not what a rollback promotes: it returns to the version before
+    with pytest.raises(Failure, match="to_version is 1, but this run promotes the candidate; to_version applies to a rollback"):
+        promote(resource, 2, PromotionConfig(to_version=1))
+    out, meta = promote(resource, 2, PromotionConfig(reason="v2 mis-scores EU traffic"), rollback=True)
+    assert store.promoted(MODEL_NAME) == 1
+    assert out.iloc[0][["version", "decision", "rolled_back_from"]].tolist() == [1, ROLLED_BACK, 2]
+    assert meta["promotion/decision"] == "rolled back" and meta["gravity/checkpoint"] == f"{MODEL_NAME}@v1"
+    assert (meta["rollback/from"], meta["rollback/to"]) == (2, 1)
+    assert meta["promotion/reason"] == "rolled back from v2 to v1: v2 mis-scores EU traffic"
+    assert store.promotion_history(MODEL_NAME)[-1]["action"] == "rollback"
+    with pytest.raises(Exception, match="cannot roll 'conversion' back to v9"):
+        promote(resource, 2, PromotionConfig(to_version=9), rollback=True)
 
 
 def test_promotion_refuses_a_candidate_the_gate_never_ran_on(checkpoints):
@@ -391,3 +416,77 @@ def test_drift_scores_compare_the_partition_with_the_earlier_ones():
     history = {"2026-01-01": {"x": (1.0, 1.0)}, "2026-01-02": {"x": (1.2, 1.0)}, "2026-01-03": {"x": (3.1, 1.0)}}
     assert drift_scores(history, "2026-01-03")["x"] == pytest.approx(2.0)
     assert drift_scores(history, "2026-01-01") == {}
+
+
+# -- make ui: which Dagster home it opens ------------------------------------------------
+
+
+def test_make_ui_creates_a_fresh_home_with_telemetry_off(tmp_path):
+    env, where = choose_environment(tmp_path, {"PATH": "/bin"})
+    home = tmp_path / ".dagster_home"
+    assert env["DAGSTER_HOME"] == str(home) and "project's own home" in where
+    assert yaml.safe_load((home / "dagster.yaml").read_text()) == {"telemetry": {"enabled": False}}
+    assert "GRAVITY_SITES" not in env
+
+
+def test_make_ui_opens_the_demos_instance_once_the_demo_has_run(tmp_path):
+    (tmp_path / ".gravity/demo_home").mkdir(parents=True)
+    (tmp_path / ".gravity/demo_home/dagster.yaml").write_text("telemetry:\n  enabled: false\nretention: {}\n")
+    (tmp_path / ".gravity/demo_sites").mkdir(parents=True)
+    (tmp_path / ".gravity/demo_sites/sites.yaml").write_text("sites: []\n")
+    env, where = choose_environment(tmp_path, {})
+    assert env["DAGSTER_HOME"] == str(tmp_path / ".gravity/demo_home") and "demo" in where
+    assert env["GRAVITY_SITES"] == str(tmp_path / ".gravity/demo_sites/sites.yaml")
+    assert "retention" in (tmp_path / ".gravity/demo_home/dagster.yaml").read_text()  # left as it was
+    assert not (tmp_path / ".dagster_home").exists()
+    # an explicit DAGSTER_HOME (relative: to the project root) wins, and is created
+    env, _ = choose_environment(tmp_path, {"DAGSTER_HOME": "mine", "GRAVITY_SITES": "/x.yaml"})
+    assert env["DAGSTER_HOME"] == str(tmp_path / "mine") and env["GRAVITY_SITES"] == "/x.yaml"
+    assert (tmp_path / "mine/dagster.yaml").read_text() == TELEMETRY_OFF
+
+
+def test_make_ui_refuses_a_bad_port_or_a_home_that_is_a_file(tmp_path):
+    assert parse_port("3001") == 3001
+    for bad in ("abc", "0", "70000"):
+        with pytest.raises(UiSetupError, match=f"PORT is '{bad}'; expected a TCP port number from 1 to 65535"):
+            parse_port(bad)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UiSetupError, match="DAGSTER_HOME is .*file'.*expected a directory"):
+        choose_environment(tmp_path, {"DAGSTER_HOME": str(tmp_path / "file")})
+
+
+# -- the UI filters and selects by site ---------------------------------------------------
+
+
+def test_every_asset_carries_its_site_and_residency_as_tags_the_ui_can_select_by():
+    from dagster import AssetSelection
+
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node, label = graph.get(key), key.to_user_string()
+        meta = {k: getattr(v, "value", v) for k, v in node.metadata.items()}
+        expected = {"gravity/site": meta["gravity/site"]}
+        if "gravity/residency" in meta:
+            expected["gravity/residency"] = meta["gravity/residency"]
+        assert {k: v for k, v in node.tags.items() if k.startswith("gravity/")} == expected, label
+        assert any(k.startswith("dagster/kind/") for k in node.tags), f"{label} lost its kinds"
+        # the overview's Storage field shows a definition's dagster/uri only
+        assert meta["dagster/uri"] == f"gravity://{meta['gravity/site']}/{label}/"
+    selected = lambda text: sorted(k.to_user_string() for k in AssetSelection.from_string(text).resolve(graph))  # noqa: E731
+    assert selected("tag:gravity/site=onprem-dc") == [
+        "event_feature_stats", "event_features", "model_checkpoint", "promoted_model", "raw_events", "training_set"]
+    assert selected("tag:gravity/site=aws-us-east-1") == ["raw_items"]
+    assert selected("tag:gravity/residency=eu") == ["eu_customer_features", "raw_eu_customers"]
+
+
+def test_a_site_or_zone_that_is_no_valid_tag_value_is_refused_naming_it():
+    from dagster_gravity.errors import GravityConfigError
+    from dagster_gravity.metadata import location_tags
+
+    assert location_tags("eu-colo", "eu") == {"gravity/site": "eu-colo", "gravity/residency": "eu"}
+    with pytest.raises(GravityConfigError, match=r"asset tag gravity/site is 'on prem'; expected .* at most 63"):
+        location_tags("on prem")
+    with pytest.raises(GravityConfigError, match="asset tag gravity/residency is 'x{64}'"):
+        location_tags("eu-colo", "x" * 64)

@@ -11,7 +11,6 @@ from dagster import AssetMaterialization, build_schedule_context, build_sensor_c
 
 from dagster_gravity.topology import Topology
 from pipelines.definitions import build_defs
-from pipelines.jobs import daily_features_schedule
 from tests.support.pipeline import SITES_YAML, generate_days, write_sites
 
 
@@ -130,17 +129,79 @@ def test_drift_sensor_requests_retraining_only_past_the_threshold(pipeline_sites
     assert tick(defs, "feature_drift_sensor", instance, cursor=drifted.cursor).run_requests == []
 
 
-def test_daily_schedule_materializes_the_previous_days_features_at_every_site(instance):
-    when = datetime(2026, 1, 3, 0, 30, tzinfo=timezone.utc)
-    with build_schedule_context(instance=instance, scheduled_execution_time=when) as ctx:
-        result = daily_features_schedule.evaluate_tick(ctx)
-    [request] = result.run_requests
-    assert request.partition_key == "2026-01-02"
-    assert daily_features_schedule.job_name == "daily_features_job"
+def schedule_tick(defs, instance, when: datetime):
+    schedule = defs.resolve_schedule_def("daily_features_job_schedule")
+    # as Dagster's code server evaluates it: with its repository and the resource it takes
+    with build_schedule_context(instance=instance, scheduled_execution_time=when,
+                                repository_def=defs.get_repository_def(),
+                                resources={"gravity_topology": defs.resources["gravity_topology"]}) as ctx:
+        return schedule.evaluate_tick(ctx)
+
+
+def test_daily_schedule_runs_a_day_only_once_it_has_landed_everywhere(pipeline_sites, instance):
     defs = build_defs()
+    when = datetime(2026, 1, 3, 0, 30, tzinfo=timezone.utc)  # the tick for 2026-01-02
+    nothing = schedule_tick(defs, instance, when)
+    assert nothing.run_requests == []
+    assert nothing.skip_message.startswith("2026-01-02 has not landed everywhere: no landing file for ")
+    assert "events at onprem-dc (" in nothing.skip_message and "landing/events/2026-01-02.parquet" in nothing.skip_message
+
+    generate_days(pipeline_sites, ["2026-01-02"], datasets=["items", "eu_customers"])
+    partly = schedule_tick(defs, instance, when)
+    assert partly.run_requests == []
+    assert "no landing file for events at onprem-dc" in partly.skip_message
+    assert "items at" not in partly.skip_message and "eu_customers at" not in partly.skip_message
+
+    generate_days(pipeline_sites, ["2026-01-02"], datasets=["events"])
+    [request] = schedule_tick(defs, instance, when).run_requests
+    assert request.partition_key == "2026-01-02" and request.run_key == "daily_features_job:2026-01-02"
+    schedule = defs.resolve_schedule_def("daily_features_job_schedule")
+    assert schedule.job_name == "daily_features_job" and schedule.cron_schedule == "30 0 * * *"
+
+    # once the landing sensors' runs ingested every file, the schedule has nothing to do
+    time.sleep(0.01)
+    for dataset in ("items", "eu_customers", "events"):
+        materialize_marker(instance, f"raw_{dataset}", "2026-01-02")
+    done = schedule_tick(defs, instance, when)
+    assert done.run_requests == [] and "every landing file was already ingested" in done.skip_message
+    before_start = schedule_tick(defs, instance, datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc))
+    assert "2025-12-31 is before the first partition 2026-01-01" in before_start.skip_message
+
     job = defs.resolve_job_def("daily_features_job")
     selected = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
     assert selected == {
         "raw_events", "raw_items", "raw_eu_customers", "event_features", "event_feature_stats",
         "eu_customer_features", "eu_segment_features", "eu_feature_stats",
     }
+
+
+def test_drift_sensor_evaluates_every_partition_materialized_since_its_cursor(pipeline_sites, instance):
+    """A backfilled earlier day, or two days landed between ticks: each new partition is
+    compared with the partitions before it, not only the newest one."""
+    defs = build_defs()
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03"):
+        stats(instance, "event_feature_stats", day, log_dwell=2.0, clicks=1.5)
+        materialize_marker(instance, "event_features", day)
+        materialize_marker(instance, "eu_segment_features", day)
+    calm = tick(defs, "feature_drift_sensor", instance)
+    assert calm.run_requests == []
+
+    # between two ticks: a backfill rewrites 2026-01-02 (drifted), then 2026-01-05 lands
+    # (calm) together with 2026-01-04 (drifted); the newest partition alone shows nothing
+    stats(instance, "event_feature_stats", "2026-01-02", log_dwell=2.0, clicks=3.0)
+    stats(instance, "event_feature_stats", "2026-01-04", log_dwell=3.5, clicks=1.5)
+    stats(instance, "event_feature_stats", "2026-01-05", log_dwell=2.0, clicks=1.5)
+    for day in ("2026-01-04", "2026-01-05"):
+        materialize_marker(instance, "event_features", day)
+        materialize_marker(instance, "eu_segment_features", day)
+    result = tick(defs, "feature_drift_sensor", instance, cursor=calm.cursor)
+    by_partition = {r.partition_key: r for r in result.run_requests}
+    assert sorted(by_partition) == ["2026-01-02", "2026-01-04"]
+    assert "event_feature_stats.clicks" in by_partition["2026-01-02"].tags["gravity/drift"]
+    assert "event_feature_stats.log_dwell" in by_partition["2026-01-04"].tags["gravity/drift"]
+    # nothing new: nothing requested again
+    again = tick(defs, "feature_drift_sensor", instance, cursor=result.cursor)
+    assert again.run_requests == [] and "no feature moved" in again.skip_message
+    # a cursor of the earlier format (the partitions requested) still counts them as done
+    old = tick(defs, "feature_drift_sensor", instance, cursor='["2026-01-02", "2026-01-04"]')
+    assert {"2026-01-02", "2026-01-04"}.isdisjoint(r.partition_key for r in old.run_requests)

@@ -102,3 +102,49 @@ def test_run_launched_from_the_ui_is_placed_by_the_gravity_executor(dagster_dev)
     assert "aws-us-east-1/cpu" in raw["message"]
     labels = {m["label"] for m in raw["metadataEntries"]}
     assert {"gravity/site", "gravity/pool_id", "gravity/reason", "gravity/candidates"} <= labels
+
+
+def wait_for_webserver(client: DagsterGraphQLClient, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client._execute("{ version }")
+            return
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(log.read_text()[-3000:])
+            time.sleep(1)
+
+
+def test_make_ui_on_a_fresh_clone_serves_its_own_home_on_the_chosen_port(tmp_path):
+    """`make ui PORT=...` in a copy of the project with no home: it creates .dagster_home
+    (telemetry off) and dagster dev answers on that port. The venv is this one (-o: make does
+    not reinstall it)."""
+    work = tmp_path / "clone"
+    work.mkdir()
+    for name in ("Makefile", "workspace.yaml", "sites.yaml", "pyproject.toml"):
+        shutil.copy(REPO / name, work / name)
+    venv = Path(sys.executable).parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GRAVITY_SITES", "DAGSTER_IS_DEV_CLI")}
+    env["PYTHONPATH"] = str(REPO)
+    port = free_port()
+    log_path = tmp_path / "ui.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["make", "-s", "-o", f"{venv}/.installed", "ui", f"PORT={port}", f"VENV={venv}", f"PY={sys.executable}"],
+            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+            wait_for_webserver(client, proc, log_path)
+            info = client._execute("{ instance { info } }")["instance"]["info"]
+            assert str(work / ".dagster_home") in info
+            assert (work / ".dagster_home/dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+            assert f"DAGSTER_HOME={work / '.dagster_home'}" in log_path.read_text()
+            # what the UI filters by: the site and residency asset tags, beside the kinds
+            nodes = client._execute("{ assetNodes { assetKey { path } tags { key value } } }")["assetNodes"]
+            tags = {"/".join(n["assetKey"]["path"]): {t["key"]: t["value"] for t in n["tags"]} for n in nodes}
+            assert tags["raw_events"]["gravity/site"] == "onprem-dc" and "dagster/kind/parquet" in tags["raw_events"]
+            assert tags["raw_eu_customers"]["gravity/residency"] == "eu"
+        finally:
+            stop_group(proc)
