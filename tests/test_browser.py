@@ -14,9 +14,17 @@ import re
 import types
 import urllib.parse
 
+import os
+
 import numpy as np
 import pytest
-from playwright.sync_api import Page, expect
+
+try:
+    from playwright.sync_api import Page, expect
+except ImportError:  # locally without the test extra: skipped; under CI, a broken install
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
 
 from dagster_gravity import Topology
 from dagster_gravity.checkpoints import CheckpointStore

@@ -27,9 +27,11 @@ def chromium_path() -> str | None:
 def chromium():
     path = chromium_path()
     missing = None
-    if path is None or not os.access(path, os.X_OK):
-        missing = (f"no chromium executable (CHROMIUM={os.environ.get('CHROMIUM')!r}, PATH has none of "
-                   f"{', '.join(CHROMIUM_NAMES)}): install Debian's chromium (sh tests/support/install_chromium.sh)")
+    install = "install Debian's chromium (sh tests/support/install_chromium.sh)"
+    if os.environ.get("CHROMIUM") and not os.access(path, os.X_OK):
+        missing = f"CHROMIUM={path!r} is not an executable file: expected the path of a chromium binary"
+    elif path is None:
+        missing = f"no chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}): {install}"
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
