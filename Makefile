@@ -1,11 +1,11 @@
 # `make demo` and `make test` each create .venv and install on first use; `make test` also
-# installs Debian's postgresql package when its server binaries are missing (needs root).
+# installs Debian's postgresql and chromium packages when missing (needs root).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test postgres-server bench bench-multisite ui clean
+.PHONY: demo test postgres-server chromium bench bench-multisite ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,13 @@ demo: $(STAMP)
 postgres-server:
 	@sh tests/support/install_postgres.sh
 
+# The browser tests/test_browser.py drives (Debian's chromium); a no-op when installed.
+chromium:
+	@sh tests/support/install_chromium.sh
+
 # Test files run in parallel, one file per worker at a time (module fixtures stay shared);
 # TEST_WORKERS=1 runs them one after another.
-test: $(STAMP) postgres-server
+test: $(STAMP) postgres-server chromium
 	$(PY) -m pytest -q -p no:cacheprovider -n $${TEST_WORKERS:-2} --dist loadfile
 
 # Long benchmarks, each printing a side-by-side table with ratios; not part of `make test`.

@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.support.postgres",  # postgres (module)
     "tests.support.pipeline",  # pipeline_sites
     "tests.support.executor_runs",  # gravity
+    "tests.support.browser",  # chromium (module)
 ]
 
 # CI runs the property tests derandomized (a failure reproduces from one run to the next)
@@ -39,6 +40,7 @@ FIXTURE_MARKS = {
     "dask_cluster": ("slow", "dask"),
     "postgres": ("slow", "postgres"),
     "gravity": ("slow", "executor"),
+    "chromium": ("slow", "browser"),
 }
 
 

@@ -4,23 +4,12 @@ the placement events with their candidate tables."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
-from dagster_graphql import DagsterGraphQLClient
 
-from tests.support.instance import write_dagster_yaml
+from tests.support.dagster_dev import dagster_dev_server, project_env, wait_for_run, write_landing_day
 
 pytestmark = [pytest.mark.slow, pytest.mark.webserver]
 
-REPO = Path(__file__).resolve().parents[1]
 EVENTS_QUERY = """
 query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
   __typename ... on MessageEvent { message stepKey }
@@ -28,72 +17,18 @@ query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGINT the whole process group (dagster dev may ignore SIGTERM), then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
 @pytest.fixture
 def dagster_dev(tmp_path):
-    work = tmp_path / "project"
-    work.mkdir()
-    for name in ("workspace.yaml", "sites.yaml"):
-        shutil.copy(REPO / name, work / name)
-    home = tmp_path / "home"
-    write_dagster_yaml(home)
-    env = dict(os.environ, DAGSTER_HOME=str(home), GRAVITY_SITES=str(work / "sites.yaml"),
-               PYTHONPATH=str(REPO))
-    env.pop("DAGSTER_IS_DEV_CLI", None)
-    subprocess.run([sys.executable, "-m", "pipelines.datagen", "--date", "2026-01-01", "--size", "200KB"],
-                   cwd=work, env=env, check=True, capture_output=True)
-    port = free_port()
-    dagster = Path(sys.executable).with_name("dagster")
-    log = open(tmp_path / "dev.log", "wb")
-    proc = subprocess.Popen(
-        [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        client = DagsterGraphQLClient("127.0.0.1", port_number=port)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client._execute("{ version }")
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "dev.log").read_text()[-3000:])
-                time.sleep(1)
+    work, env = project_env(tmp_path)
+    write_landing_day(work, env)
+    with dagster_dev_server(work, env, tmp_path / "dev.log") as (client, _port):
         yield client
-    finally:
-        stop_group(proc)
-        log.close()
 
 
 def test_run_launched_from_the_ui_is_placed_by_the_gravity_executor(dagster_dev):
     client = dagster_dev
     run_id = client.submit_job_execution("ingest_aws_us_east_1_job", tags={"dagster/partition": "2026-01-01"})
-    deadline = time.monotonic() + 120
-    while (status := client.get_run_status(run_id).value) not in ("SUCCESS", "FAILURE", "CANCELED"):
-        assert time.monotonic() < deadline, f"run {run_id} still {status}"
-        time.sleep(1)
+    status = wait_for_run(client, run_id)
     events = client._execute(EVENTS_QUERY, {"id": run_id})["logsForRun"]["events"]
     assert status == "SUCCESS", [e.get("message") for e in events][-10:]
     placements = [e for e in events if e["__typename"] == "EngineEvent" and (e.get("message") or "").startswith("gravity: step")]
