@@ -52,17 +52,24 @@ def ui(tmp_path_factory, chromium):
     root = tmp_path_factory.mktemp("browser")
     work, env = project_env(root)
     write_landing_day(work, env, DAY)
-    # Two promotions, so rollback_job has an earlier version (v1) to go back to from v2.
     store = CheckpointStore.for_site(Topology.from_yaml(work / "sites.yaml"), CHECKPOINT_SITE)
-    for seed in (1, 2):
-        version = store.save(MODEL_NAME, {"coef": np.full((1, 3), float(seed))}, lineage={"seed": seed})
-        store.promote(MODEL_NAME, version.version, reason=f"browser test seed {seed}")
     with dagster_dev_server(work, env, root / "dev.log") as (client, port):
         features = client.submit_job_execution("daily_features_job", tags={"dagster/partition": DAY})
+        assert wait_for_run(client, features, timeout=180) == "SUCCESS", (root / "dev.log").read_text()[-3000:]
+        # The day's candidate (v1); rollback_job loads it as promoted_model's input. Its gate
+        # decides on this small day's holdout, so v1 is promoted here if the gate kept it.
+        retrain = client.submit_job_execution("retrain_job", tags={"dagster/partition": DAY})
+        wait_for_run(client, retrain, timeout=180)
+        assert store.versions(MODEL_NAME) == [1], (root / "dev.log").read_text()[-3000:]
+        if store.promoted(MODEL_NAME) != 1:
+            store.promote(MODEL_NAME, 1, reason="browser test: the day's candidate")
+        # A second promotion, so rollback_job has an earlier version (v1) to go back to from v2.
+        version = store.save(MODEL_NAME, {"coef": np.full((1, 3), 2.0)}, lineage={"seed": 2})
+        store.promote(MODEL_NAME, version.version, reason="browser test seed 2")
         rollback = client.submit_job_execution(
-            "rollback_job", run_config={"ops": {"rollback_model": {"config": {"reason": "browser test"}}}})
-        for run_id in (features, rollback):
-            assert wait_for_run(client, run_id, timeout=180) == "SUCCESS", (root / "dev.log").read_text()[-3000:]
+            "rollback_job", tags={"dagster/partition": DAY},
+            run_config={"ops": {"promoted_model": {"config": {"reason": "browser test"}}}})
+        assert wait_for_run(client, rollback, timeout=180) == "SUCCESS", (root / "dev.log").read_text()[-3000:]
         assert store.promoted(MODEL_NAME) == 1
         yield types.SimpleNamespace(
             url=f"http://127.0.0.1:{port}", client=client, features_run=features, rollback_run=rollback)
@@ -136,8 +143,11 @@ def test_asset_page_shows_replicas(ui, page):
     ]
     assert copies, "daily_features_job replicated nothing: the replicas test has nothing to show"
     asset, replica_site = copies[0]
-    page.goto(f"{ui.url}/assets/{asset}")
-    expect(metadata_row(page, "gravity/site").first).to_be_visible(timeout=WAIT_MS)
+    # Dagster's overview shows only the materialization's own list (the sites when it was
+    # written); the current replicas are on the copy's observation, the asset's newest event,
+    # which is what its Events tab opens on (README, "Location on assets").
+    page.goto(f"{ui.url}/assets/{asset}?view=events")
+    expect(metadata_row(page, "gravity/replicated_to").first).to_contain_text(replica_site, timeout=WAIT_MS)
     expect(metadata_row(page, "gravity/replicas").first).to_contain_text(replica_site)
 
 
