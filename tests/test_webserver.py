@@ -4,9 +4,25 @@ the placement events with their candidate tables."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from tests.support.dagster_dev import dagster_dev_server, project_env, wait_for_run, write_landing_day
+import pytest
+from dagster_graphql import DagsterGraphQLClient
+
+from tests.support.dagster_dev import (
+    REPO,
+    dagster_dev_server,
+    free_port,
+    project_env,
+    stop_group,
+    wait_for_run,
+    write_landing_day,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.webserver]
 
