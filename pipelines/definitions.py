@@ -11,6 +11,8 @@ from __future__ import annotations
 from dagster import AssetKey, Definitions
 
 from dagster_gravity import gravity_executor
+from dagster_gravity import metadata as gm
+from dagster_gravity.residency_check import residency_compliance_check
 from pipelines.datagen import EU_SITE, EVENTS_SITE, REFERENCE_SITE
 from pipelines.features import FEATURE_ASSETS, STATS_ASSETS
 from pipelines.common import DAILY
@@ -46,12 +48,23 @@ def build_sensors() -> list:
     return [*landing, drift]
 
 
+def residency_checks(assets) -> list:
+    """A residency-compliance check on every asset that declares a residency zone."""
+    checks = []
+    for asset in assets:
+        for key in asset.keys:
+            zone = gm.plain_value((asset.specs_by_key[key].metadata or {}).get(gm.RESIDENCY))
+            if zone:
+                checks.append(residency_compliance_check(key, str(zone), partitions_def=DAILY))
+    return checks
+
+
 def build_defs(sites: str | None = None, executor=None) -> Definitions:
     """`sites`: the sites file of the `gravity_topology` resource (None: see the module
     docstring); building the definitions never reads or writes the environment."""
     return Definitions(
         assets=[*RAW_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS],
-        asset_checks=MODEL_CHECKS,
+        asset_checks=[*MODEL_CHECKS, *residency_checks([*RAW_ASSETS, *FEATURE_ASSETS, *MODEL_ASSETS])],
         jobs=[*ASSET_JOBS, rollback_job],
         schedules=[daily_features_schedule],
         sensors=build_sensors(),

@@ -77,7 +77,7 @@ def plan_steps(steps: list[StepRun], asset_graph, instance, landing_sizes: dict[
         for s in in_run.values():
             node = _node(asset_graph, s.step)
             external, upstream = [], []
-            if s.step.startswith("raw_"):
+            if s.step.startswith("raw_") and asset_graph.has(AssetKey(s.step)):  # not a raw asset's check
                 site, size = landing_sizes[(s.step, s.partition)]
                 external.append(InputData(f"landing/{s.step}", size, (site,), _residency(asset_graph, node.key)))
             for parent in node.parent_entity_keys:

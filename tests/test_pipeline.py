@@ -41,9 +41,11 @@ def run_events(instance, run_id, event_type):
 
 def gate_evaluation(instance, run_id):
     """The quality gate check's evaluation in the run: (passed, metadata)."""
-    [event] = run_events(instance, run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
-    evaluation = event.dagster_event.asset_check_evaluation_data
-    assert evaluation.check_name == "quality_gate" and evaluation.asset_key == AssetKey("model_checkpoint")
+    [evaluation] = [
+        data for e in run_events(instance, run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
+        if (data := e.dagster_event.asset_check_evaluation_data).check_name == "quality_gate"
+    ]
+    assert evaluation.asset_key == AssetKey("model_checkpoint")
     return evaluation.passed, {k: plain_value(v) for k, v in evaluation.metadata.items()}
 
 
@@ -67,6 +69,12 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
         meta = latest_metadata(instance, asset, DAY1)
         assert meta["gravity/residency"] == "eu" and meta["gravity/replicas"] == []
     assert "gravity/residency" not in latest_metadata(instance, "eu_segment_features", DAY1)
+    # ... and their residency-compliance checks ran in the run and passed
+    evaluations = [
+        e.dagster_event.event_specific_data for e in run_events(instance, run_id, DagsterEventType.ASSET_CHECK_EVALUATION)
+    ]
+    residency = {ev.asset_key.to_user_string(): ev.passed for ev in evaluations if ev.check_name == "residency_compliance"}
+    assert residency == {"raw_eu_customers": True, "eu_customer_features": True}, residency
     # The copy of raw_items into onprem-dc (for the point-in-time join) is recorded as where
     # the version is now: its primary and every current replica.
     [copied] = [
@@ -83,7 +91,8 @@ def test_full_materialization_with_gravity_executor_puts_every_asset_at_its_site
         for e in run_events(instance, run_id, DagsterEventType.ENGINE_EVENT)
         if "gravity/pool_id" in (e.dagster_event.engine_event_data.metadata or {}) and e.step_key
     }
-    assert len(placements) == len(graph.get_all_asset_keys()) + 1  # and the quality gate check
+    # every asset's step, the quality gate check and the two residency-compliance checks
+    assert len(placements) == len(graph.get_all_asset_keys()) + 3, sorted(placements)
     assert placements["model_checkpoint"] == "onprem-dc/gpu"
     assert placements["eu_customer_features"].startswith("eu-colo/")
 
