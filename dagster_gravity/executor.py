@@ -471,8 +471,8 @@ class _RunLoop:
         step_context = self.plan_context.for_step(w.step)
         if outage is None:
             if w.zone_outage is not None:  # what it waited for will not come back now
-                w.notes.append(gave_up_note(w.zone_outage, now))
-                yield gave_up_event(step_context, w.zone_outage, now)
+                w.notes.append(gave_up_note(w.zone_outage, now, limit_reached=False))
+                yield gave_up_event(step_context, w.zone_outage, now, limit_reached=False)
                 w.zone_outage = None
             return
         if w.zone_outage is None:

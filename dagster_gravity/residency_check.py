@@ -12,21 +12,20 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetKey, Asse
 
 from dagster_gravity import metadata as md
 
-# Events of one asset partition worth reading; a partition rewritten more often than this has
-# its oldest events unchecked (said in the result).
+# Events of each kind read per asset partition: a partition rewritten more often than this
+# has its oldest events unchecked, which the result says.
 MAX_EVENTS = 1_000
 
 
-def recorded_sites(instance, asset_key: AssetKey, partition: "str | None") -> "dict[str, list[str]]":
-    """site -> which events record a copy there ("materialization 12", "observation 15")."""
+def recorded_sites(instance, asset_key: AssetKey, partition: "str | None") -> "tuple[dict[str, list[str]], bool]":
+    """(site -> which events record a copy there, e.g. "materialization 12", "observation 15";
+    whether older events than the newest `MAX_EVENTS` of a kind were left unread)."""
     where = AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition is not None else None)
     found: dict[str, list[str]] = {}
-    records = [
-        ("materialization", r, r.asset_materialization)
-        for r in instance.fetch_materializations(where, limit=MAX_EVENTS).records
-    ] + [
-        ("observation", r, r.asset_observation)
-        for r in instance.fetch_observations(where, limit=MAX_EVENTS).records
+    materializations = instance.fetch_materializations(where, limit=MAX_EVENTS)
+    observations = instance.fetch_observations(where, limit=MAX_EVENTS)
+    records = [("materialization", r, r.asset_materialization) for r in materializations.records] + [
+        ("observation", r, r.asset_observation) for r in observations.records
     ]
     for kind, record, event in records:
         meta = event.metadata if event is not None else {}
@@ -34,7 +33,7 @@ def recorded_sites(instance, asset_key: AssetKey, partition: "str | None") -> "d
         for site in sites:
             if site:
                 found.setdefault(str(site), []).append(f"{kind} {record.storage_id}")
-    return found
+    return found, bool(materializations.has_more or observations.has_more)
 
 
 def residency_compliance_check(asset, zone: str, *, partitions_def=None, topology_resource_key: str = "gravity_topology"):
@@ -57,15 +56,26 @@ def residency_compliance_check(asset, zone: str, *, partitions_def=None, topolog
 
 def compliance_result(instance, topology, asset_key: AssetKey, zone: str, partition: "str | None") -> AssetCheckResult:
     """The check's verdict on `asset_key` (one partition, or all of it when None)."""
-    allowed = topology.zone_sites(zone)
-    found = recorded_sites(instance, asset_key, partition)
-    outside = {site: events for site, events in sorted(found.items()) if site not in allowed}
     scope = f"partition {partition}" if partition else "the asset"
+    if zone not in topology.zones:
+        return AssetCheckResult(
+            passed=False,
+            description=(
+                f"residency_compliance_check of asset {asset_key.to_user_string()!r}: residency zone {zone!r} is not "
+                f"defined in {topology.source}; known zones: {', '.join(topology.zones) or '(none)'}"
+            ),
+            metadata={"gravity/zone": MetadataValue.text(zone)},
+        )
+    allowed = topology.zone_sites(zone)
+    found, truncated = recorded_sites(instance, asset_key, partition)
+    outside = {site: events for site, events in sorted(found.items()) if site not in allowed}
     if outside:
         words = "; ".join(f"{site} ({', '.join(events[:3])})" for site, events in outside.items())
         description = f"{scope}: copies outside residency zone {zone!r} ({', '.join(sorted(allowed))}): {words}"
     else:
         description = f"{scope}: all {len(found)} recorded site(s) are in residency zone {zone!r}"
+    if truncated:
+        description += f" (only the newest {MAX_EVENTS} materializations and observations were read)"
     return AssetCheckResult(
         passed=not outside,
         description=description,
@@ -74,5 +84,6 @@ def compliance_result(instance, topology, asset_key: AssetKey, zone: str, partit
             "gravity/zone_sites": MetadataValue.json(sorted(allowed)),
             "gravity/recorded_sites": MetadataValue.json(sorted(found)),
             "gravity/sites_outside_zone": MetadataValue.json(sorted(outside)),
+            "gravity/older_events_unread": MetadataValue.bool(truncated),
         },
     )

@@ -99,17 +99,24 @@ def back_event(step_context, outage: ZoneOutage, pool_id: str, site: str, now: f
     )
 
 
-def gave_up_note(outage: ZoneOutage, now: float | None = None) -> str:
+def gave_up_note(outage: ZoneOutage, now: float | None = None, *, limit_reached: bool = True) -> str:
+    """Why the wait ended without the zone: its limit, or (`limit_reached` False) because no
+    pool of the zone that is down can come back any more."""
+    if not limit_reached:
+        return (
+            f"stopped waiting after {outage.waited(now):.1f} s (of {outage.limit:g} s, {outage.setting}): no compute "
+            f"pool of {outage.zone_words()} that is down can come back now (it was: {outage.down_words()})"
+        )
     return (
         f"gave up after {outage.waited(now):.1f} s ({outage.setting} is {outage.limit:g} s): {outage.zone_words()} "
         f"still has no healthy compute pool ({outage.down_words()})"
     )
 
 
-def gave_up_event(step_context, outage: ZoneOutage, now: float) -> DagsterEvent:
+def gave_up_event(step_context, outage: ZoneOutage, now: float, *, limit_reached: bool = True) -> DagsterEvent:
     return DagsterEvent.engine_event(
         step_context,
-        f"gravity: step {step_context.step.key} {gave_up_note(outage, now)}",
+        f"gravity: step {step_context.step.key} {gave_up_note(outage, now, limit_reached=limit_reached)}",
         EngineEventData(
             metadata=_metadata(outage, **{"gravity/waited_seconds": MetadataValue.float(round(outage.waited(now), 3))})
         ),

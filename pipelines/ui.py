@@ -63,7 +63,7 @@ def parse_port(value: str) -> int:
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
-        raise UiSetupError(f"PORT is {value!r}; expected a TCP port number from 1 to 65535")
+        raise UiSetupError(f"the port (make ui PORT=..., or --port) is {value!r}; expected a TCP port number from 1 to 65535")
     return port
 
 

@@ -114,4 +114,9 @@ def test_zone_outage_messages_name_the_zone_the_pools_down_and_the_setting():
     assert back_note(outage, "eu-west/cpu", now=107.0) == (
         "waited 7.0 s (zone_outage_wait) for residency zone 'eu', which came back: runs on eu-west/cpu"
     )
+    # the wait ended early because nothing down can come back: not "gave up" at the limit
+    assert gave_up_note(outage, now=101.0, limit_reached=False) == (
+        "stopped waiting after 1.0 s (of 3 s, zone_outage_wait): no compute pool of residency zone 'eu' that is "
+        "down can come back now (it was: eu-west/cpu: no Dask worker declares 'site-eu-west')"
+    )
     assert ZoneOutage(["eea", "eu"], {}, 1.0, "zone_outage_wait").zone_words() == "residency zones 'eea', 'eu'"

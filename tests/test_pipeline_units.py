@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import numpy as np
 import pandas as pd
 import pytest
@@ -448,7 +449,7 @@ def test_make_ui_opens_the_demos_instance_once_the_demo_has_run(tmp_path):
 def test_make_ui_refuses_a_bad_port_or_a_home_that_is_a_file(tmp_path):
     assert parse_port("3001") == 3001
     for bad in ("abc", "0", "70000"):
-        with pytest.raises(UiSetupError, match=f"PORT is '{bad}'; expected a TCP port number from 1 to 65535"):
+        with pytest.raises(UiSetupError, match=re.escape(f"the port (make ui PORT=..., or --port) is '{bad}'; expected a TCP port number from 1 to 65535")):
             parse_port(bad)
     (tmp_path / "file").write_text("")
     with pytest.raises(UiSetupError, match="DAGSTER_HOME is .*file'.*expected a directory"):

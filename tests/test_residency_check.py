@@ -75,3 +75,12 @@ def test_the_reference_location_checks_each_resident_asset():
     keys = {key for check in build_defs().asset_checks for key in check.check_keys}
     residency = {k.asset_key.to_user_string() for k in keys if k.name == "residency_compliance"}
     assert residency == {"raw_eu_customers", "eu_customer_features"}
+
+
+def test_an_unknown_zone_fails_the_check_naming_the_asset_and_the_zone(tmp_path):
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(SITES)
+    result = compliance_result(DagsterInstance.ephemeral(), Topology.from_yaml(sites), KEY, "mars", DAY)
+    assert not result.passed
+    assert "asset 'customers'" in result.description and "zone 'mars' is not defined" in result.description
+    assert "known zones: eu" in result.description
