@@ -11,22 +11,5 @@ for bin in /usr/lib/postgresql/*/bin; do
     fi
 done
 
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (initdb, postgres);" \
-         "tests/test_postgres_instance.py needs them. Install Debian's postgresql package" \
-         "(apt-get install -y postgresql) as root, or run make test as root on Debian." >&2
-    exit 1
-fi
-
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-export DEBIAN_FRONTEND=noninteractive
-echo "installing Debian's postgresql package (for tests/test_postgres_instance.py)"
-# The package lists an image ships are usually enough; refresh them only if that fails.
-if ! apt-get install -y -q --no-install-recommends postgresql >"$log" 2>&1; then
-    if ! { apt-get update -q && apt-get install -y -q --no-install-recommends postgresql; } >"$log" 2>&1; then
-        cat "$log" >&2
-        echo "apt-get install postgresql failed (output above)" >&2
-        exit 1
-    fi
-fi
+exec sh "$(dirname "$0")/apt_install.sh" postgresql tests/test_postgres_instance.py \
+    "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (initdb, postgres)"
