@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from tests.support.dagster_dev import (
     project_env,
     stop_group,
     wait_for_run,
+    wait_for_webserver,
     write_landing_day,
 )
 
@@ -53,18 +53,6 @@ def test_run_launched_from_the_ui_is_placed_by_the_gravity_executor(dagster_dev)
     assert "aws-us-east-1/cpu" in raw["message"]
     labels = {m["label"] for m in raw["metadataEntries"]}
     assert {"gravity/site", "gravity/pool_id", "gravity/reason", "gravity/candidates"} <= labels
-
-
-def wait_for_webserver(client: DagsterGraphQLClient, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            client._execute("{ version }")
-            return
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(log.read_text()[-3000:])
-            time.sleep(1)
 
 
 def test_make_ui_on_a_fresh_clone_serves_its_own_home_on_the_chosen_port(tmp_path):

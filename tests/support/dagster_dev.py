@@ -77,18 +77,24 @@ def dagster_dev_server(work: Path, env: dict[str, str], log_path: Path) -> Itera
         )
         try:
             client = DagsterGraphQLClient("127.0.0.1", port_number=port)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    client._execute("{ version }")
-                    break
-                except Exception:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(log_path.read_text()[-3000:])
-                    time.sleep(1)
+            wait_for_webserver(client, proc, log_path)
             yield client, port
         finally:
             stop_group(proc)
+
+
+def wait_for_webserver(client: DagsterGraphQLClient, proc: subprocess.Popen, log_path: Path, seconds: float = 120) -> None:
+    """Until the webserver's GraphQL answers; AssertionError with the log's tail if `proc`
+    exits first or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client._execute("{ version }")
+            return
+        except Exception:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(log_path.read_text()[-3000:])
+            time.sleep(1)
 
 
 def wait_for_run(client: DagsterGraphQLClient, run_id: str, timeout: float = 120) -> str:
