@@ -101,6 +101,22 @@ def workers_started(events) -> dict[str, list[dict]]:
     return out
 
 
+def run_in_background(job_def, instance, config: dict, output_node: str) -> tuple[threading.Thread, dict]:
+    """`job_def` started in a thread (so the test can act while it runs); the dict gets the
+    run's success, run_id and `output_node`'s output (None unless it succeeded)."""
+    outcome: dict = {}
+
+    def run() -> None:
+        with execute_job(reconstructable(job_def), instance, run_config=config) as result:
+            outcome["success"] = result.success
+            outcome["run_id"] = result.run_id
+            outcome["output"] = result.output_for_node(output_node) if result.success else None
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
 def test_each_step_runs_on_a_worker_of_its_placed_site(dask_cluster, instance, tmp_path):
     ensure_workers(dask_cluster, {"onprem-dc-1": dask_jobs.ONPREM, "aws-us-east-1-1": dask_jobs.AWS})
     sites = write_sites(tmp_path / "sites.yaml", [dask_jobs.ONPREM, dask_jobs.AWS])
@@ -161,16 +177,7 @@ def test_a_step_whose_worker_is_killed_runs_again_on_a_live_worker_without_using
         dask_cluster.address,
         ops={"slow_first_attempt": {"config": {"marker_dir": str(markers), "sleep_seconds": 120}}},
     )
-    outcome: dict = {}
-
-    def run() -> None:
-        with execute_job(reconstructable(dask_jobs.killed_worker_job), instance, run_config=config) as result:
-            outcome["success"] = result.success
-            outcome["run_id"] = result.run_id
-            outcome["output"] = result.output_for_node("slow_first_attempt") if result.success else None
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, outcome = run_in_background(dask_jobs.killed_worker_job, instance, config, "slow_first_attempt")
     first = markers / "run-0.json"
     deadline = time.monotonic() + 60
     while not first.exists():
@@ -216,16 +223,7 @@ def test_dynamic_outputs_a_lost_worker_reported_are_mapped_once(dask_cluster, in
         sites, dask_cluster.address,
         ops={"fans_out_then_sleeps": {"config": {"marker_dir": str(markers), "sleep_seconds": 120}}},
     )
-    outcome: dict = {}
-
-    def run() -> None:
-        with execute_job(reconstructable(dask_jobs.lost_fan_out_job), instance, run_config=config) as result:
-            outcome["success"] = result.success
-            outcome["run_id"] = result.run_id
-            outcome["total"] = result.output_for_node("total") if result.success else None
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, outcome = run_in_background(dask_jobs.lost_fan_out_job, instance, config, "total")
     deadline = time.monotonic() + 60
     while not (markers / "fan-0.json").exists():
         assert thread.is_alive() and time.monotonic() < deadline, "the fan-out step did not start"
@@ -236,7 +234,7 @@ def test_dynamic_outputs_a_lost_worker_reported_are_mapped_once(dask_cluster, in
     thread.join(timeout=60)
     assert not thread.is_alive(), "the run did not finish within 60 s of the worker being killed"
     assert outcome["success"], "\n".join(run_messages(instance, outcome["run_id"])) if "run_id" in outcome else outcome
-    assert outcome["total"] == 1 * 1 + 2 * 2
+    assert outcome["output"] == 1 * 1 + 2 * 2
     assert json.loads((markers / "fan-1.json").read_text())["attempt"] == 0
     events = step_events(instance, outcome["run_id"])
     part0 = [
@@ -670,17 +668,9 @@ def test_a_worker_still_running_an_interrupted_runs_step_gets_no_new_steps(insta
         idle = (set(workers) - {stuck}).pop()
 
         for attempt in (2, 3):
-            outcome: dict = {}
-
-            def run() -> None:
-                with execute_job(reconstructable(dask_jobs.where_job), instance,
-                                 run_config=run_config(sites, dask_cluster.address)) as result:
-                    outcome["success"] = result.success
-                    outcome["output"] = result.output_for_node("where_it_ran") if result.success else None
-
             started = time.monotonic()
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
+            thread, outcome = run_in_background(
+                dask_jobs.where_job, instance, run_config(sites, dask_cluster.address), "where_it_ran")
             thread.join(timeout=30)
             assert not thread.is_alive(), f"run {attempt} did not finish within 30 s: queued behind the stuck step on {stuck}?"
             print(f"run {attempt} ran on {outcome['output']['worker']} in {time.monotonic() - started:.1f} s")
