@@ -14,7 +14,7 @@ import pytest
 
 from dagster_gravity.cli import main
 from tests.support.dask_cluster import DaskCluster
-from tests.support.s3 import free_ports
+from tests.support.ports import free_ports
 
 
 def _write(path: Path, text: str) -> Path:

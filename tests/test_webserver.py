@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
+from tests.support.ports import free_port
 from tests.support.dagster_dev import (
     REPO,
     dagster_dev_server,
-    free_port,
     project_env,
     stop_group,
     wait_for_run,

@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ from typing import Iterator
 from dagster_graphql import DagsterGraphQLClient
 
 from tests.support.instance import write_dagster_yaml
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DONE = ("SUCCESS", "FAILURE", "CANCELED")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_group(proc: subprocess.Popen) -> None:

@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
 SYSTEM_USER = "postgres"  # the Debian package's unprivileged user
@@ -48,12 +49,6 @@ def postgres_bin_dir() -> Path:
             "`apt-get install -y postgresql`"
         )
     return max(found, key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -178,7 +173,7 @@ def start_postgres(timeout_s: float = 30.0, attempts: int = 3) -> Postgres:
             raise RuntimeError(f"initdb exited with {done.returncode}: {(done.stdout + done.stderr)[-3000:]}")
         last_error = ""
         for _ in range(attempts):  # a free port can be taken between choosing and binding it
-            server = _start_server(bin_dir, workdir, _free_port())
+            server = _start_server(bin_dir, workdir, free_port())
             try:
                 _wait_ready(server, timeout_s)
             except _PortTaken as exc:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from dagster import AssetKey, Config, DagsterInstance, Definitions, OutputContext, asset, materialize
+from dagster import Config, DagsterInstance, Definitions, OutputContext, asset, materialize
 
 from dagster_gravity import GravityIOManager, GravityTopology
 

