@@ -97,6 +97,13 @@ class SeaweedFS:
         for name in ("master", "volume", "s3"):
             Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[name + '_grpc']}.sock").unlink(missing_ok=True)
 
+    def lost_a_port(self) -> bool:
+        """weed's log says a port it was given was taken (the whole log: a goroutine dump follows)."""
+        try:
+            return "address already in use" in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -127,7 +134,7 @@ def start_seaweedfs(
             server.stop()
             # A port free when picked can be bound by someone else before weed binds it
             # (the parallel test worker starts servers too): start again on other ports.
-            if attempt < PORT_ATTEMPTS and isinstance(exc, WeedExited) and "address already in use" in str(exc):
+            if attempt < PORT_ATTEMPTS and isinstance(exc, WeedExited) and server.lost_a_port():
                 continue
             raise
     raise AssertionError("unreachable")
