@@ -162,8 +162,7 @@ class InputLocations:
     def _definition_residency(self, asset_key) -> str | None:
         if not self.asset_layer.has(asset_key):
             return None
-        zone = md.plain_value((self.asset_layer.get(asset_key).metadata or {}).get(md.RESIDENCY))
-        return str(zone) if zone else None
+        return md.residency_zone(self.asset_layer.get(asset_key).metadata)
 
     def latest_location_of(self, asset_key, notes: list[str] | None = None) -> InputData | None:
         """The asset's latest location as placement input, read once per run."""

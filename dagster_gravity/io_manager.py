@@ -346,7 +346,7 @@ class GravityIOManager(ConfigurableIOManager):
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         label = asset_label(context)
         site = self.site_here(label)
-        zone = md.plain_value((context.definition_metadata or {}).get(md.RESIDENCY))
+        zone = md.residency_zone(context.definition_metadata)
         storage = self.storage(site, label)
         base = self._object_base(context)
         self.check_residency(zone, site, label, storage.uri(base), "write it at")
@@ -377,7 +377,7 @@ class GravityIOManager(ConfigurableIOManager):
             if upstream is None:
                 raise StorageError("GravityIOManager cannot load an input without an upstream output", asset=context.name)
             label = asset_label(upstream)
-            zone = md.plain_value((upstream.definition_metadata or {}).get(md.RESIDENCY))
+            zone = md.residency_zone(upstream.definition_metadata)
             return self._load_unrecorded(context, "ops/" + "/".join(upstream.get_identifier()), label, zone)
 
         label = context.asset_key.to_user_string()
@@ -406,7 +406,7 @@ class GravityIOManager(ConfigurableIOManager):
     def _definition_residency(self, context: InputContext) -> str | None:
         for source in (context.upstream_output, None):
             meta = source.definition_metadata if source is not None else context.definition_metadata
-            zone = md.plain_value((meta or {}).get(md.RESIDENCY))
+            zone = md.residency_zone(meta)
             if zone:
                 return zone
         return None

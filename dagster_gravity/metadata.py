@@ -106,6 +106,12 @@ def plain_value(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+def residency_zone(metadata: Any) -> str | None:
+    """The residency zone that definition metadata declares (`gravity/residency`), or None."""
+    zone = plain_value((metadata or {}).get(RESIDENCY))
+    return str(zone) if zone else None
+
+
 @dataclass(frozen=True)
 class DataLocation:
     """Where one version of some data is: the one type for it in gravity.

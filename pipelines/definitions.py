@@ -53,9 +53,9 @@ def residency_checks(assets) -> list:
     checks = []
     for asset in assets:
         for key in asset.keys:
-            zone = gm.plain_value((asset.specs_by_key[key].metadata or {}).get(gm.RESIDENCY))
+            zone = gm.residency_zone(asset.specs_by_key[key].metadata)
             if zone:
-                checks.append(residency_compliance_check(key, str(zone), partitions_def=DAILY))
+                checks.append(residency_compliance_check(key, zone, partitions_def=DAILY))
     return checks
 
 

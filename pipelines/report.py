@@ -105,7 +105,7 @@ def _node(asset_graph, step: str):
 
 
 def _residency(asset_graph, key: AssetKey):
-    return _value((asset_graph.get(key).metadata or {}).get(gm.RESIDENCY))
+    return gm.residency_zone(asset_graph.get(key).metadata)
 
 
 def _latest(instance, key: AssetKey, partition: str) -> DataLocation:
