@@ -265,3 +265,29 @@ def test_the_simulation_shares_a_link_between_copies_that_overlap(tmp_path):
     # the second copy starts while the first is in flight: it gets half the link, 2 s
     assert run.seconds_per_link[("b", "a")] == pytest.approx((0.001 + 1.0) + (0.001 + 2.0))
     assert run.makespan == pytest.approx(0.001 + 2.0 + 1.0)
+
+
+def test_the_simulation_copies_an_object_into_a_site_once_however_many_steps_read_it(tmp_path):
+    from dagster_gravity.placement import PlanStep, Requirements
+    from dagster_gravity.placement.simulate import simulate_run
+
+    path = tmp_path / "sites.yaml"
+    path.write_text(TWO_SITES.replace("{name: a, region: ra, kind: onprem, pools: [{name: cpu, kind: cpu, slots: 1}]}",
+                                      "{name: a, region: ra, kind: onprem, pools: [{name: cpu, kind: cpu, slots: 2}]}"))
+    topology = Topology.from_yaml(path)
+    shared = InputData("shared", 100_000_000, ("b",))  # 1 s (+1 ms) from b to a
+    # x and y start together at a and read the same object: one copy, which y waits for
+    steps = [PlanStep(k, (shared,), requirements=Requirements(pin="a")) for k in ("x", "y")]
+    run = simulate_run(topology, steps, {"x": 1.0, "y": 1.0})
+    assert run.bytes_per_link == {("b", "a"): 100_000_000}
+    assert run.makespan == pytest.approx(0.001 + 1.0 + 1.0)
+    # z runs after x at a, when the copy is there: nothing moves for it
+    later = [*steps, PlanStep("z", (shared,), (("x", 1),), requirements=Requirements(pin="a"))]
+    run = simulate_run(topology, later, {"x": 1.0, "y": 1.0, "z": 1.0})
+    assert run.bytes_per_link == {("b", "a"): 100_000_000}
+    assert run.makespan == pytest.approx(0.001 + 1.0 + 1.0 + 1.0)
+    # an upstream output read by two steps at the other site moves once too
+    fan = [PlanStep("p", (), requirements=Requirements(pin="b")),
+           *(PlanStep(k, (), (("p", 50_000_000),), requirements=Requirements(pin="a")) for k in ("q", "r"))]
+    run = simulate_run(topology, fan, {"p": 1.0, "q": 1.0, "r": 1.0})
+    assert run.bytes_per_link == {("b", "a"): 50_000_000}

@@ -8,7 +8,9 @@ trip on to their consumers' planned sites, and every busy pool's expected wait f
 pool. A step takes its transfers (inputs one after another) and then its expected duration.
 A copy shares its link with the copies already in flight on it (`place_step`'s
 ``link_load``): started while k others run, it gets 1/(k+1) of the bandwidth throughout (an
-approximation: the ones already running are not slowed down in turn).
+approximation: the ones already running are not slowed down in turn). As in the storage's
+single-flight replication, an object is copied into a site once: a later step there reads
+that copy, waiting for it when it is still in flight.
 
 ``rule="blind"`` is the location-blind reference: each step goes to the first pool (in
 topology order) that meets its requirements and has a free slot, and every input it does not
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from dagster_gravity.placement.feasibility import _requirement_failures
@@ -89,6 +91,7 @@ def simulate_run(
     ends: list[tuple[float, str]] = []
     copies: dict[tuple[str, str], list[float]] = defaultdict(list)  # link -> end times of its copies
     where: dict[str, str] = {}
+    arrivals: dict[str, dict[str, float]] = defaultdict(dict)  # object -> site -> when its copy is there
     out = SimulatedRun()
     now = 0.0
     while ready or ends:
@@ -103,14 +106,14 @@ def simulate_run(
                     f"simulating {len(steps)} steps needs more than {max_decisions} placement decisions; not simulated"
                 )
             step = by_key[key]
-            inputs = _inputs(topology, step, by_key, where)
+            inputs = _inputs(topology, step, by_key, where, arrivals)
             load = _in_flight(copies, now)
             pool_id = _choose(topology, step, inputs, pools, running, queued, now, planned, consumers, durations,
                               default_seconds, objective, rule, load)
             free = pools[pool_id].slots - len(running[pool_id])
             if free > 0 and not queued.get(pool_id):
                 site = pools[pool_id].site
-                transfer = _account(topology, inputs, site, out, objective, load, now, copies)
+                transfer = _account(topology, inputs, site, out, objective, load, now, copies, arrivals)
                 end = now + transfer + durations.get(key, default_seconds)
                 running[pool_id].append(end)
                 heapq.heappush(ends, (end, key))
@@ -132,10 +135,12 @@ def simulate_run(
     return out
 
 
-def _inputs(topology: Topology, step: PlanStep, by_key, where) -> list[InputData]:
-    inputs = list(step.external_inputs)
+def _inputs(topology: Topology, step: PlanStep, by_key, where, arrivals) -> list[InputData]:
+    """The step's inputs, each held where it was produced and wherever it was copied (or
+    is being copied) earlier in the run."""
+    inputs = [_with_copies(i, arrivals) for i in step.external_inputs]
     for up, nbytes in step.upstream:
-        inputs.append(InputData(up, nbytes, (where[up],), by_key[up].output_residency))
+        inputs.append(_with_copies(InputData(up, nbytes, (where[up],), by_key[up].output_residency), arrivals))
     if step.output_residency:
         inputs.append(InputData(step.key, 0, tuple(topology.zone_sites(step.output_residency)), step.output_residency, role="output"))
     return inputs
@@ -163,6 +168,11 @@ def _choose(topology, step, inputs, pools, running, queued, now, planned, consum
     ).pool
 
 
+def _with_copies(item: InputData, arrivals) -> InputData:
+    copied = [site for site in arrivals.get(item.name, ()) if site not in item.sites]
+    return replace(item, sites=(*item.sites, *copied)) if copied else item
+
+
 def _in_flight(copies: Mapping[tuple[str, str], list[float]], now: float) -> dict[tuple[str, str], int]:
     """How many copies each link carries at `now`."""
     counts = {pair: sum(1 for end in ends_at if end > now) for pair, ends_at in copies.items()}
@@ -170,9 +180,10 @@ def _in_flight(copies: Mapping[tuple[str, str], list[float]], now: float) -> dic
 
 
 def _account(topology: Topology, inputs: Sequence[InputData], site: str, out: SimulatedRun, objective: Objective,
-             load, now: float, copies) -> float:
+             load, now: float, copies, arrivals) -> float:
     """Move every input not at `site` as `place_step` priced it, one after another, each
-    at its share of its link; the seconds they take in all."""
+    at its share of its link; the seconds until all are there (a copy another step started
+    into `site` is waited for, not made again)."""
     total = 0.0
     for move in transfers_to(topology, inputs, site, objective, load):
         pair = (move.src, move.dst)
@@ -183,4 +194,6 @@ def _account(topology: Topology, inputs: Sequence[InputData], site: str, out: Si
         out.dollars += dollars
         total += move.seconds
         copies[pair].append(now + total)
-    return total
+        arrivals[move.name][site] = now + total
+    pending = [arrivals[i.name][site] - now for i in inputs if site in arrivals.get(i.name, ())]
+    return max([total, *pending])
