@@ -11,10 +11,10 @@ it costs a link's latency and the step still follows it); other inputs are where
 instance says they are now.
 
 It then simulates the run (`placement.simulate.simulate_run`): the compute pools' slots,
-each step's expected duration from its earlier runs (`step_durations`; 10 s when unknown)
-and the same wait-or-move rule, and prints the predicted makespan, bytes per link and
-dollars beside a location-blind run's (each step on the first compute pool with a free
-slot). Failures are runtime matters and are not simulated.
+each step's expected duration from its earlier runs (`step_durations`; 0.5 s,
+`DEFAULT_STEP_SECONDS`, when unknown) and the same wait-or-move rule, and prints the
+predicted makespan, bytes per link and dollars beside a location-blind run's (each step
+on the first compute pool with a free slot). Failures are runtime matters and are not simulated.
 """
 
 from __future__ import annotations

@@ -116,16 +116,21 @@ def _placed(result):
     return placed
 
 
-def test_with_no_history_moving_300_mb_beats_the_default_wait(gravity):
-    # The step at alpha holds its slot until the other has started elsewhere.
+def test_with_no_history_a_step_waits_first_then_moves_once_the_running_step_overruns(gravity):
+    # The step at alpha holds its slot until the other has started elsewhere. Unknown, it is
+    # expected to take DEFAULT_STEP_SECONDS (0.5 s): waiting wins at first; past that, its
+    # expected remaining time is a quarter of what it has run, so moving 300 MB (2.43 s) wins
+    # once it has run ~9.7 s.
     result = gravity.run("wait_or_move_job", disabled_pools=["alpha/gpu"], locality_wait=60.0)
     assert result.success
     placed = _placed(result)
     moved = next(p for p in placed.values() if p["gravity/site"] != "alpha")
-    assert "gravity/spilled_from" not in moved  # it did not wait out a timer: it chose to move
-    # the wait it beat: the default 10 s less what the step at alpha had run by then
-    found = re.search(r"beats waiting ~([\d.]+) s for alpha/cpu", moved["message"])
-    assert found and 5.0 < float(found.group(1)) <= 10.0, moved["message"]
+    assert "gravity/spilled_from" not in moved  # it did not wait out the locality_wait cap
+    found = re.search(r"waited ([\d.]+) s for alpha/cpu, then moving won; moving 300 MB \(2\.4 s\) "
+                      r"to beta/cpu beats waiting ~([\d.]+) s for alpha/cpu", moved["message"])
+    assert found, moved["message"]
+    waited, wait_beaten = float(found.group(1)), float(found.group(2))
+    assert 8.0 < waited < 30.0 and 2.4 <= wait_beaten < 4.0, moved["message"]
     # the run recorded both steps' durations for the next run
     history = expected_durations(gravity.instance, "wait_or_move_job")
     assert set(history) == {"mid_left", "mid_right"}

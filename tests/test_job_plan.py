@@ -84,17 +84,31 @@ def test_plan_command_prints_the_simulated_run_beside_a_location_blind_one(tmp_p
     import argparse
 
     from dagster_gravity.job_plan import add_plan_command
+    from dagster_gravity.step_durations import record_durations
 
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     sites = jobs.write_test_sites(tmp_path)
     parser = argparse.ArgumentParser(prog="gravity")
     add_plan_command(parser.add_subparsers(dest="command"))
     # two steps read 300 MB at alpha, whose one slot (its gpu pool disabled) they share
     args = parser.parse_args(["plan", "-m", "tests.support.jobs", "-j", "wait_or_move_job", "--sites", str(sites), "--disable", "alpha/gpu"])
-    assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert "simulated run" in out and "location-blind" in out
-    # unknown durations (10 s each) make moving 300 MB (2.4 s) beat waiting 10 s
+
+    def plan_output():
+        assert args.func(args) == 0
+        out = capsys.readouterr().out
+        assert "simulated run" in out and "location-blind" in out
+        return out
+
+    # unknown durations (0.5 s each): waiting 0.5 s for alpha beats moving 300 MB (2.4 s)
+    out = plan_output()
+    assert "location-blind / gravity: 2.93x makespan, 300 MB vs nothing moved" in out, out
+    # once the instance has seen each step take 10 s, moving 300 MB beats waiting 10 s
+    with DagsterInstance.get() as instance:
+        record_durations(instance, "wait_or_move_job", {"mid_left": 10.0, "mid_right": 10.0})
+    out = plan_output()
     assert "gravity moves 300 MB alpha -> beta" in out, out
 
 

@@ -15,6 +15,7 @@ from dagster_gravity import GravityIOManager, GravityTopology
 from dagster_gravity.locations import latest_location
 from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.step_durations import expected_durations
+from dagster_gravity.placement.waits import DEFAULT_STEP_SECONDS
 from dagster_gravity.run_summary import LINKS, MAKESPAN, PREDICTED, STEPS, SUMMARY_PREFIX, TABLE, RunFigures, RunSummary
 from dagster_gravity.topology import Topology
 from tests.support import summary_jobs
@@ -90,12 +91,13 @@ def test_the_summary_names_each_steps_pool_and_the_bytes_of_the_copy(instance, s
         learned = expected_durations(instance, "moving_job")
         assert learned["read_at_beta"] == pytest.approx(step_seconds["read_at_beta"] - link["seconds"], abs=1e-3)
         assert learned["made_at_alpha"] == pytest.approx(step_seconds["made_at_alpha"], abs=1e-3)
-    # beside what the run plan predicted: the simulated run knew no sizes (1 B) nor durations (10 s each)
+    # beside what the run plan predicted: the simulated run knew no sizes (1 B) nor durations
+    # (DEFAULT_STEP_SECONDS, 0.5 s each)
     predicted = meta[PREDICTED]
     assert predicted["steps"] == {"made_at_alpha": "alpha/cpu", "read_at_beta": "beta/cpu"}
     assert predicted["links"]["alpha->beta"]["bytes"] == 1
-    assert predicted["makespan_seconds"] == pytest.approx(20.0, abs=0.1)
-    assert "| alpha->beta | 1 B | 2 MB |" in meta[TABLE] and "predicted 20 s" in meta[TABLE]
+    assert predicted["makespan_seconds"] == pytest.approx(2 * DEFAULT_STEP_SECONDS, abs=0.1)
+    assert "| alpha->beta | 1 B | 2 MB |" in meta[TABLE] and "(predicted 1.01 s)" in meta[TABLE]  # + the 1 B copy's latency
 
 
 @executor_test

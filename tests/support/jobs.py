@@ -212,8 +212,8 @@ def slow_right():
     return "right"
 
 
-# 300 MB at alpha: moving it to beta takes ~2.4 s on the test links, less than a busy
-# pool's default expected wait (10 s), more than a wait history says is short.
+# 300 MB at alpha: moving it to beta takes ~2.4 s on the test links, more than an unknown
+# step's expected wait (0.5 s) until the step holding alpha's slot has overrun it well.
 mid_at_alpha = AssetSpec("mid_at_alpha", metadata={"gravity/site": "alpha", "dagster/size_bytes": 300_000_000})
 
 
