@@ -20,8 +20,8 @@ from typing import Any
 
 from dagster_gravity import metadata as md
 from dagster_gravity.dagster_internals import DagsterEvent, DagsterEventType, ExecutionStep
-from dagster_gravity.errors import GravityConfigError, short_repr
-from dagster_gravity.locations import latest_location
+from dagster_gravity.errors import GravityConfigError, GravityError, short_repr
+from dagster_gravity.locations import latest_location, latest_sizes
 from dagster_gravity.metadata import DataLocation, zone_sites
 from dagster_gravity.placement import InputData, Requirements
 from dagster_gravity.topology import Topology
@@ -173,6 +173,22 @@ class InputLocations:
         if notes is not None:
             notes.extend(n for n in own_notes if n not in notes)
         return found
+
+    def latest_sizes_of(self, asset_keys) -> dict[Any, int]:
+        """Each asset's latest size in bytes (0 when unknown): the unpartitioned ones from one
+        query (`locations.latest_sizes`), the others (a run of one partition) one by one."""
+        keys = list(dict.fromkeys(asset_keys))
+        partitioned = {k for k in keys if self.asset_layer.has(k) and self.asset_layer.get(k).partitions_def is not None}
+        sizes = latest_sizes(self.instance, {
+            k: self.asset_layer.get(k).metadata if self.asset_layer.has(k) else None for k in keys if k not in partitioned
+        })
+        for key in partitioned:
+            try:
+                found = self.latest_location_of(key)
+            except GravityError:
+                found = None
+            sizes[key] = found.size_bytes if found is not None else 0
+        return sizes
 
     def _read_instance(self, asset_key, notes: list[str]) -> InputData | None:
         definition_metadata, partition = None, None

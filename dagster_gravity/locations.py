@@ -6,6 +6,9 @@ materialization's `gravity/replicas` plus the sites named by AssetObservations r
 after it whose `gravity/sha256` equals its sha256, so a copy of an older version never
 counts. Two instance queries; falls back to the definition metadata when nothing is
 materialized. The answer is a `metadata.DataLocation`.
+
+`latest_sizes(instance, definitions)` gives only the sizes, of many unpartitioned assets at
+once, from one query.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Mapping
 from dagster import AssetKey, AssetRecordsFilter
 
 from dagster_gravity import metadata as md
+from dagster_gravity.errors import GravityConfigError
 from dagster_gravity.metadata import DataLocation
 
 MAX_OBSERVATIONS = 200  # observations after one materialization worth scanning
@@ -87,3 +91,30 @@ def latest_location(
     if definition.site or definition.size_bytes or definition.residency:
         return definition
     return DataLocation(label, partition, source="unknown")
+
+
+def latest_sizes(instance, definitions: Mapping[AssetKey, Mapping[str, Any] | None]) -> dict[AssetKey, int]:
+    """The size in bytes of each unpartitioned asset's latest version, as `latest_location`
+    gives it (its latest materialization's where that names a site, else its definition's),
+    0 when unknown or unreadable. `definitions`: asset key -> its definition's metadata. One
+    query for all (the run plan sizes every output of a run as it starts: `latest_location`
+    an asset cost ~5 ms each on SQLite, half a second on a 100-step chain)."""
+    latest = instance.get_latest_materialization_events(list(definitions))
+    sizes = {}
+    for key, definition_metadata in definitions.items():
+        entry = latest.get(key)
+        materialization = entry.asset_materialization if entry is not None else None
+        sizes[key] = _size(key, materialization.metadata if materialization else None, definition_metadata)
+    return sizes
+
+
+def _size(key: AssetKey, materialized: Mapping[str, Any] | None, definition_metadata: Mapping[str, Any] | None) -> int:
+    label = key.to_user_string()
+    try:
+        if materialized is not None:
+            loc = DataLocation.from_metadata(materialized, what=f"the latest materialization of asset {label!r}")
+            if loc.site:
+                return loc.size_bytes
+        return DataLocation.from_metadata(definition_metadata, what=f"the definition of asset {label!r}").size_bytes
+    except GravityConfigError:
+        return 0

@@ -75,6 +75,7 @@ def make_run_plan(
     todo = [s for s in steps if s.key not in fixed_sites]
     plan_steps: list[PlanStep] = []
     try:
+        output_sizes = _output_sizes(locations, todo, by_key)
         for step in todo:
             external: list[InputData] = []
             upstream: list[tuple[str, int]] = []
@@ -82,9 +83,7 @@ def make_run_plan(
                 handles = list(step_input.get_step_output_handle_dependencies())
                 in_run = [h for h in handles if h.step_key in keys]
                 for h in in_run:
-                    size = plan.sizes.get((h.step_key, h.output_name))
-                    if size is None:
-                        size = plan.sizes[(h.step_key, h.output_name)] = _output_size(locations, by_key[h.step_key], h.output_name)
+                    size = plan.sizes[(h.step_key, h.output_name)] = output_sizes[(h.step_key, h.output_name)]
                     plan.consumers.setdefault((h.step_key, h.output_name), []).append(step.key)
                     if h.step_key in fixed_sites:
                         external.append(InputData(f"{h.step_key}.{h.output_name}", size, (fixed_sites[h.step_key],)))
@@ -109,15 +108,17 @@ def make_run_plan(
     return plan
 
 
-def _output_size(locations: InputLocations, step: ExecutionStep, output_name: str) -> int:
-    asset_key = locations.output_asset_key(step, output_name)
-    if asset_key is None:
-        return md.UNKNOWN_SIZE
-    try:
-        found = locations.latest_location_of(asset_key)
-    except GravityError:
-        return md.UNKNOWN_SIZE
-    return found.size_bytes if found is not None and found.size_bytes > 0 else md.UNKNOWN_SIZE
+def _output_sizes(locations: InputLocations, steps: list[ExecutionStep], by_key) -> dict[tuple[str, str], int]:
+    """(step key, output name) -> bytes, for every output of this run that `steps` read: its
+    asset's latest size, else UNKNOWN_SIZE (all assets' sizes read at once)."""
+    asset_keys = {}
+    for step in steps:
+        for step_input in step.step_inputs:
+            for h in step_input.get_step_output_handle_dependencies():
+                if h.step_key in by_key:
+                    asset_keys[(h.step_key, h.output_name)] = locations.output_asset_key(by_key[h.step_key], h.output_name)
+    sizes = locations.latest_sizes_of(k for k in asset_keys.values() if k is not None)
+    return {handle: sizes.get(key, 0) or md.UNKNOWN_SIZE for handle, key in asset_keys.items()}
 
 
 def run_plan_event(plan_context, plan: RunPlan, replanned: str | None = None) -> DagsterEvent:

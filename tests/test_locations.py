@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dagster import AssetMaterialization, AssetObservation
+from dagster import AssetKey, AssetMaterialization, AssetObservation
 
 from dagster_gravity import metadata as md
-from dagster_gravity.locations import DataLocation, latest_location
+from dagster_gravity.locations import DataLocation, latest_location, latest_sizes
 
 
 def materialize_at(instance, key, site, sha, size=100, partition=None, replicas=(), residency=None):
@@ -98,3 +98,26 @@ def test_two_queries_whatever_the_history(instance):
     loc = latest_location(instance, "big")
     assert loc.sha256 == "sha-9" and loc.replicas == ("aws-us-east-1",)
     assert calls == ["fetch_materializations", "fetch_observations"]
+
+
+def test_latest_sizes_agree_with_latest_location_in_one_query(instance):
+    materialize_at(instance, "moved", "onprem-dc", "sha-1", size=10)
+    materialize_at(instance, "moved", "aws-us-east-1", "sha-2", size=20)  # the latest counts
+    instance.report_runless_asset_event(AssetMaterialization("no_site", metadata={md.SIZE_BYTES: 7}))
+    instance.report_runless_asset_event(AssetMaterialization("bad_size", metadata={md.SITE: "eu-colo", md.SIZE_BYTES: -3}))
+    definitions = {
+        AssetKey("moved"): {md.SIZE_BYTES: 99},  # a materialization with a site wins
+        AssetKey("no_site"): {md.SIZE_BYTES: 5},  # one naming no site does not: the definition's
+        AssetKey("declared"): {md.SITE: "onprem-dc", md.SIZE_BYTES: 300},
+        AssetKey("bad_size"): None,  # unreadable: unknown
+        AssetKey("unknown"): None,
+    }
+    calls = []
+    original = instance.get_latest_materialization_events
+    instance.get_latest_materialization_events = lambda keys: calls.append(list(keys)) or original(keys)
+    sizes = latest_sizes(instance, definitions)
+    assert sizes == {AssetKey("moved"): 20, AssetKey("no_site"): 5, AssetKey("declared"): 300,
+                     AssetKey("bad_size"): 0, AssetKey("unknown"): 0}
+    assert len(calls) == 1 and set(calls[0]) == set(definitions)
+    for key in ("moved", "no_site", "declared"):
+        assert sizes[AssetKey(key)] == latest_location(instance, key, definition_metadata=definitions[AssetKey(key)]).size_bytes
