@@ -70,6 +70,10 @@ def load_job(module: str, job_name: str, attribute: str | None = None):
 class Simulation:
     gravity: Any  # placement.simulate.SimulatedRun
     blind: Any
+    # steps with no recorded duration (each expected to take `default_seconds`), of `steps`
+    unknown_durations: int = 0
+    steps: int = 0
+    default_seconds: float = 0.0
 
 
 def plan_job(job_def, instance, topology: Topology, **options) -> list[PlannedStep]:
@@ -149,6 +153,8 @@ def plan_and_simulate(
             simulation = Simulation(
                 simulate_run(topology, run_plan.steps, durations, planned_sites=run_plan.sites, **options),
                 simulate_run(topology, run_plan.steps, durations, rule="blind", **options),
+                unknown_durations=sum(not estimates.known(s.key) for s in run_plan.steps),
+                steps=len(run_plan.steps), default_seconds=estimates.default,
             )
         except SimulationTooLarge:
             simulation = None  # the plan is still printed; the simulation is left out
@@ -167,6 +173,9 @@ def format_simulation(sim: Simulation) -> str:
                      + (f"{b.bytes_moved / g.bytes_moved:.1f}x bytes" if g.bytes_moved else f"{format_bytes(b.bytes_moved)} vs nothing moved"))
     for (src, dst), nbytes in sorted(g.bytes_per_link.items()):
         lines.append(f"  gravity moves {format_bytes(nbytes)} {src} -> {dst} ({g.seconds_per_link[(src, dst)]:.3g} s)")
+    if sim.unknown_durations:  # a first run's makespans are the default's, not the job's
+        lines.append(f"  {sim.unknown_durations} of {sim.steps} steps have no recorded duration: each is expected "
+                     f"to take {sim.default_seconds:g} s (DEFAULT_STEP_SECONDS) until a run of the job records it")
     return "\n".join(lines)
 
 

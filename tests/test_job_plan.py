@@ -105,11 +105,13 @@ def test_plan_command_prints_the_simulated_run_beside_a_location_blind_one(tmp_p
     # unknown durations (0.5 s each): waiting 0.5 s for alpha beats moving 300 MB (2.4 s)
     out = plan_output()
     assert "location-blind / gravity: 2.93x makespan, 300 MB vs nothing moved" in out, out
+    assert "2 of 2 steps have no recorded duration: each is expected to take 0.5 s" in out, out
     # once the instance has seen each step take 10 s, moving 300 MB beats waiting 10 s
     with DagsterInstance.get() as instance:
         record_durations(instance, "wait_or_move_job", {"mid_left": 10.0, "mid_right": 10.0})
     out = plan_output()
     assert "gravity moves 300 MB alpha -> beta" in out, out
+    assert "no recorded duration" not in out, out
 
 
 def _cli(capsys, *argv):
