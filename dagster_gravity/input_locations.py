@@ -42,6 +42,7 @@ class InputLocations:
         self._assets: dict[Any, DataLocation | GravityConfigError] = {}
         # asset key -> (input, notes about sites it names that the topology does not know)
         self._instance_cache: dict[Any, tuple[InputData | None, list[str]]] = {}
+        self._size_cache: dict[Any, int] = {}  # asset key -> its latest size (`latest_sizes_of`)
 
     # -- what this run produced -------------------------------------------------------
 
@@ -175,20 +176,24 @@ class InputLocations:
         return found
 
     def latest_sizes_of(self, asset_keys) -> dict[Any, int]:
-        """Each asset's latest size in bytes (0 when unknown): the unpartitioned ones from one
-        query (`locations.latest_sizes`), the others (a run of one partition) one by one."""
-        keys = list(dict.fromkeys(asset_keys))
+        """Each asset's latest size in bytes (0 when unknown), read once per run as locations
+        are (a re-plan asks again): the unpartitioned ones from one query
+        (`locations.latest_sizes`), the others (a run of one partition) one by one."""
+        wanted = list(dict.fromkeys(asset_keys))
+        keys = [k for k in wanted if k not in self._size_cache]
         partitioned = {k for k in keys if self.asset_layer.has(k) and self.asset_layer.get(k).partitions_def is not None}
-        sizes = latest_sizes(self.instance, {
-            k: self.asset_layer.get(k).metadata if self.asset_layer.has(k) else None for k in keys if k not in partitioned
-        })
+        unpartitioned = [k for k in keys if k not in partitioned]
+        if unpartitioned:
+            self._size_cache.update(latest_sizes(self.instance, {
+                k: self.asset_layer.get(k).metadata if self.asset_layer.has(k) else None for k in unpartitioned
+            }))
         for key in partitioned:
             try:
                 found = self.latest_location_of(key)
             except GravityError:
                 found = None
-            sizes[key] = found.size_bytes if found is not None else 0
-        return sizes
+            self._size_cache[key] = found.size_bytes if found is not None else 0
+        return {k: self._size_cache[k] for k in wanted}
 
     def _read_instance(self, asset_key, notes: list[str]) -> InputData | None:
         definition_metadata, partition = None, None

@@ -70,17 +70,12 @@ def latest_location(
     Raises GravityConfigError when its location metadata cannot be read."""
     key = _asset_key(asset_key)
     label = key.to_user_string()
-    definition = DataLocation.from_metadata(
-        definition_metadata, what=f"the definition of asset {label!r}", asset_key=label,
-        partition=partition, source="definition",
-    )
+    definition = _from_definition(definition_metadata, label, partition)
     records = instance.fetch_materializations(_filter(key, partition), limit=1).records
     if records:
         record = records[0]
-        loc = DataLocation.from_metadata(
-            record.asset_materialization.metadata, what=f"the latest materialization of asset {label!r}",
-            asset_key=label, partition=partition if partition is not None else record.partition_key,
-            source="materialization",
+        loc = _from_materialization(
+            record.asset_materialization.metadata, label, partition if partition is not None else record.partition_key
         )
         if loc.site:
             return replace(
@@ -102,19 +97,27 @@ def latest_sizes(instance, definitions: Mapping[AssetKey, Mapping[str, Any] | No
     latest = instance.get_latest_materialization_events(list(definitions))
     sizes = {}
     for key, definition_metadata in definitions.items():
+        label = key.to_user_string()
         entry = latest.get(key)
         materialization = entry.asset_materialization if entry is not None else None
-        sizes[key] = _size(key, materialization.metadata if materialization else None, definition_metadata)
+        try:
+            definition = _from_definition(definition_metadata, label, None)
+            loc = _from_materialization(materialization.metadata, label, None) if materialization else None
+        except GravityConfigError:
+            sizes[key] = 0
+            continue
+        sizes[key] = (loc if loc is not None and loc.site else definition).size_bytes
     return sizes
 
 
-def _size(key: AssetKey, materialized: Mapping[str, Any] | None, definition_metadata: Mapping[str, Any] | None) -> int:
-    label = key.to_user_string()
-    try:
-        if materialized is not None:
-            loc = DataLocation.from_metadata(materialized, what=f"the latest materialization of asset {label!r}")
-            if loc.site:
-                return loc.size_bytes
-        return DataLocation.from_metadata(definition_metadata, what=f"the definition of asset {label!r}").size_bytes
-    except GravityConfigError:
-        return 0
+def _from_definition(metadata: Mapping[str, Any] | None, label: str, partition: str | None) -> DataLocation:
+    return DataLocation.from_metadata(
+        metadata, what=f"the definition of asset {label!r}", asset_key=label, partition=partition, source="definition"
+    )
+
+
+def _from_materialization(metadata: Mapping[str, Any], label: str, partition: str | None) -> DataLocation:
+    return DataLocation.from_metadata(
+        metadata, what=f"the latest materialization of asset {label!r}", asset_key=label, partition=partition,
+        source="materialization",
+    )

@@ -121,3 +121,29 @@ def test_latest_sizes_agree_with_latest_location_in_one_query(instance):
     assert len(calls) == 1 and set(calls[0]) == set(definitions)
     for key in ("moved", "no_site", "declared"):
         assert sizes[AssetKey(key)] == latest_location(instance, key, definition_metadata=definitions[AssetKey(key)]).size_bytes
+
+
+def test_a_replan_sizes_only_what_it_has_not_sized_yet(instance, tmp_path):
+    from dagster import Definitions, asset, define_asset_job
+
+    from dagster_gravity.input_locations import InputLocations
+    from dagster_gravity.topology import Topology
+    from tests.support import jobs as test_jobs
+
+    @asset(metadata={md.SIZE_BYTES: 5})
+    def first():
+        return 1
+
+    @asset(metadata={md.SIZE_BYTES: 6})
+    def second(first):
+        return first
+
+    job = Definitions(assets=[first, second], jobs=[define_asset_job("sized")]).resolve_job_def("sized")
+    locations = InputLocations(instance, job, Topology.from_yaml(test_jobs.write_test_sites(tmp_path)))
+    asked = []
+    original = instance.get_latest_materialization_events
+    instance.get_latest_materialization_events = lambda keys: asked.append(sorted(k.to_user_string() for k in keys)) or original(keys)
+    assert locations.latest_sizes_of([AssetKey("first")]) == {AssetKey("first"): 5}
+    assert locations.latest_sizes_of([AssetKey("first"), AssetKey("second")]) == {AssetKey("first"): 5, AssetKey("second"): 6}
+    assert locations.latest_sizes_of([AssetKey("second")]) == {AssetKey("second"): 6}
+    assert asked == [["first"], ["second"]]
